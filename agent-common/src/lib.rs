@@ -1,0 +1,218 @@
+//! Types shared by pgwarden's kernel programs (`agent-ebpf`) and its user-space agent.
+//! Every map's name, key and value live here once, so the two sides cannot drift.
+#![no_std]
+// `aya::Pod` is an unsafe trait: implementing it is this crate's one use of `unsafe`, and it is
+// sound because every type below is `repr(C)`, `Copy`, has no padding holes left uninitialised
+// by the kernel side, and every bit pattern is valid.
+#![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
+
+/// `AF_INET`, as the kernel reports a socket's family.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+
+/// Longest cgroup path (relative to the cgroup2 root, with its leading `/`) the kernel side
+/// can match exactly. Longer paths are still tagged by the agent, just not re-tagged by the
+/// kernel on re-creation (see [`STICKY_PATHS`]).
+pub const CGROUP_PATH_LEN: usize = 256;
+
+/// How many cgroup levels the connect hooks walk up looking for a tagged ancestor.
+pub const MAX_CGROUP_DEPTH: i32 = 32;
+
+/// Name of the single-entry `Array<AgentConfig>` map (index 0).
+pub const AGENT_CONFIG: &str = "AGENT_CONFIG";
+/// Name of the `HashMap<u64, u32>`: cgroup id (the cgroup2 directory's inode number, host
+/// order) -> workload id (host order, `>= 1`). A cgroup is tagged when it or an ancestor is in it.
+pub const TAGGED_CGROUPS: &str = "TAGGED_CGROUPS";
+/// Name of the `LpmTrie<DestKey, u32>` of intercepted destinations; value is unused (1).
+pub const INTERCEPT_DESTS: &str = "INTERCEPT_DESTS";
+/// Name of the `LruHashMap<u64, ConnectRecord>`: socket cookie (host order) of a redirected
+/// client socket -> what its connect() asked for and who asked. Lives until `sock_release`.
+pub const ORIGIN_BY_COOKIE: &str = "ORIGIN_BY_COOKIE";
+/// Name of the `LruHashMap<TupleKey, ConnectRecord>`: the redirected connection's 4-tuple as
+/// the interceptor sees it after accept() -> the record. The agent removes it on accept.
+pub const ORIGIN_BY_TUPLE: &str = "ORIGIN_BY_TUPLE";
+/// Name of the `HashMap<[u8; CGROUP_PATH_LEN], u32>`: NUL-padded cgroup path -> workload id.
+/// When a cgroup is created at a path in this map (a unit restarting), the kernel tags it at
+/// mkdir time, before any process can be moved in: no window in which it goes direct.
+pub const STICKY_PATHS: &str = "STICKY_PATHS";
+/// Name of the `RingBuf` of [`CgroupEvent`]s: every cgroup2 mkdir, for the agent to classify.
+pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
+/// Name of the `PerCpuArray<u64>` of counters, indexed by [`Counter`].
+pub const COUNTERS: &str = "COUNTERS";
+/// Name of the `PerCpuArray<PathBuf>` scratch buffer used by the mkdir tracepoint.
+pub const PATH_SCRATCH: &str = "PATH_SCRATCH";
+
+/// Configuration written by the agent before it attaches anything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The interceptor's IPv4 listen address, network byte order as the kernel stores it.
+    pub listen_v4: u32,
+    /// The interceptor's IPv6 listen address, four network-order words.
+    pub listen_v6: [u32; 4],
+    /// The interceptor's listen port, host order.
+    pub listen_port: u16,
+    /// Bit set: [`CONFIG_HAS_V4`], [`CONFIG_HAS_V6`].
+    pub flags: u16,
+    /// The agent's process id (tgid): its own connects are never redirected.
+    pub agent_tgid: u32,
+}
+
+/// The interceptor listens on IPv4: redirect IPv4 and IPv4-mapped destinations.
+pub const CONFIG_HAS_V4: u16 = 1;
+/// The interceptor listens on IPv6: redirect native IPv6 destinations.
+pub const CONFIG_HAS_V6: u16 = 2;
+
+/// Key of [`INTERCEPT_DESTS`] (an LPM trie). The prefix covers the port first, then the
+/// address in IPv6 form (IPv4 as `::ffff:a.b.c.d`), so `prefix_len` is
+/// `16 + 96 + v4_prefix` for IPv4 CIDRs and `16 + v6_prefix` for IPv6 ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestKey {
+    /// Destination port, network byte order.
+    pub port: [u8; 2],
+    /// Destination address, IPv6 form, network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Bits of the LPM prefix taken by the port.
+pub const DEST_PORT_BITS: u32 = 16;
+
+/// What a redirected connect() asked for, and who asked. Written by `connect4`/`connect6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectRecord {
+    /// Original destination address in IPv6 form (IPv4 as `::ffff:a.b.c.d`), network order.
+    pub orig_addr: [u8; 16],
+    /// Original destination port, host order.
+    pub orig_port: u16,
+    /// Family of the client's socket ([`AF_INET`] or [`AF_INET6`]).
+    pub family: u16,
+    /// Workload id of the tag that matched (see [`TAGGED_CGROUPS`]).
+    pub workload: u32,
+    /// cgroup id of the calling process's cgroup2 cgroup.
+    pub cgroup_id: u64,
+    /// Process id (tgid) of the caller.
+    pub tgid: u32,
+    /// Thread id of the caller.
+    pub pid: u32,
+    /// Real uid of the caller.
+    pub uid: u32,
+    /// Real gid of the caller.
+    pub gid: u32,
+    /// Command name of the calling thread, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// Key of [`ORIGIN_BY_TUPLE`]: the connection as both ends see it, addresses in IPv6 form.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    /// Client (connecting) address, IPv6 form, network order.
+    pub client_addr: [u8; 16],
+    /// Interceptor (listening) address, IPv6 form, network order.
+    pub server_addr: [u8; 16],
+    /// Client port, host order.
+    pub client_port: u16,
+    /// Interceptor port, host order.
+    pub server_port: u16,
+    /// Always zero (explicit padding, so the key hashes the same on both sides).
+    pub pad: u32,
+}
+
+/// One cgroup2 directory creation, as seen by the `cgroup_mkdir` tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupEvent {
+    /// The new cgroup's id.
+    pub id: u64,
+    /// Workload id the kernel tagged it with from [`STICKY_PATHS`], 0 if none.
+    pub sticky_workload: u32,
+    /// Length of `path` in bytes.
+    pub path_len: u32,
+    /// Path relative to the cgroup2 root, with leading `/`, NUL-padded.
+    pub path: PathBuf,
+}
+
+/// A NUL-padded cgroup path: the key of [`STICKY_PATHS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathBuf {
+    /// The bytes.
+    pub bytes: [u8; CGROUP_PATH_LEN],
+}
+
+impl PathBuf {
+    /// The empty path (all NUL).
+    pub const fn zeroed() -> Self {
+        Self {
+            bytes: [0; CGROUP_PATH_LEN],
+        }
+    }
+
+    /// A NUL-padded key from `path`; `None` if it does not fit (a trailing NUL is kept).
+    pub fn from_path(path: &[u8]) -> Option<Self> {
+        if path.len() >= CGROUP_PATH_LEN {
+            return None;
+        }
+        let mut key = Self::zeroed();
+        key.bytes[..path.len()].copy_from_slice(path);
+        Some(key)
+    }
+}
+
+/// Indexes of [`COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// TCP connects from tagged cgroups to intercepted destinations, redirected.
+    Redirected = 0,
+    /// Connects refused because the record could not be stored (fail closed).
+    RefusedNoRecord = 1,
+    /// Connects to intercepted destinations from a tagged cgroup of a family the interceptor
+    /// does not listen on: refused (fail closed).
+    RefusedNoListener = 2,
+    /// Redirected sockets whose record could not be re-keyed by 4-tuple at TCP connect.
+    RekeyFailed = 3,
+    /// getpeername() answers rewritten to the original destination.
+    PeerRewritten = 4,
+    /// cgroups tagged by the kernel at mkdir from [`STICKY_PATHS`].
+    StickyTagged = 5,
+    /// cgroup events dropped because the ring buffer was full.
+    EventsDropped = 6,
+}
+
+/// Number of [`Counter`] slots.
+pub const COUNTER_SLOTS: u32 = 8;
+
+/// Counter names, indexed like [`Counter`], for status and metrics.
+pub const COUNTER_NAMES: [&str; 7] = [
+    "redirected",
+    "refused_no_record",
+    "refused_no_listener",
+    "rekey_failed",
+    "peer_rewritten",
+    "sticky_tagged",
+    "events_dropped",
+];
+
+/// Maps an IPv4 address (network order bytes) into IPv6 form.
+pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{AgentConfig, CgroupEvent, ConnectRecord, DestKey, PathBuf, TupleKey};
+
+    // SAFETY: all are repr(C) plain-old-data; any bit pattern is a valid value.
+    unsafe impl aya::Pod for AgentConfig {}
+    unsafe impl aya::Pod for DestKey {}
+    unsafe impl aya::Pod for ConnectRecord {}
+    unsafe impl aya::Pod for TupleKey {}
+    unsafe impl aya::Pod for CgroupEvent {}
+    unsafe impl aya::Pod for PathBuf {}
+}

@@ -1,0 +1,344 @@
+//! The agent's YAML configuration: schema, defaults, and errors that name file:line:column.
+use std::fmt;
+use std::net::{SocketAddrV4, SocketAddrV6};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+use crate::dest::Destination;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the interceptor listens.
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// The control socket the CLI talks to.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// Destinations whose connects are redirected; default any address, port 5432.
+    #[serde(default = "default_intercept")]
+    pub intercept: Vec<Destination>,
+    /// Workloads and how their cgroups are recognised.
+    #[serde(default)]
+    pub workloads: Vec<WorkloadConfig>,
+    /// cgroup tree watching.
+    #[serde(default)]
+    pub cgroups: CgroupsConfig,
+    /// Listen-only mode (`run --no-redirect`): where to relay clients that connect to the
+    /// listen address directly.
+    #[serde(default)]
+    pub listen_only: ListenOnlyConfig,
+}
+
+/// The interceptor's listen addresses. Loopback by default: redirected connects land here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// IPv4 listen address (receives IPv4 and IPv4-mapped connects); `null` disables it.
+    #[serde(default = "default_listen_v4")]
+    pub ipv4: Option<SocketAddrV4>,
+    /// IPv6 listen address (receives native IPv6 connects); `null` disables it.
+    #[serde(default = "default_listen_v6")]
+    pub ipv6: Option<SocketAddrV6>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            ipv4: default_listen_v4(),
+            ipv6: default_listen_v6(),
+        }
+    }
+}
+
+/// The control socket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Path of the Unix socket (mode 0600, root only).
+    #[serde(default = "default_control_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_control_socket(),
+        }
+    }
+}
+
+/// One workload: a name and the cgroups that belong to it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// The workload's name, as audit records and `pgwarden tag --workload` name it.
+    pub name: String,
+    /// systemd unit globs (`mcp-*.service`): the unit's cgroup and its descendants.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub systemd_unit: Vec<String>,
+    /// cgroup path globs relative to the cgroup2 root (`*` within a component, `**` across).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub cgroup: Vec<String>,
+}
+
+/// cgroup tree watching.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupsConfig {
+    /// Seconds between full rescans of the tree (catches xattrs set behind the agent's back).
+    #[serde(default = "default_rescan")]
+    pub rescan_seconds: u64,
+}
+
+impl Default for CgroupsConfig {
+    fn default() -> Self {
+        Self {
+            rescan_seconds: default_rescan(),
+        }
+    }
+}
+
+/// Listen-only (development) mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenOnlyConfig {
+    /// The PostgreSQL server to relay to, `host:port`.
+    pub upstream: Option<String>,
+    /// Workload name given to listen-only sessions.
+    #[serde(default = "default_listen_only_workload")]
+    pub workload: String,
+}
+
+fn default_listen_v4() -> Option<SocketAddrV4> {
+    Some(SocketAddrV4::new([127, 0, 0, 1].into(), 15432))
+}
+fn default_listen_v6() -> Option<SocketAddrV6> {
+    Some(SocketAddrV6::new(
+        std::net::Ipv6Addr::LOCALHOST,
+        15432,
+        0,
+        0,
+    ))
+}
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/pgwarden/control.sock")
+}
+fn default_intercept() -> Vec<Destination> {
+    vec![Destination::default_postgres()]
+}
+fn default_rescan() -> u64 {
+    10
+}
+fn default_listen_only_workload() -> String {
+    "listen-only".into()
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl<'de> Deserialize<'de> for Destination {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Destination::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+/// A configuration that cannot be used, with where.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line and column, when known.
+    pub at: Option<(usize, usize)>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            at: None,
+            message: e.to_string(),
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Parses and validates configuration text read from `file`.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Self = if text.trim().is_empty() {
+            serde_yaml_ng::from_str("{}")
+        } else {
+            serde_yaml_ng::from_str(text)
+        }
+        .map_err(|e| {
+            let at = e.location().map(|l| (l.line(), l.column()));
+            let mut message = e.to_string();
+            // serde_yaml_ng appends " at line L column C"; we print the position up front.
+            if let Some(i) = message.find(" at line ") {
+                message.truncate(i);
+            }
+            ConfigError {
+                file: file.to_owned(),
+                at,
+                message,
+            }
+        })?;
+        config.validate().map_err(|(needle, message)| ConfigError {
+            file: file.to_owned(),
+            at: needle.and_then(|n| position_of(text, &n)),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (Option<String>, String)> {
+        if self.listen.ipv4.is_none() && self.listen.ipv6.is_none() {
+            return Err((
+                Some("listen".into()),
+                "listen: at least one of ipv4, ipv6 is needed".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for w in &self.workloads {
+            if !valid_workload_name(&w.name) {
+                return Err((
+                    Some(w.name.clone()),
+                    format!(
+                        "workload name `{}`: use letters, digits, `-`, `_` and `.` (1 to 64)",
+                        w.name
+                    ),
+                ));
+            }
+            if !seen.insert(w.name.as_str()) {
+                return Err((
+                    Some(w.name.clone()),
+                    format!("workload `{}` is defined twice", w.name),
+                ));
+            }
+            for g in w.systemd_unit.iter().chain(&w.cgroup) {
+                if g.is_empty() {
+                    return Err((
+                        Some(w.name.clone()),
+                        format!("workload `{}`: empty matcher", w.name),
+                    ));
+                }
+            }
+        }
+        if self.cgroups.rescan_seconds == 0 {
+            return Err((
+                Some("rescan_seconds".into()),
+                "cgroups.rescan_seconds must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` can be a workload name.
+pub fn valid_workload_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// 1-based line and column of the first occurrence of `needle` in `text`.
+fn position_of(text: &str, needle: &str) -> Option<(usize, usize)> {
+    let at = text.find(needle)?;
+    let line = text[..at].matches('\n').count() + 1;
+    let col = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+    Some((line, col))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("pgwarden.yaml"), text)
+    }
+
+    #[test]
+    fn defaults_from_an_empty_file() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen.ipv4.unwrap().to_string(), "127.0.0.1:15432");
+        assert_eq!(c.listen.ipv6.unwrap().to_string(), "[::1]:15432");
+        assert_eq!(c.intercept.len(), 1);
+        assert_eq!(c.intercept[0].text, "*:5432");
+        assert_eq!(
+            c.control.socket,
+            PathBuf::from("/run/pgwarden/control.sock")
+        );
+    }
+
+    #[test]
+    fn full_example() {
+        let c = parse(
+            "listen:\n  ipv4: 127.0.0.1:16000\n  ipv6: null\nintercept:\n  - 127.0.0.1:5432\n  - 10.0.0.0/8:5432\n\
+             workloads:\n  - name: payments-mcp\n    systemd_unit: mcp-*.service\n    cgroup: [a/b, c/*]\n",
+        )
+        .unwrap();
+        assert!(c.listen.ipv6.is_none());
+        assert_eq!(c.intercept.len(), 2);
+        assert_eq!(c.workloads[0].systemd_unit, vec!["mcp-*.service"]);
+        assert_eq!(c.workloads[0].cgroup, vec!["a/b", "c/*"]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let e = parse("listen:\n  ipv4: 127.0.0.1:15432\nintercept:\n  - 127.0.0.1:notaport\n")
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("pgwarden.yaml:4:"), "{text}");
+        assert!(text.contains("bad port"), "{text}");
+
+        let e = parse("listen:\n  ipv4: 127.0.0.1:1\n  bogus: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("pgwarden.yaml:3:3: "), "{e}");
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+
+        let e = parse("workloads:\n  - name: a\n  - name: a\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("pgwarden.yaml:2:"), "{e}");
+        assert!(e.contains("defined twice"), "{e}");
+
+        let e = parse("workloads: [\n").unwrap_err().to_string();
+        assert!(e.starts_with("pgwarden.yaml:2:"), "{e}");
+
+        let e = parse("workloads:\n  - name: 'bad name'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("pgwarden.yaml:2:"), "{e}");
+    }
+}

@@ -1,0 +1,299 @@
+//! `pgwarden run`: binds the listeners, loads and attaches the kernel programs, keeps the
+//! cgroup tags in step with the tree, serves the control socket, and accepts sessions.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpListener;
+use tracing::{debug, error, info, warn};
+
+use crate::cgroup::{self, CgroupPath};
+use crate::config::Config;
+use crate::names::{CgroupId, OrigDstAddr, SessionId, WorkloadName};
+use crate::redirect::{self, KernelConfig, Redirect};
+use crate::session::{self, SessionInfo};
+use crate::tags::{TagSink, Tagger};
+
+/// State shared by the listener, the sessions, the tag watcher and the control socket.
+/// Lock order, where two are held: `tagger` before `redirect`.
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// Where cgroup2 is mounted.
+    pub cgroup_root: PathBuf,
+    /// The kernel side; `None` in listen-only mode.
+    pub redirect: Option<Mutex<Redirect>>,
+    /// Tag state.
+    pub tagger: Mutex<Tagger>,
+    /// Live sessions.
+    pub sessions: Mutex<BTreeMap<SessionId, SessionInfo>>,
+    /// Bound listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Agent start, seconds since the epoch.
+    pub started: u64,
+    session_base: u64,
+    session_seq: AtomicU64,
+}
+
+/// Tag sink for listen-only mode: decisions are kept for status, nothing is in the kernel.
+struct NoKernel;
+
+impl TagSink for NoKernel {
+    fn tag(&mut self, _: CgroupId, _: crate::names::WorkloadId) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn untag(&mut self, _: CgroupId) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn stick(&mut self, _: &CgroupPath, _: crate::names::WorkloadId) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn unstick(&mut self, _: &CgroupPath) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// A fresh session id: the agent's start time in the high bits, a counter below.
+    pub fn next_session_id(&self) -> SessionId {
+        SessionId(
+            self.session_base | (self.session_seq.fetch_add(1, Ordering::Relaxed) & 0xff_ffff),
+        )
+    }
+
+    /// Listen-only mode's server.
+    pub async fn listen_only_upstream(&self) -> Option<OrigDstAddr> {
+        let target = self.config.listen_only.upstream.as_deref()?;
+        tokio::net::lookup_host(target)
+            .await
+            .ok()?
+            .next()
+            .map(OrigDstAddr)
+    }
+
+    /// Listen-only mode's workload name.
+    pub fn listen_only_workload(&self) -> WorkloadName {
+        WorkloadName(self.config.listen_only.workload.clone())
+    }
+
+    /// Walks the cgroup tree and brings the kernel's tags in line with it.
+    pub fn rescan(&self) -> anyhow::Result<()> {
+        let found = cgroup::walk(&self.cgroup_root);
+        let root = &self.cgroup_root;
+        let alive = |p: &CgroupPath, id: CgroupId| {
+            cgroup::cgroup_id(&p.dir(root)).is_ok_and(|now| now == id)
+        };
+        let mut tagger = lock(&self.tagger);
+        match &self.redirect {
+            Some(r) => tagger.reconcile(&found, &alive, &mut *lock(r)),
+            None => tagger.reconcile(&found, &alive, &mut NoKernel),
+        }
+    }
+
+    /// A cgroup the kernel saw created.
+    fn created(&self, id: CgroupId, path: CgroupPath) -> anyhow::Result<()> {
+        let mut tagger = lock(&self.tagger);
+        match &self.redirect {
+            Some(r) => tagger.created(id, path, &mut *lock(r)),
+            None => tagger.created(id, path, &mut NoKernel),
+        }
+    }
+
+    /// Tags a cgroup directory for a workload (the xattr), then applies it.
+    pub fn tag(&self, path: &str, workload: &str) -> anyhow::Result<CgroupPath> {
+        anyhow::ensure!(
+            crate::config::valid_workload_name(workload),
+            "workload name `{workload}`: use letters, digits, `-`, `_` and `.` (1 to 64)"
+        );
+        let path = CgroupPath::from_arg(&self.cgroup_root, path)?;
+        let dir = path.dir(&self.cgroup_root);
+        anyhow::ensure!(
+            dir.join("cgroup.procs").exists(),
+            "{}: not a cgroup directory",
+            dir.display()
+        );
+        cgroup::write_tag(&dir, workload)?;
+        self.rescan()?;
+        Ok(path)
+    }
+
+    /// Removes a cgroup directory's tag, then applies it. Config matches cannot be untagged.
+    pub fn untag(&self, path: &str) -> anyhow::Result<CgroupPath> {
+        let path = CgroupPath::from_arg(&self.cgroup_root, path)?;
+        let dir = path.dir(&self.cgroup_root);
+        anyhow::ensure!(
+            dir.join("cgroup.procs").exists(),
+            "{}: not a cgroup directory",
+            dir.display()
+        );
+        cgroup::clear_tag(&dir)?;
+        self.rescan()?;
+        if let Some((w, source)) = lock(&self.tagger).matchers.config_match(&path) {
+            anyhow::bail!(
+                "{path}: xattr removed, but the config still assigns it to workload `{w}` ({source:?}); change the config to untag it"
+            );
+        }
+        Ok(path)
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(config: Config, redirect_enabled: bool) -> anyhow::Result<()> {
+    let cgroup_root = cgroup::cgroup2_root()?;
+    info!(cgroup2 = %cgroup_root.display(), "cgroup2 hierarchy found");
+
+    // Listeners first: once connects are redirected, they must have somewhere to land.
+    let mut listeners = Vec::new();
+    if let Some(a) = config.listen.ipv4 {
+        listeners.push(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {a}"))?,
+        );
+    }
+    if let Some(a) = config.listen.ipv6 {
+        listeners.push(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {a}"))?,
+        );
+    }
+    let listen: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+
+    let (redirect, events) = if redirect_enabled {
+        let (r, ev) = Redirect::load(&KernelConfig {
+            listen_v4: config.listen.ipv4,
+            listen_v6: config.listen.ipv6,
+            intercept: &config.intercept,
+            agent_tgid: std::process::id(),
+        })?;
+        (Some(Mutex::new(r)), Some(ev))
+    } else {
+        anyhow::ensure!(
+            config.listen_only.upstream.is_some(),
+            "--no-redirect needs `listen_only.upstream: HOST:PORT` in the config: the server to relay to"
+        );
+        warn!("listen-only mode: no eBPF redirect; clients must connect to {listen:?} themselves");
+        (None, None)
+    };
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let shared = Arc::new(Shared {
+        tagger: Mutex::new(Tagger::new(&config.workloads)),
+        config,
+        cgroup_root: cgroup_root.clone(),
+        redirect,
+        sessions: Mutex::new(BTreeMap::new()),
+        listen: listen.clone(),
+        started: now.as_secs(),
+        session_base: (now.as_secs() & 0xff_ffff_ffff) << 24,
+        session_seq: AtomicU64::new(1),
+    });
+
+    // The mkdir tracepoint is live: tag what exists now, then redirect.
+    shared.rescan().context("initial scan of the cgroup tree")?;
+    if let Some(r) = &shared.redirect {
+        lock(r).attach(&cgroup_root)?;
+        info!(root = %cgroup_root.display(), "eBPF programs attached: tagged workloads are redirected");
+    }
+    if let Some(events) = events {
+        tokio::spawn(watch_events(Arc::clone(&shared), events));
+    }
+    tokio::spawn(rescan_loop(Arc::clone(&shared)));
+    let control = crate::control::Server::bind(&shared.config.control.socket)?;
+    tokio::spawn(control.serve(Arc::clone(&shared)));
+    for l in listeners {
+        tokio::spawn(accept_loop(Arc::clone(&shared), l));
+    }
+    info!(listen = ?listen, "pgwarden ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+        _ = term.recv() => info!("SIGTERM: stopping"),
+    }
+    let _ = std::fs::remove_file(&shared.config.control.socket);
+    Ok(())
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                tokio::spawn(session::serve(Arc::clone(&shared), sock, peer));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin; other sessions carry on.
+                error!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn rescan_loop(shared: Arc<Shared>) {
+    let period = Duration::from_secs(shared.config.cgroups.rescan_seconds);
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let s = Arc::clone(&shared);
+        match tokio::task::spawn_blocking(move || s.rescan()).await {
+            Ok(Ok(())) => debug!("cgroup rescan done"),
+            Ok(Err(e)) => error!("cgroup rescan failed: {e:#}"),
+            Err(e) => error!("cgroup rescan panicked: {e}"),
+        }
+    }
+}
+
+#[expect(
+    deprecated,
+    reason = "AsyncFd::new is sound here: the RingBuf owns its map fd for as long as the AsyncFd \
+              holds it; the replacement, AsyncFd::register, is unsafe and unsafe is forbidden"
+)]
+async fn watch_events(shared: Arc<Shared>, events: RingBuf<MapData>) {
+    let mut fd = match AsyncFd::new(events) {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!("cannot poll the cgroup event ring buffer: {e}; relying on rescans");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!("cgroup event ring buffer: {e}; relying on rescans");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            let Some((id, path, sticky)) = redirect::decode_event(&item) else {
+                continue;
+            };
+            if sticky != 0 {
+                debug!(cgroup = %path, id = id.0, "kernel tagged a re-created cgroup at mkdir");
+            }
+            if let Err(e) = shared.created(id, path.clone()) {
+                error!(cgroup = %path, "tagging a new cgroup failed: {e:#}");
+            }
+        }
+        guard.clear_ready();
+    }
+}

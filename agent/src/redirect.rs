@@ -1,0 +1,427 @@
+//! The kernel side, seen from the agent: loads the embedded eBPF object, fills its maps,
+//! attaches its programs to the cgroup2 root, and answers "where was this connection going?".
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use agent_common::{
+    AGENT_CONFIG, AgentConfig, CGROUP_EVENTS, CONFIG_HAS_V4, CONFIG_HAS_V6, COUNTER_NAMES,
+    COUNTERS, CgroupEvent, ConnectRecord, INTERCEPT_DESTS, ORIGIN_BY_TUPLE, PathBuf as KernelPath,
+    STICKY_PATHS, TAGGED_CGROUPS, TupleKey,
+};
+use anyhow::{Context as _, anyhow, bail};
+use aya::Ebpf;
+use aya::maps::lpm_trie::Key;
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint};
+use serde::Serialize;
+
+use crate::cgroup::CgroupPath;
+use crate::dest::Destination;
+use crate::names::{CgroupId, WorkloadId};
+use crate::tags::TagSink;
+
+/// The compiled kernel programs, built by build.rs and embedded in the binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pgwarden"));
+
+/// What the agent attached, for status.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachPoint {
+    /// Program name in the object.
+    pub program: String,
+    /// Hook.
+    pub hook: String,
+    /// Where: a cgroup directory or a tracepoint.
+    pub target: String,
+}
+
+/// Listen addresses and identity the kernel programs need.
+pub struct KernelConfig<'a> {
+    /// IPv4 listen address.
+    pub listen_v4: Option<std::net::SocketAddrV4>,
+    /// IPv6 listen address.
+    pub listen_v6: Option<std::net::SocketAddrV6>,
+    /// Intercepted destinations.
+    pub intercept: &'a [Destination],
+    /// The agent's pid.
+    pub agent_tgid: u32,
+}
+
+/// The loaded programs and their maps.
+pub struct Redirect {
+    ebpf: Ebpf,
+    // Maps taken out of `ebpf` stay open here: programs are loaded after `load` returns and
+    // their map references are these fds.
+    _config: Array<MapData, AgentConfig>,
+    _dests: LpmTrie<MapData, agent_common::DestKey, u32>,
+    tagged: HashMap<MapData, u64, u32>,
+    sticky: HashMap<MapData, KernelPath, u32>,
+    origins: HashMap<MapData, TupleKey, ConnectRecord>,
+    counters: PerCpuArray<MapData, u64>,
+    attached: Vec<AttachPoint>,
+}
+
+const TRACEFS_CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// Says what this host lacks for the kernel side, all at once, or nothing.
+pub fn preflight() -> Result<(), String> {
+    let mut missing = Vec::new();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let has = |c: u32| cap_eff & (1 << c) != 0;
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("capability CAP_BPF (or CAP_SYS_ADMIN) to load eBPF programs".to_owned());
+    }
+    if !has(CAP_NET_ADMIN) && !has(CAP_SYS_ADMIN) {
+        missing.push("capability CAP_NET_ADMIN to attach cgroup socket programs".to_owned());
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("capability CAP_PERFMON for the cgroup_mkdir tracepoint".to_owned());
+    }
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = release
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (5, 9) {
+        missing.push(format!(
+            "Linux 5.9 or newer (cgroup getpeername and sock_release hooks, ring buffers); this is {release}"
+        ));
+    }
+    if !Path::new("/sys/fs/bpf").exists()
+        && !Path::new("/proc/sys/kernel/bpf_stats_enabled").exists()
+    {
+        missing.push("a kernel built with CONFIG_BPF_SYSCALL".to_owned());
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join("; "))
+    }
+}
+
+/// Mounts tracefs if it is not, and returns its path.
+fn tracefs() -> anyhow::Result<PathBuf> {
+    for c in TRACEFS_CANDIDATES {
+        if Path::new(c).join("events").is_dir() {
+            return Ok(PathBuf::from(c));
+        }
+    }
+    let target = TRACEFS_CANDIDATES[0];
+    nix::mount::mount(
+        Some("tracefs"),
+        target,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("tracefs is not mounted and mounting it at {target} failed"))?;
+    Ok(PathBuf::from(target))
+}
+
+/// Checks that the `cgroup_mkdir` tracepoint record has the layout the kernel program reads.
+fn check_mkdir_format(tracefs: &Path) -> anyhow::Result<()> {
+    let file = tracefs.join("events/cgroup/cgroup_mkdir/format");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    for (field, offset) in [
+        ("int root;", 8),
+        ("u64 id;", 16),
+        ("__data_loc char[] path;", 24),
+    ] {
+        let ok = text.lines().any(|l| {
+            l.contains(&format!("field:{field}")) && l.contains(&format!("offset:{offset};"))
+        });
+        if !ok {
+            bail!(
+                "{}: field `{field}` is not at offset {offset}; this kernel's cgroup_mkdir tracepoint differs",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> anyhow::Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
+}
+
+impl Redirect {
+    /// Loads the programs and fills the configuration maps; attaches the mkdir tracepoint.
+    /// Nothing is redirected until [`Redirect::attach`].
+    pub fn load(cfg: &KernelConfig<'_>) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+        if let Err(missing) = preflight() {
+            bail!("cannot load pgwarden's eBPF programs: missing {missing}");
+        }
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the embedded eBPF object")?;
+        let mut flags = 0;
+        let mut listen_v4 = 0;
+        let mut listen_v6 = [0u32; 4];
+        let mut port = 0;
+        if let Some(v4) = cfg.listen_v4 {
+            flags |= CONFIG_HAS_V4;
+            listen_v4 = u32::from_ne_bytes(v4.ip().octets());
+            port = v4.port();
+        }
+        if let Some(v6) = cfg.listen_v6 {
+            flags |= CONFIG_HAS_V6;
+            let o = v6.ip().octets();
+            for (i, w) in listen_v6.iter_mut().enumerate() {
+                *w = u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
+            }
+            if port != 0 && port != v6.port() {
+                bail!(
+                    "listen.ipv4 and listen.ipv6 must use the same port ({port} vs {})",
+                    v6.port()
+                );
+            }
+            port = v6.port();
+        }
+        let mut config: Array<_, AgentConfig> = take(&mut ebpf, AGENT_CONFIG)?;
+        config.set(
+            0,
+            AgentConfig {
+                listen_v4,
+                listen_v6,
+                listen_port: port,
+                flags,
+                agent_tgid: cfg.agent_tgid,
+            },
+            0,
+        )?;
+        let mut dests: LpmTrie<_, agent_common::DestKey, u32> = take(&mut ebpf, INTERCEPT_DESTS)?;
+        for d in cfg.intercept {
+            for net in &d.nets {
+                let (len, data) = net.lpm_key();
+                dests
+                    .insert(&Key::new(len, data), 1, 0)
+                    .with_context(|| format!("intercept {d}"))?;
+            }
+        }
+        let events: RingBuf<MapData> = take(&mut ebpf, CGROUP_EVENTS)?;
+        let mut this = Self {
+            tagged: take(&mut ebpf, TAGGED_CGROUPS)?,
+            sticky: take(&mut ebpf, STICKY_PATHS)?,
+            origins: take(&mut ebpf, ORIGIN_BY_TUPLE)?,
+            counters: take(&mut ebpf, COUNTERS)?,
+            _config: config,
+            _dests: dests,
+            ebpf,
+            attached: Vec::new(),
+        };
+        let tracefs = tracefs()?;
+        check_mkdir_format(&tracefs)?;
+        let tp: &mut TracePoint = this
+            .ebpf
+            .program_mut("cgroup_mkdir")
+            .ok_or_else(|| anyhow!("program cgroup_mkdir missing"))?
+            .try_into()?;
+        tp.load().context("loading cgroup_mkdir")?;
+        tp.attach("cgroup", "cgroup_mkdir")
+            .context("attaching tracepoint cgroup:cgroup_mkdir")?;
+        this.attached.push(AttachPoint {
+            program: "cgroup_mkdir".into(),
+            hook: "tracepoint".into(),
+            target: "cgroup:cgroup_mkdir".into(),
+        });
+        Ok((this, events))
+    }
+
+    /// Attaches the socket programs to the cgroup2 root: from here on, tagged workloads'
+    /// connects are redirected.
+    pub fn attach(&mut self, cgroup_root: &Path) -> anyhow::Result<()> {
+        let target = cgroup_root.display().to_string();
+        let open = || File::open(cgroup_root).with_context(|| format!("opening {target}"));
+        // sock_ops and sock_release first: once connect4/6 redirect, re-keying must be live.
+        {
+            let p: &mut SockOps = self.program("sock_ops")?.try_into()?;
+            p.load().context("loading sock_ops")?;
+            p.attach(open()?, CgroupAttachMode::Single)
+                .context("attaching sock_ops")?;
+            self.attached.push(AttachPoint {
+                program: "sock_ops".into(),
+                hook: "sock_ops".into(),
+                target: target.clone(),
+            });
+        }
+        {
+            let p: &mut CgroupSock = self.program("sock_release")?.try_into()?;
+            p.load().context("loading sock_release")?;
+            p.attach(open()?, CgroupAttachMode::Single)
+                .context("attaching sock_release")?;
+            self.attached.push(AttachPoint {
+                program: "sock_release".into(),
+                hook: "cgroup/sock_release".into(),
+                target: target.clone(),
+            });
+        }
+        for name in ["getpeername4", "getpeername6", "connect4", "connect6"] {
+            let p: &mut CgroupSockAddr = self.program(name)?.try_into()?;
+            p.load().with_context(|| format!("loading {name}"))?;
+            p.attach(open()?, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name}"))?;
+            self.attached.push(AttachPoint {
+                program: name.into(),
+                hook: format!("cgroup/{name}"),
+                target: target.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn program(&mut self, name: &str) -> anyhow::Result<&mut aya::programs::Program> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))
+    }
+
+    /// Takes the record of an accepted connection: where it was going, and who made it.
+    pub fn take_origin(&mut self, client: SocketAddr, server: SocketAddr) -> Option<ConnectRecord> {
+        let key = tuple_key(client, server);
+        let Ok(record) = self.origins.get(&key, 0) else {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let stored: Vec<_> = self.origins.keys().filter_map(Result::ok).take(8).collect();
+                tracing::debug!(?key, ?stored, "no record for this 4-tuple");
+            }
+            return None;
+        };
+        let _ = self.origins.remove(&key);
+        Some(record)
+    }
+
+    /// What is attached.
+    pub fn attached(&self) -> &[AttachPoint] {
+        &self.attached
+    }
+
+    /// The kernel programs' counters, summed over CPUs.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        COUNTER_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let sum = u32::try_from(i)
+                    .ok()
+                    .and_then(|i| self.counters.get(&i, 0).ok())
+                    .map_or(0, |v| v.iter().sum());
+                (*name, sum)
+            })
+            .collect()
+    }
+}
+
+impl TagSink for Redirect {
+    fn tag(&mut self, id: CgroupId, workload: WorkloadId) -> anyhow::Result<()> {
+        self.tagged
+            .insert(id.0, workload.0, 0)
+            .with_context(|| format!("tagging cgroup {}", id.0))
+    }
+
+    fn untag(&mut self, id: CgroupId) -> anyhow::Result<()> {
+        match self.tagged.remove(&id.0) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("untagging cgroup {}", id.0)),
+        }
+    }
+
+    fn stick(&mut self, path: &CgroupPath, workload: WorkloadId) -> anyhow::Result<()> {
+        // Paths too long for the kernel key are tagged from user space only.
+        if let Some(key) = KernelPath::from_path(path.0.as_bytes()) {
+            self.sticky
+                .insert(key, workload.0, 0)
+                .with_context(|| format!("sticky path {path}"))?;
+        }
+        Ok(())
+    }
+
+    fn unstick(&mut self, path: &CgroupPath) -> anyhow::Result<()> {
+        if let Some(key) = KernelPath::from_path(path.0.as_bytes()) {
+            match self.sticky.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("sticky path {path}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An address in the kernel's IPv6 form (IPv4 mapped).
+pub fn v6_form(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => agent_common::v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The kernel's key for a connection between `client` and the interceptor at `server`.
+pub fn tuple_key(client: SocketAddr, server: SocketAddr) -> TupleKey {
+    TupleKey {
+        client_addr: v6_form(client.ip()),
+        server_addr: v6_form(server.ip()),
+        client_port: client.port(),
+        server_port: server.port(),
+        pad: 0,
+    }
+}
+
+/// Decodes one ring-buffer item into (id, path, sticky workload).
+pub fn decode_event(bytes: &[u8]) -> Option<(CgroupId, CgroupPath, u32)> {
+    if bytes.len() < std::mem::size_of::<CgroupEvent>() {
+        return None;
+    }
+    let id = u64::from_ne_bytes(bytes[0..8].try_into().ok()?);
+    let sticky = u32::from_ne_bytes(bytes[8..12].try_into().ok()?);
+    let len = usize::try_from(u32::from_ne_bytes(bytes[12..16].try_into().ok()?)).ok()?;
+    let path = bytes.get(16..16 + len)?;
+    let path = std::str::from_utf8(path).ok()?.trim_end_matches('\0');
+    Some((CgroupId(id), CgroupPath(path.to_owned()), sticky))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuple_keys_normalise_v4_to_mapped() {
+        let k = tuple_key(
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:15432".parse().unwrap(),
+        );
+        assert_eq!(&k.client_addr[10..], &[0xff, 0xff, 127, 0, 0, 1]);
+        assert_eq!(k.client_port, 40000);
+        assert_eq!(k.server_port, 15432);
+        let k6 = tuple_key(
+            "[::ffff:127.0.0.1]:40000".parse().unwrap(),
+            "[::ffff:127.0.0.1]:15432".parse().unwrap(),
+        );
+        assert_eq!(k, k6);
+    }
+
+    #[test]
+    fn decodes_events() {
+        let mut bytes = vec![0u8; std::mem::size_of::<CgroupEvent>()];
+        bytes[0..8].copy_from_slice(&42u64.to_ne_bytes());
+        bytes[8..12].copy_from_slice(&3u32.to_ne_bytes());
+        bytes[12..16].copy_from_slice(&6u32.to_ne_bytes());
+        bytes[16..22].copy_from_slice(b"/a/b.c");
+        let (id, path, sticky) = decode_event(&bytes).unwrap();
+        assert_eq!((id, path.0.as_str(), sticky), (CgroupId(42), "/a/b.c", 3));
+        assert!(decode_event(&bytes[..10]).is_none());
+    }
+}

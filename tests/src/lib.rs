@@ -1,0 +1,32 @@
+//! End-to-end test harness for pgwarden: starts a real PostgreSQL, creates cgroup v2 groups, runs
+//! processes inside them, and drives the `pgwarden` daemon under test. Everything here needs root.
+//!
+//! Helpers panic with a full report (command, status, stdout, stderr, logs) instead of returning
+//! errors, so a test reads as a straight line:
+//!
+//! ```no_run
+//! use pgwarden_e2e::{PgServer, TestCgroup, in_cgroup, require_root, run_ok, unique_name};
+//!
+//! require_root();
+//! let pg = PgServer::start();
+//! let cg = TestCgroup::create(&unique_name("pgwarden-e2e-example"));
+//! let out = run_ok(
+//!     in_cgroup(&cg.path, "psql")
+//!         .args(["-X", "-Atc", "select 1"])
+//!         .arg(pg.url("127.0.0.1")),
+//! );
+//! assert_eq!(out.trim(), "1");
+//! ```
+#![forbid(unsafe_code)]
+
+mod agent;
+mod cgroup;
+mod net;
+mod pg;
+mod process;
+
+pub use agent::Agent;
+pub use cgroup::{TestCgroup, cgroup2_root, in_cgroup, unique_name};
+pub use net::free_port;
+pub use pg::{PgServer, pg_bin};
+pub use process::{require_root, run_ok, run_output};

@@ -1,0 +1,219 @@
+//! A throwaway PostgreSQL 15 server per test: its own data directory under /tmp, run as the
+//! `postgres` user on a free port, trust authentication, stopped and deleted on drop.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::unistd::{User, chown};
+use tempfile::TempDir;
+
+use crate::net::free_port;
+use crate::process::{describe, dump_output, run_ok, run_output};
+
+/// Where Debian's postgresql-15 and postgresql-client-15 put their programs.
+const PG_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// The OS user and the database superuser the server runs as.
+const PG_USER: &str = "postgres";
+
+/// Path of a PostgreSQL 15 program (`initdb`, `pg_ctl`, `psql`, `pgbench`, ...).
+///
+/// # Panics
+///
+/// When the program is not installed.
+#[track_caller]
+pub fn pg_bin(name: &str) -> PathBuf {
+    let path = Path::new(PG_BIN_DIR).join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: PostgreSQL 15 is not installed. Run `cargo xtask setup` as root \
+         (it installs postgresql-15 and postgresql-client-15).",
+        path.display()
+    );
+    path
+}
+
+/// A running PostgreSQL server listening on 127.0.0.1 and [::1] at `port`, with its data
+/// directory, log (`pg.log`) and Unix socket in `dir`. Superuser `postgres`, no password.
+pub struct PgServer {
+    pub port: u16,
+    pub dir: TempDir,
+    data: PathBuf,
+}
+
+impl PgServer {
+    /// Creates a cluster with `initdb` and starts it, waiting until it accepts connections.
+    ///
+    /// # Panics
+    ///
+    /// When any step fails; the message includes the server log when there is one.
+    #[track_caller]
+    pub fn start() -> PgServer {
+        let user = User::from_name(PG_USER)
+            .expect("cannot read the user database")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no `{PG_USER}` user: install postgresql-15 (`cargo xtask setup` as root) \
+                     which creates it"
+                )
+            });
+        let dir = tempfile::Builder::new()
+            .prefix("pgwarden-pg-")
+            .tempdir_in("/tmp")
+            .expect("cannot create a temp dir under /tmp");
+        chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap_or_else(|err| {
+            panic!("cannot chown {} to {PG_USER}: {err}", dir.path().display())
+        });
+
+        let data = dir.path().join("data");
+        run_ok(
+            as_postgres(dir.path(), "initdb")
+                .args([
+                    "-U",
+                    PG_USER,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "-D",
+                ])
+                .arg(&data),
+        );
+
+        let port = free_port();
+        let conf = data.join("postgresql.conf");
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .unwrap_or_else(|err| panic!("cannot open {}: {err}", conf.display()));
+        write!(
+            file,
+            "\n# added by the pgwarden e2e harness\n\
+             listen_addresses = '127.0.0.1,::1'\n\
+             port = {port}\n\
+             max_connections = 300\n\
+             unix_socket_directories = '{}'\n\
+             fsync = off\n\
+             log_connections = on\n",
+            dir.path().display()
+        )
+        .unwrap_or_else(|err| panic!("cannot write {}: {err}", conf.display()));
+        drop(file);
+
+        // From here on, dropping the server stops it.
+        let server = PgServer { port, dir, data };
+        let mut start = as_postgres(server.dir.path(), "pg_ctl");
+        start
+            .arg("-D")
+            .arg(&server.data)
+            .arg("-l")
+            .arg(server.log_path())
+            .args(["-w", "-t", "60", "start"]);
+        let out = run_output(&mut start);
+        assert!(
+            out.status.success(),
+            "PostgreSQL did not start: {}\nstatus: {}\n{}\n--- pg.log ---\n{}",
+            describe(&start),
+            out.status,
+            dump_output(&out),
+            server.log()
+        );
+        server
+    }
+
+    /// Connection URL for `host` (an IPv6 address is bracketed), user `postgres`, database
+    /// `postgres`.
+    pub fn url(&self, host: &str) -> String {
+        url(host, self.port)
+    }
+
+    /// The server log so far (connections are logged).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_else(|err| format!("(no log: {err})"))
+    }
+
+    /// Runs `sql` with psql straight to the server over 127.0.0.1 (not through pgwarden) and
+    /// returns the unaligned, tuples-only output, trimmed.
+    ///
+    /// # Panics
+    ///
+    /// When psql fails.
+    #[track_caller]
+    pub fn psql_direct(&self, sql: &str) -> String {
+        run_ok(
+            Command::new(pg_bin("psql"))
+                .args(["-X", "-h", "127.0.0.1", "-p"])
+                .arg(self.port.to_string())
+                .args(["-U", PG_USER, "-d", "postgres", "-Atc", sql]),
+        )
+        .trim()
+        .to_owned()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("pg.log")
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let mut stop = as_postgres(self.dir.path(), "pg_ctl");
+        stop.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"]);
+        match stop.output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "warning: stopping PostgreSQL on port {} failed: {}\n{}",
+                self.port,
+                out.status,
+                dump_output(&out)
+            ),
+            Err(err) => eprintln!("warning: cannot run pg_ctl stop: {err}"),
+        }
+    }
+}
+
+/// `runuser -u postgres -- <pg program>`, run from `cwd` (the caller's working directory may not
+/// be readable by postgres).
+fn as_postgres(cwd: &Path, program: &str) -> Command {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", PG_USER, "--"])
+        .arg(pg_bin(program))
+        .current_dir(cwd);
+    cmd
+}
+
+fn url(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("postgresql://{PG_USER}@[{host}]:{port}/postgres")
+    } else {
+        format!("postgresql://{PG_USER}@{host}:{port}/postgres")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_bracket_ipv6_hosts() {
+        assert_eq!(
+            url("127.0.0.1", 5433),
+            "postgresql://postgres@127.0.0.1:5433/postgres"
+        );
+        assert_eq!(
+            url("::1", 5433),
+            "postgresql://postgres@[::1]:5433/postgres"
+        );
+        assert_eq!(
+            url("[::1]", 5433),
+            "postgresql://postgres@[::1]:5433/postgres"
+        );
+        assert_eq!(
+            url("localhost", 1),
+            "postgresql://postgres@localhost:1/postgres"
+        );
+    }
+}
