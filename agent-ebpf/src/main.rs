@@ -93,7 +93,7 @@ fn tagged_workload() -> (u64, u32) {
     // SAFETY: helpers without pointer arguments.
     let own = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: map lookup; the value is copied out at once.
-    if let Some(w) = unsafe { TAGGED_CGROUPS.get(&own) } {
+    if let Some(w) = unsafe { TAGGED_CGROUPS.get(own) } {
         return (own, *w);
     }
     let mut found = 0;
@@ -105,7 +105,7 @@ fn tagged_workload() -> (u64, u32) {
             break;
         }
         // SAFETY: as above. Deeper matches override shallower ones: the nearest tag wins.
-        if let Some(w) = unsafe { TAGGED_CGROUPS.get(&id) } {
+        if let Some(w) = unsafe { TAGGED_CGROUPS.get(id) } {
             found = *w;
         }
         level += 1;
@@ -243,7 +243,7 @@ fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: u16, family: u16) -> R
 fn store(ctx: &SockAddrContext, record: &ConnectRecord) -> bool {
     // SAFETY: valid context for bpf_get_socket_cookie in sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if ORIGIN_BY_COOKIE.insert(&cookie, record, 0).is_err() {
+    if ORIGIN_BY_COOKIE.insert(cookie, record, 0).is_err() {
         count(Counter::RefusedNoRecord);
         return false;
     }
@@ -329,7 +329,7 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     // SAFETY: valid sock_ops context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the record is copied out at once.
-    let Some(record) = (unsafe { ORIGIN_BY_COOKIE.get(&cookie) }).copied() else {
+    let Some(record) = (unsafe { ORIGIN_BY_COOKIE.get(cookie) }).copied() else {
         return 1;
     };
     let (client_addr, server_addr) = if ctx.family() == u32::from(AF_INET) {
@@ -352,7 +352,7 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
         server_port: u16::from_be((ctx.remote_port() >> 16) as u16),
         pad: 0,
     };
-    if ORIGIN_BY_TUPLE.insert(&key, &record, 0).is_err() {
+    if ORIGIN_BY_TUPLE.insert(key, record, 0).is_err() {
         count(Counter::RekeyFailed);
     }
     1
@@ -363,7 +363,7 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
 pub fn sock_release(ctx: SockContext) -> i32 {
     // SAFETY: valid cgroup sock context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = ORIGIN_BY_COOKIE.remove(&cookie);
+    let _ = ORIGIN_BY_COOKIE.remove(cookie);
     PROCEED
 }
 
@@ -373,7 +373,7 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
     // SAFETY: valid context for bpf_get_socket_cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: copied out at once.
-    if let Some(record) = unsafe { ORIGIN_BY_COOKIE.get(&cookie) } {
+    if let Some(record) = unsafe { ORIGIN_BY_COOKIE.get(cookie) } {
         let a = record.orig_addr;
         // SAFETY: writable fields in getpeername4.
         unsafe {
@@ -391,7 +391,7 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     // SAFETY: valid context for bpf_get_socket_cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: copied out at once.
-    if let Some(record) = unsafe { ORIGIN_BY_COOKIE.get(&cookie) } {
+    if let Some(record) = unsafe { ORIGIN_BY_COOKIE.get(cookie) } {
         let words = bytes_to_words(record.orig_addr);
         set_ctx_words!((*ctx.sock_addr).user_ip6, words);
         // SAFETY: writable field in getpeername6.
@@ -445,10 +445,10 @@ fn try_cgroup_mkdir(ctx: &TracePointContext) -> Result<(), i64> {
     event.path_len = len as u32;
     if len > 0 {
         // SAFETY: copied out at once.
-        if let Some(w) = unsafe { STICKY_PATHS.get(&event.path) } {
+        if let Some(w) = unsafe { STICKY_PATHS.get(event.path) } {
             let w = *w;
             event.sticky_workload = w;
-            if TAGGED_CGROUPS.insert(&id, &w, 0).is_ok() {
+            if TAGGED_CGROUPS.insert(id, w, 0).is_ok() {
                 count(Counter::StickyTagged);
             }
         }

@@ -212,50 +212,47 @@ impl Config {
                 message,
             }
         })?;
-        config.validate().map_err(|(needle, message)| ConfigError {
+        config.validate().map_err(|(at, message)| ConfigError {
             file: file.to_owned(),
-            at: needle.and_then(|n| position_of(text, &n)),
+            at: at.and_then(|(key, value, nth)| position_of(text, key, value.as_deref(), nth)),
             message,
         })?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), (Option<String>, String)> {
+    /// Semantic checks. An error carries where to point: (key, value, nth occurrence).
+    #[allow(clippy::type_complexity, reason = "a private error shape used once")]
+    fn validate(&self) -> Result<(), (Option<(&'static str, Option<String>, usize)>, String)> {
         if self.listen.ipv4.is_none() && self.listen.ipv6.is_none() {
             return Err((
-                Some("listen".into()),
+                Some(("listen", None, 0)),
                 "listen: at least one of ipv4, ipv6 is needed".into(),
             ));
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = std::collections::HashMap::new();
         for w in &self.workloads {
+            let nth = *seen.get(w.name.as_str()).unwrap_or(&0);
+            let at = Some(("name", Some(w.name.clone()), nth));
             if !valid_workload_name(&w.name) {
                 return Err((
-                    Some(w.name.clone()),
+                    at,
                     format!(
                         "workload name `{}`: use letters, digits, `-`, `_` and `.` (1 to 64)",
                         w.name
                     ),
                 ));
             }
-            if !seen.insert(w.name.as_str()) {
-                return Err((
-                    Some(w.name.clone()),
-                    format!("workload `{}` is defined twice", w.name),
-                ));
+            if nth > 0 {
+                return Err((at, format!("workload `{}` is defined twice", w.name)));
             }
-            for g in w.systemd_unit.iter().chain(&w.cgroup) {
-                if g.is_empty() {
-                    return Err((
-                        Some(w.name.clone()),
-                        format!("workload `{}`: empty matcher", w.name),
-                    ));
-                }
+            seen.insert(w.name.as_str(), nth + 1);
+            if w.systemd_unit.iter().chain(&w.cgroup).any(String::is_empty) {
+                return Err((at, format!("workload `{}`: empty matcher", w.name)));
             }
         }
         if self.cgroups.rescan_seconds == 0 {
             return Err((
-                Some("rescan_seconds".into()),
+                Some(("rescan_seconds", None, 0)),
                 "cgroups.rescan_seconds must be at least 1".into(),
             ));
         }
@@ -271,12 +268,17 @@ pub fn valid_workload_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// 1-based line and column of the first occurrence of `needle` in `text`.
-fn position_of(text: &str, needle: &str) -> Option<(usize, usize)> {
-    let at = text.find(needle)?;
-    let line = text[..at].matches('\n').count() + 1;
-    let col = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
-    Some((line, col))
+/// 1-based line and column of the `nth` (0-based) line holding `key:` (followed by `value`,
+/// quoted or not, when given).
+fn position_of(text: &str, key: &str, value: Option<&str>, nth: usize) -> Option<(usize, usize)> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let col = line.find(&format!("{key}:"))?;
+            let rest = line[col + key.len() + 1..].trim().trim_matches(['"', '\'']);
+            value.is_none_or(|v| rest == v).then_some((i + 1, col + 1))
+        })
+        .nth(nth)
 }
 
 #[cfg(test)]
@@ -330,7 +332,7 @@ mod tests {
         let e = parse("workloads:\n  - name: a\n  - name: a\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("pgwarden.yaml:2:"), "{e}");
+        assert!(e.starts_with("pgwarden.yaml:3:5: "), "{e}");
         assert!(e.contains("defined twice"), "{e}");
 
         let e = parse("workloads: [\n").unwrap_err().to_string();

@@ -90,10 +90,11 @@ impl Matchers {
     pub fn config_match(&self, path: &CgroupPath) -> Option<(WorkloadName, TagSource)> {
         let name = path.name();
         for (workload, units, globs) in &self.workloads {
-            if is_unit_name(name) && systemd_unit(path) == Some(name) {
-                if let Some(g) = units.iter().find(|g| glob_match(g, name)) {
-                    return Some((workload.clone(), TagSource::SystemdUnit(g.clone())));
-                }
+            if is_unit_name(name)
+                && systemd_unit(path) == Some(name)
+                && let Some(g) = units.iter().find(|g| glob_match(g, name))
+            {
+                return Some((workload.clone(), TagSource::SystemdUnit(g.clone())));
             }
             if let Some(g) = globs
                 .iter()

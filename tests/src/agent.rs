@@ -45,6 +45,16 @@ impl Agent {
     /// includes the agent log.
     #[track_caller]
     pub fn start(config_yaml: &str, control_socket: &Path) -> Agent {
+        Self::start_with_args(config_yaml, control_socket, &[])
+    }
+
+    /// As [`Agent::start`], with extra arguments after `run --config FILE`.
+    ///
+    /// # Panics
+    ///
+    /// As [`Agent::start`].
+    #[track_caller]
+    pub fn start_with_args(config_yaml: &str, control_socket: &Path, extra: &[&str]) -> Agent {
         let bin = agent_bin();
         let tmp = tempfile::Builder::new()
             .prefix("pgwarden-agent-")
@@ -63,6 +73,7 @@ impl Agent {
             .arg("run")
             .arg("--config")
             .arg(&config)
+            .args(extra)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(log)

@@ -52,3 +52,69 @@ fn status_without_an_agent_says_so() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the pgwarden agent"));
 }
+
+#[test]
+fn without_capabilities_run_says_exactly_what_is_missing() {
+    pgwarden_e2e::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.yaml");
+    let port = pgwarden_e2e::free_port();
+    std::fs::write(
+        &file,
+        format!(
+            "listen:\n  ipv4: 127.0.0.1:{port}\n  ipv6: null\ncontrol:\n  socket: {}/c.sock\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    // Root without any capability, as a badly written unit file would start it.
+    let out = Command::new("setpriv")
+        .args([
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
+        .arg(bin())
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run setpriv");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"] {
+        assert!(err.contains(needle), "missing {needle} in: {err}");
+    }
+}
+
+#[test]
+fn listen_only_mode_relays_clients_that_connect_to_it() {
+    pgwarden_e2e::require_root();
+    let pg = pgwarden_e2e::PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("c.sock");
+    let port = pgwarden_e2e::free_port();
+    let config = format!(
+        "listen:\n  ipv4: 127.0.0.1:{port}\n  ipv6: null\ncontrol:\n  socket: {}\nlisten_only:\n  upstream: 127.0.0.1:{}\n",
+        control.display(),
+        pg.port
+    );
+    let agent = pgwarden_e2e::Agent::start_with_args(&config, &control, &["--no-redirect"]);
+    let out = pgwarden_e2e::run_ok(
+        Command::new(pgwarden_e2e::pg_bin("psql"))
+            .args([
+                "-X",
+                "-Atc",
+                "select 7",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+            ])
+            .arg(port.to_string()),
+    );
+    assert_eq!(out.trim(), "7");
+    assert_eq!(agent.status()["agent"]["mode"], "listen-only");
+    assert!(agent.status()["attached"].as_array().unwrap().is_empty());
+}
