@@ -31,6 +31,114 @@ pub struct Config {
     /// listen address directly.
     #[serde(default)]
     pub listen_only: ListenOnlyConfig,
+    /// TLS toward clients: when given, clients asking for TLS get it (`sslmode=require` works).
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// How pgwarden connects to the real server.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// Protocol limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Certificate and key pgwarden presents to clients that ask for TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// TLS toward the real server, as libpq's `sslmode` means it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never.
+    Disable,
+    /// When the server offers it, without verifying the certificate.
+    #[default]
+    Prefer,
+    /// Always, without verifying the certificate.
+    Require,
+    /// Always, verifying the certificate chain against `ca` and the server's name or address.
+    VerifyFull,
+}
+
+/// The connection to the real server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// TLS mode.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM CA certificates for `verify-full`.
+    pub ca: Option<PathBuf>,
+    /// Name to verify the server's certificate against (default: its address).
+    pub server_name: Option<String>,
+    /// Seconds to wait for the TCP connect.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+}
+
+/// Maximum message sizes; a message over its limit ends the session with an error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Any message not listed below, bytes.
+    #[serde(default = "default_message_bytes")]
+    pub message_bytes: usize,
+    /// Client messages carrying statements or data (Query, Parse, Bind, CopyData,
+    /// FunctionCall), bytes.
+    #[serde(default = "default_statement_bytes")]
+    pub statement_bytes: usize,
+    /// Server messages carrying data (DataRow, CopyData, FunctionCallResponse), bytes.
+    #[serde(default = "default_result_bytes")]
+    pub result_bytes: usize,
+    /// Seconds a client has to finish its startup (TLS handshake and StartupMessage).
+    #[serde(default = "default_startup_timeout")]
+    pub startup_timeout_seconds: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            message_bytes: default_message_bytes(),
+            statement_bytes: default_statement_bytes(),
+            result_bytes: default_result_bytes(),
+            startup_timeout_seconds: default_startup_timeout(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The wire layer's limits.
+    pub fn wire(&self) -> crate::wire::Limits {
+        crate::wire::Limits {
+            default: self.message_bytes,
+            frontend_large: self.statement_bytes,
+            backend_large: self.result_bytes,
+            startup: 10_000,
+        }
+    }
+}
+
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_message_bytes() -> usize {
+    1 << 20
+}
+fn default_statement_bytes() -> usize {
+    64 << 20
+}
+fn default_result_bytes() -> usize {
+    1 << 30
+}
+fn default_startup_timeout() -> u64 {
+    30
 }
 
 /// The interceptor's listen addresses. Loopback by default: redirected connects land here.
@@ -249,6 +357,20 @@ impl Config {
             if w.systemd_unit.iter().chain(&w.cgroup).any(String::is_empty) {
                 return Err((at, format!("workload `{}`: empty matcher", w.name)));
             }
+        }
+        if self.upstream.sslmode == SslMode::VerifyFull && self.upstream.ca.is_none() {
+            return Err((
+                Some(("sslmode", None, 0)),
+                "upstream.sslmode verify-full needs upstream.ca (PEM CA certificates)".into(),
+            ));
+        }
+        if self.limits.message_bytes < 1024
+            || self.limits.statement_bytes < self.limits.message_bytes
+        {
+            return Err((
+                Some(("limits", None, 0)),
+                "limits: message_bytes must be at least 1024 and statement_bytes at least message_bytes".into(),
+            ));
         }
         if self.cgroups.rescan_seconds == 0 {
             return Err((

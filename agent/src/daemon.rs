@@ -1,6 +1,6 @@
 //! `pgwarden run`: binds the listeners, loads and attaches the kernel programs, keeps the
 //! cgroup tags in step with the tree, serves the control socket, and accepts sessions.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::cgroup::{self, CgroupPath};
 use crate::config::Config;
+use crate::hooks::Hooks;
 use crate::names::{CgroupId, OrigDstAddr, SessionId, WorkloadName};
 use crate::redirect::{self, KernelConfig, Redirect};
 use crate::session::{self, SessionInfo};
@@ -37,6 +38,14 @@ pub struct Shared {
     pub listen: Vec<SocketAddr>,
     /// Agent start, seconds since the epoch.
     pub started: u64,
+    /// The layers plugged into every session.
+    pub hooks: Arc<dyn Hooks>,
+    /// TLS toward clients, when configured.
+    pub client_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS toward servers, unless `sslmode: disable`.
+    pub upstream_tls: Option<tokio_rustls::TlsConnector>,
+    /// Backend keys of live sessions -> (session, server), for routing CancelRequests.
+    cancel_keys: Mutex<HashMap<(i32, Vec<u8>), (SessionId, SocketAddr)>>,
     session_base: u64,
     session_seq: AtomicU64,
 }
@@ -69,6 +78,29 @@ impl Shared {
         SessionId(
             self.session_base | (self.session_seq.fetch_add(1, Ordering::Relaxed) & 0xff_ffff),
         )
+    }
+
+    /// A session passed startup.
+    pub fn session_started(&self, info: SessionInfo) {
+        lock(&self.sessions).insert(info.meta.id, info);
+    }
+
+    /// A session ended: forget it and its cancel key.
+    pub fn session_ended(&self, id: SessionId) {
+        lock(&self.sessions).remove(&id);
+        lock(&self.cancel_keys).retain(|_, (owner, _)| *owner != id);
+    }
+
+    /// The server told session `id` its backend key.
+    pub fn register_cancel(&self, id: SessionId, pid: i32, key: &[u8], server: SocketAddr) {
+        lock(&self.cancel_keys).insert((pid, key.to_vec()), (id, server));
+    }
+
+    /// The server of the live session whose backend has this key.
+    pub fn cancel_target(&self, pid: i32, key: &[u8]) -> Option<SocketAddr> {
+        lock(&self.cancel_keys)
+            .get(&(pid, key.to_vec()))
+            .map(|(_, server)| *server)
     }
 
     /// Listen-only mode's server.
@@ -190,10 +222,21 @@ pub async fn run(config: Config, redirect_enabled: bool) -> anyhow::Result<()> {
         (None, None)
     };
 
+    let client_tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::acceptor)
+        .transpose()
+        .context("tls")?;
+    let upstream_tls = crate::tls::connector(&config.upstream).context("upstream TLS")?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let shared = Arc::new(Shared {
+        hooks: Arc::new(crate::hooks::Relay),
+        client_tls,
+        upstream_tls,
+        cancel_keys: Mutex::new(HashMap::new()),
         tagger: Mutex::new(Tagger::new(&config.workloads)),
         config,
         cgroup_root: cgroup_root.clone(),

@@ -21,12 +21,16 @@
 
 mod agent;
 mod cgroup;
+mod clients;
 mod net;
 mod pg;
 mod process;
+mod world;
 
 pub use agent::Agent;
 pub use cgroup::{TestCgroup, cgroup2_root, in_cgroup, unique_name};
+pub use clients::{client_dir, node_client, python_client, python_venv, workspace_root};
 pub use net::free_port;
 pub use pg::{PgServer, pg_bin};
 pub use process::{require_root, run_ok, run_output};
+pub use world::{World, tagged_world, world_with_workload};

@@ -1,6 +1,8 @@
 //! `cargo xtask setup`: idempotently installs what pgwarden needs on a fresh Debian 12 machine
-//! (system packages, nightly with rust-src and clippy, clippy/rustfmt, bpf-linker for LLVM 22).
+//! (system packages, nightly with rust-src and clippy, clippy/rustfmt, bpf-linker for LLVM 22,
+//! and the e2e suite's node and Python clients' dependencies).
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,17 +11,37 @@ use anyhow::{Context, Result, bail};
 use crate::cmd;
 
 /// Debian packages the build and the end-to-end tests need: LLVM for bpf-linker, the PostgreSQL
-/// server and client the tests run against, python3 for test peers, `ip`, `setfattr`/`getfattr`
-/// and `ps`/`pgrep`.
+/// server and client the tests run against (psql, pgbench), python3 for test peers and
+/// python3-venv for the psycopg client's venv (Debian's python3 cannot `-m venv` without it),
+/// `ip`, `setfattr`/`getfattr` and `ps`/`pgrep`.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "postgresql-15",
     "postgresql-client-15",
     "python3",
+    "python3-venv",
     "iproute2",
     "attr",
     "procps",
 ];
+
+/// Debian packages for the node `pg` client, wanted only when the program is not on PATH: a
+/// machine with Node.js from elsewhere (NodeSource's `nodejs` bundles npm and conflicts with
+/// Debian's `npm`) keeps what it has.
+const NODE_PACKAGES: &[(&str, &str)] = &[("node", "nodejs"), ("npm", "npm")];
+
+/// The node client of the e2e suite (package.json, package-lock.json), relative to the workspace.
+const NODE_CLIENT_DIR: &str = "tests/clients/node";
+
+/// The psycopg client's pinned requirements, relative to the workspace.
+const PYTHON_REQUIREMENTS: &str = "tests/clients/python/requirements.txt";
+
+/// The venv the e2e suite runs the psycopg client with, relative to the workspace (the tests
+/// look for `target/pyenv/bin/python`).
+const PYTHON_VENV: &str = "target/pyenv";
+
+/// Copy of the requirements last installed into the venv, to tell when they changed.
+const PYTHON_STAMP: &str = "pgwarden-requirements.txt";
 
 /// Where Debian's llvm-22-dev lives; bpf-linker's build looks in /usr without it.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -76,6 +98,10 @@ pub fn run(mode: Mode) -> Result<Outcome> {
     let (found, linker) = bpf_linker(mode)?;
     outcome.record("bpf-linker", found);
     outcome.bpf_linker = linker;
+    let found = node_client(mode)?;
+    outcome.record("node client dependencies", found);
+    let found = python_client(mode)?;
+    outcome.record("python client venv", found);
 
     if !outcome.missing.is_empty() {
         println!(
@@ -90,12 +116,24 @@ pub fn run(mode: Mode) -> Result<Outcome> {
     Ok(outcome)
 }
 
+/// [`DEBIAN_PACKAGES`], plus those of [`NODE_PACKAGES`] whose program is not on PATH.
+fn wanted_debian_packages() -> Vec<&'static str> {
+    let mut wanted = DEBIAN_PACKAGES.to_vec();
+    wanted.extend(
+        NODE_PACKAGES
+            .iter()
+            .filter(|(program, _)| cmd::find_tool(program).is_none())
+            .map(|&(_, package)| package),
+    );
+    wanted
+}
+
 fn debian_packages(mode: Mode) -> Result<Found> {
     let missing = missing_debian_packages()?;
     if missing.is_empty() {
         println!(
             "setup: debian packages {} present",
-            DEBIAN_PACKAGES.join(" ")
+            wanted_debian_packages().join(" ")
         );
         return Ok(Found::Present);
     }
@@ -135,7 +173,7 @@ fn apt_get() -> Command {
 
 fn missing_debian_packages() -> Result<Vec<&'static str>> {
     let mut missing = Vec::new();
-    for &package in DEBIAN_PACKAGES {
+    for package in wanted_debian_packages() {
         // `dpkg-query` exits 1 for packages it has never heard of: that is "missing" too.
         let out = cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
             .context("dpkg-query is needed to check packages (this task expects Debian 12)")?;
@@ -298,6 +336,154 @@ fn bpf_linker(mode: Mode) -> Result<(Found, Option<PathBuf>)> {
     Ok((Found::Installed, Some(path)))
 }
 
+/// The workspace root: xtask lives one level below it.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Whether `file` exists and was modified no earlier than every one of `inputs`.
+fn newer_than_all(file: &Path, inputs: &[PathBuf]) -> bool {
+    let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(file) else {
+        return false;
+    };
+    inputs
+        .iter()
+        .all(|input| modified(input).is_some_and(|changed| changed <= built))
+}
+
+/// `npm ci` in tests/clients/node when node_modules is missing or older than the lock file (npm
+/// writes node_modules/.package-lock.json on every install); `npm install` when there is no lock.
+fn node_client(mode: Mode) -> Result<Found> {
+    let dir = workspace_root().join(NODE_CLIENT_DIR);
+    let lock = dir.join("package-lock.json");
+    let manifest = dir.join("package.json");
+    let installed = dir.join("node_modules").join(".package-lock.json");
+    let label = format!("node client dependencies ({NODE_CLIENT_DIR}/node_modules)");
+    let inputs: Vec<PathBuf> = [manifest, lock.clone()]
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    if newer_than_all(&installed, &inputs) {
+        println!("setup: {label} present");
+        return Ok(Found::Present);
+    }
+    if mode == Mode::Check {
+        println!("setup: {label} missing");
+        return Ok(Found::Missing);
+    }
+    if cmd::find_tool("node").is_none() {
+        bail!(
+            "`node` is not on PATH: the e2e suite's node `pg` client needs Node.js \
+             (Debian packages nodejs and npm; `cargo xtask setup` as root installs them)"
+        );
+    }
+    let npm = cmd::find_tool("npm").context(
+        "`npm` is not on PATH: the e2e suite's node client needs it to install `pg` \
+         (Debian package npm; `cargo xtask setup` as root installs it)",
+    )?;
+    let verb = if lock.is_file() { "ci" } else { "install" };
+    println!("setup: {label} installing (npm {verb})");
+    cmd::run(
+        Command::new(npm)
+            .arg(verb)
+            .args(["--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir),
+    )?;
+    if !installed.is_file() {
+        bail!("`npm {verb}` succeeded but {} is missing", installed.display());
+    }
+    Ok(Found::Installed)
+}
+
+/// The interpreter to build the venv from: Debian's (the python3 and python3-venv packages
+/// above), else the first `python3` on PATH.
+fn system_python() -> Result<PathBuf> {
+    let debian = Path::new("/usr/bin/python3");
+    if debian.is_file() {
+        return Ok(debian.to_path_buf());
+    }
+    cmd::find_tool("python3").context("python3 not found (Debian package python3)")
+}
+
+/// Whether the venv's python runs and imports psycopg, and the requirements installed into it
+/// are the ones in the repository.
+fn python_venv_current(venv: &Path, requirements: &Path) -> bool {
+    let python = venv.join("bin").join("python");
+    let stamp_matches = match (fs::read(venv.join(PYTHON_STAMP)), fs::read(requirements)) {
+        (Ok(installed), Ok(wanted)) => installed == wanted,
+        _ => false,
+    };
+    stamp_matches
+        && cmd::output(Command::new(python).args(["-c", "import psycopg"]))
+            .is_ok_and(|out| out.status.success())
+}
+
+/// A venv at target/pyenv with tests/clients/python/requirements.txt installed (psycopg 3 with
+/// its bundled libpq), made or refreshed when missing, broken or behind the requirements.
+fn python_client(mode: Mode) -> Result<Found> {
+    let root = workspace_root();
+    let venv = root.join(PYTHON_VENV);
+    let requirements = root.join(PYTHON_REQUIREMENTS);
+    let label = format!("python client venv ({PYTHON_VENV}, {PYTHON_REQUIREMENTS})");
+    if python_venv_current(&venv, &requirements) {
+        println!("setup: {label} present");
+        return Ok(Found::Present);
+    }
+    if mode == Mode::Check {
+        println!("setup: {label} missing");
+        return Ok(Found::Missing);
+    }
+    println!("setup: {label} installing");
+    let python = venv.join("bin").join("python");
+    let runs = cmd::output(Command::new(&python).args(["-c", "import sys"]))
+        .is_ok_and(|out| out.status.success());
+    if !runs {
+        let system = system_python()?;
+        cmd::run(
+            Command::new(&system)
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        )
+        .with_context(|| {
+            format!(
+                "`{} -m venv` failed: on Debian install python3-venv (`cargo xtask setup` as \
+                 root does)",
+                system.display()
+            )
+        })?;
+    }
+    cmd::run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-r",
+            ])
+            .arg(&requirements),
+    )?;
+    fs::copy(&requirements, venv.join(PYTHON_STAMP)).with_context(|| {
+        format!(
+            "cannot copy {} into {}",
+            requirements.display(),
+            venv.display()
+        )
+    })?;
+    if !python_venv_current(&venv, &requirements) {
+        bail!(
+            "pip installed {} but `{} -c 'import psycopg'` still fails",
+            requirements.display(),
+            python.display()
+        );
+    }
+    Ok(Found::Installed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +492,27 @@ mod tests {
     fn reads_the_linker_version() {
         assert_eq!(linker_version("bpf-linker 0.13.2\n"), Some("0.13.2"));
         assert_eq!(linker_version(""), None);
+    }
+
+    #[test]
+    fn freshness_compares_modification_times() {
+        let dir = std::env::temp_dir().join(format!("xtask-fresh-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (old, new) = (dir.join("old"), dir.join("new"));
+        fs::write(&old, "").unwrap();
+        fs::write(&new, "").unwrap();
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        assert!(newer_than_all(&new, std::slice::from_ref(&old)));
+        assert!(!newer_than_all(&old, std::slice::from_ref(&new)));
+        assert!(!newer_than_all(&dir.join("absent"), &[old]));
+        assert!(newer_than_all(&new, &[]));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

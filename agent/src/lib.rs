@@ -1,0 +1,17 @@
+//! pgwarden: puts AI workloads' PostgreSQL connections under policy, masking and audit.
+//! The library holds every layer; `main.rs` only calls [`cli::main`].
+
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod dest;
+pub mod hooks;
+pub mod identity;
+pub mod names;
+pub mod redirect;
+pub mod session;
+pub mod tags;
+pub mod tls;
+pub mod wire;

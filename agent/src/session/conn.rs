@@ -1,0 +1,145 @@
+//! A connection that is plain TCP or TLS on either hop, and its split into boxed halves.
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The read half of a connection.
+pub type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+/// The write half of a connection.
+pub type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// One hop's stream.
+pub enum Conn {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS pgwarden terminated for a client.
+    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS pgwarden started toward the server.
+    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    /// Whether the hop is encrypted.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Self::Plain(_))
+    }
+
+    /// Splits into independently usable halves.
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Self::Plain(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Self::ServerTls(s) => {
+                let (r, w) = tokio::io::split(s);
+                (Box::new(r), Box::new(w))
+            }
+            Self::ClientTls(s) => {
+                let (r, w) = tokio::io::split(s);
+                (Box::new(r), Box::new(w))
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::ServerTls(s) => Pin::new(s).poll_read(cx, buf),
+            Self::ClientTls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::ServerTls(s) => Pin::new(s).poll_write(cx, buf),
+            Self::ClientTls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::ServerTls(s) => Pin::new(s).poll_flush(cx),
+            Self::ClientTls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::ServerTls(s) => Pin::new(s).poll_shutdown(cx),
+            Self::ClientTls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Writes every buffer of `batch`, in order, with as few syscalls as the writer allows, then
+/// flushes (TLS needs it) and clears the batch. The buffers are the frames as they were read:
+/// relaying them copies nothing on a plain hop.
+pub async fn write_batch<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    batch: &mut Vec<bytes::Bytes>,
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    if batch.is_empty() {
+        return Ok(());
+    }
+    if !w.is_write_vectored() || batch.len() == 1 {
+        if batch.len() == 1 {
+            w.write_all(&batch[0]).await?;
+        } else {
+            let total: usize = batch.iter().map(bytes::Bytes::len).sum();
+            let mut joined = bytes::BytesMut::with_capacity(total);
+            for b in batch.iter() {
+                joined.extend_from_slice(b);
+            }
+            w.write_all(&joined).await?;
+        }
+    } else {
+        let mut index = 0;
+        let mut offset = 0;
+        while index < batch.len() {
+            let slices: Vec<io::IoSlice<'_>> = batch[index..]
+                .iter()
+                .take(64)
+                .enumerate()
+                .map(|(i, b)| io::IoSlice::new(if i == 0 { &b[offset..] } else { &b[..] }))
+                .collect();
+            let mut n = w.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 && index < batch.len() {
+                let left = batch[index].len() - offset;
+                if n >= left {
+                    n -= left;
+                    index += 1;
+                    offset = 0;
+                } else {
+                    offset += n;
+                    n = 0;
+                }
+            }
+        }
+    }
+    w.flush().await?;
+    batch.clear();
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! One intercepted connection: startup (TLS, cancel routing, refusals), the connection to the
+//! real server, and the protocol-aware relay that the policy, masking and audit layers hook
+//! into. The per-connection state machine; errors end this session only.
+mod conn;
+mod relay;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow, bail};
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+pub use conn::Conn;
+
+use crate::config::SslMode;
+use crate::daemon::Shared;
+use crate::identity::{self, Identity};
+use crate::names::{
+    CgroupId, ClientAddr, ListenAddr, OrigDstAddr, SessionId, WorkloadId, WorkloadName,
+};
+use crate::wire::encode::{self, ErrorFields};
+use crate::wire::startup::{self, Startup};
+use crate::wire::{WireError, backend};
+
+/// The StartupMessage parameters later layers and the audit need.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DbParams {
+    /// `user`.
+    pub user: String,
+    /// `database` (defaults to the user, as PostgreSQL does).
+    pub database: String,
+    /// `application_name`.
+    pub application_name: Option<String>,
+    /// `options` (command-line options for the backend, e.g. `-c key=value`).
+    pub options: Option<String>,
+}
+
+/// Who and what a session is: fixed once startup is done. Later layers read it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionMeta {
+    /// Session id.
+    pub id: SessionId,
+    /// Workload name.
+    pub workload: WorkloadName,
+    /// Who (absent in listen-only mode, where the kernel recorded nothing).
+    pub identity: Option<Identity>,
+    /// The client's address as the interceptor sees it.
+    pub client: ClientAddr,
+    /// The interceptor address the client landed on.
+    pub listen: ListenAddr,
+    /// The real server the client asked for.
+    pub server: OrigDstAddr,
+    /// Startup parameters.
+    pub db: DbParams,
+    /// Whether the client hop is TLS.
+    pub client_tls: bool,
+    /// Whether the server hop is TLS.
+    pub server_tls: bool,
+}
+
+/// A live session, as status shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionInfo {
+    /// Who and what.
+    #[serde(flatten)]
+    pub meta: Arc<SessionMeta>,
+    /// The local address of pgwarden's own connection to the server.
+    pub upstream_local: Option<SocketAddr>,
+    /// Start, seconds since the epoch.
+    pub started: u64,
+}
+
+/// Where a session comes from, once the kernel's record is found.
+struct Origin {
+    server: OrigDstAddr,
+    workload: WorkloadName,
+    identity: Option<Identity>,
+}
+
+/// What the startup phase ended with.
+enum Opened {
+    /// A StartupMessage on this stream; `rest` holds bytes the client sent after it.
+    Session {
+        conn: Conn,
+        params: Startup,
+        rest: BytesMut,
+    },
+    /// A CancelRequest (the connection is done once it is routed).
+    Cancel { pid: i32, key: Bytes, raw: Bytes },
+}
+
+/// Sends a FATAL error to a client that is still in the startup phase, then closes.
+async fn refuse(conn: &mut Conn, code: &str, message: &str) {
+    let e = encode::error_response(&ErrorFields {
+        severity: "FATAL",
+        code,
+        message,
+        detail: None,
+        hint: None,
+    });
+    let _ = conn.write_all(&e).await;
+    let _ = conn.shutdown().await;
+}
+
+/// Serves one accepted connection to the end.
+pub async fn serve(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
+    let id = shared.next_session_id();
+    let Ok(listen) = client.local_addr() else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    // The record is taken at once (the kernel's map is bounded), the startup read after.
+    let origin = origin(&shared, peer, listen).await;
+    let timeout = Duration::from_secs(shared.config.limits.startup_timeout_seconds);
+    let opened = match tokio::time::timeout(timeout, open(&shared, client)).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            warn!(session = %id, client = %peer, "startup failed: {e:#}");
+            return;
+        }
+        Err(_) => {
+            warn!(session = %id, client = %peer, "startup timed out after {}s", timeout.as_secs());
+            return;
+        }
+    };
+    let Some(origin) = origin else {
+        // Fail closed: no record means we do not know who this is or where it was going.
+        warn!(
+            session = %id,
+            client = %peer,
+            "refused a connection with no redirect record: it was not redirected by pgwarden's \
+             programs (a client pointed at the listen address?) or its record was lost"
+        );
+        if let Opened::Session { mut conn, .. } = opened {
+            refuse(&mut conn, "08004", "pgwarden: this connection was not redirected by pgwarden; connect to the database's own address").await;
+        }
+        return;
+    };
+    match opened {
+        Opened::Cancel { pid, key, raw } => cancel(&shared, id, pid, &key, &raw).await,
+        Opened::Session { conn, params, rest } => {
+            run(shared, id, peer, listen, origin, conn, params, rest).await
+        }
+    }
+}
+
+/// Reads the startup phase: answers SSLRequest (TLS when configured) and GSSENCRequest, and
+/// returns the StartupMessage or CancelRequest.
+async fn open(shared: &Shared, tcp: TcpStream) -> anyhow::Result<Opened> {
+    let limits = shared.config.limits.wire();
+    let mut conn = Conn::Plain(tcp);
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        let msg = loop {
+            match startup::next_startup(&mut buf, limits.startup) {
+                Ok(Some(m)) => break m,
+                Ok(None) => {}
+                Err(e) => {
+                    refuse(
+                        &mut conn,
+                        "08P01",
+                        &format!("pgwarden: invalid startup packet: {e}"),
+                    )
+                    .await;
+                    bail!("invalid startup packet: {e}");
+                }
+            }
+            if conn.read_buf(&mut buf).await? == 0 {
+                bail!("client closed the connection during startup");
+            }
+        };
+        match msg {
+            Startup::Ssl => {
+                // Bytes after SSLRequest and before the handshake would be read as plaintext
+                // inside the TLS session (CVE-2021-23214): refuse.
+                if !buf.is_empty() {
+                    refuse(
+                        &mut conn,
+                        "08P01",
+                        "pgwarden: unexpected data after SSLRequest",
+                    )
+                    .await;
+                    bail!("data after SSLRequest");
+                }
+                let Conn::Plain(tcp) = conn else {
+                    bail!("second SSLRequest inside TLS")
+                };
+                match &shared.client_tls {
+                    Some(acceptor) => {
+                        let mut tcp = tcp;
+                        tcp.write_all(b"S").await?;
+                        let tls = acceptor.accept(tcp).await.context("client TLS handshake")?;
+                        conn = Conn::ServerTls(Box::new(tls));
+                    }
+                    None => {
+                        let mut tcp = tcp;
+                        tcp.write_all(b"N").await?;
+                        conn = Conn::Plain(tcp);
+                    }
+                }
+            }
+            Startup::GssEnc => conn.write_all(b"N").await?,
+            Startup::Cancel { pid, key, raw } => return Ok(Opened::Cancel { pid, key, raw }),
+            params @ Startup::Params { .. } => {
+                return Ok(Opened::Session {
+                    conn,
+                    params,
+                    rest: buf,
+                });
+            }
+        }
+    }
+}
+
+/// Connects to the real server and negotiates TLS per `upstream.sslmode`.
+pub async fn connect_upstream(shared: &Shared, server: SocketAddr) -> anyhow::Result<Conn> {
+    let timeout = Duration::from_secs(shared.config.upstream.connect_timeout_seconds);
+    let mut tcp = tokio::time::timeout(timeout, TcpStream::connect(server))
+        .await
+        .map_err(|_| anyhow!("connecting to {server} timed out"))?
+        .with_context(|| format!("connecting to {server}"))?;
+    let _ = tcp.set_nodelay(true);
+    let Some(connector) = &shared.upstream_tls else {
+        return Ok(Conn::Plain(tcp));
+    };
+    let mut req = Vec::with_capacity(8);
+    req.extend_from_slice(&8i32.to_be_bytes());
+    req.extend_from_slice(&startup::SSL_REQUEST.to_be_bytes());
+    tcp.write_all(&req).await?;
+    match tcp.read_u8().await? {
+        b'S' => {
+            let name = crate::tls::server_name(&shared.config.upstream, server.ip())?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .with_context(|| format!("TLS handshake with {server}"))?;
+            Ok(Conn::ClientTls(Box::new(tls)))
+        }
+        b'N' if shared.config.upstream.sslmode == SslMode::Prefer => Ok(Conn::Plain(tcp)),
+        b'N' => {
+            bail!("the server at {server} does not accept TLS and upstream.sslmode requires it")
+        }
+        other => bail!("the server at {server} answered SSLRequest with 0x{other:02x}"),
+    }
+}
+
+/// Routes a CancelRequest to the server of the session that owns the key. Only keys of live
+/// pgwarden sessions are forwarded; PostgreSQL itself answers nothing either way.
+async fn cancel(shared: &Shared, id: SessionId, pid: i32, key: &[u8], raw: &[u8]) {
+    let target = shared.cancel_target(pid, key);
+    let Some(server) = target else {
+        warn!(session = %id, backend = pid, "cancel request for a backend of no live session: dropped");
+        return;
+    };
+    match connect_upstream(shared, server).await {
+        Ok(mut up) => {
+            let _ = up.write_all(raw).await;
+            let _ = up.flush().await;
+            let mut sink = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_secs(5), up.read(&mut sink)).await;
+            info!(session = %id, backend = pid, server = %server, "cancel request forwarded");
+        }
+        Err(e) => warn!(session = %id, backend = pid, "cannot forward cancel request: {e:#}"),
+    }
+}
+
+fn db_params(params: &Startup) -> DbParams {
+    let user = params.param("user").unwrap_or_default().to_owned();
+    DbParams {
+        database: params
+            .param("database")
+            .map_or_else(|| user.clone(), str::to_owned),
+        user,
+        application_name: params.param("application_name").map(str::to_owned),
+        options: params.param("options").map(str::to_owned),
+    }
+}
+
+/// Removes the session from the registry when it ends, however it ends.
+struct Registered<'a> {
+    shared: &'a Shared,
+    id: SessionId,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.shared.session_ended(self.id);
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the one place a session is assembled"
+)]
+async fn run(
+    shared: Arc<Shared>,
+    id: SessionId,
+    peer: SocketAddr,
+    listen: SocketAddr,
+    origin: Origin,
+    mut conn: Conn,
+    params: Startup,
+    rest: BytesMut,
+) {
+    let db = db_params(&params);
+    if params
+        .param("replication")
+        .is_some_and(|v| v != "false" && v != "0" && v != "off" && v != "no")
+    {
+        warn!(session = %id, workload = %origin.workload, "replication connection refused");
+        refuse(
+            &mut conn,
+            "42501",
+            "pgwarden: replication connections are not allowed through pgwarden",
+        )
+        .await;
+        return;
+    }
+    let upstream = match connect_upstream(&shared, origin.server.0).await {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(session = %id, server = %origin.server.0, "cannot reach the server: {e:#}");
+            refuse(
+                &mut conn,
+                "08006",
+                &format!(
+                    "pgwarden: cannot reach the server {}: {e:#}",
+                    origin.server.0
+                ),
+            )
+            .await;
+            return;
+        }
+    };
+    let upstream_local = match &upstream {
+        Conn::Plain(s) => s.local_addr().ok(),
+        Conn::ClientTls(s) => s.get_ref().0.local_addr().ok(),
+        Conn::ServerTls(_) => None,
+    };
+    let meta = Arc::new(SessionMeta {
+        id,
+        workload: origin.workload,
+        identity: origin.identity,
+        client: ClientAddr(peer),
+        listen: ListenAddr(listen),
+        server: origin.server,
+        db,
+        client_tls: conn.is_tls(),
+        server_tls: upstream.is_tls(),
+    });
+    log_start(&meta);
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    shared.session_started(SessionInfo {
+        meta: Arc::clone(&meta),
+        upstream_local,
+        started,
+    });
+    let _registered = Registered {
+        shared: &shared,
+        id,
+    };
+    let Startup::Params { raw, .. } = &params else {
+        return;
+    };
+    let outcome = relay::run(&shared, &meta, conn, upstream, raw.clone(), rest).await;
+    match outcome {
+        Ok(()) => info!(session = %id, "session end"),
+        Err(e) => warn!(session = %id, "session end: {e:#}"),
+    }
+}
+
+fn log_start(meta: &SessionMeta) {
+    match &meta.identity {
+        Some(who) => info!(
+            session = %meta.id,
+            workload = %meta.workload,
+            pid = who.pid,
+            uid = who.uid,
+            exe = who.exe.as_deref().unwrap_or("?"),
+            cgroup = %who.cgroup.as_ref().map_or_else(|| format!("id:{}", who.cgroup_id.0), ToString::to_string),
+            client = %meta.client.0,
+            server = %meta.server.0,
+            user = %meta.db.user,
+            database = %meta.db.database,
+            tls = meta.client_tls,
+            "session start"
+        ),
+        None => {
+            info!(session = %meta.id, workload = %meta.workload, client = %meta.client.0, server = %meta.server.0, "session start (listen-only)")
+        }
+    }
+}
+
+async fn origin(shared: &Shared, peer: SocketAddr, listen: SocketAddr) -> Option<Origin> {
+    let Some(redirect) = &shared.redirect else {
+        let server = shared.listen_only_upstream().await?;
+        return Some(Origin {
+            server,
+            workload: shared.listen_only_workload(),
+            identity: None,
+        });
+    };
+    let record = redirect
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take_origin(peer, listen)?;
+    let (workload, known_path) = {
+        let tagger = shared
+            .tagger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let workload = tagger
+            .registry
+            .name(WorkloadId(record.workload))
+            .cloned()
+            .unwrap_or_else(|| WorkloadName(format!("unknown-{}", record.workload)));
+        (
+            workload,
+            tagger.path_of(CgroupId(record.cgroup_id)).cloned(),
+        )
+    };
+    let root = shared.cgroup_root.clone();
+    let identity = tokio::task::spawn_blocking(move || {
+        identity::resolve(&record, workload, known_path, &root)
+    })
+    .await
+    .ok()?;
+    debug!(pid = identity.pid, "origin found");
+    Some(Origin {
+        server: identity::orig_dst(&record),
+        workload: identity.workload.clone(),
+        identity: Some(identity),
+    })
+}
+
+/// Why a relay ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client broke the protocol.
+    #[error("client: {0}")]
+    Client(WireError),
+    /// The server broke the protocol.
+    #[error("server: {0}")]
+    Server(WireError),
+    /// A socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The SASL offer without channel-binding mechanisms (when TLS is terminated on a hop, the
+/// client's and the server's TLS channels differ, so SCRAM-SHA-256-PLUS cannot succeed).
+pub fn strip_channel_binding(frame: &crate::wire::Frame) -> Option<Bytes> {
+    let (code, data) = backend::authentication(frame).ok()?;
+    if code != backend::AUTH_SASL {
+        return None;
+    }
+    let mechs = backend::sasl_mechanisms(data).ok()?;
+    if !mechs.iter().any(|m| m.ends_with("-PLUS")) {
+        return None;
+    }
+    let kept: Vec<&str> = mechs
+        .into_iter()
+        .filter(|m| !m.ends_with("-PLUS"))
+        .collect();
+    Some(encode::auth_sasl(&kept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Frame, Limits, Side, next_frame};
+
+    #[test]
+    fn strips_plus_mechanisms_only() {
+        let offer = encode::auth_sasl(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
+        let frame = next_frame(
+            &mut BytesMut::from(&offer[..]),
+            &Limits::default(),
+            Side::Backend,
+        )
+        .unwrap()
+        .unwrap();
+        let stripped = strip_channel_binding(&frame).unwrap();
+        let f2: Frame = next_frame(
+            &mut BytesMut::from(&stripped[..]),
+            &Limits::default(),
+            Side::Backend,
+        )
+        .unwrap()
+        .unwrap();
+        let (_, data) = backend::authentication(&f2).unwrap();
+        assert_eq!(backend::sasl_mechanisms(data).unwrap(), ["SCRAM-SHA-256"]);
+        assert!(strip_channel_binding(&f2).is_none());
+    }
+}
