@@ -53,6 +53,9 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONTROL)]
         control: PathBuf,
     },
+    /// Check, explain and test policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Remove a cgroup's tag.
     Untag {
         /// cgroup directory: absolute, or relative to the cgroup2 root.
@@ -60,6 +63,37 @@ enum Command {
         /// Control socket of the agent.
         #[arg(long, default_value = DEFAULT_CONTROL)]
         control: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files (exit 1 on the first broken one).
+    Check {
+        /// Policy files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show the decision for a statement, the rule, and what the statement touches.
+    Explain {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Profile of the policy (the name a config workload selects with `profile:`).
+        #[arg(long, alias = "profile")]
+        workload: String,
+        /// SQL text.
+        #[arg(long)]
+        sql: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the expected-decision cases declared in policy files (`tests:`).
+    Test {
+        /// Policy files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -103,8 +137,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             config,
             no_redirect,
         } => {
-            let config = Config::load(&config)?;
-            crate::daemon::run(config, !no_redirect).await
+            let loaded = Config::load(&config)?;
+            crate::daemon::run(loaded, config, !no_redirect).await
         }
         Command::Status { json, control } => {
             let status = control::call(&control, &Request::Status).await?;
@@ -120,6 +154,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             workload,
             control,
         } => tag(&control, path, workload).await,
+        Command::Policy(p) => policy(p),
         Command::Untag { path, control } => {
             let r = control::call(&control, &Request::Untag { path }).await?;
             println!("untagged {}", r["path"].as_str().unwrap_or("?"));
@@ -161,6 +196,111 @@ async fn tag(control: &Path, path: String, workload: String) -> anyhow::Result<(
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
+    use crate::policy::{analyze, decide, file, run_tests};
+    match cmd {
+        PolicyCommand::Check { files } => {
+            for f in files {
+                let (p, hash) = file::load(&f)?;
+                let profiles: Vec<&str> = p.profiles.keys().map(String::as_str).collect();
+                println!(
+                    "{}: ok (sha256 {}, profiles: {}, {} test cases)",
+                    f.display(),
+                    &hash[..16],
+                    profiles.join(", "),
+                    p.tests.len()
+                );
+            }
+            Ok(())
+        }
+        PolicyCommand::Explain {
+            policy,
+            workload,
+            sql,
+            json,
+        } => {
+            let (p, hash) = file::load(&policy)?;
+            let profile = decide::compile(&p, &hash, &workload).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: no profile `{workload}` (it has: {})",
+                    policy.display(),
+                    p.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            let facts = analyze::analyze(&sql);
+            let outcome = profile.decide(&facts);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "outcome": outcome, "facts": facts })
+                    )?
+                );
+                return Ok(());
+            }
+            match (&outcome.denied, outcome.enforced) {
+                (None, _) => println!("decision: allow"),
+                (Some(d), true) => println!(
+                    "decision: deny\nrule:     {}\nmessage:  {}",
+                    d.rule,
+                    d.message()
+                ),
+                (Some(d), false) => println!(
+                    "decision: allow (audit-only; would deny)\nrule:     {}\nmessage:  {}",
+                    d.rule,
+                    d.message()
+                ),
+            }
+            println!("commands: {}", facts.commands.join(", "));
+            let classes: Vec<&str> = facts.classes.iter().map(|c| c.name()).collect();
+            println!("classes:  {}", classes.join(", "));
+            let tables: Vec<String> = facts
+                .tables
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}{} ({:?})",
+                        t.schema.as_ref().map_or(String::new(), |s| format!("{s}.")),
+                        t.name,
+                        t.access
+                    )
+                    .to_lowercase()
+                })
+                .collect();
+            println!("tables:   {}", tables.join(", "));
+            let funcs: Vec<&str> = facts.functions.iter().map(|f| f.name.as_str()).collect();
+            println!("functions: {}", funcs.join(", "));
+            if let Some(e) = &facts.parse_error {
+                println!("parse error: {e}");
+            }
+            Ok(())
+        }
+        PolicyCommand::Test { files } => {
+            let (mut passed, mut failed) = (0, 0);
+            for f in files {
+                for r in run_tests(&f)? {
+                    if r.pass {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                        println!(
+                            "FAIL {} [{}] {}\n     expected {}, got {}",
+                            f.display(),
+                            r.profile,
+                            r.sql,
+                            r.expected,
+                            r.got
+                        );
+                    }
+                }
+            }
+            println!("policy tests: {passed} passed, {failed} failed");
+            anyhow::ensure!(failed == 0, "{failed} policy test case(s) failed");
+            Ok(())
+        }
     }
 }
 

@@ -68,7 +68,7 @@ pub enum SslMode {
 }
 
 /// The connection to the real server.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// TLS mode.
@@ -81,6 +81,17 @@ pub struct UpstreamConfig {
     /// Seconds to wait for the TCP connect.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_seconds: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            sslmode: SslMode::default(),
+            ca: None,
+            server_name: None,
+            connect_timeout_seconds: default_connect_timeout(),
+        }
+    }
 }
 
 /// Maximum message sizes; a message over its limit ends the session with an error.
@@ -191,6 +202,13 @@ pub struct WorkloadConfig {
     /// cgroup path globs relative to the cgroup2 root (`*` within a component, `**` across).
     #[serde(default, deserialize_with = "one_or_many")]
     pub cgroup: Vec<String>,
+    /// Policy file (relative paths are relative to this config file). Without one, every
+    /// statement of the workload is denied.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+    /// Profile of the policy file to apply (default: the workload's name).
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// cgroup tree watching.
@@ -211,7 +229,7 @@ impl Default for CgroupsConfig {
 }
 
 /// Listen-only (development) mode.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenOnlyConfig {
     /// The PostgreSQL server to relay to, `host:port`.
@@ -219,6 +237,15 @@ pub struct ListenOnlyConfig {
     /// Workload name given to listen-only sessions.
     #[serde(default = "default_listen_only_workload")]
     pub workload: String,
+}
+
+impl Default for ListenOnlyConfig {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            workload: default_listen_only_workload(),
+        }
+    }
 }
 
 fn default_listen_v4() -> Option<SocketAddrV4> {

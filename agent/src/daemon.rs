@@ -21,6 +21,9 @@ use crate::redirect::{self, KernelConfig, Redirect};
 use crate::session::{self, SessionInfo};
 use crate::tags::{TagSink, Tagger};
 
+/// A backend's pid and secret key, as BackendKeyData and CancelRequest carry them.
+type CancelKey = (i32, Vec<u8>);
+
 /// State shared by the listener, the sessions, the tag watcher and the control socket.
 /// Lock order, where two are held: `tagger` before `redirect`.
 pub struct Shared {
@@ -40,12 +43,16 @@ pub struct Shared {
     pub started: u64,
     /// The layers plugged into every session.
     pub hooks: Arc<dyn Hooks>,
+    /// The policy engine (reloadable).
+    pub policy: Arc<crate::policy::Engine>,
+    /// The config file, re-read on reload.
+    pub config_path: PathBuf,
     /// TLS toward clients, when configured.
     pub client_tls: Option<tokio_rustls::TlsAcceptor>,
     /// TLS toward servers, unless `sslmode: disable`.
     pub upstream_tls: Option<tokio_rustls::TlsConnector>,
     /// Backend keys of live sessions -> (session, server), for routing CancelRequests.
-    cancel_keys: Mutex<HashMap<(i32, Vec<u8>), (SessionId, SocketAddr)>>,
+    cancel_keys: Mutex<HashMap<CancelKey, (SessionId, SocketAddr)>>,
     session_base: u64,
     session_seq: AtomicU64,
 }
@@ -180,7 +187,16 @@ impl Shared {
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(config: Config, redirect_enabled: bool) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    config_path: PathBuf,
+    redirect_enabled: bool,
+) -> anyhow::Result<()> {
+    // Policies first: a broken one stops the agent before anything is attached.
+    let policy = Arc::new(crate::policy::Engine::new(&config, &config_path)?);
+    for w in config.workloads.iter().filter(|w| w.policy.is_none()) {
+        warn!(workload = %w.name, "workload has no policy: every statement it sends will be denied");
+    }
     let cgroup_root = cgroup::cgroup2_root()?;
     info!(cgroup2 = %cgroup_root.display(), "cgroup2 hierarchy found");
 
@@ -233,7 +249,11 @@ pub async fn run(config: Config, redirect_enabled: bool) -> anyhow::Result<()> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let shared = Arc::new(Shared {
-        hooks: Arc::new(crate::hooks::Relay),
+        hooks: Arc::new(crate::policy::PolicyHooks {
+            engine: Arc::clone(&policy),
+        }),
+        policy,
+        config_path,
         client_tls,
         upstream_tls,
         cancel_keys: Mutex::new(HashMap::new()),
@@ -265,13 +285,103 @@ pub async fn run(config: Config, redirect_enabled: bool) -> anyhow::Result<()> {
     }
     info!(listen = ?listen, "pgwarden ready");
 
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<&'static str>(4);
+    let _watcher = watch_policies(&shared, reload_tx.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
-        _ = term.recv() => info!("SIGTERM: stopping"),
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
+            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = hup.recv() => shared.reload("SIGHUP"),
+            Some(why) = reload_rx.recv() => {
+                // Editors write in several steps: let them finish, then read once.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while reload_rx.try_recv().is_ok() {}
+                shared.reload(why);
+            }
+        }
     }
     let _ = std::fs::remove_file(&shared.config.control.socket);
     Ok(())
+}
+
+impl Shared {
+    /// Re-reads the config's policy references and the policy files; swaps them in whole,
+    /// or keeps the running ones and says why.
+    pub fn reload(&self, why: &str) {
+        let result = Config::load(&self.config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| self.policy.reload(&c).map_err(|e| e.to_string()));
+        match result {
+            Ok(set) => {
+                let files: Vec<String> = set
+                    .files
+                    .iter()
+                    .map(|(p, h)| format!("{}@{}", p.display(), &h[..12]))
+                    .collect();
+                info!(version = set.version, trigger = why, files = ?files, "policy reloaded");
+            }
+            Err(e) => error!(
+                trigger = why,
+                "policy reload refused, the running policy stays: {e}"
+            ),
+        }
+    }
+}
+
+/// Watches the config file and every policy file (their directories, since editors replace
+/// files by renaming) and asks for a reload when one changes.
+fn watch_policies(
+    shared: &Shared,
+    tx: tokio::sync::mpsc::Sender<&'static str>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let mut paths: Vec<PathBuf> = shared
+        .policy
+        .current()
+        .files
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
+    paths.push(shared.config_path.clone());
+    let watched: Vec<PathBuf> = paths
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let names: Vec<std::ffi::OsString> = watched
+        .iter()
+        .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+        .collect();
+    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev
+            && !ev.kind.is_access()
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| names.contains(&n.to_owned())))
+        {
+            let _ = tx.try_send("file change");
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!("cannot watch policy files ({e}); reload with SIGHUP");
+            return None;
+        }
+    };
+    let mut dirs: Vec<PathBuf> = watched
+        .iter()
+        .filter_map(|p| p.parent().map(ToOwned::to_owned))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
+            warn!(dir = %d.display(), "cannot watch ({e}); reload with SIGHUP");
+        }
+    }
+    Some(watcher)
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {

@@ -1,6 +1,9 @@
 //! The points where policy, masking and audit plug into a session, without touching framing:
-//! session start/end, each statement (decided before anything reaches the server), row
-//! descriptions, data rows, copy data, command completion and errors.
+//! the startup check, then per session: start, each statement (decided before anything
+//! reaches the server), row descriptions, data rows, copy data, command completion, errors
+//! and the end.
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::session::SessionMeta;
@@ -31,9 +34,9 @@ pub struct Statement<'a> {
 
 /// A refusal: the client gets an ErrorResponse with this SQLSTATE and message, nothing
 /// reaches the server, and the session stays usable.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Denied {
-    /// The rule that denied, e.g. `ddl`.
+    /// The rule that denied, e.g. `class.ddl`.
     pub rule: String,
     /// Why, for the client and the audit record.
     pub reason: String,
@@ -57,35 +60,53 @@ pub enum Verdict {
     Deny(Denied),
 }
 
-/// The extension points. Every method has a do-nothing default.
+/// The layers, agent-wide.
 pub trait Hooks: Send + Sync {
+    /// Checks a session's startup (its `options`) before the server is contacted.
+    fn startup(&self, _meta: &SessionMeta) -> Verdict {
+        Verdict::Allow
+    }
+    /// The per-session part of the layers.
+    fn open(&self, meta: &Arc<SessionMeta>) -> Box<dyn SessionHooks>;
+}
+
+/// The layers, for one session. Every method has a do-nothing default.
+pub trait SessionHooks: Send {
     /// The session passed startup and authentication.
-    fn session_start(&self, _s: &SessionMeta) {}
+    fn session_start(&mut self) {}
     /// A statement is about to be sent.
-    fn statement(&self, _s: &SessionMeta, _st: &Statement<'_>) -> Verdict {
+    fn statement(&mut self, _st: &Statement<'_>) -> Verdict {
         Verdict::Allow
     }
     /// The server described a result's columns.
-    fn row_description(&self, _s: &SessionMeta, _cols: &[Column]) {}
+    fn row_description(&mut self, _cols: &[Column]) {}
     /// A result row; `Some` replaces it.
-    fn data_row(&self, _s: &SessionMeta, _row: &Frame) -> Option<Bytes> {
+    fn data_row(&mut self, _row: &Frame) -> Option<Bytes> {
         None
     }
     /// COPY data from the server; `Some` replaces it.
-    fn copy_data(&self, _s: &SessionMeta, _data: &Frame) -> Option<Bytes> {
+    fn copy_data(&mut self, _data: &Frame) -> Option<Bytes> {
         None
     }
     /// A command completed with `tag`.
-    fn command_complete(&self, _s: &SessionMeta, _tag: &str) {}
+    fn command_complete(&mut self, _tag: &str) {}
     /// The server reported an error or notice; `Some` replaces it.
-    fn error(&self, _s: &SessionMeta, _frame: &Frame) -> Option<Bytes> {
+    fn error(&mut self, _frame: &Frame) -> Option<Bytes> {
         None
     }
     /// The session ended.
-    fn session_end(&self, _s: &SessionMeta) {}
+    fn session_end(&mut self) {}
 }
 
-/// No layer plugged in: relay everything.
+/// No layer plugged in: relay everything (listen-only development and tests of framing).
 pub struct Relay;
 
-impl Hooks for Relay {}
+struct RelaySession;
+
+impl SessionHooks for RelaySession {}
+
+impl Hooks for Relay {
+    fn open(&self, _meta: &Arc<SessionMeta>) -> Box<dyn SessionHooks> {
+        Box::new(RelaySession)
+    }
+}

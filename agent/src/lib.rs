@@ -10,6 +10,7 @@ pub mod dest;
 pub mod hooks;
 pub mod identity;
 pub mod names;
+pub mod policy;
 pub mod redirect;
 pub mod session;
 pub mod tags;

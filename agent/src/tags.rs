@@ -302,11 +302,15 @@ mod tests {
                 name: "payments-mcp".into(),
                 systemd_unit: vec!["mcp-*.service".into()],
                 cgroup: vec![],
+                policy: None,
+                profile: None,
             },
             WorkloadConfig {
                 name: "batch".into(),
                 systemd_unit: vec![],
                 cgroup: vec!["jobs/*".into()],
+                policy: None,
+                profile: None,
             },
         ]
     }

@@ -34,3 +34,11 @@ pub use net::free_port;
 pub use pg::{PgServer, pg_bin};
 pub use process::{require_root, run_ok, run_output};
 pub use world::{World, tagged_world, world_with_workload};
+
+/// A policy shipped in the repository's `policies/` directory.
+#[must_use]
+pub fn policy_path(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies")
+        .join(file)
+}

@@ -95,9 +95,11 @@ fn listen_only_mode_relays_clients_that_connect_to_it() {
     let control = dir.path().join("c.sock");
     let port = pgwarden_e2e::free_port();
     let config = format!(
-        "listen:\n  ipv4: 127.0.0.1:{port}\n  ipv6: null\ncontrol:\n  socket: {}\nlisten_only:\n  upstream: 127.0.0.1:{}\n",
+        "listen:\n  ipv4: 127.0.0.1:{port}\n  ipv6: null\ncontrol:\n  socket: {}\nlisten_only:\n  upstream: 127.0.0.1:{}\n\
+         workloads:\n  - name: listen-only\n    policy: {}\n    profile: allow-all\n",
         control.display(),
-        pg.port
+        pg.port,
+        pgwarden_e2e::policy_path("allow-all.yaml").display()
     );
     let agent = pgwarden_e2e::Agent::start_with_args(&config, &control, &["--no-redirect"]);
     let out = pgwarden_e2e::run_ok(

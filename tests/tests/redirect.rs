@@ -21,6 +21,15 @@ struct World {
 /// Starts PostgreSQL and an agent whose config has these `workloads:` lines (YAML, indented
 /// two spaces), intercepting any address on PostgreSQL's port.
 fn world(workloads_yaml: &str) -> World {
+    // Every workload here relays under the allow-all policy: this file tests the data path.
+    let allow_all = pgwarden_e2e::policy_path("allow-all.yaml");
+    let workloads_yaml = workloads_yaml.replace(
+        "  - name: ",
+        &format!(
+            "  - policy: {}\n    profile: allow-all\n    name: ",
+            allow_all.display()
+        ),
+    );
     require_root();
     let pg = PgServer::start();
     let control_dir = tempfile::tempdir().expect("temp dir");
@@ -187,7 +196,8 @@ fn tagged_psql_is_redirected_with_its_identity_and_untagged_goes_direct() {
 fn a_restarted_unit_stays_intercepted_and_a_tagged_parent_covers_children() {
     let base = TestCgroup::create(&unique_name("pgw-e2e-units"));
     let unit = base.child("pgw-e2e-app.service");
-    let w = world("  - name: e2e-unit\n    systemd_unit: \"pgw-e2e-*.service\"\n");
+    // `adhoc` has no matcher: `pgwarden tag` assigns it below.
+    let w = world("  - name: e2e-unit\n    systemd_unit: \"pgw-e2e-*.service\"\n  - name: adhoc\n");
     let status = w.agent.status();
     let tagged = status["tagged"].as_array().unwrap();
     assert!(
@@ -313,7 +323,13 @@ fn two_hundred_concurrent_tagged_connections_are_all_relayed() {
     assert!(out.status.success(), "{out:?}");
     for i in 1..=200 {
         let got = std::fs::read_to_string(dir.path().join(format!("out.{i}"))).unwrap();
-        assert_eq!(got.trim(), format!("{i}|t"), "connection {i}");
+        assert_eq!(
+            got.trim(),
+            format!("{i}|t"),
+            "connection {i}; agent log:\n{}\nserver log:\n{}",
+            w.agent.log(),
+            w.pg.log()
+        );
     }
     assert_eq!(w.counter("redirected"), before + 200);
 }

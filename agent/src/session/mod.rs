@@ -322,6 +322,22 @@ async fn run(
         .await;
         return;
     }
+    let startup_meta = SessionMeta {
+        id,
+        workload: origin.workload.clone(),
+        identity: origin.identity.clone(),
+        client: ClientAddr(peer),
+        listen: ListenAddr(listen),
+        server: origin.server,
+        db: db.clone(),
+        client_tls: conn.is_tls(),
+        server_tls: false,
+    };
+    if let crate::hooks::Verdict::Deny(d) = shared.hooks.startup(&startup_meta) {
+        warn!(session = %id, workload = %origin.workload, rule = %d.rule, "startup refused: {}", d.reason);
+        refuse(&mut conn, d.sqlstate, &d.message()).await;
+        return;
+    }
     let upstream = match connect_upstream(&shared, origin.server.0).await {
         Ok(u) => u,
         Err(e) => {

@@ -12,7 +12,7 @@ use super::conn::{Conn, ReadHalf, WriteHalf, write_batch};
 use super::state::ProtoState;
 use super::{SessionError, SessionMeta, strip_channel_binding};
 use crate::daemon::Shared;
-use crate::hooks::{Hooks, Statement, StatementKind, Verdict};
+use crate::hooks::{SessionHooks, Statement, StatementKind, Verdict};
 use crate::wire::encode::{self, ErrorFields};
 use crate::wire::frontend::{self, FrontendMsg};
 use crate::wire::{Frame, Limits, Side, WireError, backend, next_frame};
@@ -23,7 +23,7 @@ const READ_CHUNK: usize = 64 * 1024;
 struct Ctx<'a> {
     shared: &'a Shared,
     meta: &'a Arc<SessionMeta>,
-    hooks: &'a dyn Hooks,
+    hooks: Mutex<Box<dyn SessionHooks>>,
     state: Mutex<ProtoState>,
     limits: Limits,
     client_w: tokio::sync::Mutex<WriteHalf>,
@@ -33,6 +33,10 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn state(&self) -> std::sync::MutexGuard<'_, ProtoState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hooks(&self) -> std::sync::MutexGuard<'_, Box<dyn SessionHooks>> {
+        self.hooks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Tells the client why the session ends, best effort.
@@ -68,7 +72,7 @@ pub async fn run(
     let ctx = Ctx {
         shared,
         meta,
-        hooks: &*shared.hooks,
+        hooks: Mutex::new(shared.hooks.open(meta)),
         state: Mutex::new(ProtoState::new(&meta.id.to_string())),
         limits: shared.config.limits.wire(),
         client_w: tokio::sync::Mutex::new(client_w),
@@ -85,7 +89,7 @@ pub async fn run(
         },
         r = &mut back => r,
     };
-    ctx.hooks.session_end(meta);
+    ctx.hooks().session_end();
     result
 }
 
@@ -147,9 +151,7 @@ fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<bool
                 FrontendMsg::Parse { name, sql } => (StatementKind::Parse, sql, name),
                 _ => (StatementKind::FunctionCall, "", ""),
             };
-            let verdict = ctx
-                .hooks
-                .statement(ctx.meta, &Statement { kind, sql, name });
+            let verdict = ctx.hooks().statement(&Statement { kind, sql, name });
             let mut st = ctx.state();
             match verdict {
                 Verdict::Allow => {
@@ -260,17 +262,17 @@ fn on_backend(
     started: &mut bool,
 ) -> Result<(), WireError> {
     match frame.tag {
-        b'D' => out.push(ctx.hooks.data_row(ctx.meta, &frame).unwrap_or(frame.bytes)),
-        b'd' => out.push(ctx.hooks.copy_data(ctx.meta, &frame).unwrap_or(frame.bytes)),
+        b'D' => out.push(ctx.hooks().data_row(&frame).unwrap_or(frame.bytes)),
+        b'd' => out.push(ctx.hooks().copy_data(&frame).unwrap_or(frame.bytes)),
         b'T' => {
             let cols = backend::row_description(&frame)?;
-            ctx.hooks.row_description(ctx.meta, &cols);
+            ctx.hooks().row_description(&cols);
             ctx.state().row_description = Some(cols.into());
             out.push(frame.bytes);
         }
         b'C' => {
-            ctx.hooks
-                .command_complete(ctx.meta, backend::command_complete(&frame)?);
+            ctx.hooks()
+                .command_complete(backend::command_complete(&frame)?);
             out.push(frame.bytes);
         }
         b'Z' => {
@@ -278,7 +280,7 @@ fn on_backend(
             ctx.state().ready(status);
             if !*started {
                 *started = true;
-                ctx.hooks.session_start(ctx.meta);
+                ctx.hooks().session_start();
             }
             out.push(frame.bytes);
         }
@@ -300,7 +302,7 @@ fn on_backend(
             };
             match replaced {
                 Some(ours) => out.push(ours),
-                None => out.push(ctx.hooks.error(ctx.meta, &frame).unwrap_or(frame.bytes)),
+                None => out.push(ctx.hooks().error(&frame).unwrap_or(frame.bytes)),
             }
         }
         b'K' => {

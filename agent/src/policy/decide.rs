@@ -1,0 +1,348 @@
+//! Decisions: a compiled profile and a statement's facts in, a typed verdict out. Pure
+//! functions, tested table-driven against ../shared/policy-bypass-cases.md.
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use serde::Serialize;
+
+use super::analyze::{Access, Class, Facts, TableRef};
+use super::file::{Mode, PolicyFile};
+use crate::cgroup::glob_match;
+use crate::hooks::Denied;
+
+/// SQLSTATE insufficient_privilege: what every denial carries.
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+/// Functions denied unless a policy's `functions.allow` lists them: file and program access,
+/// other sessions, configuration, large objects, remote connections, and functions that run
+/// SQL given as text (which would escape the parse-tree check).
+pub const DEFAULT_DENIED_FUNCTIONS: &[&str] = &[
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_*",
+    "pg_stat_file",
+    "pg_file_*",
+    "lo_*",
+    "dblink*",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "set_config",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_sleep_for",
+    "pg_sleep_until",
+    "query_to_xml*",
+    "cursor_to_xml*",
+    "table_to_xml*",
+    "schema_to_xml*",
+    "database_to_xml*",
+    "ts_stat",
+    "ts_rewrite",
+    "pg_logical_*",
+    "pg_replication_*",
+    "pg_create_*",
+    "pg_drop_replication_slot",
+    "pg_switch_wal",
+    "pg_backup_*",
+];
+
+/// Catalog relations that hold secrets or other sessions' statement text.
+pub const SECRET_CATALOG: &[(&str, &str)] = &[
+    ("pg_catalog", "pg_authid"),
+    ("pg_catalog", "pg_shadow"),
+    ("pg_catalog", "pg_user_mapping"),
+    ("pg_catalog", "pg_user_mappings"),
+    ("pg_catalog", "pg_statistic"),
+    ("pg_catalog", "pg_largeobject"),
+    ("pg_catalog", "pg_subscription"),
+    ("pg_catalog", "pg_stat_activity"),
+    ("pg_catalog", "pg_stat_statements"),
+    ("information_schema", "user_mapping_options"),
+];
+
+const CATALOG_SCHEMAS: [&str; 2] = ["pg_catalog", "information_schema"];
+
+/// A profile ready to decide.
+#[derive(Clone, Debug, Serialize)]
+pub struct Profile {
+    /// The profile's name.
+    pub name: String,
+    /// SHA-256 of the policy file.
+    pub policy_hash: String,
+    classes: BTreeSet<Class>,
+    tables: Option<BTreeMap<(String, String), BTreeSet<Access>>>,
+    deny_tables: HashSet<(String, String)>,
+    deny_columns: Vec<(String, String, String)>,
+    functions_deny: Vec<String>,
+    max_sleep: f64,
+    search_path: Vec<String>,
+    allow_search_path_change: bool,
+    allow_fastpath: bool,
+    /// Enforcement mode.
+    pub mode: Mode,
+    /// Handling of SQL that does not parse.
+    pub unparsed: Mode,
+}
+
+fn split2(s: &str) -> (String, String) {
+    let (a, b) = s.split_once('.').unwrap_or(("public", s));
+    (a.to_owned(), b.to_owned())
+}
+
+/// Compiles profile `name` of a loaded file (validated by `file::load`).
+pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
+    let mut chain = Vec::new();
+    let mut cur = Some(name);
+    while let Some(n) = cur {
+        let spec = file.profiles.get(n)?;
+        chain.push(spec);
+        cur = spec.extends.as_deref();
+    }
+    let mut p = Profile {
+        name: name.to_owned(),
+        policy_hash: hash.to_owned(),
+        classes: BTreeSet::new(),
+        tables: None,
+        deny_tables: HashSet::new(),
+        deny_columns: Vec::new(),
+        functions_deny: DEFAULT_DENIED_FUNCTIONS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .filter(|f| !file.functions.allow.contains(f))
+            .chain(file.functions.deny.iter().cloned())
+            .collect(),
+        max_sleep: file.functions.max_sleep_seconds,
+        search_path: file.search_path.clone(),
+        allow_search_path_change: false,
+        allow_fastpath: false,
+        mode: file.mode,
+        unparsed: file.unparsed,
+    };
+    // Parents first, children override.
+    for spec in chain.into_iter().rev() {
+        if let Some(c) = &spec.classes {
+            p.classes = c.iter().copied().collect();
+        }
+        if let Some(t) = &spec.tables {
+            let tables = p.tables.get_or_insert_with(BTreeMap::new);
+            for (k, v) in t {
+                tables.insert(split2(k), v.iter().copied().collect());
+            }
+        }
+        p.deny_tables
+            .extend(spec.deny_tables.iter().map(|t| split2(t)));
+        for c in &spec.deny_columns {
+            let mut it = c.splitn(3, '.');
+            if let (Some(s), Some(t), Some(col)) = (it.next(), it.next(), it.next()) {
+                p.deny_columns.push((s.into(), t.into(), col.into()));
+            }
+        }
+        p.allow_search_path_change = spec
+            .allow_search_path_change
+            .unwrap_or(p.allow_search_path_change);
+        p.allow_fastpath = spec.allow_fastpath.unwrap_or(p.allow_fastpath);
+        p.mode = spec.mode.unwrap_or(p.mode);
+        p.unparsed = spec.unparsed.unwrap_or(p.unparsed);
+    }
+    Some(p)
+}
+
+fn deny(rule: &str, reason: impl Into<String>) -> Denied {
+    Denied {
+        rule: rule.to_owned(),
+        reason: reason.into(),
+        sqlstate: INSUFFICIENT_PRIVILEGE,
+    }
+}
+
+/// What a profile decides: the rule that denies, and whether it is enforced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// The denial, if a rule denies.
+    pub denied: Option<Denied>,
+    /// False when the profile is in audit-only mode (or `unparsed: audit-only` applied): the
+    /// statement goes through and the denial is only recorded.
+    pub enforced: bool,
+}
+
+impl Outcome {
+    /// Allowed.
+    pub const ALLOW: Self = Self {
+        denied: None,
+        enforced: true,
+    };
+
+    /// Whether the statement must be refused.
+    pub fn refuses(&self) -> bool {
+        self.enforced && self.denied.is_some()
+    }
+}
+
+impl Profile {
+    /// The schemas an unqualified name may resolve to, most likely first.
+    fn candidates<'a>(&'a self, t: &'a TableRef) -> Vec<&'a str> {
+        match &t.schema {
+            Some(s) => vec![s.as_str()],
+            None if t.name.starts_with("pg_") => std::iter::once("pg_catalog")
+                .chain(self.search_path.iter().map(String::as_str))
+                .collect(),
+            None => self.search_path.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Decides on a statement's facts.
+    pub fn decide(&self, facts: &Facts) -> Outcome {
+        if let Some(e) = &facts.parse_error {
+            return Outcome {
+                denied: Some(deny(
+                    "unparsed",
+                    format!("the statement could not be parsed ({e})"),
+                )),
+                enforced: self.unparsed == Mode::Enforce && self.mode == Mode::Enforce,
+            };
+        }
+        Outcome {
+            denied: self.rules(facts),
+            enforced: self.mode == Mode::Enforce,
+        }
+    }
+
+    /// A fast-path FunctionCall message.
+    pub fn decide_fastpath(&self) -> Outcome {
+        let denied = if self.allow_fastpath && self.classes.contains(&Class::FunctionCall) {
+            None
+        } else {
+            Some(deny(
+                "fastpath",
+                "fast-path function calls are not allowed (the function cannot be checked)",
+            ))
+        };
+        Outcome {
+            denied,
+            enforced: self.mode == Mode::Enforce,
+        }
+    }
+
+    fn rules(&self, f: &Facts) -> Option<Denied> {
+        if f.role_change {
+            return Some(deny(
+                "role.change",
+                "changing the role or session authorization is not allowed",
+            ));
+        }
+        if f.copy_program {
+            return Some(deny(
+                "copy.program",
+                "COPY to or from a program is not allowed",
+            ));
+        }
+        if f.copy_file {
+            return Some(deny(
+                "copy.file",
+                "COPY to or from a server file is not allowed",
+            ));
+        }
+        if let Some(c) = f.classes.iter().find(|c| !self.classes.contains(c)) {
+            let command = f.commands.join("; ");
+            return Some(deny(
+                &format!("class.{}", c.name()),
+                format!(
+                    "{} statements are not allowed for this workload ({command})",
+                    c.name()
+                ),
+            ));
+        }
+        for t in &f.tables {
+            let cands = self.candidates(t);
+            for s in &cands {
+                if SECRET_CATALOG.contains(&(*s, t.name.as_str())) {
+                    return Some(deny(
+                        "catalog.secret",
+                        format!("{s}.{} holds secrets", t.name),
+                    ));
+                }
+                if self
+                    .deny_tables
+                    .contains(&((*s).to_owned(), t.name.clone()))
+                {
+                    return Some(deny(
+                        "table.denied",
+                        format!("table {s}.{} is denied", t.name),
+                    ));
+                }
+            }
+            let resolved = cands.first().copied().unwrap_or("public");
+            if CATALOG_SCHEMAS.contains(&resolved) {
+                if t.access == Access::Write {
+                    return Some(deny(
+                        "table.not-allowed",
+                        format!("writing to {resolved}.{} is not allowed", t.name),
+                    ));
+                }
+                continue;
+            }
+            if let Some(allowed) = &self.tables {
+                let ok = allowed
+                    .get(&(resolved.to_owned(), t.name.clone()))
+                    .is_some_and(|a| a.contains(&t.access));
+                if !ok {
+                    let how = if t.access == Access::Write {
+                        "writing to"
+                    } else {
+                        "reading"
+                    };
+                    return Some(deny(
+                        "table.not-allowed",
+                        format!(
+                            "{how} {resolved}.{} is not allowed for this workload",
+                            t.name
+                        ),
+                    ));
+                }
+            }
+        }
+        for func in &f.functions {
+            let bare = func.name.as_str();
+            if let Some(g) = self.functions_deny.iter().find(|g| glob_match(g, bare)) {
+                let _ = g;
+                return Some(deny(
+                    "function.denied",
+                    format!("function {bare} is not allowed"),
+                ));
+            }
+            if bare == "pg_sleep"
+                && (func.first_dynamic || func.first_number.is_some_and(|s| s > self.max_sleep))
+            {
+                return Some(deny(
+                    "function.sleep",
+                    format!("pg_sleep over {}s is not allowed", self.max_sleep),
+                ));
+            }
+        }
+        for (s, t, c) in &self.deny_columns {
+            let touches = f
+                .tables
+                .iter()
+                .any(|tr| tr.name == *t && self.candidates(tr).contains(&s.as_str()));
+            if touches && (f.columns.contains(c) || f.wildcard || f.row_refs) {
+                return Some(deny(
+                    "column.denied",
+                    format!("column {s}.{t}.{c} is not allowed"),
+                ));
+            }
+        }
+        if let Some(cmd) = f.unscoped.first() {
+            return Some(deny(
+                "dml.unscoped",
+                format!("{cmd} without a WHERE clause that limits rows is not allowed"),
+            ));
+        }
+        if f.search_path_change && !self.allow_search_path_change {
+            return Some(deny(
+                "search-path.change",
+                "changing search_path is not allowed (table rules resolve names against the policy's search_path)",
+            ));
+        }
+        None
+    }
+}

@@ -1,0 +1,233 @@
+//! The policy file: YAML, validated on load, refused with file:line:column.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::analyze::{Access, Class};
+use crate::config::ConfigError;
+
+/// A policy file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Schema version; 1.
+    pub version: u32,
+    /// Free text shown by `policy check`.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `enforce` (default) or `audit-only` (log what would be denied, deny nothing).
+    #[serde(default)]
+    pub mode: Mode,
+    /// What to do with SQL that does not parse: `deny` (default) or `audit-only`.
+    #[serde(default)]
+    pub unparsed: Mode,
+    /// Schemas searched for unqualified table names, in order (default `[public]`).
+    #[serde(default = "default_search_path")]
+    pub search_path: Vec<String>,
+    /// Function rules for every profile.
+    #[serde(default)]
+    pub functions: FunctionRules,
+    /// Named rule sets; config workloads pick one with `profile:`.
+    pub profiles: BTreeMap<String, ProfileSpec>,
+    /// Expected decisions, run by `pgwarden policy test`.
+    #[serde(default)]
+    pub tests: Vec<TestCase>,
+}
+
+/// Enforcement mode.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Deny what the rules deny.
+    #[default]
+    #[serde(alias = "deny")]
+    Enforce,
+    /// Allow, but record what would have been denied.
+    AuditOnly,
+}
+
+/// Function rules.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionRules {
+    /// Denied function names (globs), added to the built-in list.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Names removed from the built-in list (explicit opt-in).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Longest pg_sleep allowed, seconds (default 1).
+    #[serde(default = "default_sleep")]
+    pub max_sleep_seconds: f64,
+}
+
+/// One profile as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSpec {
+    /// Another profile whose rules this one starts from.
+    #[serde(default)]
+    pub extends: Option<String>,
+    /// Allowed statement classes (replaces the parent's when given).
+    #[serde(default)]
+    pub classes: Option<Vec<Class>>,
+    /// Allowed tables (`schema.table`) and how; absent means every table not denied.
+    /// Merged over the parent's.
+    #[serde(default)]
+    pub tables: Option<BTreeMap<String, Vec<Access>>>,
+    /// Denied tables, added to the parent's.
+    #[serde(default)]
+    pub deny_tables: Vec<String>,
+    /// Denied columns (`schema.table.column`), added to the parent's.
+    #[serde(default)]
+    pub deny_columns: Vec<String>,
+    /// Allow `SET search_path` (default false: unqualified names resolve against the
+    /// policy's `search_path`, so changing it is refused).
+    #[serde(default)]
+    pub allow_search_path_change: Option<bool>,
+    /// Allow fast-path FunctionCall messages (default false).
+    #[serde(default)]
+    pub allow_fastpath: Option<bool>,
+    /// Per-profile mode override.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Per-profile unparsed override.
+    #[serde(default)]
+    pub unparsed: Option<Mode>,
+}
+
+/// One expected decision.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    /// Profile.
+    pub profile: String,
+    /// SQL text.
+    pub sql: String,
+    /// `allow` or `deny`.
+    pub expect: Expect,
+    /// The rule expected to deny.
+    #[serde(default)]
+    pub rule: Option<String>,
+}
+
+/// An expected outcome.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    /// Allowed.
+    Allow,
+    /// Denied.
+    Deny,
+}
+
+impl Default for FunctionRules {
+    fn default() -> Self {
+        Self {
+            deny: Vec::new(),
+            allow: Vec::new(),
+            max_sleep_seconds: default_sleep(),
+        }
+    }
+}
+
+fn default_search_path() -> Vec<String> {
+    vec!["public".into()]
+}
+fn default_sleep() -> f64 {
+    1.0
+}
+
+/// Reads a policy file and returns it with the SHA-256 of its bytes.
+pub fn load(path: &Path) -> Result<(PolicyFile, String), ConfigError> {
+    let err = |at, message: String| ConfigError {
+        file: path.to_owned(),
+        at,
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(None, e.to_string()))?;
+    let file: PolicyFile = serde_yaml_ng::from_str(&text).map_err(|e| {
+        let at = e.location().map(|l| (l.line(), l.column()));
+        let mut m = e.to_string();
+        if let Some(i) = m.find(" at line ") {
+            m.truncate(i);
+        }
+        err(at, m)
+    })?;
+    let locate = |needle: &str| {
+        text.lines()
+            .enumerate()
+            .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
+    };
+    if file.version != 1 {
+        return Err(err(
+            locate("version"),
+            format!(
+                "unsupported policy version {} (this pgwarden reads 1)",
+                file.version
+            ),
+        ));
+    }
+    for (name, p) in &file.profiles {
+        if let Some(parent) = &p.extends
+            && !file.profiles.contains_key(parent)
+        {
+            return Err(err(
+                locate(&format!("extends: {parent}")),
+                format!("profile `{name}` extends unknown profile `{parent}`"),
+            ));
+        }
+        for t in p.tables.iter().flat_map(|t| t.keys()).chain(&p.deny_tables) {
+            if t.split('.').count() != 2 {
+                return Err(err(
+                    locate(t),
+                    format!("table `{t}`: write it as schema.table"),
+                ));
+            }
+        }
+        for c in &p.deny_columns {
+            if c.split('.').count() != 3 {
+                return Err(err(
+                    locate(c),
+                    format!("column `{c}`: write it as schema.table.column"),
+                ));
+            }
+        }
+    }
+    for t in &file.tests {
+        if !file.profiles.contains_key(&t.profile) {
+            return Err(err(
+                locate(&t.sql),
+                format!("test names unknown profile `{}`", t.profile),
+            ));
+        }
+    }
+    // Cycles in `extends`.
+    for name in file.profiles.keys() {
+        let mut seen = vec![name.as_str()];
+        let mut cur = name.as_str();
+        while let Some(parent) = file.profiles.get(cur).and_then(|p| p.extends.as_deref()) {
+            if seen.contains(&parent) {
+                return Err(err(
+                    locate(&format!("extends: {parent}")),
+                    format!("profile `{name}`: `extends` forms a cycle"),
+                ));
+            }
+            seen.push(parent);
+            cur = parent;
+        }
+    }
+    use sha2::Digest as _;
+    let hash = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    Ok((file, hash))
+}
+
+/// A policy path from the config, relative to the config file's directory.
+pub fn resolve_path(config_file: &Path, policy: &Path) -> PathBuf {
+    if policy.is_absolute() {
+        policy.to_owned()
+    } else {
+        config_file.parent().unwrap_or(Path::new(".")).join(policy)
+    }
+}

@@ -1,0 +1,349 @@
+//! Statement policy: parsed-SQL enforcement per workload (PCI DSS Req 7), explainable and
+//! hot-reloadable. `analyze` reads SQL, `decide` rules on it, `file` loads policies; this
+//! module keeps the compiled set, caches verdicts, and plugs into sessions.
+pub mod analyze;
+pub mod decide;
+pub mod file;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use tracing::{info, warn};
+
+use self::analyze::Facts;
+use self::decide::{INSUFFICIENT_PRIVILEGE, Outcome, Profile};
+use crate::config::{Config, ConfigError};
+use crate::hooks::{Denied, Hooks, SessionHooks, Statement, StatementKind, Verdict};
+use crate::session::SessionMeta;
+
+/// Verdicts kept per profile before the cache starts over.
+const CACHE_ENTRIES: usize = 10_000;
+
+/// A statement's facts and the profile's outcome, cached by statement text.
+#[derive(Debug)]
+pub struct Decided {
+    /// What the statement does.
+    pub facts: Facts,
+    /// What the profile decided.
+    pub outcome: Outcome,
+}
+
+/// A profile with its verdict cache.
+pub struct Compiled {
+    /// The rules.
+    pub profile: Profile,
+    /// Where they come from.
+    pub policy_file: PathBuf,
+    cache: Mutex<HashMap<Box<str>, Arc<Decided>>>,
+}
+
+impl Compiled {
+    fn new(profile: Profile, policy_file: PathBuf) -> Self {
+        Self {
+            profile,
+            policy_file,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Decides on `sql`, parsing it only the first time this profile sees it.
+    pub fn decide(&self, sql: &str) -> Arc<Decided> {
+        if let Some(d) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sql)
+        {
+            return Arc::clone(d);
+        }
+        let facts = analyze::analyze(sql);
+        let outcome = self.profile.decide(&facts);
+        let decided = Arc::new(Decided { facts, outcome });
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(sql.into(), Arc::clone(&decided));
+        decided
+    }
+}
+
+/// Every workload's compiled profile, one consistent version.
+pub struct PolicySet {
+    /// Increases with each reload.
+    pub version: u64,
+    /// Workload name -> profile.
+    pub workloads: HashMap<String, Arc<Compiled>>,
+    /// Policy files and their SHA-256, for audit and status.
+    pub files: Vec<(PathBuf, String)>,
+    /// Workload names the config defines (with or without a policy).
+    pub defined: std::collections::HashSet<String>,
+}
+
+impl PolicySet {
+    /// Compiles the policies the config's workloads name. All or nothing.
+    pub fn build(config: &Config, config_path: &Path, version: u64) -> Result<Self, ConfigError> {
+        let mut loaded: HashMap<PathBuf, (file::PolicyFile, String)> = HashMap::new();
+        let mut workloads = HashMap::new();
+        for w in &config.workloads {
+            let Some(policy) = &w.policy else { continue };
+            let path = file::resolve_path(config_path, policy);
+            if !loaded.contains_key(&path) {
+                let f = file::load(&path)?;
+                loaded.insert(path.clone(), f);
+            }
+            let (f, hash) = &loaded[&path];
+            let profile_name = w.profile.clone().unwrap_or_else(|| w.name.clone());
+            let profile = decide::compile(f, hash, &profile_name).ok_or_else(|| ConfigError {
+                file: path.clone(),
+                at: None,
+                message: format!(
+                    "workload `{}` uses profile `{profile_name}`, which this policy does not define (it has: {})",
+                    w.name,
+                    f.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            })?;
+            workloads.insert(
+                w.name.clone(),
+                Arc::new(Compiled::new(profile, path.clone())),
+            );
+        }
+        let mut files: Vec<(PathBuf, String)> =
+            loaded.into_iter().map(|(p, (_, h))| (p, h)).collect();
+        files.sort();
+        let defined = config.workloads.iter().map(|w| w.name.clone()).collect();
+        Ok(Self {
+            version,
+            workloads,
+            files,
+            defined,
+        })
+    }
+}
+
+/// The policy layer: the current set, swapped whole on reload.
+pub struct Engine {
+    current: RwLock<Arc<PolicySet>>,
+    versions: AtomicU64,
+    config_path: PathBuf,
+}
+
+impl Engine {
+    /// The engine for a loaded config.
+    pub fn new(config: &Config, config_path: &Path) -> Result<Self, ConfigError> {
+        let set = PolicySet::build(config, config_path, 1)?;
+        Ok(Self {
+            current: RwLock::new(Arc::new(set)),
+            versions: AtomicU64::new(1),
+            config_path: config_path.to_owned(),
+        })
+    }
+
+    /// The current set.
+    pub fn current(&self) -> Arc<PolicySet> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Re-reads every policy file; on any error the running set stays and the error is
+    /// returned. Live sessions use the new set from their next statement.
+    pub fn reload(&self, config: &Config) -> Result<Arc<PolicySet>, ConfigError> {
+        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        let set = Arc::new(PolicySet::build(config, &self.config_path, version)?);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&set);
+        Ok(set)
+    }
+}
+
+fn no_policy(workload: &str, known: bool) -> Denied {
+    if known {
+        Denied {
+            rule: "policy.none".into(),
+            reason: format!(
+                "workload `{workload}` has no policy in the config: everything is denied"
+            ),
+            sqlstate: INSUFFICIENT_PRIVILEGE,
+        }
+    } else {
+        Denied {
+            rule: "workload.unknown".into(),
+            reason: format!(
+                "workload `{workload}` is not defined in the config: everything is denied"
+            ),
+            sqlstate: INSUFFICIENT_PRIVILEGE,
+        }
+    }
+}
+
+/// The policy layer as session hooks.
+pub struct PolicyHooks {
+    /// The engine.
+    pub engine: Arc<Engine>,
+}
+
+/// `-c name=value` and `--name=value` settings in a StartupMessage's `options`.
+pub fn startup_settings(options: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut words = options.split_whitespace();
+    while let Some(w) = words.next() {
+        let setting = if w == "-c" {
+            words.next()
+        } else if let Some(s) = w.strip_prefix("-c") {
+            Some(s)
+        } else {
+            w.strip_prefix("--")
+        };
+        if let Some((k, v)) = setting.and_then(|s| s.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_owned()));
+        }
+    }
+    out
+}
+
+impl Hooks for PolicyHooks {
+    fn startup(&self, meta: &SessionMeta) -> Verdict {
+        let Some(options) = &meta.db.options else {
+            return Verdict::Allow;
+        };
+        let set = self.engine.current();
+        let Some(compiled) = set.workloads.get(&meta.workload.0) else {
+            return Verdict::Deny(no_policy(
+                &meta.workload.0,
+                set.defined.contains(&meta.workload.0),
+            ));
+        };
+        for (k, v) in startup_settings(options) {
+            let sql = format!("SET {k} = '{}'", v.replace('\'', "''"));
+            let d = compiled.decide(&sql);
+            if d.outcome.refuses() {
+                let mut denied = d
+                    .outcome
+                    .denied
+                    .clone()
+                    .unwrap_or_else(|| no_policy("", false));
+                denied.reason = format!("startup option -c {k}={v}: {}", denied.reason);
+                return Verdict::Deny(denied);
+            }
+        }
+        Verdict::Allow
+    }
+
+    fn open(&self, meta: &Arc<SessionMeta>) -> Box<dyn SessionHooks> {
+        Box::new(PolicySession {
+            engine: Arc::clone(&self.engine),
+            meta: Arc::clone(meta),
+            prepared: HashMap::new(),
+        })
+    }
+}
+
+struct PolicySession {
+    engine: Arc<Engine>,
+    meta: Arc<SessionMeta>,
+    /// Outcome of each PREPARE by name, so EXECUTE inherits it.
+    prepared: HashMap<String, Outcome>,
+}
+
+impl PolicySession {
+    fn outcome(&mut self, st: &Statement<'_>) -> Outcome {
+        let set = self.engine.current();
+        let Some(compiled) = set.workloads.get(&self.meta.workload.0) else {
+            let defined = set.defined.contains(&self.meta.workload.0);
+            return Outcome {
+                denied: Some(no_policy(&self.meta.workload.0, defined)),
+                enforced: true,
+            };
+        };
+        if st.kind == StatementKind::FunctionCall {
+            return compiled.profile.decide_fastpath();
+        }
+        let decided = compiled.decide(st.sql);
+        let mut outcome = decided.outcome.clone();
+        // EXECUTE inherits the outcome of its PREPARE.
+        if outcome.denied.is_none()
+            && let Some(o) = decided
+                .facts
+                .executes
+                .iter()
+                .find_map(|n| self.prepared.get(n).filter(|o| o.denied.is_some()))
+        {
+            outcome = o.clone();
+        }
+        for name in &decided.facts.prepares {
+            self.prepared.insert(name.clone(), outcome.clone());
+        }
+        outcome
+    }
+}
+
+impl SessionHooks for PolicySession {
+    fn statement(&mut self, st: &Statement<'_>) -> Verdict {
+        let outcome = self.outcome(st);
+        match outcome.denied {
+            Some(d) if outcome.enforced => {
+                info!(session = %self.meta.id, workload = %self.meta.workload, rule = %d.rule, "statement denied: {}", d.reason);
+                Verdict::Deny(d)
+            }
+            Some(d) => {
+                warn!(session = %self.meta.id, workload = %self.meta.workload, rule = %d.rule, "audit-only: would deny: {}", d.reason);
+                Verdict::Allow
+            }
+            None => Verdict::Allow,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// One expected-decision case's result.
+#[derive(Debug, serde::Serialize)]
+pub struct CaseResult {
+    /// Profile.
+    pub profile: String,
+    /// SQL.
+    pub sql: String,
+    /// What the file expects.
+    pub expected: String,
+    /// What the profile decided: `allow` or `deny <rule>`.
+    pub got: String,
+    /// Whether they agree.
+    pub pass: bool,
+}
+
+/// Runs the `tests:` of a policy file.
+pub fn run_tests(path: &Path) -> Result<Vec<CaseResult>, ConfigError> {
+    let (f, hash) = file::load(path)?;
+    let mut out = Vec::new();
+    for t in &f.tests {
+        let Some(profile) = decide::compile(&f, &hash, &t.profile) else {
+            continue;
+        };
+        let outcome = profile.decide(&analyze::analyze(&t.sql));
+        let got = match &outcome.denied {
+            Some(d) => format!("deny {}", d.rule),
+            None => "allow".to_owned(),
+        };
+        let pass = match t.expect {
+            file::Expect::Allow => outcome.denied.is_none(),
+            file::Expect::Deny => outcome
+                .denied
+                .as_ref()
+                .is_some_and(|d| t.rule.as_ref().is_none_or(|r| *r == d.rule)),
+        };
+        let expected = match (t.expect, &t.rule) {
+            (file::Expect::Allow, _) => "allow".to_owned(),
+            (file::Expect::Deny, Some(r)) => format!("deny {r}"),
+            (file::Expect::Deny, None) => "deny".to_owned(),
+        };
+        out.push(CaseResult {
+            profile: t.profile.clone(),
+            sql: t.sql.clone(),
+            expected,
+            got,
+            pass,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,215 @@
+//! The shipped policies' own cases, and the bypass cases that need session state (PREPARE
+//! then EXECUTE, startup options, fast-path calls), table-driven.
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::config::{Config, WorkloadConfig};
+use crate::names::{ClientAddr, ListenAddr, OrigDstAddr, SessionId, WorkloadName};
+use crate::session::DbParams;
+
+fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+#[test]
+fn shipped_policies_pass_their_own_cases() {
+    let mut count = 0;
+    for entry in std::fs::read_dir(policies_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let results = run_tests(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!results.is_empty(), "{} has no cases", path.display());
+            for r in results {
+                count += 1;
+                assert!(
+                    r.pass,
+                    "{}: [{}] {} expected {}, got {}",
+                    path.display(),
+                    r.profile,
+                    r.sql,
+                    r.expected,
+                    r.got
+                );
+            }
+        }
+    }
+    assert!(count >= 40, "only {count} cases ran");
+}
+
+fn engine() -> Arc<Engine> {
+    let mut config = Config::parse(Path::new("/x/pgwarden.yaml"), "").unwrap();
+    for (name, profile) in [("reader", "reader"), ("writer", "writer")] {
+        config.workloads.push(WorkloadConfig {
+            name: name.into(),
+            systemd_unit: vec![],
+            cgroup: vec![],
+            policy: Some(policies_dir().join("pci-dss.yaml")),
+            profile: Some(profile.into()),
+        });
+    }
+    config.workloads.push(WorkloadConfig {
+        name: "bare".into(),
+        systemd_unit: vec![],
+        cgroup: vec![],
+        policy: None,
+        profile: None,
+    });
+    Arc::new(Engine::new(&config, Path::new("/x/pgwarden.yaml")).unwrap())
+}
+
+fn meta(workload: &str, options: Option<&str>) -> Arc<SessionMeta> {
+    let a = "127.0.0.1:1".parse().unwrap();
+    Arc::new(SessionMeta {
+        id: SessionId(1),
+        workload: WorkloadName(workload.into()),
+        identity: None,
+        client: ClientAddr(a),
+        listen: ListenAddr(a),
+        server: OrigDstAddr(a),
+        db: DbParams {
+            user: "u".into(),
+            database: "d".into(),
+            application_name: None,
+            options: options.map(str::to_owned),
+        },
+        client_tls: false,
+        server_tls: false,
+    })
+}
+
+fn rule(v: &Verdict) -> Option<&str> {
+    match v {
+        Verdict::Allow => None,
+        Verdict::Deny(d) => Some(d.rule.as_str()),
+    }
+}
+
+#[test]
+fn session_level_cases() {
+    let hooks = PolicyHooks { engine: engine() };
+    let q = |sql| Statement {
+        kind: StatementKind::Query,
+        sql,
+        name: "",
+    };
+
+    // Case 11: PREPARE then EXECUTE, each denied.
+    let mut s = hooks.open(&meta("writer", None));
+    assert_eq!(
+        rule(&s.statement(&q("PREPARE p AS DELETE FROM payments"))),
+        Some("dml.unscoped")
+    );
+    assert_eq!(rule(&s.statement(&q("EXECUTE p"))), Some("dml.unscoped"));
+    // A scoped one prepares and executes.
+    assert_eq!(
+        rule(&s.statement(&q("PREPARE ok AS DELETE FROM payments WHERE id = $1"))),
+        None
+    );
+    assert_eq!(rule(&s.statement(&q("EXECUTE ok(7)"))), None);
+
+    // Case 29: a Parse is decided at Parse.
+    let mut r = hooks.open(&meta("reader", None));
+    let parse = Statement {
+        kind: StatementKind::Parse,
+        sql: "DROP TABLE payments",
+        name: "s1",
+    };
+    assert_eq!(rule(&r.statement(&parse)), Some("class.ddl"));
+    // Case 30: fast-path FunctionCall.
+    assert_eq!(
+        rule(&r.statement(&Statement {
+            kind: StatementKind::FunctionCall,
+            sql: "",
+            name: ""
+        })),
+        Some("fastpath")
+    );
+    // Case 36: a read-only transaction.
+    for sql in [
+        "BEGIN TRANSACTION READ ONLY",
+        "SELECT id FROM payments",
+        "ROLLBACK",
+    ] {
+        assert_eq!(rule(&r.statement(&q(sql))), None, "{sql}");
+    }
+
+    // Case 31: startup options carrying -c settings.
+    assert_eq!(
+        rule(&hooks.startup(&meta("reader", Some("-c role=postgres")))),
+        Some("role.change")
+    );
+    assert_eq!(
+        rule(&hooks.startup(&meta("reader", Some("--session-authorization=postgres")))),
+        Some("role.change")
+    );
+    assert_eq!(
+        rule(&hooks.startup(&meta("reader", Some("-cstatement_timeout=5s")))),
+        None
+    );
+    assert_eq!(
+        rule(&hooks.startup(&meta("reader", Some("-c search_path=evil")))),
+        Some("search-path.change")
+    );
+
+    // Workloads without a policy, or unknown to the config: everything denied.
+    assert_eq!(
+        rule(&hooks.open(&meta("bare", None)).statement(&q("SELECT 1"))),
+        Some("policy.none")
+    );
+    assert_eq!(
+        rule(
+            &hooks
+                .open(&meta("stranger", None))
+                .statement(&q("SELECT 1"))
+        ),
+        Some("workload.unknown")
+    );
+}
+
+#[test]
+fn startup_options_are_split_like_postgres() {
+    assert_eq!(
+        startup_settings("-c role=x --search-path=y -cwork_mem=4MB -v"),
+        vec![
+            ("role".into(), "x".into()),
+            ("search_path".into(), "y".into()),
+            ("work_mem".into(), "4MB".into())
+        ]
+    );
+}
+
+#[test]
+fn verdicts_are_cached_per_profile() {
+    let engine = engine();
+    let set = engine.current();
+    let reader = &set.workloads["reader"];
+    let a = reader.decide("SELECT id FROM payments");
+    let b = reader.decide("SELECT id FROM payments");
+    assert!(Arc::ptr_eq(&a, &b));
+}
+
+#[test]
+fn broken_policy_files_name_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    for (text, want) in [
+        (
+            "version: 1\nprofiles:\n  r:\n    classes: [read, bogus]\n",
+            "p.yaml:4:",
+        ),
+        (
+            "version: 1\nprofiles:\n  r:\n    tables:\n      payments: [read]\n",
+            "p.yaml:5:",
+        ),
+        (
+            "version: 1\nprofiles:\n  r:\n    extends: nope\n",
+            "p.yaml:4:",
+        ),
+        ("version: 2\nprofiles: {}\n", "p.yaml:1:"),
+        ("version: 1\nprofiles:\n  r: {}\n  oops\n", "p.yaml:"),
+    ] {
+        std::fs::write(&p, text).unwrap();
+        let e = file::load(&p).unwrap_err().to_string();
+        assert!(e.contains(want), "{text:?} gave {e}");
+    }
+}
