@@ -40,6 +40,18 @@ pub struct Config {
     /// Protocol limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Masking settings that are secrets or host facts, not policy.
+    #[serde(default)]
+    pub mask: MaskConfig,
+}
+
+/// Masking settings of the host.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    /// File holding the key of the `hash` method (any bytes; at least 16). Required when a
+    /// policy uses `hash`.
+    pub hash_key_file: Option<PathBuf>,
 }
 
 /// Certificate and key pgwarden presents to clients that ask for TLS.

@@ -197,6 +197,7 @@ pub async fn run(
     for w in config.workloads.iter().filter(|w| w.policy.is_none()) {
         warn!(workload = %w.name, "workload has no policy: every statement it sends will be denied");
     }
+    let hash_key = Arc::new(load_hash_key(&config, &policy)?);
     let cgroup_root = cgroup::cgroup2_root()?;
     info!(cgroup2 = %cgroup_root.display(), "cgroup2 hierarchy found");
 
@@ -249,8 +250,12 @@ pub async fn run(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let shared = Arc::new(Shared {
-        hooks: Arc::new(crate::policy::PolicyHooks {
-            engine: Arc::clone(&policy),
+        hooks: Arc::new(crate::layers::Layers {
+            policy: crate::policy::PolicyHooks {
+                engine: Arc::clone(&policy),
+            },
+            catalog: Arc::default(),
+            hash_key,
         }),
         policy,
         config_path,
@@ -382,6 +387,33 @@ fn watch_policies(
         }
     }
     Some(watcher)
+}
+
+/// The `hash` mask method's key: required when any profile uses it.
+fn load_hash_key(config: &Config, policy: &crate::policy::Engine) -> anyhow::Result<Vec<u8>> {
+    let uses_hash = policy.current().workloads.values().any(|c| {
+        c.profile
+            .mask
+            .columns
+            .iter()
+            .any(|r| r.method == crate::mask::Method::Hash)
+    });
+    match &config.mask.hash_key_file {
+        Some(path) => {
+            let key = std::fs::read(path)
+                .with_context(|| format!("reading mask.hash_key_file {}", path.display()))?;
+            anyhow::ensure!(
+                key.len() >= 16,
+                "{}: the hash key must be at least 16 bytes",
+                path.display()
+            );
+            Ok(key)
+        }
+        None if uses_hash => anyhow::bail!(
+            "a policy masks a column with `hash`: set mask.hash_key_file in the config (a file of at least 16 random bytes)"
+        ),
+        None => Ok(Vec::new()),
+    }
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {

@@ -78,8 +78,22 @@ pub trait SessionHooks: Send {
     fn statement(&mut self, _st: &Statement<'_>) -> Verdict {
         Verdict::Allow
     }
-    /// The server described a result's columns.
-    fn row_description(&mut self, _cols: &[Column]) {}
+    /// SQL to run on the server after authentication, before the client gets the session
+    /// (e.g. resolving masked columns); its results go to [`SessionHooks::setup_result`].
+    fn setup_query(&mut self) -> Option<String> {
+        None
+    }
+    /// The setup query's rows (text values), or the server's error. `Err` ends the session
+    /// (fail closed).
+    fn setup_result(
+        &mut self,
+        _rows: Vec<Vec<Option<String>>>,
+        _error: Option<String>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    /// A result is about to stream with these columns, formats as they will be sent.
+    fn result_columns(&mut self, _cols: &[Column]) {}
     /// A result row; `Some` replaces it.
     fn data_row(&mut self, _row: &Frame) -> Option<Bytes> {
         None

@@ -9,6 +9,8 @@ pub mod daemon;
 pub mod dest;
 pub mod hooks;
 pub mod identity;
+pub mod layers;
+pub mod mask;
 pub mod names;
 pub mod policy;
 pub mod redirect;

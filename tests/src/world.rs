@@ -54,7 +54,9 @@ pub fn world_with_workload(workloads_yaml: &str) -> World {
 }
 
 /// A fresh cgroup named `prefix-<pid>-<n>` and a world whose workload `workload` is exactly that
-/// cgroup. Bind the result as `let (cg, w) = ...` so the world stops before the cgroup goes.
+/// cgroup, under the repository's allow-all policy (a workload without a policy is denied
+/// everything): for tests of the data path rather than of policy. Bind the result as
+/// `let (cg, w) = ...` so the world stops before the cgroup goes.
 ///
 /// # Panics
 ///
@@ -64,8 +66,9 @@ pub fn tagged_world(prefix: &str, workload: &str) -> (TestCgroup, World) {
     require_root();
     let cg = TestCgroup::create(&unique_name(prefix));
     let world = world_with_workload(&format!(
-        "  - name: {workload}\n    cgroup: \"{}\"\n",
-        cg.rel
+        "  - name: {workload}\n    cgroup: \"{}\"\n    policy: {}\n    profile: allow-all\n",
+        cg.rel,
+        crate::policy_path("allow-all.yaml").display()
     ));
     (cg, world)
 }

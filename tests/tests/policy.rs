@@ -38,10 +38,13 @@ fn world(policy: &Path) -> World {
     let reader = TestCgroup::create(&unique_name("pgw-e2e-reader"));
     let writer = TestCgroup::create(&unique_name("pgw-e2e-writer"));
     let listen = free_port();
+    let key = dir.path().join("mask.key");
+    std::fs::write(&key, b"0123456789abcdef-e2e-test-key").unwrap();
     let config = format!(
-        "listen:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: \"[::1]:{listen}\"\ncontrol:\n  socket: {}\nintercept: [\"*:{}\"]\n\
+        "mask:\n  hash_key_file: {}\nlisten:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: \"[::1]:{listen}\"\ncontrol:\n  socket: {}\nintercept: [\"*:{}\"]\n\
          workloads:\n  - name: payments-reader\n    cgroup: \"{}\"\n    policy: {}\n    profile: reader\n\
          \x20 - name: payments-writer\n    cgroup: \"{}\"\n    policy: {}\n    profile: writer\n",
+        key.display(),
         control.display(),
         pg.port,
         reader.rel,

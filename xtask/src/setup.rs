@@ -393,7 +393,10 @@ fn node_client(mode: Mode) -> Result<Found> {
             .arg(&dir),
     )?;
     if !installed.is_file() {
-        bail!("`npm {verb}` succeeded but {} is missing", installed.display());
+        bail!(
+            "`npm {verb}` succeeded but {} is missing",
+            installed.display()
+        );
     }
     Ok(Found::Installed)
 }

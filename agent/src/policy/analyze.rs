@@ -140,6 +140,14 @@ pub struct Facts {
     pub wildcard: bool,
     /// Relation names used as values (whole-row references such as `SELECT p FROM payments p`).
     pub row_refs: bool,
+    /// Column references and whether each is a bare projected column (`SELECT c` or
+    /// `SELECT c AS x`, outside set operations): the only use that keeps a masked column's
+    /// origin, so the only one masking can follow.
+    pub column_uses: BTreeSet<(String, bool)>,
+    /// A COPY ... TO (data leaves the server).
+    pub copy_to: bool,
+    /// A COPY in binary format.
+    pub copy_binary: bool,
     /// DELETE/UPDATE commands whose WHERE does not limit rows.
     pub unscoped: Vec<String>,
     /// COPY to or from a program.
@@ -174,6 +182,10 @@ pub fn analyze(sql: &str) -> Facts {
         let _ = s.visit(&mut c);
     }
     let mut facts = c.facts;
+    // A bare identifier naming a table or alias in scope is a whole-row reference.
+    if facts.column_uses.iter().any(|(n, _)| c.aliases.contains(n)) {
+        facts.row_refs = true;
+    }
     // Names bound by WITH are not tables.
     facts
         .tables
@@ -186,6 +198,28 @@ struct Collector {
     facts: Facts,
     ctes: BTreeSet<String>,
     aliases: BTreeSet<String>,
+    /// Addresses of projection expressions that are bare column references.
+    bare: std::collections::HashSet<usize>,
+    /// Addresses of SELECTs under a set operation (their columns lose their origin).
+    setop_selects: std::collections::HashSet<usize>,
+}
+
+fn addr<T>(x: &T) -> usize {
+    std::ptr::from_ref(x) as usize
+}
+
+fn collect_setop_selects(e: &SetExpr, out: &mut std::collections::HashSet<usize>) {
+    match e {
+        SetExpr::Select(s) => {
+            out.insert(addr(s.as_ref()));
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            collect_setop_selects(left, out);
+            collect_setop_selects(right, out);
+        }
+        SetExpr::Query(q) => collect_setop_selects(&q.body, out),
+        _ => {}
+    }
 }
 
 impl Collector {
@@ -270,9 +304,21 @@ impl Visitor for Collector {
                 }
             }
             S::Copy {
-                source, to, target, ..
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                ..
             } => {
                 self.class(Class::Copy, if *to { "COPY TO" } else { "COPY FROM" });
+                self.facts.copy_to |= *to;
+                let binary = options.iter().any(|o| {
+                    matches!(o, sqlparser::ast::CopyOption::Format(f) if f.value.eq_ignore_ascii_case("binary"))
+                }) || legacy_options
+                    .iter()
+                    .any(|o| matches!(o, sqlparser::ast::CopyLegacyOption::Binary));
+                self.facts.copy_binary |= binary;
                 match target {
                     CopyTarget::Program { .. } => self.facts.copy_program = true,
                     CopyTarget::File { .. } => self.facts.copy_file = true,
@@ -375,6 +421,9 @@ impl Visitor for Collector {
     }
 
     fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        if matches!(q.body.as_ref(), SetExpr::SetOperation { .. }) {
+            collect_setop_selects(&q.body, &mut self.setop_selects);
+        }
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
                 self.ctes.insert(fold(&cte.alias.name));
@@ -384,12 +433,19 @@ impl Visitor for Collector {
     }
 
     fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+        let in_setop = self.setop_selects.contains(&addr(s));
         for item in &s.projection {
-            if matches!(
-                item,
-                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
-            ) {
-                self.facts.wildcard = true;
+            match item {
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                    self.facts.wildcard = true
+                }
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }
+                    if !in_setop
+                        && matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) =>
+                {
+                    self.bare.insert(addr(e));
+                }
+                _ => {}
             }
         }
         ControlFlow::Continue(())
@@ -451,10 +507,16 @@ impl Visitor for Collector {
             }
             Expr::Identifier(i) => {
                 self.facts.columns.insert(fold(i));
+                self.facts
+                    .column_uses
+                    .insert((fold(i), self.bare.contains(&addr(e))));
             }
             Expr::CompoundIdentifier(ids) => {
                 if let Some(last) = ids.last() {
                     self.facts.columns.insert(fold(last));
+                    self.facts
+                        .column_uses
+                        .insert((fold(last), self.bare.contains(&addr(e))));
                 }
             }
             _ => {}
@@ -627,6 +689,43 @@ mod tests {
         ] {
             assert_eq!(!analyze(sql).unscoped.is_empty(), unscoped, "{sql}");
         }
+    }
+
+    #[test]
+    fn bare_projections_are_told_from_other_uses() {
+        let uses = |sql| analyze(sql).column_uses.into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            uses("SELECT card_number FROM payments"),
+            vec![("card_number".into(), true)]
+        );
+        assert_eq!(
+            uses("SELECT card_number AS c FROM payments"),
+            vec![("card_number".into(), true)]
+        );
+        assert_eq!(
+            uses("SELECT p.card_number FROM payments p"),
+            vec![("card_number".into(), true)]
+        );
+        for sql in [
+            "SELECT id FROM payments WHERE card_number LIKE '4111%'",
+            "SELECT substring(card_number, 1, 12) FROM payments",
+            "SELECT card_number::text FROM payments",
+            "SELECT id FROM payments ORDER BY card_number",
+            "SELECT count(*) FROM payments GROUP BY card_number",
+            "SELECT reverse(card_number) FROM payments",
+            "SELECT card_number FROM payments UNION SELECT 'x'",
+            "SELECT a.id FROM payments a JOIN payments b ON a.card_number = b.card_number",
+        ] {
+            assert!(
+                analyze(sql)
+                    .column_uses
+                    .contains(&("card_number".into(), false)),
+                "{sql}"
+            );
+        }
+        assert!(analyze("SELECT p FROM payments p").row_refs);
+        let f = analyze("COPY payments TO STDOUT (FORMAT binary)");
+        assert!(f.copy_to && f.copy_binary);
     }
 
     #[test]

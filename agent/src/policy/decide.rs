@@ -78,6 +78,8 @@ pub struct Profile {
     search_path: Vec<String>,
     allow_search_path_change: bool,
     allow_fastpath: bool,
+    /// Masking rules.
+    pub mask: std::sync::Arc<crate::mask::MaskRules>,
     /// Enforcement mode.
     pub mode: Mode,
     /// Handling of SQL that does not parse.
@@ -117,7 +119,9 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
         allow_fastpath: false,
         mode: file.mode,
         unparsed: file.unparsed,
+        mask: std::sync::Arc::default(),
     };
+    let mut mask = crate::mask::MaskRules::default();
     // Parents first, children override.
     for spec in chain.into_iter().rev() {
         if let Some(c) = &spec.classes {
@@ -143,7 +147,27 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
         p.allow_fastpath = spec.allow_fastpath.unwrap_or(p.allow_fastpath);
         p.mode = spec.mode.unwrap_or(p.mode);
         p.unparsed = spec.unparsed.unwrap_or(p.unparsed);
+        if let Some(m) = &spec.mask {
+            for (k, method) in &m.columns {
+                let mut it = k.splitn(3, '.');
+                let (Some(s), Some(t), Some(c)) = (it.next(), it.next(), it.next()) else {
+                    continue;
+                };
+                let method = crate::mask::Method::parse(method).ok()?;
+                mask.columns
+                    .retain(|r| !(r.schema == s && r.table == t && r.column == c));
+                mask.columns.push(crate::mask::ColumnRule {
+                    schema: s.into(),
+                    table: t.into(),
+                    column: c.into(),
+                    method,
+                });
+            }
+            mask.detect_pans = m.detect_pans.unwrap_or(mask.detect_pans);
+            mask.allow_uses.extend(m.allow_uses.iter().cloned());
+        }
     }
+    p.mask = std::sync::Arc::new(mask);
     Some(p)
 }
 
@@ -221,6 +245,56 @@ impl Profile {
             denied,
             enforced: self.mode == Mode::Enforce,
         }
+    }
+
+    /// Masked columns may only be selected as they are: any other use could reconstruct,
+    /// encode or search the hidden digits. COPY cannot follow column origins.
+    fn mask_rules(&self, f: &Facts) -> Option<Denied> {
+        if !self.mask.active() {
+            return None;
+        }
+        if f.copy_to && f.copy_binary {
+            return Some(deny("mask.copy", "binary COPY cannot be masked"));
+        }
+        for rule in &self.mask.columns {
+            let touches = f.tables.iter().any(|t| {
+                t.name == rule.table && self.candidates(t).contains(&rule.schema.as_str())
+            });
+            if !touches {
+                continue;
+            }
+            let label = rule.label();
+            if f.copy_to {
+                return Some(deny(
+                    "mask.copy",
+                    format!(
+                        "COPY of {}.{}, which has masked columns, is not allowed",
+                        rule.schema, rule.table
+                    ),
+                ));
+            }
+            if self.mask.allow_uses.contains(&label) {
+                continue;
+            }
+            if f.column_uses.contains(&(rule.column.clone(), false)) {
+                return Some(deny(
+                    "mask.inference",
+                    format!(
+                        "{label} is masked: it may only be selected as it is, not used in expressions, conditions, joins, sorting or grouping"
+                    ),
+                ));
+            }
+            if f.row_refs {
+                return Some(deny(
+                    "mask.inference",
+                    format!(
+                        "whole-row references to {}.{} would bypass the mask of {label}",
+                        rule.schema, rule.table
+                    ),
+                ));
+            }
+        }
+        None
     }
 
     fn rules(&self, f: &Facts) -> Option<Denied> {
@@ -330,6 +404,9 @@ impl Profile {
                     format!("column {s}.{t}.{c} is not allowed"),
                 ));
             }
+        }
+        if let Some(d) = self.mask_rules(f) {
+            return Some(d);
         }
         if let Some(cmd) = f.unscoped.first() {
             return Some(deny(

@@ -95,6 +95,25 @@ pub struct ProfileSpec {
     /// Per-profile unparsed override.
     #[serde(default)]
     pub unparsed: Option<Mode>,
+    /// Masking, merged over the parent's.
+    #[serde(default)]
+    pub mask: Option<MaskSpec>,
+}
+
+/// A profile's masking as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskSpec {
+    /// `schema.table.column: method` (pan, pan(last4), partial(first, last), redact, null,
+    /// hash).
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Mask PANs found anywhere in results, errors and notices.
+    #[serde(default)]
+    pub detect_pans: Option<bool>,
+    /// Masked columns that may be used beyond a bare projection (predicates, functions...).
+    #[serde(default)]
+    pub allow_uses: Vec<String>,
 }
 
 /// One expected decision.
@@ -184,6 +203,17 @@ pub fn load(path: &Path) -> Result<(PolicyFile, String), ConfigError> {
                     locate(t),
                     format!("table `{t}`: write it as schema.table"),
                 ));
+            }
+        }
+        for (c, m) in p.mask.iter().flat_map(|m| &m.columns) {
+            if c.split('.').count() != 3 {
+                return Err(err(
+                    locate(c),
+                    format!("masked column `{c}`: write it as schema.table.column"),
+                ));
+            }
+            if let Err(e) = crate::mask::Method::parse(m) {
+                return Err(err(locate(c), e));
             }
         }
         for c in &p.deny_columns {

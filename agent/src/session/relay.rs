@@ -9,10 +9,11 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::warn;
 
 use super::conn::{Conn, ReadHalf, WriteHalf, write_batch};
-use super::state::ProtoState;
+use super::state::{Pending, ProtoState, ResultStart};
 use super::{SessionError, SessionMeta, strip_channel_binding};
 use crate::daemon::Shared;
 use crate::hooks::{SessionHooks, Statement, StatementKind, Verdict};
+use crate::wire::backend::Column;
 use crate::wire::encode::{self, ErrorFields};
 use crate::wire::frontend::{self, FrontendMsg};
 use crate::wire::{Frame, Limits, Side, WireError, backend, next_frame};
@@ -65,8 +66,8 @@ pub async fn run(
     rest: BytesMut,
 ) -> Result<(), SessionError> {
     let strip_plus = client.is_tls() || upstream.is_tls();
-    let (client_r, client_w) = client.split();
-    let (server_r, mut server_w) = upstream.split();
+    let (mut client_r, client_w) = client.split();
+    let (mut server_r, mut server_w) = upstream.split();
     server_w.write_all(&startup).await?;
     server_w.flush().await?;
     let ctx = Ctx {
@@ -78,8 +79,22 @@ pub async fn run(
         client_w: tokio::sync::Mutex::new(client_w),
         strip_plus,
     };
-    let front = frontend(&ctx, client_r, server_w, rest);
-    let back = backend(&ctx, server_r);
+    let mut client_buf = rest;
+    let mut server_buf = BytesMut::with_capacity(READ_CHUNK);
+    if !handshake(
+        &ctx,
+        &mut client_r,
+        &mut client_buf,
+        &mut server_r,
+        &mut server_buf,
+        &mut server_w,
+    )
+    .await?
+    {
+        return Ok(());
+    }
+    let front = frontend(&ctx, client_r, server_w, client_buf);
+    let back = backend(&ctx, server_r, server_buf);
     tokio::pin!(front, back);
     let result = tokio::select! {
         r = &mut front => match r {
@@ -91,6 +106,164 @@ pub async fn run(
     };
     ctx.hooks().session_end();
     result
+}
+
+/// Reads one frame from `r` into `buf`; `Ok(None)` at end of stream.
+async fn read_frame(
+    r: &mut ReadHalf,
+    buf: &mut BytesMut,
+    limits: &Limits,
+    side: Side,
+) -> Result<Option<Frame>, SessionError> {
+    loop {
+        match next_frame(buf, limits, side) {
+            Ok(Some(f)) => return Ok(Some(f)),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(if side == Side::Frontend {
+                    SessionError::Client(e)
+                } else {
+                    SessionError::Server(e)
+                });
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        if r.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Authentication, relayed message by message (the server asks, the client answers), then
+/// the layers' setup query, then the server's ReadyForQuery to the client. `Ok(false)` when
+/// the session ended during it (failed authentication, a client that left).
+async fn handshake(
+    ctx: &Ctx<'_>,
+    client_r: &mut ReadHalf,
+    client_buf: &mut BytesMut,
+    server_r: &mut ReadHalf,
+    server_buf: &mut BytesMut,
+    server_w: &mut WriteHalf,
+) -> Result<bool, SessionError> {
+    let mut out = Vec::with_capacity(8);
+    loop {
+        let frame = match read_frame(server_r, server_buf, &ctx.limits, Side::Backend).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                let mut w = ctx.client_w.lock().await;
+                write_batch(&mut *w, &mut out).await?;
+                let _ = w.shutdown().await;
+                return Ok(false);
+            }
+            Err(SessionError::Server(e)) => return Err(server_error(ctx, e).await),
+            Err(e) => return Err(e),
+        };
+        match frame.tag {
+            b'R' => {
+                let (code, _) = backend::authentication(&frame).map_err(SessionError::Server)?;
+                out.push(if ctx.strip_plus {
+                    strip_channel_binding(&frame).unwrap_or(frame.bytes)
+                } else {
+                    frame.bytes
+                });
+                // 0 ok and 12 SASLFinal need no answer; every other request does.
+                if code != 0 && code != 12 {
+                    let mut w = ctx.client_w.lock().await;
+                    write_batch(&mut *w, &mut out).await?;
+                    drop(w);
+                    let answer =
+                        match read_frame(client_r, client_buf, &ctx.limits, Side::Frontend).await {
+                            Ok(Some(a)) => a,
+                            Ok(None) => return Ok(false),
+                            Err(SessionError::Client(e)) => return Err(client_error(ctx, e).await),
+                            Err(e) => return Err(e),
+                        };
+                    server_w.write_all(&answer.bytes).await?;
+                    server_w.flush().await?;
+                }
+            }
+            b'K' => {
+                let (pid, key) = backend::backend_key(&frame).map_err(SessionError::Server)?;
+                ctx.shared
+                    .register_cancel(ctx.meta.id, pid, key, ctx.meta.server.0);
+                out.push(frame.bytes);
+            }
+            b'E' => {
+                // Authentication failed: the client hears it, the server closes.
+                out.push(crate::mask::error_fields(&frame).unwrap_or(frame.bytes));
+                let mut w = ctx.client_w.lock().await;
+                write_batch(&mut *w, &mut out).await?;
+                let _ = w.shutdown().await;
+                return Ok(false);
+            }
+            b'Z' => {
+                let status = backend::ready_for_query(&frame).map_err(SessionError::Server)?;
+                let setup = ctx.hooks().setup_query();
+                if let Some(sql) = setup {
+                    let (rows, error) =
+                        setup_query(ctx, &sql, server_r, server_buf, server_w).await?;
+                    let accepted = ctx.hooks().setup_result(rows, error);
+                    if let Err(e) = accepted {
+                        warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, "session refused: {e}");
+                        ctx.fatal("42501", &format!("pgwarden: {e}")).await;
+                        return Ok(false);
+                    }
+                }
+                ctx.state().ready(status);
+                ctx.hooks().session_start();
+                out.push(frame.bytes);
+                let mut w = ctx.client_w.lock().await;
+                write_batch(&mut *w, &mut out).await?;
+                return Ok(true);
+            }
+            _ => out.push(frame.bytes),
+        }
+    }
+}
+
+/// Runs pgwarden's own query on the session before the client gets it; the client sees
+/// none of its messages.
+async fn setup_query(
+    ctx: &Ctx<'_>,
+    sql: &str,
+    server_r: &mut ReadHalf,
+    server_buf: &mut BytesMut,
+    server_w: &mut WriteHalf,
+) -> Result<(Vec<Vec<Option<String>>>, Option<String>), SessionError> {
+    server_w.write_all(&encode::query(sql)).await?;
+    server_w.flush().await?;
+    let mut rows = Vec::new();
+    let mut error = None;
+    loop {
+        let Some(frame) = read_frame(server_r, server_buf, &ctx.limits, Side::Backend).await?
+        else {
+            return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        };
+        match frame.tag {
+            b'D' => {
+                let ranges = backend::data_row(&frame).map_err(SessionError::Server)?;
+                let body = frame.body();
+                rows.push(
+                    ranges
+                        .into_iter()
+                        .map(|r| r.map(|r| String::from_utf8_lossy(&body[r]).into_owned()))
+                        .collect(),
+                );
+            }
+            b'E' => {
+                let fields = backend::error_fields(&frame).map_err(SessionError::Server)?;
+                error = Some(
+                    fields
+                        .iter()
+                        .find(|(c, _)| *c == b'M')
+                        .map_or("error", |(_, m)| *m)
+                        .to_owned(),
+                );
+            }
+            b'Z' => return Ok((rows, error)),
+            _ => {}
+        }
+    }
 }
 
 fn wire_message(e: &WireError) -> (&'static str, String) {
@@ -178,8 +351,16 @@ fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<bool
                     }
                 }
             }
-            if kind != StatementKind::Parse {
-                st.segment_sent();
+            match kind {
+                StatementKind::Parse => st.expect(Pending::Parse),
+                StatementKind::Query => {
+                    st.segment_sent();
+                    st.expect(Pending::Query);
+                }
+                StatementKind::FunctionCall => {
+                    st.segment_sent();
+                    st.expect(Pending::FunctionCall);
+                }
             }
         }
         b'B' => {
@@ -217,10 +398,8 @@ fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<bool
     Ok(true)
 }
 
-async fn backend(ctx: &Ctx<'_>, mut r: ReadHalf) -> Result<(), SessionError> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+async fn backend(ctx: &Ctx<'_>, mut r: ReadHalf, mut buf: BytesMut) -> Result<(), SessionError> {
     let mut out: Vec<Bytes> = Vec::with_capacity(64);
-    let mut started = false;
     loop {
         loop {
             let frame = match next_frame(&mut buf, &ctx.limits, Side::Backend) {
@@ -228,7 +407,7 @@ async fn backend(ctx: &Ctx<'_>, mut r: ReadHalf) -> Result<(), SessionError> {
                 Ok(None) => break,
                 Err(e) => return Err(server_error(ctx, e).await),
             };
-            if let Err(e) = on_backend(ctx, frame, &mut out, &mut started) {
+            if let Err(e) = on_backend(ctx, frame, &mut out) {
                 return Err(server_error(ctx, e).await);
             }
         }
@@ -255,33 +434,33 @@ async fn server_error(ctx: &Ctx<'_>, e: WireError) -> SessionError {
     SessionError::Server(e)
 }
 
-fn on_backend(
-    ctx: &Ctx<'_>,
-    frame: Frame,
-    out: &mut Vec<Bytes>,
-    started: &mut bool,
-) -> Result<(), WireError> {
+fn on_backend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), WireError> {
     match frame.tag {
-        b'D' => out.push(ctx.hooks().data_row(&frame).unwrap_or(frame.bytes)),
+        b'D' => {
+            if let ResultStart::Columns(cols) = ctx.state().data_row() {
+                ctx.hooks().result_columns(&cols);
+            }
+            out.push(ctx.hooks().data_row(&frame).unwrap_or(frame.bytes));
+        }
         b'd' => out.push(ctx.hooks().copy_data(&frame).unwrap_or(frame.bytes)),
         b'T' => {
-            let cols = backend::row_description(&frame)?;
-            ctx.hooks().row_description(&cols);
-            ctx.state().row_description = Some(cols.into());
+            let cols: Arc<[Column]> = backend::row_description(&frame)?.into();
+            if let ResultStart::Columns(cols) = ctx.state().row_description(cols) {
+                ctx.hooks().result_columns(&cols);
+            }
             out.push(frame.bytes);
         }
         b'C' => {
+            ctx.state().reply(b'C');
             ctx.hooks()
                 .command_complete(backend::command_complete(&frame)?);
             out.push(frame.bytes);
         }
         b'Z' => {
             let status = backend::ready_for_query(&frame)?;
-            ctx.state().ready(status);
-            if !*started {
-                *started = true;
-                ctx.hooks().session_start();
-            }
+            let mut st = ctx.state();
+            st.reply(b'Z');
+            st.ready(status);
             out.push(frame.bytes);
         }
         b'E' | b'N' => {
@@ -292,6 +471,7 @@ fn on_backend(
                     .find(|(c, _)| *c == b'M')
                     .map_or("", |(_, m)| *m);
                 let mut st = ctx.state();
+                st.reply(b'E');
                 if st.has_markers() {
                     st.replace_error(message)
                 } else {
@@ -311,7 +491,10 @@ fn on_backend(
                 .register_cancel(ctx.meta.id, pid, key, ctx.meta.server.0);
             out.push(frame.bytes);
         }
-        b'R' if ctx.strip_plus => out.push(strip_channel_binding(&frame).unwrap_or(frame.bytes)),
+        b'1' | b'2' | b'3' | b'n' | b'I' | b's' => {
+            ctx.state().reply(frame.tag);
+            out.push(frame.bytes);
+        }
         _ => out.push(frame.bytes),
     }
     Ok(())

@@ -33,8 +33,6 @@ struct Marker {
 pub struct ProtoState {
     statements: HashMap<String, Arc<str>>,
     portals: HashMap<String, Portal>,
-    /// Result columns of the statement or portal last described by the server.
-    pub row_description: Option<Arc<[Column]>>,
     /// Transaction status from the last ReadyForQuery.
     pub txn_status: u8,
     markers: VecDeque<Marker>,
@@ -44,6 +42,10 @@ pub struct ProtoState {
     ready_seen: u64,
     marker_seq: u64,
     marker_prefix: String,
+    pending: VecDeque<Pending>,
+    statement_cols: HashMap<String, Arc<[Column]>>,
+    portal_cols: HashMap<String, Arc<[Column]>>,
+    streaming: bool,
 }
 
 impl ProtoState {
@@ -52,18 +54,22 @@ impl ProtoState {
         Self {
             statements: HashMap::new(),
             portals: HashMap::new(),
-            row_description: None,
             txn_status: b'I',
             markers: VecDeque::new(),
             segments_sent: 1,
             ready_seen: 0,
             marker_seq: 0,
             marker_prefix: marker_prefix.to_owned(),
+            pending: VecDeque::new(),
+            statement_cols: HashMap::new(),
+            portal_cols: HashMap::new(),
+            streaming: false,
         }
     }
 
     /// A Parse was sent: `name` now holds `sql` (the unnamed one is replaced).
     pub fn parsed(&mut self, name: &str, sql: &str) {
+        self.statement_cols.remove(name);
         self.statements.insert(name.to_owned(), Arc::from(sql));
     }
 
@@ -74,6 +80,7 @@ impl ProtoState {
 
     /// A Bind was sent.
     pub fn bound(&mut self, portal: &str, statement: &str, result_formats: Vec<i16>) {
+        self.portal_cols.remove(portal);
         self.portals.insert(
             portal.to_owned(),
             Portal {
@@ -92,8 +99,10 @@ impl ProtoState {
     pub fn closed(&mut self, kind: u8, name: &str) {
         if kind == b'S' {
             self.statements.remove(name);
+            self.statement_cols.remove(name);
         } else {
             self.portals.remove(name);
+            self.portal_cols.remove(name);
         }
     }
 
@@ -196,5 +205,217 @@ mod tests {
         assert!(s.portal("p").is_none());
         s.closed(b'S', "a");
         assert!(s.statement("a").is_none());
+    }
+}
+
+/// A reply the server owes for a message the client sent, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// ParseComplete.
+    Parse,
+    /// BindComplete.
+    Bind,
+    /// ParameterDescription and RowDescription/NoData of a statement.
+    DescribeStatement(String),
+    /// RowDescription/NoData of a portal.
+    DescribePortal(String),
+    /// Rows of a portal, then CommandComplete/EmptyQuery/PortalSuspended.
+    Execute(String),
+    /// CloseComplete.
+    Close,
+    /// ReadyForQuery after an extended-protocol batch.
+    Sync,
+    /// Results, then ReadyForQuery, of a simple Query.
+    Query,
+    /// FunctionCallResponse, then ReadyForQuery.
+    FunctionCall,
+}
+
+/// What the server's reply means for the columns of the rows that follow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResultStart {
+    /// Rows will follow with these columns (formats as sent).
+    Columns(Arc<[Column]>),
+    /// Nothing to announce.
+    None,
+}
+
+impl ProtoState {
+    /// The client sent a message that the server will answer.
+    pub fn expect(&mut self, p: Pending) {
+        self.pending.push_back(p);
+    }
+
+    /// A RowDescription arrived.
+    pub fn row_description(&mut self, cols: Arc<[Column]>) -> ResultStart {
+        match self.pending.front().cloned() {
+            Some(Pending::DescribeStatement(name)) => {
+                self.pending.pop_front();
+                self.statement_cols.insert(name, cols);
+                ResultStart::None
+            }
+            Some(Pending::DescribePortal(portal)) => {
+                self.pending.pop_front();
+                self.portal_cols.insert(portal, cols);
+                ResultStart::None
+            }
+            // A simple query's (next) result set.
+            _ => {
+                self.streaming = true;
+                ResultStart::Columns(cols)
+            }
+        }
+    }
+
+    /// A DataRow arrived: the columns, when this is the first row of an Execute.
+    pub fn data_row(&mut self) -> ResultStart {
+        if self.streaming {
+            return ResultStart::None;
+        }
+        self.streaming = true;
+        let Some(Pending::Execute(portal)) = self.pending.front() else {
+            return ResultStart::None;
+        };
+        if let Some(cols) = self.portal_cols.get(portal) {
+            return ResultStart::Columns(Arc::clone(cols));
+        }
+        // Execute without Describe: the statement's columns with the Bind's formats.
+        let Some(p) = self.portals.get(portal) else {
+            return ResultStart::Columns(Arc::from(Vec::new()));
+        };
+        let Some(cols) = self.statement_cols.get(&p.statement) else {
+            return ResultStart::Columns(Arc::from(Vec::new()));
+        };
+        let formats = &p.result_formats;
+        let cols: Vec<Column> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let format = match formats.len() {
+                    0 => 0,
+                    1 => formats[0],
+                    _ => formats.get(i).copied().unwrap_or(0),
+                };
+                Column {
+                    format,
+                    ..c.clone()
+                }
+            })
+            .collect();
+        ResultStart::Columns(cols.into())
+    }
+
+    /// Any other reply: keeps the expectation queue in step.
+    pub fn reply(&mut self, tag: u8) {
+        match tag {
+            b'1' | b'2' | b'3' | b'n' => {
+                if matches!(
+                    (tag, self.pending.front()),
+                    (b'1', Some(Pending::Parse))
+                        | (b'2', Some(Pending::Bind))
+                        | (b'3', Some(Pending::Close))
+                        | (
+                            b'n',
+                            Some(Pending::DescribeStatement(_) | Pending::DescribePortal(_))
+                        )
+                ) {
+                    self.pending.pop_front();
+                }
+            }
+            b'C' | b'I' | b's' => {
+                self.streaming = false;
+                if matches!(self.pending.front(), Some(Pending::Execute(_))) {
+                    self.pending.pop_front();
+                }
+            }
+            b'E' => {
+                self.streaming = false;
+                // In the extended protocol the server skips everything up to Sync.
+                if !matches!(
+                    self.pending.front(),
+                    Some(Pending::Query | Pending::FunctionCall)
+                ) {
+                    while self.pending.front().is_some_and(|p| *p != Pending::Sync) {
+                        self.pending.pop_front();
+                    }
+                }
+            }
+            b'Z' => {
+                self.streaming = false;
+                while let Some(p) = self.pending.pop_front() {
+                    if matches!(p, Pending::Sync | Pending::Query | Pending::FunctionCall) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    fn cols(format: i16) -> Arc<[Column]> {
+        Arc::from(vec![Column {
+            name: "c".into(),
+            table_oid: 1,
+            attnum: 2,
+            type_oid: 25,
+            format,
+        }])
+    }
+
+    #[test]
+    fn execute_without_describe_uses_statement_columns_and_bind_formats() {
+        let mut s = ProtoState::new("x");
+        // Parse s1, Describe S s1, Sync.
+        s.expect(Pending::Parse);
+        s.expect(Pending::DescribeStatement("s1".into()));
+        s.expect(Pending::Sync);
+        s.reply(b'1');
+        s.reply(b't');
+        assert_eq!(s.row_description(cols(0)), ResultStart::None);
+        s.reply(b'Z');
+        // Later: Bind with binary results, Execute, Sync; no Describe.
+        s.bound("", "s1", vec![1]);
+        s.expect(Pending::Bind);
+        s.expect(Pending::Execute(String::new()));
+        s.expect(Pending::Sync);
+        s.reply(b'2');
+        let ResultStart::Columns(c) = s.data_row() else {
+            panic!()
+        };
+        assert_eq!(c[0].format, 1);
+        assert_eq!(s.data_row(), ResultStart::None, "announced once");
+        s.reply(b'C');
+        s.reply(b'Z');
+        assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn errors_skip_to_sync_and_queries_keep_their_results() {
+        let mut s = ProtoState::new("x");
+        for p in [
+            Pending::Parse,
+            Pending::Bind,
+            Pending::Execute(String::new()),
+            Pending::Sync,
+            Pending::Query,
+        ] {
+            s.expect(p);
+        }
+        s.reply(b'E');
+        assert_eq!(s.pending.front(), Some(&Pending::Sync));
+        s.reply(b'Z');
+        assert_eq!(s.row_description(cols(0)), ResultStart::Columns(cols(0)));
+        s.reply(b'C');
+        assert!(
+            matches!(s.row_description(cols(0)), ResultStart::Columns(_)),
+            "second result set of the Query"
+        );
+        s.reply(b'Z');
+        assert!(s.pending.is_empty());
     }
 }

@@ -2,11 +2,13 @@
 cannot send: extended-protocol Parse/Bind/Execute, fast-path FunctionCall, raw options.
 
 usage: pgraw.py HOST PORT USER DATABASE SCRIPT_JSON
-SCRIPT_JSON is a list of steps: ["query", sql] | ["extended", sql] | ["fastpath", oid]
+SCRIPT_JSON is a list of steps: ["query", sql] | ["extended", sql] | ["extended_binary", sql]
+| ["fastpath", oid]. With PGRAW_DUMP=FILE every byte received is also written to FILE.
 Prints one JSON line per step: the messages received up to ReadyForQuery, as
 {"type": "E", "C": sqlstate, "M": message} / {"type": "D", "values": [...]} / {"type": "Z", "status": "I"} ...
 """
 import json
+import os
 import socket
 import struct
 import sys
@@ -26,6 +28,8 @@ class Conn:
         self.s = socket.socket(fam, socket.SOCK_STREAM)
         self.s.connect((host, port))
         self.buf = b""
+        dump = os.environ.get("PGRAW_DUMP")
+        self.dump = open(dump, "ab") if dump else None
         body = struct.pack("!i", 196608) + cstr("user") + cstr(user) + cstr("database") + cstr(database) + b"\0"
         self.s.sendall(struct.pack("!i", len(body) + 4) + body)
         self.until_ready()
@@ -35,6 +39,9 @@ class Conn:
             chunk = self.s.recv(65536)
             if not chunk:
                 raise EOFError("server closed the connection")
+            if self.dump:
+                self.dump.write(chunk)
+                self.dump.flush()
             self.buf += chunk
         n = struct.unpack("!i", self.buf[1:5])[0]
         tag, body, self.buf = self.buf[:1], self.buf[5 : 1 + n], self.buf[1 + n :]
@@ -59,7 +66,11 @@ class Conn:
                     if ln < 0:
                         vals.append(None)
                     else:
-                        vals.append(body[i : i + ln].decode(errors="replace"))
+                        raw = body[i : i + ln]
+                        try:
+                            vals.append(raw.decode())
+                        except UnicodeDecodeError:
+                            vals.append("hex:" + raw.hex())
                         i += ln
                 out.append({"type": "D", "values": vals})
             elif tag == b"Z":
@@ -80,6 +91,17 @@ class Conn:
         execute = msg(b"E", cstr("") + struct.pack("!i", 0))
         self.s.sendall(parse + bind + msg(b"D", b"P" + cstr("")) + execute + msg(b"S"))
         return self.until_ready()
+
+    def extended_binary(self, sql):
+        parse = msg(b"P", cstr("") + cstr(sql) + struct.pack("!h", 0))
+        bind = msg(b"B", cstr("") + cstr("") + struct.pack("!hhhh", 0, 0, 1, 1))
+        execute = msg(b"E", cstr("") + struct.pack("!i", 0))
+        # No Describe: the interceptor must know the columns from the earlier Parse alone.
+        describe_stmt = msg(b"D", b"S" + cstr(""))
+        self.s.sendall(parse + describe_stmt + msg(b"S"))
+        out = self.until_ready()
+        self.s.sendall(bind + execute + msg(b"S"))
+        return out + self.until_ready()
 
     def fastpath(self, oid):
         body = struct.pack("!Ihhih", oid, 0, 1, -1, 0)

@@ -1,0 +1,157 @@
+//! The layers every session passes through, composed: policy decides each statement, masking
+//! rewrites what comes back (and resolves its columns before the client gets the session).
+//! Audit and approval plug in here too.
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::hooks::{Hooks, SessionHooks, Statement, Verdict};
+use crate::mask::{self, Catalog, MaskRules, MaskSession, Resolved};
+use crate::policy::PolicyHooks;
+use crate::session::SessionMeta;
+use crate::wire::Frame;
+use crate::wire::backend::Column;
+
+/// The agent-wide layers.
+pub struct Layers {
+    /// Statement policy.
+    pub policy: PolicyHooks,
+    /// Resolved masked columns per database.
+    pub catalog: Arc<Catalog>,
+    /// Key of the `hash` mask method.
+    pub hash_key: Arc<Vec<u8>>,
+}
+
+impl Hooks for Layers {
+    fn startup(&self, meta: &SessionMeta) -> Verdict {
+        self.policy.startup(meta)
+    }
+
+    fn open(&self, meta: &Arc<SessionMeta>) -> Box<dyn SessionHooks> {
+        let rules = self
+            .policy
+            .engine
+            .current()
+            .workloads
+            .get(&meta.workload.0)
+            .map(|c| Arc::clone(&c.profile.mask));
+        let mut session = LayersSession {
+            policy: self.policy.open(meta),
+            meta: Arc::clone(meta),
+            catalog: Arc::clone(&self.catalog),
+            key: Arc::clone(&self.hash_key),
+            rules,
+            mask: None,
+        };
+        if let Some(rules) = session.rules.clone()
+            && rules.active()
+            && rules.columns.is_empty()
+        {
+            // The content detector alone needs no catalog.
+            session.mask = Some(MaskSession::new(
+                rules,
+                Arc::new(Resolved::default()),
+                Arc::clone(&session.key),
+            ));
+        }
+        Box::new(session)
+    }
+}
+
+struct LayersSession {
+    policy: Box<dyn SessionHooks>,
+    meta: Arc<SessionMeta>,
+    catalog: Arc<Catalog>,
+    key: Arc<Vec<u8>>,
+    rules: Option<Arc<MaskRules>>,
+    mask: Option<MaskSession>,
+}
+
+impl LayersSession {
+    fn catalog_key(&self, rules: &Arc<MaskRules>) -> String {
+        format!(
+            "{}|{}|{:p}",
+            self.meta.server.0,
+            self.meta.db.database,
+            Arc::as_ptr(rules)
+        )
+    }
+}
+
+impl SessionHooks for LayersSession {
+    fn setup_query(&mut self) -> Option<String> {
+        let rules = self.rules.clone().filter(|r| !r.columns.is_empty())?;
+        if let Some(resolved) = self.catalog.get(&self.catalog_key(&rules)) {
+            self.mask = Some(MaskSession::new(rules, resolved, Arc::clone(&self.key)));
+            return None;
+        }
+        rules.catalog_query()
+    }
+
+    fn setup_result(
+        &mut self,
+        rows: Vec<Vec<Option<String>>>,
+        error: Option<String>,
+    ) -> Result<(), String> {
+        let Some(rules) = self.rules.clone() else {
+            return Ok(());
+        };
+        if let Some(e) = error {
+            // Fail closed: without knowing where masked columns are, nothing is served.
+            return Err(format!(
+                "cannot resolve the masked columns in database {}: {e}",
+                self.meta.db.database
+            ));
+        }
+        let resolved = Arc::new(Resolved::from_rows(&rules, &rows));
+        self.catalog
+            .put(self.catalog_key(&rules), Arc::clone(&resolved));
+        self.mask = Some(MaskSession::new(rules, resolved, Arc::clone(&self.key)));
+        Ok(())
+    }
+
+    fn session_start(&mut self) {
+        self.policy.session_start();
+    }
+
+    fn statement(&mut self, st: &Statement<'_>) -> Verdict {
+        self.policy.statement(st)
+    }
+
+    fn result_columns(&mut self, cols: &[Column]) {
+        if let Some(m) = &mut self.mask {
+            m.result_columns(cols);
+        }
+    }
+
+    fn data_row(&mut self, row: &Frame) -> Option<Bytes> {
+        self.mask.as_mut()?.data_row(row)
+    }
+
+    fn copy_data(&mut self, data: &Frame) -> Option<Bytes> {
+        self.mask.as_mut()?.copy_data(data)
+    }
+
+    fn command_complete(&mut self, tag: &str) {
+        // DDL can move masked columns (a table re-created gets a new OID).
+        if ["CREATE", "ALTER", "DROP"]
+            .iter()
+            .any(|k| tag.starts_with(k))
+        {
+            self.catalog.clear();
+        }
+        self.policy.command_complete(tag);
+    }
+
+    fn error(&mut self, frame: &Frame) -> Option<Bytes> {
+        if self.rules.as_ref().is_some_and(|r| r.active()) {
+            mask::error_fields(frame)
+        } else {
+            None
+        }
+    }
+
+    fn session_end(&mut self) {
+        self.policy.session_end();
+    }
+}
