@@ -53,6 +53,12 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONTROL)]
         control: PathBuf,
     },
+    /// Statements held for approval: list, approve, deny.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+    /// Open grants: list, revoke.
+    #[command(subcommand)]
+    Grants(GrantsCommand),
     /// Check, explain and test policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -60,6 +66,62 @@ enum Command {
     Untag {
         /// cgroup directory: absolute, or relative to the cgroup2 root.
         path: String,
+        /// Control socket of the agent.
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Requests waiting for a decision.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Control socket of the agent.
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+    /// Release a held statement (you must be one of its rule's approvers).
+    Approve {
+        /// Request id.
+        id: u64,
+        /// Also let the same rule pass for this workload for a while (e.g. 15m, 2h).
+        #[arg(long = "for")]
+        grant: Option<String>,
+        /// A comment for the audit record.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Control socket of the agent.
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+    /// Refuse a held statement (the client gets SQLSTATE 42501).
+    Deny {
+        /// Request id.
+        id: u64,
+        /// A comment for the audit record.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Control socket of the agent.
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantsCommand {
+    /// Open grants.
+    List {
+        /// Control socket of the agent.
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
+    /// Close a grant before it expires.
+    Revoke {
+        /// Grant id.
+        id: u64,
         /// Control socket of the agent.
         #[arg(long, default_value = DEFAULT_CONTROL)]
         control: PathBuf,
@@ -155,6 +217,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             control,
         } => tag(&control, path, workload).await,
         Command::Policy(p) => policy(p),
+        Command::Approvals(a) => approvals(a).await,
+        Command::Grants(g) => grants(g).await,
         Command::Untag { path, control } => {
             let r = control::call(&control, &Request::Untag { path }).await?;
             println!("untagged {}", r["path"].as_str().unwrap_or("?"));
@@ -197,6 +261,120 @@ async fn tag(control: &Path, path: String, workload: String) -> anyhow::Result<(
         }
         Err(e) => Err(e),
     }
+}
+
+async fn approvals(cmd: ApprovalsCommand) -> anyhow::Result<()> {
+    match cmd {
+        ApprovalsCommand::List { json, control } => {
+            let r = control::call(&control, &Request::ApprovalsList).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let pending = r["pending"].as_array().map_or(&[][..], Vec::as_slice);
+            if pending.is_empty() {
+                println!("no statement is waiting for approval");
+            }
+            for p in pending {
+                println!(
+                    "#{} rule={} workload={} session={} pid={} exe={} expires in {}s\n    {}",
+                    p["id"],
+                    str_of(&p["rule"]["id"]),
+                    str_of(&p["workload"]),
+                    str_of(&p["session"]),
+                    p["pid"],
+                    p["exe"].as_str().unwrap_or("?"),
+                    p["expires"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .saturating_sub(now_secs()),
+                    str_of(&p["statement"]),
+                );
+            }
+            Ok(())
+        }
+        ApprovalsCommand::Approve {
+            id,
+            grant,
+            comment,
+            control,
+        } => {
+            let grant_seconds = match grant {
+                Some(g) => Some(
+                    crate::approval::parse_duration(&g)
+                        .ok_or_else(|| anyhow::anyhow!("--for {g}: use e.g. 90s, 15m, 2h"))?
+                        .as_secs(),
+                ),
+                None => None,
+            };
+            let r = control::call(
+                &control,
+                &Request::ApprovalsDecide {
+                    id,
+                    approve: true,
+                    grant_seconds,
+                    comment,
+                },
+            )
+            .await?;
+            match r["resolution"]["grant"].as_u64() {
+                Some(g) => println!(
+                    "approved request {id}; grant {g} open for {}s",
+                    grant_seconds.unwrap_or(0)
+                ),
+                None => println!("approved request {id}"),
+            }
+            Ok(())
+        }
+        ApprovalsCommand::Deny {
+            id,
+            comment,
+            control,
+        } => {
+            control::call(
+                &control,
+                &Request::ApprovalsDecide {
+                    id,
+                    approve: false,
+                    grant_seconds: None,
+                    comment,
+                },
+            )
+            .await?;
+            println!("denied request {id}");
+            Ok(())
+        }
+    }
+}
+
+async fn grants(cmd: GrantsCommand) -> anyhow::Result<()> {
+    match cmd {
+        GrantsCommand::List { control } => {
+            let r = control::call(&control, &Request::ApprovalsList).await?;
+            for g in r["grants"].as_array().into_iter().flatten() {
+                println!(
+                    "grant {} workload={} rule={} for {}s more, opened by {}",
+                    g["id"],
+                    str_of(&g["workload"]),
+                    str_of(&g["rule"]),
+                    g["until"].as_u64().unwrap_or(0).saturating_sub(now_secs()),
+                    g["by"]["user"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+        GrantsCommand::Revoke { id, control } => {
+            control::call(&control, &Request::GrantsRevoke { id }).await?;
+            println!("revoked grant {id}");
+            Ok(())
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {

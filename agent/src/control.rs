@@ -30,6 +30,34 @@ pub enum Request {
         /// cgroup path.
         path: String,
     },
+    /// Statements waiting for approval, and open grants.
+    ApprovalsList,
+    /// Approve or deny a held statement; the caller must be one of its rule's approvers.
+    ApprovalsDecide {
+        /// Request id.
+        id: u64,
+        /// Approve (true) or deny.
+        approve: bool,
+        /// Open a grant for this many seconds.
+        grant_seconds: Option<u64>,
+        /// A comment for the record.
+        comment: Option<String>,
+    },
+    /// Close a grant (root only).
+    GrantsRevoke {
+        /// Grant id.
+        id: u64,
+    },
+}
+
+impl Request {
+    /// Whether only root may send this request.
+    fn root_only(&self) -> bool {
+        matches!(
+            self,
+            Self::Status | Self::Tag { .. } | Self::Untag { .. } | Self::GrantsRevoke { .. }
+        )
+    }
 }
 
 /// The agent's reply.
@@ -54,7 +82,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the socket (mode 0600 in a 0700 directory), replacing a stale one.
+    /// Binds the socket, replacing a stale one. Anyone may connect (mode 0666, directory
+    /// 0755) so approvers need not be root; every request is authorized by the caller's uid
+    /// (SO_PEERCRED): status, tag, untag and grant revocation are root-only, approval
+    /// decisions are checked against the rule's approvers.
     pub fn bind(path: &Path) -> anyhow::Result<Self> {
         use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
         if let Some(dir) = path.parent()
@@ -62,7 +93,7 @@ impl Server {
         {
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(0o755)
                 .create(dir)
                 .with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -78,7 +109,7 @@ impl Server {
         }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("binding control socket {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
         Ok(Self { listener })
     }
 
@@ -99,46 +130,34 @@ impl Server {
 }
 
 async fn serve_one(shared: &Arc<Shared>, stream: UnixStream) -> anyhow::Result<()> {
-    let cred = stream.peer_cred()?;
+    let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     reader.read_line(&mut line).await?;
-    let reply = if cred.uid() != 0 {
-        warn!(uid = cred.uid(), "control request refused: not root");
-        Reply {
-            ok: false,
-            result: Value::Null,
-            error: Some("permission denied: the control socket is root-only".into()),
+    let fail = |error: String| Reply {
+        ok: false,
+        result: Value::Null,
+        error: Some(error),
+    };
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(req) if req.root_only() && uid != 0 => {
+            warn!(uid, "control request refused: root only");
+            fail("permission denied: this request is root-only".into())
         }
-    } else {
-        match serde_json::from_str::<Request>(&line) {
-            Ok(req) => {
-                let shared = Arc::clone(shared);
-                match tokio::task::spawn_blocking(move || handle(&shared, req)).await {
-                    Ok(Ok(result)) => Reply {
-                        ok: true,
-                        result,
-                        error: None,
-                    },
-                    Ok(Err(e)) => Reply {
-                        ok: false,
-                        result: Value::Null,
-                        error: Some(format!("{e:#}")),
-                    },
-                    Err(e) => Reply {
-                        ok: false,
-                        result: Value::Null,
-                        error: Some(format!("internal error: {e}")),
-                    },
-                }
+        Ok(req) => {
+            let shared = Arc::clone(shared);
+            match tokio::task::spawn_blocking(move || handle(&shared, req, uid)).await {
+                Ok(Ok(result)) => Reply {
+                    ok: true,
+                    result,
+                    error: None,
+                },
+                Ok(Err(e)) => fail(format!("{e:#}")),
+                Err(e) => fail(format!("internal error: {e}")),
             }
-            Err(e) => Reply {
-                ok: false,
-                result: Value::Null,
-                error: Some(format!("bad request: {e}")),
-            },
         }
+        Err(e) => fail(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&reply)?;
     out.push(b'\n');
@@ -146,7 +165,7 @@ async fn serve_one(shared: &Arc<Shared>, stream: UnixStream) -> anyhow::Result<(
     Ok(())
 }
 
-fn handle(shared: &Shared, req: Request) -> anyhow::Result<Value> {
+fn handle(shared: &Shared, req: Request, uid: u32) -> anyhow::Result<Value> {
     match req {
         Request::Status => Ok(status(shared)),
         Request::Tag { path, workload } => {
@@ -158,6 +177,39 @@ fn handle(shared: &Shared, req: Request) -> anyhow::Result<Value> {
             let p = shared.untag(&path)?;
             info!(cgroup = %p, "untagged");
             Ok(json!({ "path": p }))
+        }
+        Request::ApprovalsList => Ok(
+            json!({ "pending": shared.approvals.pending(), "grants": shared.approvals.grants() }),
+        ),
+        Request::ApprovalsDecide {
+            id,
+            approve,
+            grant_seconds,
+            comment,
+        } => {
+            let caller = crate::approval::Caller::from_uid(uid);
+            let grant = grant_seconds.map(std::time::Duration::from_secs);
+            match shared
+                .approvals
+                .decide(id, &caller, approve, grant, comment)
+            {
+                Ok((request, resolution)) => {
+                    shared.approval_event(&request, Some(&resolution));
+                    Ok(json!({ "request": request, "resolution": resolution }))
+                }
+                Err(e) => {
+                    shared.approval_refused(id, &caller, &e);
+                    Err(e.into())
+                }
+            }
+        }
+        Request::GrantsRevoke { id } => {
+            let g = shared
+                .approvals
+                .revoke(id)
+                .ok_or_else(|| anyhow::anyhow!("no open grant {id}"))?;
+            info!(grant = id, workload = %g.workload, rule = %g.rule, "grant revoked");
+            Ok(json!({ "revoked": g }))
         }
     }
 }
@@ -216,6 +268,7 @@ fn status(shared: &Shared) -> Value {
         "tagged": tagged,
         "sticky_paths": sticky,
         "sessions": sessions,
+        "approvals": { "pending": shared.approvals.pending(), "grants": shared.approvals.grants() },
     })
 }
 

@@ -51,6 +51,8 @@ pub struct Shared {
     pub client_tls: Option<tokio_rustls::TlsAcceptor>,
     /// TLS toward servers, unless `sslmode: disable`.
     pub upstream_tls: Option<tokio_rustls::TlsConnector>,
+    /// Statements held for approval, and open grants.
+    pub approvals: crate::approval::Approvals,
     /// Backend keys of live sessions -> (session, server), for routing CancelRequests.
     cancel_keys: Mutex<HashMap<CancelKey, (SessionId, SocketAddr)>>,
     session_base: u64,
@@ -103,11 +105,35 @@ impl Shared {
         lock(&self.cancel_keys).insert((pid, key.to_vec()), (id, server));
     }
 
-    /// The server of the live session whose backend has this key.
-    pub fn cancel_target(&self, pid: i32, key: &[u8]) -> Option<SocketAddr> {
-        lock(&self.cancel_keys)
-            .get(&(pid, key.to_vec()))
-            .map(|(_, server)| *server)
+    /// The live session whose backend has this key, and its server.
+    pub fn cancel_target(&self, pid: i32, key: &[u8]) -> Option<(SessionId, SocketAddr)> {
+        lock(&self.cancel_keys).get(&(pid, key.to_vec())).copied()
+    }
+
+    /// Records a refused approval decision (unauthorized caller, unknown request).
+    pub fn approval_refused(
+        &self,
+        id: u64,
+        caller: &crate::approval::Caller,
+        e: &crate::approval::DecideError,
+    ) {
+        warn!(request = id, uid = caller.uid, user = ?caller.user, "approval decision refused: {e}");
+    }
+
+    /// Records an approval request (`resolution: None`) or how it ended.
+    pub fn approval_event(
+        &self,
+        request: &crate::approval::Request,
+        resolution: Option<&crate::approval::Resolution>,
+    ) {
+        match resolution {
+            None => {
+                info!(request = request.id, rule = %request.rule.id, workload = %request.workload, session = %request.session, "approval requested")
+            }
+            Some(r) => {
+                info!(request = request.id, rule = %request.rule.id, workload = %request.workload, session = %request.session, resolution = ?r, "approval resolved")
+            }
+        }
     }
 
     /// Listen-only mode's server.
@@ -262,6 +288,7 @@ pub async fn run(
         client_tls,
         upstream_tls,
         cancel_keys: Mutex::new(HashMap::new()),
+        approvals: crate::approval::Approvals::default(),
         tagger: Mutex::new(Tagger::new(&config.workloads)),
         config,
         cgroup_root: cgroup_root.clone(),

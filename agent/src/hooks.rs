@@ -58,6 +58,8 @@ pub enum Verdict {
     Allow,
     /// Refuse it.
     Deny(Denied),
+    /// Hold it until a person allowed by the rule approves it.
+    Hold(std::sync::Arc<crate::approval::Rule>),
 }
 
 /// The layers, agent-wide.

@@ -1,6 +1,7 @@
 //! pgwarden: puts AI workloads' PostgreSQL connections under policy, masking and audit.
 //! The library holds every layer; `main.rs` only calls [`cli::main`].
 
+pub mod approval;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

@@ -144,6 +144,10 @@ pub struct Facts {
     /// `SELECT c AS x`, outside set operations): the only use that keeps a masked column's
     /// origin, so the only one masking can follow.
     pub column_uses: BTreeSet<(String, bool)>,
+    /// The LIMIT (or FETCH FIRST) of the first top-level query, when it is a literal.
+    pub limit: Option<u64>,
+    /// Whether a top-level query was seen (so `limit: None` means "no LIMIT").
+    pub has_query: bool,
     /// A COPY ... TO (data leaves the server).
     pub copy_to: bool,
     /// A COPY in binary format.
@@ -260,6 +264,10 @@ impl Visitor for Collector {
         use Statement as S;
         match s {
             S::Query(q) => {
+                if !self.facts.has_query {
+                    self.facts.has_query = true;
+                    self.facts.limit = query_limit(q);
+                }
                 if select_into(q) {
                     self.class(Class::Ddl, "SELECT INTO");
                 } else {
@@ -523,6 +531,38 @@ impl Visitor for Collector {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// Aggregates that fold all rows into one small value (array_agg, string_agg and the JSON
+/// aggregates carry every row's data, so they are not here).
+const SMALL_AGGREGATES: [&str; 11] = [
+    "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every", "stddev", "variance",
+    "bit_or",
+];
+
+fn query_limit(q: &Query) -> Option<u64> {
+    let literal = |e: &Expr| number(e).filter(|n| *n >= 0.0).map(|n| n as u64);
+    // An ungrouped query of small aggregates returns one row.
+    if let SetExpr::Select(s) = q.body.as_ref()
+        && matches!(&s.group_by, sqlparser::ast::GroupByExpr::Expressions(e, _) if e.is_empty())
+        && !s.projection.is_empty()
+        && s.projection.iter().all(|item| {
+            let e = match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                _ => return false,
+            };
+            matches!(e, Expr::Function(f) if parts(&f.name).last().is_some_and(|n| SMALL_AGGREGATES.contains(&n.as_str())))
+        })
+    {
+        return Some(1);
+    }
+    if let Some(sqlparser::ast::LimitClause::LimitOffset { limit: Some(e), .. }) = &q.limit_clause {
+        return literal(e);
+    }
+    q.fetch
+        .as_ref()
+        .and_then(|f| f.quantity.as_ref())
+        .and_then(literal)
 }
 
 fn select_into(q: &Query) -> bool {

@@ -80,6 +80,8 @@ pub struct Profile {
     allow_fastpath: bool,
     /// Masking rules.
     pub mask: std::sync::Arc<crate::mask::MaskRules>,
+    /// Conditional rules, in order.
+    pub conditional: Vec<Conditional>,
     /// Enforcement mode.
     pub mode: Mode,
     /// Handling of SQL that does not parse.
@@ -120,6 +122,7 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
         mode: file.mode,
         unparsed: file.unparsed,
         mask: std::sync::Arc::default(),
+        conditional: Vec::new(),
     };
     let mut mask = crate::mask::MaskRules::default();
     // Parents first, children override.
@@ -147,6 +150,21 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
         p.allow_fastpath = spec.allow_fastpath.unwrap_or(p.allow_fastpath);
         p.mode = spec.mode.unwrap_or(p.mode);
         p.unparsed = spec.unparsed.unwrap_or(p.unparsed);
+        for r in &spec.rules {
+            p.conditional.push(Conditional {
+                action: r.action,
+                classes: r.classes.iter().copied().collect(),
+                tables: r.tables.iter().map(|t| split2(t)).collect(),
+                without_limit_at_most: r.without_limit_at_most,
+                reason: r.reason.clone(),
+                approval: std::sync::Arc::new(crate::approval::Rule {
+                    id: r.id.clone(),
+                    approvers: r.approvers.clone(),
+                    timeout: std::time::Duration::from_secs(r.timeout_seconds.unwrap_or(300)),
+                    max_grant: r.max_grant_seconds.map(std::time::Duration::from_secs),
+                }),
+            });
+        }
         if let Some(m) = &spec.mask {
             for (k, method) in &m.columns {
                 let mut it = k.splitn(3, '.');
@@ -179,14 +197,30 @@ fn deny(rule: &str, reason: impl Into<String>) -> Denied {
     }
 }
 
+/// A conditional rule, compiled.
+#[derive(Clone, Debug, Serialize)]
+pub struct Conditional {
+    /// What it does.
+    #[serde(skip)]
+    pub action: super::file::Action,
+    classes: BTreeSet<Class>,
+    tables: Vec<(String, String)>,
+    without_limit_at_most: Option<u64>,
+    reason: Option<String>,
+    /// The approval rule (id, approvers, timeout, grants).
+    pub approval: std::sync::Arc<crate::approval::Rule>,
+}
+
 /// What a profile decides: the rule that denies, and whether it is enforced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Outcome {
     /// The denial, if a rule denies.
     pub denied: Option<Denied>,
     /// False when the profile is in audit-only mode (or `unparsed: audit-only` applied): the
     /// statement goes through and the denial is only recorded.
     pub enforced: bool,
+    /// The approval rule holding the statement, when one applies (and nothing denies).
+    pub hold: Option<std::sync::Arc<crate::approval::Rule>>,
 }
 
 impl Outcome {
@@ -194,6 +228,7 @@ impl Outcome {
     pub const ALLOW: Self = Self {
         denied: None,
         enforced: true,
+        hold: None,
     };
 
     /// Whether the statement must be refused.
@@ -223,12 +258,58 @@ impl Profile {
                     format!("the statement could not be parsed ({e})"),
                 )),
                 enforced: self.unparsed == Mode::Enforce && self.mode == Mode::Enforce,
+                hold: None,
             };
         }
-        Outcome {
-            denied: self.rules(facts),
-            enforced: self.mode == Mode::Enforce,
+        let enforced = self.mode == Mode::Enforce;
+        if let Some(d) = self.rules(facts) {
+            return Outcome {
+                denied: Some(d),
+                enforced,
+                hold: None,
+            };
         }
+        for c in &self.conditional {
+            if self.matches(c, facts) {
+                let id = &c.approval.id;
+                return match c.action {
+                    super::file::Action::Deny => Outcome {
+                        denied: Some(deny(
+                            id,
+                            c.reason
+                                .clone()
+                                .unwrap_or_else(|| "denied by this policy's rule".into()),
+                        )),
+                        enforced,
+                        hold: None,
+                    },
+                    // Audit-only profiles record, they do not hold.
+                    super::file::Action::RequireApproval if enforced => Outcome {
+                        denied: None,
+                        enforced,
+                        hold: Some(std::sync::Arc::clone(&c.approval)),
+                    },
+                    super::file::Action::RequireApproval => Outcome::ALLOW,
+                };
+            }
+        }
+        Outcome {
+            denied: None,
+            enforced,
+            hold: None,
+        }
+    }
+
+    fn matches(&self, c: &Conditional, f: &Facts) -> bool {
+        (c.classes.is_empty() || c.classes.iter().any(|k| f.classes.contains(k)))
+            && (c.tables.is_empty()
+                || f.tables.iter().any(|t| {
+                    c.tables
+                        .iter()
+                        .any(|(s, n)| *n == t.name && self.candidates(t).contains(&s.as_str()))
+                }))
+            && c.without_limit_at_most
+                .is_none_or(|max| f.has_query && f.limit.is_none_or(|l| l > max))
     }
 
     /// A fast-path FunctionCall message.
@@ -244,6 +325,7 @@ impl Profile {
         Outcome {
             denied,
             enforced: self.mode == Mode::Enforce,
+            hold: None,
         }
     }
 

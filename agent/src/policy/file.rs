@@ -98,6 +98,52 @@ pub struct ProfileSpec {
     /// Masking, merged over the parent's.
     #[serde(default)]
     pub mask: Option<MaskSpec>,
+    /// Conditional rules, checked in order after the profile's other rules allowed a
+    /// statement; added after the parent's.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// What a conditional rule does when it matches.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Hold the statement until an approver says yes.
+    RequireApproval,
+    /// Refuse it.
+    Deny,
+}
+
+/// A conditional rule as written. Every condition given must hold.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Rule id, shown in errors, approvals and audit records.
+    pub id: String,
+    /// What to do.
+    pub action: Action,
+    /// Matches statements of any of these classes.
+    #[serde(default)]
+    pub classes: Vec<Class>,
+    /// Matches statements touching any of these tables (`schema.table`).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Matches queries without a LIMIT of at most this many rows.
+    #[serde(default)]
+    pub without_limit_at_most: Option<u64>,
+    /// For `require_approval`: user names, `uid:N` or `group:NAME`.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// For `require_approval`: seconds a request waits (default 300).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// For `require_approval`: longest grant an approver may open with `--for` (default: no
+    /// grants).
+    #[serde(default)]
+    pub max_grant_seconds: Option<u64>,
+    /// Text for the client and the record.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// A profile's masking as written.
@@ -139,6 +185,8 @@ pub enum Expect {
     Allow,
     /// Denied.
     Deny,
+    /// Held for approval (`rule` names the approval rule).
+    Hold,
 }
 
 impl Default for FunctionRules {
@@ -214,6 +262,22 @@ pub fn load(path: &Path) -> Result<(PolicyFile, String), ConfigError> {
             }
             if let Err(e) = crate::mask::Method::parse(m) {
                 return Err(err(locate(c), e));
+            }
+        }
+        for r in &p.rules {
+            if r.action == Action::RequireApproval && r.approvers.is_empty() {
+                return Err(err(
+                    locate(&r.id),
+                    format!("rule `{}` requires approval but names no approvers", r.id),
+                ));
+            }
+            for t in &r.tables {
+                if t.split('.').count() != 2 {
+                    return Err(err(
+                        locate(t),
+                        format!("rule `{}`: table `{t}`: write it as schema.table", r.id),
+                    ));
+                }
             }
         }
         for c in &p.deny_columns {

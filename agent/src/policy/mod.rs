@@ -253,6 +253,7 @@ impl PolicySession {
             return Outcome {
                 denied: Some(no_policy(&self.meta.workload.0, defined)),
                 enforced: true,
+                hold: None,
             };
         };
         if st.kind == StatementKind::FunctionCall {
@@ -260,18 +261,22 @@ impl PolicySession {
         }
         let decided = compiled.decide(st.sql);
         let mut outcome = decided.outcome.clone();
-        // EXECUTE inherits the outcome of its PREPARE.
+        // EXECUTE inherits the outcome of its PREPARE (a denial, or a hold).
         if outcome.denied.is_none()
-            && let Some(o) = decided
-                .facts
-                .executes
-                .iter()
-                .find_map(|n| self.prepared.get(n).filter(|o| o.denied.is_some()))
+            && let Some(o) = decided.facts.executes.iter().find_map(|n| {
+                self.prepared
+                    .get(n)
+                    .filter(|o| o.denied.is_some() || o.hold.is_some())
+            })
         {
             outcome = o.clone();
         }
         for name in &decided.facts.prepares {
             self.prepared.insert(name.clone(), outcome.clone());
+        }
+        // PREPARE itself runs nothing: the hold applies when EXECUTE runs it.
+        if !decided.facts.prepares.is_empty() && decided.facts.executes.is_empty() {
+            outcome.hold = None;
         }
         outcome
     }
@@ -289,7 +294,10 @@ impl SessionHooks for PolicySession {
                 warn!(session = %self.meta.id, workload = %self.meta.workload, rule = %d.rule, "audit-only: would deny: {}", d.reason);
                 Verdict::Allow
             }
-            None => Verdict::Allow,
+            None => match outcome.hold {
+                Some(rule) => Verdict::Hold(rule),
+                None => Verdict::Allow,
+            },
         }
     }
 }
@@ -321,12 +329,20 @@ pub fn run_tests(path: &Path) -> Result<Vec<CaseResult>, ConfigError> {
             continue;
         };
         let outcome = profile.decide(&analyze::analyze(&t.sql));
-        let got = match &outcome.denied {
-            Some(d) => format!("deny {}", d.rule),
-            None => "allow".to_owned(),
+        let got = match (&outcome.denied, &outcome.hold) {
+            (Some(d), _) => format!("deny {}", d.rule),
+            (None, Some(h)) => format!("hold {}", h.id),
+            (None, None) => "allow".to_owned(),
         };
         let pass = match t.expect {
-            file::Expect::Allow => outcome.denied.is_none(),
+            file::Expect::Allow => outcome.denied.is_none() && outcome.hold.is_none(),
+            file::Expect::Hold => {
+                outcome.denied.is_none()
+                    && outcome
+                        .hold
+                        .as_ref()
+                        .is_some_and(|h| t.rule.as_ref().is_none_or(|r| *r == h.id))
+            }
             file::Expect::Deny => outcome
                 .denied
                 .as_ref()
@@ -334,6 +350,8 @@ pub fn run_tests(path: &Path) -> Result<Vec<CaseResult>, ConfigError> {
         };
         let expected = match (t.expect, &t.rule) {
             (file::Expect::Allow, _) => "allow".to_owned(),
+            (file::Expect::Hold, Some(r)) => format!("hold {r}"),
+            (file::Expect::Hold, None) => "hold".to_owned(),
             (file::Expect::Deny, Some(r)) => format!("deny {r}"),
             (file::Expect::Deny, None) => "deny".to_owned(),
         };

@@ -81,6 +81,7 @@ fn rule(v: &Verdict) -> Option<&str> {
     match v {
         Verdict::Allow => None,
         Verdict::Deny(d) => Some(d.rule.as_str()),
+        Verdict::Hold(r) => Some(r.id.as_str()),
     }
 }
 

@@ -254,10 +254,17 @@ pub async fn connect_upstream(shared: &Shared, server: SocketAddr) -> anyhow::Re
 /// pgwarden sessions are forwarded; PostgreSQL itself answers nothing either way.
 async fn cancel(shared: &Shared, id: SessionId, pid: i32, key: &[u8], raw: &[u8]) {
     let target = shared.cancel_target(pid, key);
-    let Some(server) = target else {
+    let Some((owner, server)) = target else {
         warn!(session = %id, backend = pid, "cancel request for a backend of no live session: dropped");
         return;
     };
+    // A statement held for approval is withdrawn: it never reached the server.
+    for request in shared
+        .approvals
+        .withdraw_session(owner, "cancelled by the client")
+    {
+        info!(session = %owner, request, "approval request withdrawn by the client's cancel");
+    }
     match connect_upstream(shared, server).await {
         Ok(mut up) => {
             let _ = up.write_all(raw).await;

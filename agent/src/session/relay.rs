@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::conn::{Conn, ReadHalf, WriteHalf, write_batch};
 use super::state::{Pending, ProtoState, ResultStart};
@@ -288,12 +288,21 @@ async fn frontend(
                 Err(e) => return Err(client_error(ctx, e).await),
             };
             match on_frontend(ctx, frame, &mut out) {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Step::Continue) => {}
+                Ok(Step::Terminate) => {
                     // Terminate: pass it on and stop reading.
                     write_batch(&mut w, &mut out).await?;
                     let _ = w.shutdown().await;
                     return Ok(());
+                }
+                Ok(Step::Hold(held)) => {
+                    // Everything before the held message goes first; what follows waits.
+                    write_batch(&mut w, &mut out).await?;
+                    let Some(resolution) = hold(ctx, &held, &mut r, &mut buf).await? else {
+                        let _ = w.shutdown().await;
+                        return Ok(());
+                    };
+                    release(ctx, held, &resolution, &mut out);
                 }
                 Err(e) => return Err(client_error(ctx, e).await),
             }
@@ -307,6 +316,154 @@ async fn frontend(
     }
 }
 
+/// What the frontend direction does after a message.
+enum Step {
+    Continue,
+    Terminate,
+    Hold(Held),
+}
+
+/// A message held for approval.
+struct Held {
+    frame: Frame,
+    /// How it is recorded once released: a Query, or an Execute of `portal`.
+    kind: HeldKind,
+    rule: Arc<crate::approval::Rule>,
+    sql: String,
+}
+
+enum HeldKind {
+    Query,
+    Execute(String),
+}
+
+/// Waits for the decision on a held message. Bytes the client sends meanwhile are kept in
+/// `buf` (up to the statement limit); `None` when the client left (the request is withdrawn).
+async fn hold(
+    ctx: &Ctx<'_>,
+    held: &Held,
+    r: &mut ReadHalf,
+    buf: &mut BytesMut,
+) -> Result<Option<crate::approval::Resolution>, SessionError> {
+    use crate::approval::Resolution;
+    let approvals = &ctx.shared.approvals;
+    let who = ctx.meta.identity.as_ref();
+    let text = crate::mask::pan::mask_pans(held.sql.as_bytes(), crate::mask::Keep::First6Last4)
+        .map_or_else(
+            || held.sql.clone(),
+            |(m, _)| String::from_utf8_lossy(&m).into_owned(),
+        );
+    let (request, rx) = approvals.request(
+        (*held.rule).clone(),
+        &ctx.meta.workload.0,
+        ctx.meta.id,
+        &text,
+        who.map(|w| w.pid),
+        who.and_then(|w| w.exe.clone()),
+    );
+    info!(session = %ctx.meta.id, workload = %ctx.meta.workload, request = request.id, rule = %held.rule.id, "statement held for approval");
+    ctx.shared.approval_event(&request, None);
+    let timeout = tokio::time::sleep(held.rule.timeout);
+    tokio::pin!(rx, timeout);
+    loop {
+        tokio::select! {
+            decided = &mut rx => {
+                let resolution = decided.unwrap_or(Resolution::Withdrawn { reason: "the agent dropped the request".into() });
+                return Ok(Some(resolution));
+            }
+            () = &mut timeout => {
+                let resolution = Resolution::Expired;
+                if let Some(req) = approvals.end(request.id, resolution.clone()) {
+                    ctx.shared.approval_event(&req, Some(&resolution));
+                }
+                return Ok(Some(resolution));
+            }
+            read = r.read_buf(buf), if buf.len() < ctx.limits.frontend_large => {
+                if read? == 0 {
+                    let resolution = Resolution::Withdrawn { reason: "the client disconnected".into() };
+                    if let Some(req) = approvals.end(request.id, resolution.clone()) {
+                        ctx.shared.approval_event(&req, Some(&resolution));
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Sends a held message on, or pgwarden's refusal in its place.
+fn release(
+    ctx: &Ctx<'_>,
+    held: Held,
+    resolution: &crate::approval::Resolution,
+    out: &mut Vec<Bytes>,
+) {
+    use crate::approval::Resolution;
+    let refusal = match resolution {
+        Resolution::Approved { .. } => None,
+        Resolution::Denied { by, comment } => Some((
+            "42501",
+            format!(
+                "pgwarden: approval.denied: {}: denied by {}{}",
+                held.rule.id,
+                by.user.clone().unwrap_or_else(|| format!("uid {}", by.uid)),
+                comment
+                    .as_ref()
+                    .map_or(String::new(), |c| format!(" ({c})"))
+            ),
+        )),
+        Resolution::Expired => Some((
+            "42501",
+            format!(
+                "pgwarden: approval.expired: {}: no decision within {}s",
+                held.rule.id,
+                held.rule.timeout.as_secs()
+            ),
+        )),
+        Resolution::Withdrawn { reason } => Some((
+            "57014",
+            format!(
+                "canceling statement due to user request (pgwarden: approval request withdrawn: {reason})"
+            ),
+        )),
+    };
+    let mut st = ctx.state();
+    match (held.kind, refusal) {
+        (HeldKind::Query, None) => {
+            out.push(held.frame.bytes);
+            st.segment_sent();
+            st.expect(Pending::Query);
+        }
+        (HeldKind::Query, Some((code, message))) => {
+            let token = st.deny(error_bytes(code, &message));
+            out.push(encode::query(&token));
+            st.segment_sent();
+            st.expect(Pending::Query);
+        }
+        (HeldKind::Execute(portal), None) => {
+            out.push(held.frame.bytes);
+            st.expect(Pending::Execute(portal));
+        }
+        (HeldKind::Execute(_), Some((code, message))) => {
+            // A Parse the server rejects: it reports the error and skips to Sync, as it would
+            // for a failing Execute.
+            let token = st.deny(error_bytes(code, &message));
+            out.push(encode::parse("pgwarden_refused", &token));
+            st.expect(Pending::Parse);
+        }
+    }
+}
+
+fn error_bytes(code: &str, message: &str) -> Bytes {
+    encode::error_response(&ErrorFields {
+        severity: "ERROR",
+        code,
+        message,
+        detail: None,
+        hint: None,
+    })
+}
+
 async fn client_error(ctx: &Ctx<'_>, e: WireError) -> SessionError {
     let (code, message) = wire_message(&e);
     warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, "ending session: client sent a bad message: {e}");
@@ -314,8 +471,8 @@ async fn client_error(ctx: &Ctx<'_>, e: WireError) -> SessionError {
     SessionError::Client(e)
 }
 
-/// Handles one client frame; `Ok(false)` on Terminate.
-fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<bool, WireError> {
+/// Handles one client frame.
+fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<Step, WireError> {
     match frame.tag {
         b'Q' | b'P' | b'F' => {
             let msg = frontend::decode(&frame)?;
@@ -324,7 +481,16 @@ fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<bool
                 FrontendMsg::Parse { name, sql } => (StatementKind::Parse, sql, name),
                 _ => (StatementKind::FunctionCall, "", ""),
             };
-            let verdict = ctx.hooks().statement(&Statement { kind, sql, name });
+            let mut verdict = ctx.hooks().statement(&Statement { kind, sql, name });
+            if let Verdict::Hold(rule) = &verdict
+                && let Some(grant) = ctx
+                    .shared
+                    .approvals
+                    .grant_for(&ctx.meta.workload.0, &rule.id)
+            {
+                info!(session = %ctx.meta.id, rule = %rule.id, grant = grant.id, "statement passes under an open grant");
+                verdict = Verdict::Allow;
+            }
             let mut st = ctx.state();
             match verdict {
                 Verdict::Allow => {
@@ -333,16 +499,25 @@ fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<bool
                     }
                     out.push(frame.bytes.clone());
                 }
+                Verdict::Hold(rule) if kind == StatementKind::Query => {
+                    let sql = sql.to_owned();
+                    drop(st);
+                    return Ok(Step::Hold(Held {
+                        frame,
+                        kind: HeldKind::Query,
+                        rule,
+                        sql,
+                    }));
+                }
+                Verdict::Hold(rule) => {
+                    // Extended protocol: the statement is prepared now and held when a portal
+                    // of it is executed.
+                    st.parsed(name, sql);
+                    st.hold_statement(name, rule);
+                    out.push(frame.bytes.clone());
+                }
                 Verdict::Deny(d) => {
-                    let message = d.message();
-                    let error = encode::error_response(&ErrorFields {
-                        severity: "ERROR",
-                        code: d.sqlstate,
-                        message: &message,
-                        detail: None,
-                        hint: None,
-                    });
-                    let token = st.deny(error);
+                    let token = st.deny(error_bytes(d.sqlstate, &d.message()));
                     if kind == StatementKind::Parse {
                         st.closed(b'S', name);
                         out.push(encode::parse(name, &token));
@@ -370,32 +545,67 @@ fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<bool
                 result_formats,
             } = frontend::decode(&frame)?
             {
-                ctx.state().bound(portal, statement, result_formats);
+                let mut st = ctx.state();
+                st.bound(portal, statement, result_formats);
+                st.expect(Pending::Bind);
             }
             out.push(frame.bytes);
         }
         b'C' => {
             if let FrontendMsg::Close { kind, name } = frontend::decode(&frame)? {
-                ctx.state().closed(kind, name);
+                let mut st = ctx.state();
+                st.closed(kind, name);
+                st.expect(Pending::Close);
             }
             out.push(frame.bytes);
         }
-        b'D' | b'E' => {
-            // Validated here so a malformed one ends the session at pgwarden, not the server.
-            frontend::decode(&frame)?;
+        b'D' => {
+            if let FrontendMsg::Describe { kind, name } = frontend::decode(&frame)? {
+                let p = if kind == b'S' {
+                    Pending::DescribeStatement(name.to_owned())
+                } else {
+                    Pending::DescribePortal(name.to_owned())
+                };
+                ctx.state().expect(p);
+            }
+            out.push(frame.bytes);
+        }
+        b'E' => {
+            if let FrontendMsg::Execute { portal, .. } = frontend::decode(&frame)? {
+                let portal = portal.to_owned();
+                let mut st = ctx.state();
+                if let Some((rule, sql)) = st.held_portal(&portal) {
+                    let grant = ctx
+                        .shared
+                        .approvals
+                        .grant_for(&ctx.meta.workload.0, &rule.id);
+                    if grant.is_none() {
+                        drop(st);
+                        return Ok(Step::Hold(Held {
+                            frame,
+                            kind: HeldKind::Execute(portal),
+                            rule,
+                            sql,
+                        }));
+                    }
+                }
+                st.expect(Pending::Execute(portal));
+            }
             out.push(frame.bytes);
         }
         b'S' => {
-            ctx.state().segment_sent();
+            let mut st = ctx.state();
+            st.segment_sent();
+            st.expect(Pending::Sync);
             out.push(frame.bytes);
         }
         b'X' => {
             out.push(frame.bytes);
-            return Ok(false);
+            return Ok(Step::Terminate);
         }
         _ => out.push(frame.bytes),
     }
-    Ok(true)
+    Ok(Step::Continue)
 }
 
 async fn backend(ctx: &Ctx<'_>, mut r: ReadHalf, mut buf: BytesMut) -> Result<(), SessionError> {

@@ -43,6 +43,8 @@ pub struct ProtoState {
     marker_seq: u64,
     marker_prefix: String,
     pending: VecDeque<Pending>,
+    /// Prepared statements whose execution needs approval.
+    held: HashMap<String, Arc<crate::approval::Rule>>,
     statement_cols: HashMap<String, Arc<[Column]>>,
     portal_cols: HashMap<String, Arc<[Column]>>,
     streaming: bool,
@@ -61,14 +63,34 @@ impl ProtoState {
             marker_seq: 0,
             marker_prefix: marker_prefix.to_owned(),
             pending: VecDeque::new(),
+            held: HashMap::new(),
             statement_cols: HashMap::new(),
             portal_cols: HashMap::new(),
             streaming: false,
         }
     }
 
+    /// Marks a prepared statement as needing approval when executed.
+    pub fn hold_statement(&mut self, name: &str, rule: Arc<crate::approval::Rule>) {
+        self.held.insert(name.to_owned(), rule);
+    }
+
+    /// The approval rule and text of the statement behind `portal`, if it needs approval.
+    pub fn held_portal(&self, portal: &str) -> Option<(Arc<crate::approval::Rule>, String)> {
+        let statement = &self.portals.get(portal)?.statement;
+        let rule = self.held.get(statement)?;
+        Some((
+            Arc::clone(rule),
+            self.statements
+                .get(statement)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        ))
+    }
+
     /// A Parse was sent: `name` now holds `sql` (the unnamed one is replaced).
     pub fn parsed(&mut self, name: &str, sql: &str) {
+        self.held.remove(name);
         self.statement_cols.remove(name);
         self.statements.insert(name.to_owned(), Arc::from(sql));
     }
