@@ -59,9 +59,25 @@ enum Command {
     /// Open grants: list, revoke.
     #[command(subcommand)]
     Grants(GrantsCommand),
+    /// Detach the kernel programs and remove their pinned state: the only way to stop
+    /// interception (the agent must be stopped first).
+    Detach {
+        /// bpffs pin directory (default from the config, else /sys/fs/bpf/pgwarden).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        /// Configuration file to read the pin directory and control socket from.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Control socket of the agent (to make sure it is not running).
+        #[arg(long, default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+    },
     /// Check, explain and test policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Read the audit journal: tail, replay a session, verify the hash chain.
+    #[command(subcommand)]
+    Audit(crate::audit::cmd::AuditCommand),
     /// Remove a cgroup's tag.
     Untag {
         /// cgroup directory: absolute, or relative to the cgroup2 root.
@@ -217,6 +233,37 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             control,
         } => tag(&control, path, workload).await,
         Command::Policy(p) => policy(p),
+        Command::Audit(a) => crate::audit::cmd::run(a).await,
+        Command::Detach {
+            pin_dir,
+            config,
+            control,
+        } => {
+            let loaded = config.as_deref().map(Config::load).transpose()?;
+            let control = loaded
+                .as_ref()
+                .map_or(control, |c| c.control.socket.clone());
+            if control::call(&control, &Request::Status).await.is_ok() {
+                anyhow::bail!(
+                    "the agent is running (its control socket {} answers): stop it first (systemctl stop pgwarden), then detach",
+                    control.display()
+                );
+            }
+            let dir = pin_dir
+                .or_else(|| loaded.map(|c| c.bpf.pin_dir))
+                .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/pgwarden"));
+            let removed = crate::redirect::detach(&dir)?;
+            if removed.is_empty() {
+                println!("nothing pinned at {}: nothing to detach", dir.display());
+            } else {
+                println!(
+                    "detached: removed {} pins under {}; tagged workloads now connect directly",
+                    removed.len(),
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
         Command::Approvals(a) => approvals(a).await,
         Command::Grants(g) => grants(g).await,
         Command::Untag { path, control } => {

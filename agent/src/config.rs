@@ -43,6 +43,70 @@ pub struct Config {
     /// Masking settings that are secrets or host facts, not policy.
     #[serde(default)]
     pub mask: MaskConfig,
+    /// The audit journal (PCI DSS Req 10).
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Where the kernel side keeps its state between runs.
+    #[serde(default)]
+    pub bpf: BpfConfig,
+    /// Shutdown behaviour.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint (off unless `listen` is given).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of `GET /metrics`, e.g. `127.0.0.1:9187`.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// The kernel side's pins.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BpfConfig {
+    /// bpffs directory for pinned maps and links. Redirection stays in place while the agent
+    /// is down (tagged workloads' connects are refused, never direct); `pgwarden detach`
+    /// removes it.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        Self {
+            pin_dir: default_pin_dir(),
+        }
+    }
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/pgwarden")
+}
+
+/// What SIGTERM does.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds running statements get to finish before sessions are closed with 57P01.
+    #[serde(default = "default_drain")]
+    pub drain_seconds: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_seconds: default_drain(),
+        }
+    }
+}
+
+fn default_drain() -> u64 {
+    10
 }
 
 /// Masking settings of the host.
@@ -304,6 +368,65 @@ impl<'de> Deserialize<'de> for Destination {
     }
 }
 
+/// How durable an audit append is before `append` returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditMode {
+    /// The record is on disk (fsynced) before the statement proceeds; a journal that cannot be
+    /// written makes `append` fail, and the statement is refused.
+    #[default]
+    Strict,
+    /// The record is queued; a full queue drops records and counts them in an `audit.gap`.
+    Async,
+}
+
+/// The audit journal: hash-chained JSON lines, rotated by size, mirrored to journald.
+/// Every key is optional (`#[serde(default)]` takes the missing ones from `Default`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The journal file; rotated files are `PATH.1` (newest) to `PATH.<keep_files>`.
+    pub path: PathBuf,
+    /// `strict` (default) or `async`.
+    pub mode: AuditMode,
+    /// Records the `async` queue holds before it drops.
+    pub queue: usize,
+    /// Size at which the file is rotated, bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (0: never delete any).
+    pub keep_files: usize,
+    /// fsync after each batch (turning it off trades durability for speed).
+    pub fsync: bool,
+    /// Mirror every record to journald.
+    pub journald: bool,
+    /// journald's native socket.
+    pub journald_socket: PathBuf,
+    /// An `audit.checkpoint` record after this many records (0: never by count).
+    pub checkpoint_every: u64,
+    /// An `audit.checkpoint` record at least this often, seconds (0: never by time).
+    pub checkpoint_seconds: u64,
+    /// Keep statement literals (card numbers still scrubbed); default: `$n` placeholders.
+    pub keep_literals: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/var/log/pgwarden/audit.jsonl"),
+            mode: AuditMode::Strict,
+            queue: 10_000,
+            max_bytes: 64 << 20,
+            keep_files: 10,
+            fsync: true,
+            journald: true,
+            journald_socket: PathBuf::from("/run/systemd/journal/socket"),
+            checkpoint_every: 1000,
+            checkpoint_seconds: 300,
+            keep_literals: false,
+        }
+    }
+}
+
 /// A configuration that cannot be used, with where.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -411,6 +534,18 @@ impl Config {
                 "limits: message_bytes must be at least 1024 and statement_bytes at least message_bytes".into(),
             ));
         }
+        if self.audit.path.as_os_str().is_empty() || self.audit.queue == 0 {
+            return Err((
+                Some(("audit", None, 0)),
+                "audit: path must not be empty and queue must be at least 1".into(),
+            ));
+        }
+        if self.audit.max_bytes < 4096 {
+            return Err((
+                Some(("max_bytes", None, 0)),
+                "audit.max_bytes must be at least 4096".into(),
+            ));
+        }
         if self.cgroups.rescan_seconds == 0 {
             return Err((
                 Some(("rescan_seconds", None, 0)),
@@ -448,6 +583,36 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("pgwarden.yaml"), text)
+    }
+
+    #[test]
+    fn audit_defaults_and_overrides() {
+        let c = parse("").unwrap();
+        let d = AuditConfig::default();
+        assert_eq!(c.audit.path, PathBuf::from("/var/log/pgwarden/audit.jsonl"));
+        assert_eq!(c.audit.mode, AuditMode::Strict);
+        assert_eq!(
+            (c.audit.queue, c.audit.max_bytes, c.audit.keep_files),
+            (10_000, 64 << 20, 10)
+        );
+        assert!(c.audit.fsync && c.audit.journald && !c.audit.keep_literals);
+        assert_eq!(
+            (c.audit.checkpoint_every, c.audit.checkpoint_seconds),
+            (1000, 300)
+        );
+        assert_eq!(c.audit.journald_socket, d.journald_socket);
+        // One key given: the others keep their defaults.
+        let c = parse("audit:\n  mode: async\n  path: /tmp/a.jsonl\n").unwrap();
+        assert_eq!(c.audit.mode, AuditMode::Async);
+        assert_eq!(c.audit.path, PathBuf::from("/tmp/a.jsonl"));
+        assert_eq!(c.audit.queue, d.queue);
+        assert!(c.audit.fsync && c.audit.journald);
+        let e = parse("audit:\n  mode: sometimes\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("pgwarden.yaml:2:"), "{e}");
+        let e = parse("audit:\n  max_bytes: 10\n").unwrap_err().to_string();
+        assert!(e.starts_with("pgwarden.yaml:2:3: "), "{e}");
     }
 
     #[test]

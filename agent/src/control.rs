@@ -268,7 +268,12 @@ fn status(shared: &Shared) -> Value {
         "tagged": tagged,
         "sticky_paths": sticky,
         "sessions": sessions,
-        "approvals": { "pending": shared.approvals.pending(), "grants": shared.approvals.grants() },
+                "approvals": { "pending": shared.approvals.pending(), "grants": shared.approvals.grants() },
+        "audit": shared.audit.status(),
+        "policy": {
+            "version": shared.policy.current().version,
+            "files": shared.policy.current().files.iter().map(|(p, h)| json!({ "path": p, "sha256": h })).collect::<Vec<_>>(),
+        },
     })
 }
 

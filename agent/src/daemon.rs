@@ -53,6 +53,14 @@ pub struct Shared {
     pub upstream_tls: Option<tokio_rustls::TlsConnector>,
     /// Statements held for approval, and open grants.
     pub approvals: crate::approval::Approvals,
+    /// The audit journal.
+    pub audit: crate::audit::Journal,
+    /// Prometheus counters.
+    pub metrics: crate::metrics::Metrics,
+    /// Set when the listeners must stop accepting (SIGTERM).
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Set when the drain time is over: live sessions are closed with 57P01.
+    terminating: tokio::sync::watch::Sender<bool>,
     /// Backend keys of live sessions -> (session, server), for routing CancelRequests.
     cancel_keys: Mutex<HashMap<CancelKey, (SessionId, SocketAddr)>>,
     session_base: u64,
@@ -110,6 +118,12 @@ impl Shared {
         lock(&self.cancel_keys).get(&(pid, key.to_vec())).copied()
     }
 
+    /// Resolves when the agent closes live sessions (after SIGTERM and the drain time).
+    pub async fn terminated(&self) {
+        let mut rx = self.terminating.subscribe();
+        let _ = rx.wait_for(|t| *t).await;
+    }
+
     /// Records a refused approval decision (unauthorized caller, unknown request).
     pub fn approval_refused(
         &self,
@@ -118,6 +132,58 @@ impl Shared {
         e: &crate::approval::DecideError,
     ) {
         warn!(request = id, uid = caller.uid, user = ?caller.user, "approval decision refused: {e}");
+        let rec = crate::audit::Record::new(crate::audit::Event::ApprovalDenied)
+            .decision(crate::audit::Decision::Deny)
+            .rule("approval.unauthorized")
+            .outcome(crate::audit::Outcome::Failure)
+            .error(e.to_string())
+            .detail("request", id)
+            .detail("caller_uid", caller.uid)
+            .detail("caller_user", caller.user.clone());
+        self.audit_spawn(rec);
+    }
+
+    /// Appends a record without waiting (events that hold nothing up).
+    pub fn audit_spawn(&self, rec: crate::audit::Record) {
+        let j = self.audit.clone();
+        tokio::spawn(async move {
+            if let Err(e) = j.append(rec).await {
+                error!("audit: {e}");
+            }
+        });
+    }
+
+    /// The journal's state for status and metrics: (name, help, value).
+    pub fn audit_status(&self) -> Option<Vec<(&'static str, &'static str, u64)>> {
+        let s = self.audit.status();
+        Some(vec![
+            (
+                "last_seq",
+                "Sequence number of the last record written.",
+                s.last_seq,
+            ),
+            (
+                "queue_depth",
+                "Records waiting to be written.",
+                u64::try_from(s.queue_depth).unwrap_or(u64::MAX),
+            ),
+            (
+                "records_written",
+                "Records written since start.",
+                s.records_written,
+            ),
+            ("write_errors", "Failed writes since start.", s.write_errors),
+            (
+                "journald_errors",
+                "Failed journald sends since start.",
+                s.journald_errors,
+            ),
+            (
+                "dropped",
+                "Records dropped by a full async queue.",
+                s.dropped,
+            ),
+        ])
     }
 
     /// Records an approval request (`resolution: None`) or how it ended.
@@ -126,14 +192,51 @@ impl Shared {
         request: &crate::approval::Request,
         resolution: Option<&crate::approval::Resolution>,
     ) {
-        match resolution {
+        use crate::approval::Resolution;
+        use crate::audit::{Decision, Event, Record};
+        let (event, decision) = match resolution {
             None => {
-                info!(request = request.id, rule = %request.rule.id, workload = %request.workload, session = %request.session, "approval requested")
+                info!(request = request.id, rule = %request.rule.id, workload = %request.workload, session = %request.session, "approval requested");
+                (Event::ApprovalRequested, Decision::Hold)
             }
             Some(r) => {
-                info!(request = request.id, rule = %request.rule.id, workload = %request.workload, session = %request.session, resolution = ?r, "approval resolved")
+                info!(request = request.id, rule = %request.rule.id, workload = %request.workload, session = %request.session, resolution = ?r, "approval resolved");
+                match r {
+                    Resolution::Approved { .. } => (Event::ApprovalGranted, Decision::Allow),
+                    Resolution::Denied { .. } => (Event::ApprovalDenied, Decision::Deny),
+                    Resolution::Expired => (Event::ApprovalExpired, Decision::Deny),
+                    Resolution::Withdrawn { .. } => (Event::ApprovalWithdrawn, Decision::Deny),
+                }
             }
+        };
+        let mut rec = Record::new(event)
+            .session(request.session)
+            .workload(&request.workload)
+            .statement(self.audit.statement(&request.statement))
+            .decision(decision)
+            .rule(request.rule.id.clone())
+            .detail("request", request.id);
+        if let Some(pid) = request.pid {
+            rec = rec.detail("pid", pid);
         }
+        match resolution {
+            Some(Resolution::Approved { by, comment, grant }) => {
+                rec = rec
+                    .detail("approver_uid", by.uid)
+                    .detail("approver", by.user.clone())
+                    .detail("comment", comment.clone())
+                    .detail("grant", *grant);
+            }
+            Some(Resolution::Denied { by, comment }) => {
+                rec = rec
+                    .detail("approver_uid", by.uid)
+                    .detail("approver", by.user.clone())
+                    .detail("comment", comment.clone());
+            }
+            Some(Resolution::Withdrawn { reason }) => rec = rec.detail("reason", reason.clone()),
+            _ => {}
+        }
+        self.audit_spawn(rec);
     }
 
     /// Listen-only mode's server.
@@ -224,9 +327,15 @@ pub async fn run(
         warn!(workload = %w.name, "workload has no policy: every statement it sends will be denied");
     }
     let hash_key = Arc::new(load_hash_key(&config, &policy)?);
+    // The journal before anything is attached: no access without its record.
+    let journal = crate::audit::Journal::open(&config.audit)
+        .with_context(|| format!("opening the audit journal {}", config.audit.path.display()))?;
     let cgroup_root = cgroup::cgroup2_root()?;
     info!(cgroup2 = %cgroup_root.display(), "cgroup2 hierarchy found");
 
+    // The control socket and the listeners before anything is attached: a failure here must
+    // not leave programs redirecting to an agent that never started.
+    let control = crate::control::Server::bind(&config.control.socket)?;
     // Listeners first: once connects are redirected, they must have somewhere to land.
     let mut listeners = Vec::new();
     if let Some(a) = config.listen.ipv4 {
@@ -254,6 +363,7 @@ pub async fn run(
             listen_v6: config.listen.ipv6,
             intercept: &config.intercept,
             agent_tgid: std::process::id(),
+            pin_dir: &config.bpf.pin_dir,
         })?;
         (Some(Mutex::new(r)), Some(ev))
     } else {
@@ -289,6 +399,10 @@ pub async fn run(
         upstream_tls,
         cancel_keys: Mutex::new(HashMap::new()),
         approvals: crate::approval::Approvals::default(),
+        audit: journal.clone(),
+        metrics: crate::metrics::Metrics::default(),
+        stopping: tokio::sync::watch::Sender::new(false),
+        terminating: tokio::sync::watch::Sender::new(false),
         tagger: Mutex::new(Tagger::new(&config.workloads)),
         config,
         cgroup_root: cgroup_root.clone(),
@@ -301,6 +415,19 @@ pub async fn run(
     });
 
     // The mkdir tracepoint is live: tag what exists now, then redirect.
+    if let Some(r) = &shared.redirect {
+        let mut r = lock(r);
+        if r.adopted {
+            let (tagged, sticky) = (r.tagged_ids(), r.sticky_paths());
+            info!(
+                pins = %r.pin_dir().display(),
+                tagged = tagged.len(),
+                sticky = sticky.len(),
+                "adopting the previous run's pinned programs and maps: no window without redirection"
+            );
+            lock(&shared.tagger).adopt(tagged, sticky, &mut *r)?;
+        }
+    }
     shared.rescan().context("initial scan of the cgroup tree")?;
     if let Some(r) = &shared.redirect {
         lock(r).attach(&cgroup_root)?;
@@ -310,12 +437,57 @@ pub async fn run(
         tokio::spawn(watch_events(Arc::clone(&shared), events));
     }
     tokio::spawn(rescan_loop(Arc::clone(&shared)));
-    let control = crate::control::Server::bind(&shared.config.control.socket)?;
     tokio::spawn(control.serve(Arc::clone(&shared)));
     for l in listeners {
         tokio::spawn(accept_loop(Arc::clone(&shared), l));
     }
+    if let Some(addr) = shared.config.metrics.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics.listen {addr}"))?;
+        tokio::spawn(crate::metrics::serve(Arc::clone(&shared), l));
+    }
+    let policies: Vec<String> = shared
+        .policy
+        .current()
+        .files
+        .iter()
+        .map(|(p, h)| format!("{}@{h}", p.display()))
+        .collect();
+    shared
+        .audit
+        .append(
+            crate::audit::Record::new(crate::audit::Event::AgentStart)
+                .outcome(crate::audit::Outcome::Success)
+                .detail("pid", std::process::id())
+                .detail("version", env!("CARGO_PKG_VERSION"))
+                .detail(
+                    "listen",
+                    listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                )
+                .detail("policies", policies)
+                .detail(
+                    "mode",
+                    if shared.redirect.is_some() {
+                        "redirect"
+                    } else {
+                        "listen-only"
+                    },
+                ),
+        )
+        .await
+        .context("writing agent.start to the audit journal")?;
     info!(listen = ?listen, "pgwarden ready");
+    notify_systemd("READY=1\nSTATUS=attached, listening");
+    if let Some(period) = watchdog_period() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                notify_systemd("WATCHDOG=1");
+            }
+        });
+    }
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<&'static str>(4);
     let _watcher = watch_policies(&shared, reload_tx.clone());
@@ -334,8 +506,84 @@ pub async fn run(
             }
         }
     }
+    stop(&shared).await;
     let _ = std::fs::remove_file(&shared.config.control.socket);
     Ok(())
+}
+
+/// SIGTERM: stop accepting (redirected connects are now refused, never direct: the programs
+/// stay pinned), withdraw held statements, let running statements finish for the drain time,
+/// then close what is left with 57P01.
+async fn stop(shared: &Shared) {
+    notify_systemd("STOPPING=1");
+    shared.stopping.send_replace(true);
+    shared.approvals.withdraw_all("pgwarden is stopping");
+    let drain = Duration::from_secs(shared.config.shutdown.drain_seconds);
+    let deadline = tokio::time::Instant::now() + drain;
+    while !lock(&shared.sessions).is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = lock(&shared.sessions).len();
+    if left > 0 {
+        info!(
+            sessions = left,
+            "drain time over: closing the remaining sessions (57P01)"
+        );
+        shared.terminating.send_replace(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !lock(&shared.sessions).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = shared
+        .audit
+        .append(
+            crate::audit::Record::new(crate::audit::Event::AgentStop)
+                .outcome(crate::audit::Outcome::Success)
+                .detail("pid", std::process::id())
+                .detail("sessions_closed", left),
+        )
+        .await;
+    shared.audit.close();
+    info!("pgwarden stopped; its programs stay attached (pgwarden detach removes them)");
+}
+
+/// Tells systemd (Type=notify) about state changes, when started by it.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("sd_notify: {e}");
+            return;
+        }
+    };
+    // An abstract socket name starts with '@'.
+    let result = if let Some(name) = path.to_string_lossy().strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = result {
+        warn!("sd_notify {state:?}: {e}");
+    }
+}
+
+/// Half the watchdog interval systemd asked for, if it did (and asked this process).
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        && pid != std::process::id()
+    {
+        return None;
+    }
+    Some(Duration::from_micros(usec / 2))
 }
 
 impl Shared {
@@ -353,11 +601,28 @@ impl Shared {
                     .map(|(p, h)| format!("{}@{}", p.display(), &h[..12]))
                     .collect();
                 info!(version = set.version, trigger = why, files = ?files, "policy reloaded");
+                let mut rec = crate::audit::Record::new(crate::audit::Event::PolicyReload)
+                    .outcome(crate::audit::Outcome::Success)
+                    .detail("version", set.version)
+                    .detail("trigger", why)
+                    .detail("files", &files);
+                if let Some((_, h)) = set.files.first() {
+                    rec = rec.policy_hash(h.clone());
+                }
+                self.audit_spawn(rec);
             }
-            Err(e) => error!(
-                trigger = why,
-                "policy reload refused, the running policy stays: {e}"
-            ),
+            Err(e) => {
+                error!(
+                    trigger = why,
+                    "policy reload refused, the running policy stays: {e}"
+                );
+                self.audit_spawn(
+                    crate::audit::Record::new(crate::audit::Event::PolicyReload)
+                        .outcome(crate::audit::Outcome::Failure)
+                        .error(e.clone())
+                        .detail("trigger", why),
+                );
+            }
         }
     }
 }
@@ -444,8 +709,13 @@ fn load_hash_key(config: &Config, policy: &crate::policy::Engine) -> anyhow::Res
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut stopping = shared.stopping.subscribe();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopping.wait_for(|s| *s) => return,
+        };
+        match accepted {
             Ok((sock, peer)) => {
                 tokio::spawn(session::serve(Arc::clone(&shared), sock, peer));
             }

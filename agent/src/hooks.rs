@@ -62,6 +62,19 @@ pub enum Verdict {
     Hold(std::sync::Arc<crate::approval::Rule>),
 }
 
+/// What the policy saw in the last statement it decided, for the audit record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecisionInfo {
+    /// Command tags, e.g. `SELECT`.
+    pub command: String,
+    /// Tables touched, qualified.
+    pub objects: Vec<String>,
+    /// SHA-256 of the policy file decided under.
+    pub policy_hash: String,
+    /// Whether results of this statement pass through masking.
+    pub masked: bool,
+}
+
 /// The layers, agent-wide.
 pub trait Hooks: Send + Sync {
     /// Checks a session's startup (its `options`) before the server is contacted.
@@ -112,6 +125,14 @@ pub trait SessionHooks: Send {
     }
     /// The session ended.
     fn session_end(&mut self) {}
+    /// The last statement's decision details.
+    fn last_decision(&self) -> Option<DecisionInfo> {
+        None
+    }
+    /// Values masked since the last call: (column, method, count).
+    fn take_masked(&mut self) -> Vec<crate::mask::MaskCount> {
+        Vec::new()
+    }
 }
 
 /// No layer plugged in: relay everything (listen-only development and tests of framing).

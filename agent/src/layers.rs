@@ -154,4 +154,15 @@ impl SessionHooks for LayersSession {
     fn session_end(&mut self) {
         self.policy.session_end();
     }
+
+    fn last_decision(&self) -> Option<crate::hooks::DecisionInfo> {
+        self.policy.last_decision()
+    }
+
+    fn take_masked(&mut self) -> Vec<mask::MaskCount> {
+        self.mask
+            .as_mut()
+            .map(MaskSession::take_counts)
+            .unwrap_or_default()
+    }
 }

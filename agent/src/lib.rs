@@ -2,6 +2,7 @@
 //! The library holds every layer; `main.rs` only calls [`cli::main`].
 
 pub mod approval;
+pub mod audit;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod hooks;
 pub mod identity;
 pub mod layers;
 pub mod mask;
+pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod redirect;

@@ -45,6 +45,8 @@ pub struct KernelConfig<'a> {
     pub intercept: &'a [Destination],
     /// The agent's pid.
     pub agent_tgid: u32,
+    /// bpffs directory where maps and links are pinned.
+    pub pin_dir: &'a Path,
 }
 
 /// The loaded programs and their maps.
@@ -59,6 +61,89 @@ pub struct Redirect {
     origins: HashMap<MapData, TupleKey, ConnectRecord>,
     counters: PerCpuArray<MapData, u64>,
     attached: Vec<AttachPoint>,
+    pin_dir: PathBuf,
+    /// Whether the maps were adopted from a previous run's pins.
+    pub adopted: bool,
+}
+
+/// Every map of the object: all are pinned, so a restarted agent finds the same state and
+/// the programs left attached by the previous run keep working on it.
+const PINNED_MAPS: [&str; 9] = [
+    AGENT_CONFIG,
+    TAGGED_CGROUPS,
+    INTERCEPT_DESTS,
+    agent_common::ORIGIN_BY_COOKIE,
+    ORIGIN_BY_TUPLE,
+    STICKY_PATHS,
+    CGROUP_EVENTS,
+    COUNTERS,
+    agent_common::PATH_SCRATCH,
+];
+
+/// Makes sure a bpffs is mounted at `/sys/fs/bpf` (systemd does it; a bare host may not).
+fn ensure_bpffs() -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounted = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        f.nth(4) == Some("/sys/fs/bpf")
+            && l.split(" - ").nth(1).is_some_and(|t| t.starts_with("bpf "))
+    });
+    if !mounted {
+        nix::mount::mount(Some("bpf"), "/sys/fs/bpf", Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .context("no bpffs at /sys/fs/bpf and mounting one failed (pins keep redirection in place across restarts)")?;
+    }
+    Ok(())
+}
+
+/// Pins `link` at `path`, replacing a link pinned there by a previous run. The new link is
+/// attached before the old one goes: there is no moment without the program.
+fn replace_pin(
+    link: aya::programs::links::FdLink,
+    path: &Path,
+) -> anyhow::Result<aya::programs::links::PinnedLink> {
+    let old = if path.exists() {
+        match aya::programs::links::PinnedLink::from_pin(path) {
+            Ok(old) => Some(
+                old.unpin()
+                    .with_context(|| format!("unpinning {}", path.display()))?,
+            ),
+            Err(_) => {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("removing stale pin {}", path.display()))?;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let pinned = link
+        .pin(path)
+        .with_context(|| format!("pinning {}", path.display()))?;
+    drop(old);
+    Ok(pinned)
+}
+
+/// Removes every pin under `pin_dir`: the programs detach and the maps go. The only way to
+/// stop interception.
+pub fn detach(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", pin_dir.display())),
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    // Links first, so no program runs against a map that is going away.
+    paths.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+    });
+    for p in paths {
+        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        removed.push(p.display().to_string());
+    }
+    std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    Ok(removed)
 }
 
 const TRACEFS_CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -169,7 +254,29 @@ impl Redirect {
         if let Err(missing) = preflight() {
             bail!("cannot load pgwarden's eBPF programs: missing {missing}");
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the embedded eBPF object")?;
+        ensure_bpffs()?;
+        let pin_dir = cfg.pin_dir.to_path_buf();
+        let adopted = pin_dir.join(TAGGED_CGROUPS).exists();
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&pin_dir)
+                .with_context(|| format!("creating the pin directory {}", pin_dir.display()))?;
+        }
+        let mut loader = aya::EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> =
+            PINNED_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
+            format!(
+                "loading the embedded eBPF object (maps pinned in {}; if a different pgwarden version left them, run `pgwarden detach`)",
+                pin_dir.display()
+            )
+        })?;
         let mut flags = 0;
         let mut listen_v4 = 0;
         let mut listen_v6 = [0u32; 4];
@@ -206,13 +313,25 @@ impl Redirect {
             0,
         )?;
         let mut dests: LpmTrie<_, agent_common::DestKey, u32> = take(&mut ebpf, INTERCEPT_DESTS)?;
+        // New destinations first, then the previous run's stale ones: never a moment where a
+        // configured destination is not intercepted.
+        let mut wanted = Vec::new();
         for d in cfg.intercept {
             for net in &d.nets {
                 let (len, data) = net.lpm_key();
                 dests
                     .insert(&Key::new(len, data), 1, 0)
                     .with_context(|| format!("intercept {d}"))?;
+                wanted.push((len, data));
             }
+        }
+        let stale: Vec<Key<agent_common::DestKey>> = dests
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            let _ = dests.remove(&k);
         }
         let events: RingBuf<MapData> = take(&mut ebpf, CGROUP_EVENTS)?;
         let mut this = Self {
@@ -224,6 +343,8 @@ impl Redirect {
             _dests: dests,
             ebpf,
             attached: Vec::new(),
+            pin_dir,
+            adopted,
         };
         let tracefs = tracefs()?;
         check_mkdir_format(&tracefs)?;
@@ -233,8 +354,12 @@ impl Redirect {
             .ok_or_else(|| anyhow!("program cgroup_mkdir missing"))?
             .try_into()?;
         tp.load().context("loading cgroup_mkdir")?;
-        tp.attach("cgroup", "cgroup_mkdir")
+        let id = tp
+            .attach("cgroup", "cgroup_mkdir")
             .context("attaching tracepoint cgroup:cgroup_mkdir")?;
+        let link: aya::programs::links::FdLink =
+            tp.take_link(id)?.try_into().context("tracepoint link")?;
+        replace_pin(link, &this.pin_dir.join("link_cgroup_mkdir"))?;
         this.attached.push(AttachPoint {
             program: "cgroup_mkdir".into(),
             hook: "tracepoint".into(),
@@ -252,8 +377,12 @@ impl Redirect {
         {
             let p: &mut SockOps = self.program("sock_ops")?.try_into()?;
             p.load().context("loading sock_ops")?;
-            p.attach(open()?, CgroupAttachMode::Single)
+            let id = p
+                .attach(open()?, CgroupAttachMode::Single)
                 .context("attaching sock_ops")?;
+            let link: aya::programs::links::FdLink =
+                p.take_link(id)?.try_into().context("sock_ops link")?;
+            replace_pin(link, &self.pin_dir.join("link_sock_ops"))?;
             self.attached.push(AttachPoint {
                 program: "sock_ops".into(),
                 hook: "sock_ops".into(),
@@ -263,8 +392,12 @@ impl Redirect {
         {
             let p: &mut CgroupSock = self.program("sock_release")?.try_into()?;
             p.load().context("loading sock_release")?;
-            p.attach(open()?, CgroupAttachMode::Single)
+            let id = p
+                .attach(open()?, CgroupAttachMode::Single)
                 .context("attaching sock_release")?;
+            let link: aya::programs::links::FdLink =
+                p.take_link(id)?.try_into().context("sock_release link")?;
+            replace_pin(link, &self.pin_dir.join("link_sock_release"))?;
             self.attached.push(AttachPoint {
                 program: "sock_release".into(),
                 hook: "cgroup/sock_release".into(),
@@ -274,8 +407,14 @@ impl Redirect {
         for name in ["getpeername4", "getpeername6", "connect4", "connect6"] {
             let p: &mut CgroupSockAddr = self.program(name)?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
-            p.attach(open()?, CgroupAttachMode::Single)
+            let id = p
+                .attach(open()?, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name}"))?;
+            let link: aya::programs::links::FdLink = p
+                .take_link(id)?
+                .try_into()
+                .with_context(|| format!("{name} link"))?;
+            replace_pin(link, &self.pin_dir.join(format!("link_{name}")))?;
             self.attached.push(AttachPoint {
                 program: name.into(),
                 hook: format!("cgroup/{name}"),
@@ -303,6 +442,38 @@ impl Redirect {
         };
         let _ = self.origins.remove(&key);
         Some(record)
+    }
+
+    /// The cgroup ids tagged in the kernel map (after a restart: the previous run's).
+    pub fn tagged_ids(&self) -> Vec<CgroupId> {
+        self.tagged
+            .keys()
+            .filter_map(Result::ok)
+            .map(CgroupId)
+            .collect()
+    }
+
+    /// The sticky paths in the kernel map.
+    pub fn sticky_paths(&self) -> Vec<CgroupPath> {
+        self.sticky
+            .keys()
+            .filter_map(Result::ok)
+            .filter_map(|k| {
+                let end = k
+                    .bytes
+                    .iter()
+                    .position(|&b| b == 0)
+                    .unwrap_or(k.bytes.len());
+                std::str::from_utf8(&k.bytes[..end])
+                    .ok()
+                    .map(|s| CgroupPath(s.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Where the pins are.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
     }
 
     /// What is attached.

@@ -218,6 +218,39 @@ impl Tagger {
         Ok(())
     }
 
+    /// Takes over the kernel state a previous run left in the pinned maps: its tagged ids are
+    /// treated as applied (so the next reconcile untags what is no longer wanted), and its
+    /// sticky paths are kept, with this run's workload ids, where the config still selects
+    /// them.
+    pub fn adopt(
+        &mut self,
+        tagged: Vec<CgroupId>,
+        sticky: Vec<CgroupPath>,
+        sink: &mut dyn TagSink,
+    ) -> anyhow::Result<()> {
+        for id in tagged {
+            self.applied.insert(
+                id,
+                Tag {
+                    path: CgroupPath(String::new()),
+                    workload: WorkloadName(String::new()),
+                    source: TagSource::Xattr,
+                },
+            );
+        }
+        for path in sticky {
+            match self.matchers.config_match(&path) {
+                Some((workload, _)) => {
+                    let wid = self.registry.id(&workload);
+                    sink.stick(&path, wid)?;
+                    self.sticky.insert(path, wid);
+                }
+                None => sink.unstick(&path)?,
+            }
+        }
+        Ok(())
+    }
+
     /// A cgroup just created (from the kernel's mkdir event).
     pub fn created(
         &mut self,

@@ -28,6 +28,8 @@ pub struct Agent {
     child: Child,
     /// Set once a panic message carried the log, so drop does not print it twice.
     log_shown: bool,
+    /// Leave the pinned programs in place on drop (another agent adopts them).
+    keep_pins: bool,
 }
 
 impl Agent {
@@ -55,13 +57,47 @@ impl Agent {
     /// As [`Agent::start`].
     #[track_caller]
     pub fn start_with_args(config_yaml: &str, control_socket: &Path, extra: &[&str]) -> Agent {
-        let bin = agent_bin();
+        Self::start_bin(agent_bin(), config_yaml, control_socket, extra)
+    }
+
+    /// As [`Agent::start_with_args`], running the pgwarden binary `bin` (`cargo xtask demo`
+    /// runs its release build).
+    ///
+    /// # Panics
+    ///
+    /// As [`Agent::start`].
+    #[track_caller]
+    pub fn start_bin(
+        bin: PathBuf,
+        config_yaml: &str,
+        control_socket: &Path,
+        extra: &[&str],
+    ) -> Agent {
         let tmp = tempfile::Builder::new()
             .prefix("pgwarden-agent-")
             .tempdir_in("/tmp")
             .expect("cannot create a temp dir under /tmp");
         let config = tmp.path().join("pgwarden.yaml");
-        fs::write(&config, config_yaml)
+        // Each agent pins its kernel state in its own bpffs directory, detached on drop.
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/pgwarden-test-{}",
+            tmp.path()
+                .file_name()
+                .map_or_else(|| "x".into(), |n| n.to_string_lossy().into_owned())
+        ));
+        let mut config_yaml = if config_yaml.contains("pin_dir:") {
+            config_yaml.to_owned()
+        } else {
+            format!("{config_yaml}\nbpf:\n  pin_dir: {}\n", pin_dir.display())
+        };
+        // And its own audit journal, unless the test chose one.
+        if !config_yaml.starts_with("audit:") && !config_yaml.contains("\naudit:") {
+            config_yaml.push_str(&format!(
+                "audit:\n  path: {}\n",
+                tmp.path().join("audit.jsonl").display()
+            ));
+        }
+        fs::write(&config, &config_yaml)
             .unwrap_or_else(|err| panic!("cannot write {}: {err}", config.display()));
         let log_path = tmp.path().join("agent.log");
         let log = File::create(&log_path)
@@ -87,6 +123,7 @@ impl Agent {
             tmp,
             child,
             log_shown: false,
+            keep_pins: false,
         };
         agent.wait_ready();
         agent
@@ -172,6 +209,20 @@ impl Agent {
         self.child.id()
     }
 
+    /// Kills the agent with SIGKILL, as a crash would, leaving its pinned programs attached
+    /// for the next agent to adopt.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.keep_pins = true;
+    }
+
+    /// The YAML the agent was started with (with the pin directory the harness added).
+    #[must_use]
+    pub fn config_yaml(&self) -> String {
+        fs::read_to_string(self.tmp.path().join("pgwarden.yaml")).unwrap_or_default()
+    }
+
     /// The agent's temp dir (holds `pgwarden.yaml` and `agent.log`).
     pub fn tmp_dir(&self) -> &Path {
         self.tmp.path()
@@ -195,6 +246,15 @@ impl Drop for Agent {
                 sleep(Duration::from_millis(20));
             }
         }
+        // Pinned programs outlive the agent by design: a test detaches them, as an operator
+        // would with `pgwarden detach`.
+        if self.keep_pins {
+            return;
+        }
+        let _ = Command::new(&self.bin)
+            .args(["detach", "--config"])
+            .arg(self.tmp.path().join("pgwarden.yaml"))
+            .output();
         // A failing test gets the daemon's side of the story.
         if std::thread::panicking() && !self.log_shown {
             eprintln!(

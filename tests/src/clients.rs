@@ -52,6 +52,39 @@ pub fn node_client(cg: &Path, url: &str) -> Command {
     cmd
 }
 
+/// The MCP server for PostgreSQL (`@modelcontextprotocol/server-postgres`, pinned in
+/// tests/clients/mcp/package-lock.json) for `url`, inside `cg`: `node <package>/dist/index.js
+/// URL`, which speaks MCP (JSON-RPC, one message a line) on its stdin and stdout. `sh` execs
+/// node, so the child's pid is the server's.
+///
+/// # Panics
+///
+/// When `node` is not on PATH or tests/clients/mcp/node_modules lacks the package.
+#[track_caller]
+pub fn mcp_server(cg: &Path, url: &str) -> Command {
+    let node = find_on_path("node").unwrap_or_else(|| {
+        missing("`node` is not on PATH (Debian package nodejs; `cargo xtask setup` installs it)")
+    });
+    let dir = client_dir("mcp");
+    let server = dir
+        .join("node_modules")
+        .join("@modelcontextprotocol")
+        .join("server-postgres")
+        .join("dist")
+        .join("index.js");
+    if !server.is_file() {
+        missing(&format!(
+            "{} is missing: the MCP server is not installed (`cargo xtask setup` runs `npm ci` \
+             in {})",
+            server.display(),
+            dir.display()
+        ));
+    }
+    let mut cmd = in_cgroup(cg, &node.to_string_lossy());
+    cmd.arg(server).arg(url);
+    cmd
+}
+
 /// `target/pyenv/bin/python tests/clients/python/client.py URL` inside `cg`.
 ///
 /// # Panics

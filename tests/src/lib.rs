@@ -20,20 +20,29 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod certs;
 mod cgroup;
 mod clients;
+mod demo;
+mod mcp;
 mod net;
 mod pg;
 mod process;
 mod world;
 
 pub use agent::Agent;
+pub use certs::{CertPair, self_signed_cert};
 pub use cgroup::{TestCgroup, cgroup2_root, in_cgroup, unique_name};
+pub use clients::mcp_server;
 pub use clients::{client_dir, node_client, python_client, python_venv, workspace_root};
+pub use demo::{DEMO_WORKLOAD, DemoConfig, demo_file, demo_seed_sql};
+pub use mcp::{MCP_PROTOCOL_VERSION, McpServer, Reply, RpcError, tool_text};
 pub use net::free_port;
+pub use pg::{HbaAuth, PG_SERVER_NAME, PgOptions};
 pub use pg::{PgServer, pg_bin};
 pub use process::{require_root, run_ok, run_output};
 pub use world::{World, tagged_world, world_with_workload};
+pub use world::{agent_config, allow_all_workload, world_with_config};
 
 /// A policy shipped in the repository's `policies/` directory.
 #[must_use]

@@ -9,6 +9,7 @@ use std::process::Command;
 use nix::unistd::{User, chown};
 use tempfile::TempDir;
 
+use crate::certs::self_signed_cert;
 use crate::net::free_port;
 use crate::process::{describe, dump_output, run_ok, run_output};
 
@@ -153,6 +154,150 @@ impl PgServer {
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("pg.log")
+    }
+}
+
+/// How TCP (`host`) connections to a [`PgServer::start_with`] server authenticate; connections
+/// over its Unix socket stay `trust`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HbaAuth {
+    /// No password.
+    #[default]
+    Trust,
+    /// MD5 challenge (the password is stored as an MD5 hash).
+    Md5,
+    /// SCRAM-SHA-256 (offered with SCRAM-SHA-256-PLUS, channel binding, over TLS).
+    ScramSha256,
+}
+
+impl HbaAuth {
+    /// The pg_hba.conf method, which is also the `method=` PostgreSQL logs.
+    pub fn method(self) -> &'static str {
+        match self {
+            HbaAuth::Trust => "trust",
+            HbaAuth::Md5 => "md5",
+            HbaAuth::ScramSha256 => "scram-sha-256",
+        }
+    }
+}
+
+/// What [`PgServer::start_with`] changes from [`PgServer::start`]'s trust-only, plain server.
+#[derive(Clone, Debug, Default)]
+pub struct PgOptions {
+    /// Authentication of TCP connections.
+    pub hba: HbaAuth,
+    /// `ssl = on` with a self-signed certificate for [`PG_SERVER_NAME`] (see
+    /// [`PgServer::server_cert`]).
+    pub ssl: bool,
+    /// The `postgres` user's password (hashed as `hba` wants; SCRAM for `trust`).
+    pub password: Option<String>,
+}
+
+/// The name (CN and DNS subjectAltName) in the certificate of a server started with
+/// `ssl: true`; its subjectAltName also lists 127.0.0.1 and ::1.
+pub const PG_SERVER_NAME: &str = "pg.pgwarden.test";
+
+impl PgServer {
+    /// [`PgServer::start`], then: the password set over the Unix socket, the certificate made
+    /// and `ssl = on`, pg_hba.conf rewritten for `options.hba` on 127.0.0.1/32 and ::1/128, and
+    /// a restart.
+    ///
+    /// # Panics
+    ///
+    /// When any step fails; the message includes the server log when there is one.
+    #[track_caller]
+    pub fn start_with(options: &PgOptions) -> PgServer {
+        let server = PgServer::start();
+        let encryption = match options.hba {
+            HbaAuth::Md5 => "md5",
+            HbaAuth::Trust | HbaAuth::ScramSha256 => "scram-sha-256",
+        };
+        let mut conf = format!("password_encryption = '{encryption}'\n");
+        if let Some(password) = &options.password {
+            server.psql_socket(&format!(
+                "set password_encryption = '{encryption}'; \
+                 alter user {PG_USER} password '{}'",
+                password.replace('\'', "''")
+            ));
+        }
+        if options.ssl {
+            let pair = self_signed_cert(&server.data, "server", PG_SERVER_NAME);
+            let user = User::from_name(PG_USER)
+                .ok()
+                .flatten()
+                .expect("the postgres user exists: the server runs as it");
+            for file in [&pair.cert, &pair.key] {
+                chown(file, Some(user.uid), Some(user.gid))
+                    .unwrap_or_else(|err| panic!("cannot chown {}: {err}", file.display()));
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        let conf_path = server.data.join("postgresql.conf");
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(&conf_path)
+            .unwrap_or_else(|err| panic!("cannot open {}: {err}", conf_path.display()));
+        write!(file, "\n# added by PgServer::start_with\n{conf}")
+            .unwrap_or_else(|err| panic!("cannot write {}: {err}", conf_path.display()));
+        drop(file);
+        let method = options.hba.method();
+        let hba = server.data.join("pg_hba.conf");
+        fs::write(
+            &hba,
+            format!(
+                "# written by PgServer::start_with\n\
+                 local all all trust\n\
+                 host all all 127.0.0.1/32 {method}\n\
+                 host all all ::1/128 {method}\n"
+            ),
+        )
+        .unwrap_or_else(|err| panic!("cannot write {}: {err}", hba.display()));
+
+        let mut restart = as_postgres(server.dir.path(), "pg_ctl");
+        restart
+            .arg("-D")
+            .arg(&server.data)
+            .arg("-l")
+            .arg(server.log_path())
+            .args(["-w", "-t", "60", "restart"]);
+        let out = run_output(&mut restart);
+        assert!(
+            out.status.success(),
+            "PostgreSQL did not restart with {options:?}: {}\nstatus: {}\n{}\n--- pg.log ---\n{}",
+            describe(&restart),
+            out.status,
+            dump_output(&out),
+            server.log()
+        );
+        let ssl = server.psql_socket("show ssl");
+        assert_eq!(ssl, if options.ssl { "on" } else { "off" }, "ssl setting");
+        server
+    }
+
+    /// The server's certificate (self-signed, so also the CA to verify it with), when started
+    /// with `ssl: true`.
+    pub fn server_cert(&self) -> PathBuf {
+        self.data.join("server.crt")
+    }
+
+    /// Runs `sql` with psql over the server's Unix socket (always `trust`, never through
+    /// pgwarden) and returns the unaligned, tuples-only output, trimmed.
+    ///
+    /// # Panics
+    ///
+    /// When psql fails.
+    #[track_caller]
+    pub fn psql_socket(&self, sql: &str) -> String {
+        run_ok(
+            Command::new(pg_bin("psql"))
+                .args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
+                .arg(self.dir.path())
+                .arg("-p")
+                .arg(self.port.to_string())
+                .args(["-U", PG_USER, "-d", "postgres", "-Atc", sql]),
+        )
+        .trim()
+        .to_owned()
     }
 }
 

@@ -73,6 +73,55 @@ pub fn tagged_world(prefix: &str, workload: &str) -> (TestCgroup, World) {
     (cg, world)
 }
 
+/// An agent config as [`world_with_workload`] writes it, for PostgreSQL on `pg_port`, with its
+/// control socket at `control`, a free listen port, these `workloads:` entries, and
+/// `extra_yaml` (more top-level keys: `limits:`, `tls:`, `upstream:`, ...) appended.
+pub fn agent_config(
+    pg_port: u16,
+    control: &std::path::Path,
+    workloads_yaml: &str,
+    extra_yaml: &str,
+) -> String {
+    let listen = free_port();
+    format!(
+        "listen:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: \"[::1]:{listen}\"\ncontrol:\n  socket: {}\n\
+         intercept:\n  - \"*:{pg_port}\"\ncgroups:\n  rescan_seconds: 2\nworkloads:\n{workloads_yaml}\
+         {extra_yaml}",
+        control.display(),
+    )
+}
+
+/// A `workloads:` entry naming `workload` for exactly `cg`, under the repository's allow-all
+/// policy (as [`tagged_world`] makes).
+pub fn allow_all_workload(workload: &str, cg: &TestCgroup) -> String {
+    format!(
+        "  - name: {workload}\n    cgroup: \"{}\"\n    policy: {}\n    profile: allow-all\n",
+        cg.rel,
+        crate::policy_path("allow-all.yaml").display()
+    )
+}
+
+/// As [`world_with_workload`], with `extra_yaml` (top-level keys such as `limits:`) added to
+/// the agent's config.
+///
+/// # Panics
+///
+/// As [`world_with_workload`].
+#[track_caller]
+pub fn world_with_config(workloads_yaml: &str, extra_yaml: &str) -> World {
+    require_root();
+    let pg = PgServer::start();
+    let control_dir = tempfile::tempdir().expect("cannot create a temp dir");
+    let control = control_dir.path().join("control.sock");
+    let config = agent_config(pg.port, &control, workloads_yaml, extra_yaml);
+    let agent = Agent::start(&config, &control);
+    World {
+        agent,
+        pg,
+        _control_dir: control_dir,
+    }
+}
+
 impl World {
     /// The agent's kernel counter `name` (`redirected`, `sticky_tagged`, ...).
     ///

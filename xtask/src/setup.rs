@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: idempotently installs what pgwarden needs on a fresh Debian 12 machine
 //! (system packages, nightly with rust-src and clippy, clippy/rustfmt, bpf-linker for LLVM 22,
-//! and the e2e suite's node and Python clients' dependencies).
+//! the e2e suite's node and Python clients' dependencies, and cargo-fuzz).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,16 +13,22 @@ use crate::cmd;
 /// Debian packages the build and the end-to-end tests need: LLVM for bpf-linker, the PostgreSQL
 /// server and client the tests run against (psql, pgbench), python3 for test peers and
 /// python3-venv for the psycopg client's venv (Debian's python3 cannot `-m venv` without it),
-/// `ip`, `setfattr`/`getfattr` and `ps`/`pgrep`.
+/// `ip`, `setfattr`/`getfattr`, `ps`/`pgrep`, `openssl` for the certificates of the TLS tests, and
+/// `pgbouncer` (1.18), the peer `cargo xtask bench` measures pgwarden against.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "postgresql-15",
     "postgresql-client-15",
+    "pgbouncer",
     "python3",
     "python3-venv",
     "iproute2",
     "attr",
     "procps",
+    "openssl",
+    // systemd-journald (started by hand in the tests where PID 1 is not systemd) and
+    // systemd-analyze for the unit's verification.
+    "systemd",
 ];
 
 /// Debian packages for the node `pg` client, wanted only when the program is not on PATH: a
@@ -32,6 +38,10 @@ const NODE_PACKAGES: &[(&str, &str)] = &[("node", "nodejs"), ("npm", "npm")];
 
 /// The node client of the e2e suite (package.json, package-lock.json), relative to the workspace.
 const NODE_CLIENT_DIR: &str = "tests/clients/node";
+
+/// The MCP server for PostgreSQL (`@modelcontextprotocol/server-postgres`, pinned by its lock
+/// file) that `cargo xtask demo` and the e2e suite run, relative to the workspace.
+const MCP_CLIENT_DIR: &str = "tests/clients/mcp";
 
 /// The psycopg client's pinned requirements, relative to the workspace.
 const PYTHON_REQUIREMENTS: &str = "tests/clients/python/requirements.txt";
@@ -98,10 +108,14 @@ pub fn run(mode: Mode) -> Result<Outcome> {
     let (found, linker) = bpf_linker(mode)?;
     outcome.record("bpf-linker", found);
     outcome.bpf_linker = linker;
-    let found = node_client(mode)?;
+    let found = node_client(mode, NODE_CLIENT_DIR)?;
     outcome.record("node client dependencies", found);
+    let found = node_client(mode, MCP_CLIENT_DIR)?;
+    outcome.record("MCP server dependencies", found);
     let found = python_client(mode)?;
     outcome.record("python client venv", found);
+    let found = cargo_fuzz(mode)?;
+    outcome.record("cargo-fuzz", found);
 
     if !outcome.missing.is_empty() {
         println!(
@@ -354,14 +368,15 @@ fn newer_than_all(file: &Path, inputs: &[PathBuf]) -> bool {
         .all(|input| modified(input).is_some_and(|changed| changed <= built))
 }
 
-/// `npm ci` in tests/clients/node when node_modules is missing or older than the lock file (npm
-/// writes node_modules/.package-lock.json on every install); `npm install` when there is no lock.
-fn node_client(mode: Mode) -> Result<Found> {
-    let dir = workspace_root().join(NODE_CLIENT_DIR);
+/// `npm ci` in `client` (tests/clients/node, tests/clients/mcp) when node_modules is missing or
+/// older than the lock file (npm writes node_modules/.package-lock.json on every install); `npm
+/// install` when there is no lock.
+fn node_client(mode: Mode, client: &str) -> Result<Found> {
+    let dir = workspace_root().join(client);
     let lock = dir.join("package-lock.json");
     let manifest = dir.join("package.json");
     let installed = dir.join("node_modules").join(".package-lock.json");
-    let label = format!("node client dependencies ({NODE_CLIENT_DIR}/node_modules)");
+    let label = format!("node client dependencies ({client}/node_modules)");
     let inputs: Vec<PathBuf> = [manifest, lock.clone()]
         .into_iter()
         .filter(|p| p.is_file())
@@ -376,14 +391,16 @@ fn node_client(mode: Mode) -> Result<Found> {
     }
     if cmd::find_tool("node").is_none() {
         bail!(
-            "`node` is not on PATH: the e2e suite's node `pg` client needs Node.js \
+            "`node` is not on PATH: {client} needs Node.js \
              (Debian packages nodejs and npm; `cargo xtask setup` as root installs them)"
         );
     }
-    let npm = cmd::find_tool("npm").context(
-        "`npm` is not on PATH: the e2e suite's node client needs it to install `pg` \
-         (Debian package npm; `cargo xtask setup` as root installs it)",
-    )?;
+    let npm = cmd::find_tool("npm").with_context(|| {
+        format!(
+            "`npm` is not on PATH: {client} needs it to install its packages \
+             (Debian package npm; `cargo xtask setup` as root installs it)"
+        )
+    })?;
     let verb = if lock.is_file() { "ci" } else { "install" };
     println!("setup: {label} installing (npm {verb})");
     cmd::run(
@@ -484,6 +501,34 @@ fn python_client(mode: Mode) -> Result<Found> {
             python.display()
         );
     }
+    Ok(Found::Installed)
+}
+
+/// `cargo fuzz --version`'s output when cargo-fuzz runs.
+fn cargo_fuzz_version() -> Option<String> {
+    let out = cmd::output(cmd::cargo().args(["fuzz", "--version"])).ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// cargo-fuzz, for the decoder's fuzz target (agent/fuzz, run with the nightly by the suite's
+/// `fuzz` step).
+fn cargo_fuzz(mode: Mode) -> Result<Found> {
+    if let Some(version) = cargo_fuzz_version() {
+        println!("setup: {version} present");
+        return Ok(Found::Present);
+    }
+    if mode == Mode::Check {
+        println!("setup: cargo-fuzz missing");
+        return Ok(Found::Missing);
+    }
+    println!("setup: cargo-fuzz installing (builds from source, ~1 minute)");
+    cmd::run(cmd::cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    let Some(version) = cargo_fuzz_version() else {
+        bail!("`cargo install cargo-fuzz` succeeded but `cargo fuzz --version` still fails");
+    };
+    println!("setup: {version} installed");
     Ok(Found::Installed)
 }
 

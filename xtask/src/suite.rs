@@ -1,5 +1,6 @@
 //! `cargo xtask test`: every check CI runs, in order, failing fast: setup, fmt, clippy (host and
-//! eBPF), build, unit tests, and the end-to-end suite, which needs root and never skips silently.
+//! eBPF), build, unit tests, 30 s of fuzzing the protocol decoder, the end-to-end suite, which
+//! needs root and never skips silently, and a smoke run of the bench.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -67,7 +68,9 @@ impl Suite {
                 "agent-ebpf",
             ]))
         })?;
+        self.step("fuzz", Self::fuzz)?;
         self.step("e2e", Self::e2e)?;
+        self.step("bench-smoke", Self::bench_smoke)?;
         Ok(())
     }
 
@@ -134,6 +137,30 @@ impl Suite {
         cmd::run(&mut clippy)
     }
 
+    /// Fuzzes the protocol decoder (agent/fuzz, target `wire_decode`) for 30 s with the nightly
+    /// (libFuzzer and the sanitizers need it); a crash fails the step and leaves the input in
+    /// agent/fuzz/artifacts/wire_decode/. The corpus in agent/fuzz/corpus/ grows across runs.
+    fn fuzz(&mut self) -> Result<()> {
+        let rustup = cmd::find_tool("rustup").context("rustup not found")?;
+        let agent = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask lives inside the workspace")?
+            .join("agent");
+        let mut fuzz = Command::new(rustup);
+        fuzz.env("PATH", &self.path).current_dir(&agent).args([
+            "run",
+            "nightly",
+            "cargo",
+            "fuzz",
+            "run",
+            "wire_decode",
+            "--",
+            "-max_total_time=30",
+            "-rss_limit_mb=2048",
+        ]);
+        cmd::run(&mut fuzz)
+    }
+
     fn e2e(&mut self) -> Result<()> {
         if !cmd::is_root() {
             eprintln!(
@@ -158,6 +185,20 @@ impl Suite {
             "--",
             "--test-threads=1",
         ]))
+    }
+
+    /// `cargo xtask bench --smoke` with the debug build: every bench section at tiny sizes, so
+    /// the bench cannot rot. It asserts no timing and writes target/bench-smoke/, never
+    /// BENCHMARKS.md.
+    fn bench_smoke(&mut self) -> Result<()> {
+        let bin = self.target_dir()?.join("debug").join("pgwarden");
+        let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
+        let mut smoke = Command::new(xtask);
+        smoke
+            .env("PATH", &self.path)
+            .args(["bench", "--smoke", "--pgwarden"])
+            .arg(&bin);
+        cmd::run(&mut smoke)
     }
 
     fn target_dir(&self) -> Result<PathBuf> {

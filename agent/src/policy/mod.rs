@@ -233,6 +233,7 @@ impl Hooks for PolicyHooks {
         Box::new(PolicySession {
             engine: Arc::clone(&self.engine),
             meta: Arc::clone(meta),
+            last: None,
             prepared: HashMap::new(),
         })
     }
@@ -241,6 +242,9 @@ impl Hooks for PolicyHooks {
 struct PolicySession {
     engine: Arc<Engine>,
     meta: Arc<SessionMeta>,
+    /// The last statement's facts, the policy hash it was decided under, and whether the
+    /// profile masks.
+    last: Option<(Arc<Decided>, String, bool)>,
     /// Outcome of each PREPARE by name, so EXECUTE inherits it.
     prepared: HashMap<String, Outcome>,
 }
@@ -260,6 +264,11 @@ impl PolicySession {
             return compiled.profile.decide_fastpath();
         }
         let decided = compiled.decide(st.sql);
+        self.last = Some((
+            Arc::clone(&decided),
+            compiled.profile.policy_hash.clone(),
+            compiled.profile.mask.active(),
+        ));
         let mut outcome = decided.outcome.clone();
         // EXECUTE inherits the outcome of its PREPARE (a denial, or a hold).
         if outcome.denied.is_none()
@@ -283,6 +292,24 @@ impl PolicySession {
 }
 
 impl SessionHooks for PolicySession {
+    fn last_decision(&self) -> Option<crate::hooks::DecisionInfo> {
+        let (d, hash, masks) = self.last.as_ref()?;
+        Some(crate::hooks::DecisionInfo {
+            command: d.facts.commands.join(", "),
+            objects: d
+                .facts
+                .tables
+                .iter()
+                .map(|t| match &t.schema {
+                    Some(s) => format!("{s}.{}", t.name),
+                    None => t.name.clone(),
+                })
+                .collect(),
+            policy_hash: hash.clone(),
+            masked: *masks && d.facts.classes.contains(&analyze::Class::Read),
+        })
+    }
+
     fn statement(&mut self, st: &Statement<'_>) -> Verdict {
         let outcome = self.outcome(st);
         match outcome.denied {

@@ -9,8 +9,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{info, warn};
 
 use super::conn::{Conn, ReadHalf, WriteHalf, write_batch};
-use super::state::{Pending, ProtoState, ResultStart};
+use super::state::{InFlight, Pending, ProtoState, ResultStart, tag_rows};
 use super::{SessionError, SessionMeta, strip_channel_binding};
+use crate::audit::{Db, Decision, Event, Journal, Outcome as AuditOutcome, Record};
 use crate::daemon::Shared;
 use crate::hooks::{SessionHooks, Statement, StatementKind, Verdict};
 use crate::wire::backend::Column;
@@ -29,6 +30,20 @@ struct Ctx<'a> {
     limits: Limits,
     client_w: tokio::sync::Mutex<WriteHalf>,
     strip_plus: bool,
+    journal: &'a Journal,
+}
+
+/// An audit record waiting to be committed before the batch it belongs to is sent.
+struct AuditItem {
+    record: Record,
+    /// The forwarded frame this record covers, and how to refuse it if the journal fails.
+    frame: Option<(usize, RefuseAs)>,
+}
+
+#[derive(Clone, Copy)]
+enum RefuseAs {
+    Query,
+    Execute,
 }
 
 impl Ctx<'_> {
@@ -38,6 +53,57 @@ impl Ctx<'_> {
 
     fn hooks(&self) -> std::sync::MutexGuard<'_, Box<dyn SessionHooks>> {
         self.hooks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A record about this session.
+    fn record(&self, event: Event) -> Record {
+        let m = self.meta;
+        let mut r = Record::new(event)
+            .session(m.id)
+            .workload(&m.workload)
+            .client(m.client)
+            .server(m.server)
+            .db(Db {
+                user: Some(m.db.user.clone()),
+                database: Some(m.db.database.clone()),
+                application_name: m.db.application_name.clone(),
+            });
+        if let Some(who) = &m.identity {
+            r = r.identity(who);
+        }
+        r
+    }
+
+    /// A record about a statement, with what the policy saw in it.
+    fn statement_record(&self, event: Event, sql: &str, decision: Decision, n: u64) -> Record {
+        let info = self.hooks().last_decision().unwrap_or_default();
+        let statement = self
+            .journal
+            .statement(sql)
+            .command(info.command)
+            .objects(info.objects);
+        let decision = if decision == Decision::Allow && info.masked {
+            Decision::Mask
+        } else {
+            decision
+        };
+        let mut r = self
+            .record(event)
+            .statement(statement)
+            .decision(decision)
+            .detail("statement_no", n);
+        if !info.policy_hash.is_empty() {
+            r = r.policy_hash(info.policy_hash);
+        }
+        r
+    }
+
+    fn denied_record(&self, sql: &str, rule: &str, code: &str, message: &str, n: u64) -> Record {
+        self.statement_record(Event::QueryDenied, sql, Decision::Deny, n)
+            .rule(rule)
+            .outcome(AuditOutcome::Failure)
+            .sqlstate(code)
+            .error(message)
     }
 
     /// Tells the client why the session ends, best effort.
@@ -78,6 +144,7 @@ pub async fn run(
         limits: shared.config.limits.wire(),
         client_w: tokio::sync::Mutex::new(client_w),
         strip_plus,
+        journal: &shared.audit,
     };
     let mut client_buf = rest;
     let mut server_buf = BytesMut::with_capacity(READ_CHUNK);
@@ -93,6 +160,17 @@ pub async fn run(
     {
         return Ok(());
     }
+    let started = std::time::Instant::now();
+    if let Err(e) = ctx.journal.append(ctx.record(Event::SessionStart)).await {
+        // Strict mode: no access without its record.
+        warn!(session = %meta.id, "session refused: the audit journal cannot be written: {e}");
+        ctx.fatal(
+            "58030",
+            &format!("pgwarden: the audit journal cannot be written ({e}); session refused"),
+        )
+        .await;
+        return Ok(());
+    }
     let front = frontend(&ctx, client_r, server_w, client_buf);
     let back = backend(&ctx, server_r, server_buf);
     tokio::pin!(front, back);
@@ -103,9 +181,60 @@ pub async fn run(
             Err(e) => Err(e),
         },
         r = &mut back => r,
+        () = shared.terminated() => {
+            ctx.fatal("57P01", "terminating connection due to administrator command (pgwarden is stopping)").await;
+            Ok(())
+        }
     };
     ctx.hooks().session_end();
+    let mut end = ctx.record(Event::SessionEnd).duration(started.elapsed());
+    end = match &result {
+        Ok(()) => end.outcome(AuditOutcome::Success),
+        Err(e) => end.outcome(AuditOutcome::Failure).error(e.to_string()),
+    };
+    let _ = ctx.journal.append(end).await;
     result
+}
+
+/// Commits the batch's audit records before the batch is sent. In strict mode they are on
+/// disk first; when the journal cannot be written, every statement of the batch is refused
+/// in place (SQLSTATE 58030) and nothing reaches the server.
+async fn commit(ctx: &Ctx<'_>, out: &mut [Bytes], items: &mut Vec<AuditItem>) {
+    if items.is_empty() {
+        return;
+    }
+    let handles: Vec<_> = items
+        .iter()
+        .map(|i| {
+            let j = ctx.journal.clone();
+            let r = i.record.clone();
+            tokio::spawn(async move { j.append(r).await })
+        })
+        .collect();
+    let mut failure = None;
+    for h in handles {
+        match h.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => failure = Some(e.to_string()),
+            Err(e) => failure = Some(e.to_string()),
+        }
+    }
+    if let Some(e) = failure {
+        warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, "refusing statements: the audit journal cannot be written: {e}");
+        let message =
+            format!("pgwarden: the audit journal cannot be written ({e}); statement refused");
+        let mut st = ctx.state();
+        for item in items.iter() {
+            if let Some((index, how)) = item.frame {
+                let token = st.deny(error_bytes("58030", &message));
+                out[index] = match how {
+                    RefuseAs::Query => encode::query(&token),
+                    RefuseAs::Execute => encode::parse("pgwarden_refused", &token),
+                };
+            }
+        }
+    }
+    items.clear();
 }
 
 /// Reads one frame from `r` into `buf`; `Ok(None)` at end of stream.
@@ -280,6 +409,7 @@ async fn frontend(
     mut buf: BytesMut,
 ) -> Result<(), SessionError> {
     let mut out: Vec<Bytes> = Vec::with_capacity(16);
+    let mut audits: Vec<AuditItem> = Vec::new();
     loop {
         loop {
             let frame = match next_frame(&mut buf, &ctx.limits, Side::Frontend) {
@@ -287,26 +417,29 @@ async fn frontend(
                 Ok(None) => break,
                 Err(e) => return Err(client_error(ctx, e).await),
             };
-            match on_frontend(ctx, frame, &mut out) {
+            match on_frontend(ctx, frame, &mut out, &mut audits) {
                 Ok(Step::Continue) => {}
                 Ok(Step::Terminate) => {
                     // Terminate: pass it on and stop reading.
+                    commit(ctx, &mut out, &mut audits).await;
                     write_batch(&mut w, &mut out).await?;
                     let _ = w.shutdown().await;
                     return Ok(());
                 }
                 Ok(Step::Hold(held)) => {
                     // Everything before the held message goes first; what follows waits.
+                    commit(ctx, &mut out, &mut audits).await;
                     write_batch(&mut w, &mut out).await?;
                     let Some(resolution) = hold(ctx, &held, &mut r, &mut buf).await? else {
                         let _ = w.shutdown().await;
                         return Ok(());
                     };
-                    release(ctx, held, &resolution, &mut out);
+                    release(ctx, held, &resolution, &mut out, &mut audits);
                 }
                 Err(e) => return Err(client_error(ctx, e).await),
             }
         }
+        commit(ctx, &mut out, &mut audits).await;
         write_batch(&mut w, &mut out).await?;
         buf.reserve(READ_CHUNK.min(ctx.limits.frontend_large));
         if r.read_buf(&mut buf).await? == 0 {
@@ -391,18 +524,20 @@ async fn hold(
     }
 }
 
-/// Sends a held message on, or pgwarden's refusal in its place.
+/// Sends a held message on, or pgwarden's refusal in its place, with its audit record.
 fn release(
     ctx: &Ctx<'_>,
     held: Held,
     resolution: &crate::approval::Resolution,
     out: &mut Vec<Bytes>,
+    audits: &mut Vec<AuditItem>,
 ) {
     use crate::approval::Resolution;
     let refusal = match resolution {
         Resolution::Approved { .. } => None,
         Resolution::Denied { by, comment } => Some((
             "42501",
+            "approval.denied",
             format!(
                 "pgwarden: approval.denied: {}: denied by {}{}",
                 held.rule.id,
@@ -414,6 +549,7 @@ fn release(
         )),
         Resolution::Expired => Some((
             "42501",
+            "approval.expired",
             format!(
                 "pgwarden: approval.expired: {}: no decision within {}s",
                 held.rule.id,
@@ -422,29 +558,55 @@ fn release(
         )),
         Resolution::Withdrawn { reason } => Some((
             "57014",
+            "approval.withdrawn",
             format!(
                 "canceling statement due to user request (pgwarden: approval request withdrawn: {reason})"
             ),
         )),
     };
+    let n = ctx.state().next_statement();
+    let record = match &refusal {
+        None => ctx
+            .statement_record(Event::Query, &held.sql, Decision::Allow, n)
+            .rule(held.rule.id.clone()),
+        Some((code, rule, message)) => ctx.denied_record(&held.sql, rule, code, message, n),
+    };
     let mut st = ctx.state();
     match (held.kind, refusal) {
         (HeldKind::Query, None) => {
+            audits.push(AuditItem {
+                record,
+                frame: Some((out.len(), RefuseAs::Query)),
+            });
             out.push(held.frame.bytes);
             st.segment_sent();
             st.expect(Pending::Query);
+            st.in_flight(n, true);
         }
-        (HeldKind::Query, Some((code, message))) => {
+        (HeldKind::Query, Some((code, _, message))) => {
+            audits.push(AuditItem {
+                record,
+                frame: None,
+            });
             let token = st.deny(error_bytes(code, &message));
             out.push(encode::query(&token));
             st.segment_sent();
             st.expect(Pending::Query);
         }
         (HeldKind::Execute(portal), None) => {
+            audits.push(AuditItem {
+                record,
+                frame: Some((out.len(), RefuseAs::Execute)),
+            });
             out.push(held.frame.bytes);
             st.expect(Pending::Execute(portal));
+            st.in_flight(n, false);
         }
-        (HeldKind::Execute(_), Some((code, message))) => {
+        (HeldKind::Execute(_), Some((code, _, message))) => {
+            audits.push(AuditItem {
+                record,
+                frame: None,
+            });
             // A Parse the server rejects: it reports the error and skips to Sync, as it would
             // for a failing Execute.
             let token = st.deny(error_bytes(code, &message));
@@ -471,15 +633,21 @@ async fn client_error(ctx: &Ctx<'_>, e: WireError) -> SessionError {
     SessionError::Client(e)
 }
 
-/// Handles one client frame.
-fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<Step, WireError> {
+/// Handles one client frame, noting the audit records the batch must commit first.
+fn on_frontend(
+    ctx: &Ctx<'_>,
+    frame: Frame,
+    out: &mut Vec<Bytes>,
+    audits: &mut Vec<AuditItem>,
+) -> Result<Step, WireError> {
     match frame.tag {
         b'Q' | b'P' | b'F' => {
             let msg = frontend::decode(&frame)?;
-            let (kind, sql, name) = match msg {
-                FrontendMsg::Query(sql) => (StatementKind::Query, sql, ""),
-                FrontendMsg::Parse { name, sql } => (StatementKind::Parse, sql, name),
-                _ => (StatementKind::FunctionCall, "", ""),
+            let (kind, sql, name, oid) = match msg {
+                FrontendMsg::Query(sql) => (StatementKind::Query, sql, "", 0),
+                FrontendMsg::Parse { name, sql } => (StatementKind::Parse, sql, name, 0),
+                FrontendMsg::FunctionCall { oid } => (StatementKind::FunctionCall, "", "", oid),
+                _ => (StatementKind::FunctionCall, "", "", 0),
             };
             let mut verdict = ctx.hooks().statement(&Statement { kind, sql, name });
             if let Verdict::Hold(rule) = &verdict
@@ -491,6 +659,46 @@ fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<Step
                 info!(session = %ctx.meta.id, rule = %rule.id, grant = grant.id, "statement passes under an open grant");
                 verdict = Verdict::Allow;
             }
+            let text = if kind == StatementKind::FunctionCall {
+                format!("<fast-path function call, oid {oid}>")
+            } else {
+                sql.to_owned()
+            };
+            let decision = match &verdict {
+                Verdict::Allow => "allow",
+                Verdict::Deny(_) => "deny",
+                Verdict::Hold(_) => "hold",
+            };
+            ctx.shared.metrics.statement(&ctx.meta.workload.0, decision);
+            if let Verdict::Hold(rule) = &verdict
+                && kind == StatementKind::Query
+            {
+                return Ok(Step::Hold(Held {
+                    frame,
+                    kind: HeldKind::Query,
+                    rule: Arc::clone(rule),
+                    sql: text,
+                }));
+            }
+            let n = ctx.state().next_statement();
+            match &verdict {
+                Verdict::Deny(d) => {
+                    audits.push(AuditItem {
+                        record: ctx.denied_record(&text, &d.rule, d.sqlstate, &d.message(), n),
+                        frame: None,
+                    });
+                }
+                // A Parse is recorded when its portals run.
+                _ if kind == StatementKind::Parse => {}
+                _ => {
+                    let record = ctx.statement_record(Event::Query, &text, Decision::Allow, n);
+                    audits.push(AuditItem {
+                        record,
+                        frame: Some((out.len(), RefuseAs::Query)),
+                    });
+                }
+            }
+            let denied = matches!(verdict, Verdict::Deny(_));
             let mut st = ctx.state();
             match verdict {
                 Verdict::Allow => {
@@ -498,16 +706,6 @@ fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<Step
                         st.parsed(name, sql);
                     }
                     out.push(frame.bytes.clone());
-                }
-                Verdict::Hold(rule) if kind == StatementKind::Query => {
-                    let sql = sql.to_owned();
-                    drop(st);
-                    return Ok(Step::Hold(Held {
-                        frame,
-                        kind: HeldKind::Query,
-                        rule,
-                        sql,
-                    }));
                 }
                 Verdict::Hold(rule) => {
                     // Extended protocol: the statement is prepared now and held when a portal
@@ -531,6 +729,9 @@ fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<Step
                 StatementKind::Query => {
                     st.segment_sent();
                     st.expect(Pending::Query);
+                    if !denied {
+                        st.in_flight(n, true);
+                    }
                 }
                 StatementKind::FunctionCall => {
                     st.segment_sent();
@@ -573,23 +774,39 @@ fn on_frontend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<Step
         b'E' => {
             if let FrontendMsg::Execute { portal, .. } = frontend::decode(&frame)? {
                 let portal = portal.to_owned();
-                let mut st = ctx.state();
-                if let Some((rule, sql)) = st.held_portal(&portal) {
-                    let grant = ctx
+                let (held, sql) = {
+                    let st = ctx.state();
+                    let sql = st
+                        .portal(&portal)
+                        .and_then(|p| st.statement(&p.statement))
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    (st.held_portal(&portal), sql)
+                };
+                if let Some((rule, held_sql)) = held
+                    && ctx
                         .shared
                         .approvals
-                        .grant_for(&ctx.meta.workload.0, &rule.id);
-                    if grant.is_none() {
-                        drop(st);
-                        return Ok(Step::Hold(Held {
-                            frame,
-                            kind: HeldKind::Execute(portal),
-                            rule,
-                            sql,
-                        }));
-                    }
+                        .grant_for(&ctx.meta.workload.0, &rule.id)
+                        .is_none()
+                {
+                    return Ok(Step::Hold(Held {
+                        frame,
+                        kind: HeldKind::Execute(portal),
+                        rule,
+                        sql: held_sql,
+                    }));
                 }
+                let n = ctx.state().next_statement();
+                // The decision was made at Parse; this records the access itself.
+                let record = ctx.statement_record(Event::Query, &sql, Decision::Allow, n);
+                audits.push(AuditItem {
+                    record,
+                    frame: Some((out.len(), RefuseAs::Execute)),
+                });
+                let mut st = ctx.state();
                 st.expect(Pending::Execute(portal));
+                st.in_flight(n, false);
             }
             out.push(frame.bytes);
         }
@@ -661,32 +878,51 @@ fn on_backend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), W
             out.push(frame.bytes);
         }
         b'C' => {
-            ctx.state().reply(b'C');
-            ctx.hooks()
-                .command_complete(backend::command_complete(&frame)?);
+            let tag = backend::command_complete(&frame)?;
+            let done = {
+                let mut st = ctx.state();
+                let done = st.finish(b'C', None, tag_rows(tag));
+                st.reply(b'C');
+                done
+            };
+            ctx.hooks().command_complete(tag);
+            finished(ctx, done);
             out.push(frame.bytes);
         }
         b'Z' => {
             let status = backend::ready_for_query(&frame)?;
-            let mut st = ctx.state();
-            st.reply(b'Z');
-            st.ready(status);
+            let done = {
+                let mut st = ctx.state();
+                let done = st.finish(b'Z', None, 0);
+                st.reply(b'Z');
+                st.ready(status);
+                done
+            };
+            finished(ctx, done);
             out.push(frame.bytes);
         }
         b'E' | b'N' => {
             let fields = backend::error_fields(&frame)?;
             let replaced = if frame.tag == b'E' {
-                let message = fields
-                    .iter()
-                    .find(|(c, _)| *c == b'M')
-                    .map_or("", |(_, m)| *m);
+                let field = |k: u8| fields.iter().find(|(c, _)| *c == k).map_or("", |(_, m)| *m);
+                let (code, message) = (field(b'C'), field(b'M'));
                 let mut st = ctx.state();
-                st.reply(b'E');
-                if st.has_markers() {
+                let ours = if st.has_markers() {
                     st.replace_error(message)
                 } else {
                     None
-                }
+                };
+                // A denial's record was written when it was decided; the server's own errors
+                // finish the statements they belong to.
+                let done = if ours.is_some() {
+                    Vec::new()
+                } else {
+                    st.finish(b'E', Some((code, message)), 0)
+                };
+                st.reply(b'E');
+                drop(st);
+                finished(ctx, done);
+                ours
             } else {
                 None
             };
@@ -702,10 +938,51 @@ fn on_backend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), W
             out.push(frame.bytes);
         }
         b'1' | b'2' | b'3' | b'n' | b'I' | b's' => {
-            ctx.state().reply(frame.tag);
+            let done = {
+                let mut st = ctx.state();
+                let done = if matches!(frame.tag, b'I' | b's') {
+                    st.finish(frame.tag, None, 0)
+                } else {
+                    Vec::new()
+                };
+                st.reply(frame.tag);
+                done
+            };
+            finished(ctx, done);
             out.push(frame.bytes);
         }
         _ => out.push(frame.bytes),
     }
     Ok(())
+}
+
+/// `query.done` records for statements the server finished: rows, outcome, duration and
+/// what was masked. Written without holding up the result stream.
+fn finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
+    for f in done {
+        let elapsed = f.started.elapsed();
+        ctx.shared.metrics.latency(elapsed);
+        let mut r = ctx
+            .record(Event::QueryDone)
+            .detail("statement_no", f.seq)
+            .rows(f.rows)
+            .duration(elapsed);
+        r = match &f.error {
+            None => r.outcome(AuditOutcome::Success),
+            Some((code, message)) => r
+                .outcome(AuditOutcome::Failure)
+                .sqlstate(code.clone())
+                .error(message.clone()),
+        };
+        let masked = ctx.hooks().take_masked();
+        let total: u64 = masked.iter().map(|m| m.count).sum();
+        ctx.shared.metrics.masked(&ctx.meta.workload.0, total);
+        for m in masked {
+            r = r.masked(m.column, m.method, m.count);
+        }
+        let journal = ctx.journal.clone();
+        tokio::spawn(async move {
+            let _ = journal.append(r).await;
+        });
+    }
 }

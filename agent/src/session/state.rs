@@ -43,6 +43,8 @@ pub struct ProtoState {
     marker_seq: u64,
     marker_prefix: String,
     pending: VecDeque<Pending>,
+    inflight: VecDeque<InFlight>,
+    statement_no: u64,
     /// Prepared statements whose execution needs approval.
     held: HashMap<String, Arc<crate::approval::Rule>>,
     statement_cols: HashMap<String, Arc<[Column]>>,
@@ -64,6 +66,8 @@ impl ProtoState {
             marker_prefix: marker_prefix.to_owned(),
             pending: VecDeque::new(),
             held: HashMap::new(),
+            inflight: VecDeque::new(),
+            statement_no: 0,
             statement_cols: HashMap::new(),
             portal_cols: HashMap::new(),
             streaming: false,
@@ -439,5 +443,102 @@ mod pending_tests {
         );
         s.reply(b'Z');
         assert!(s.pending.is_empty());
+    }
+}
+
+/// A Query or Execute on its way: what its `query.done` record will say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    /// The seq of its `query` record (0: not recorded).
+    pub seq: u64,
+    /// When it was sent.
+    pub started: std::time::Instant,
+    /// Rows from its command tags.
+    pub rows: u64,
+    /// Its error: SQLSTATE and message.
+    pub error: Option<(String, String)>,
+    /// Whether it is a simple Query (results until ReadyForQuery) or an Execute.
+    pub query: bool,
+}
+
+/// The row count a command tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`, `COPY 7`).
+pub fn tag_rows(tag: &str) -> u64 {
+    tag.rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+impl ProtoState {
+    /// The next statement number of this session (audit records pair `query` and
+    /// `query.done` by it).
+    pub fn next_statement(&mut self) -> u64 {
+        self.statement_no += 1;
+        self.statement_no
+    }
+
+    /// A Query or Execute was sent (call with its `expect`).
+    pub fn in_flight(&mut self, seq: u64, query: bool) {
+        self.inflight.push_back(InFlight {
+            seq,
+            started: std::time::Instant::now(),
+            rows: 0,
+            error: None,
+            query,
+        });
+    }
+
+    /// A reply that may finish in-flight statements; returns the finished ones.
+    pub fn finish(&mut self, tag: u8, detail: Option<(&str, &str)>, rows: u64) -> Vec<InFlight> {
+        let mut done = Vec::new();
+        let front_query = self.inflight.front().is_some_and(|f| f.query);
+        match tag {
+            b'C' | b'I' | b's' => {
+                if let Some(f) = self.inflight.front_mut() {
+                    f.rows += rows;
+                    if !f.query
+                        && let Some(f) = self.inflight.pop_front()
+                    {
+                        done.push(f);
+                    }
+                }
+            }
+            b'E' => {
+                let error = detail.map(|(c, m)| (c.to_owned(), m.to_owned()));
+                if front_query {
+                    if let Some(f) = self.inflight.front_mut() {
+                        f.error = error;
+                    }
+                } else {
+                    // Extended protocol: the failing Execute and every one skipped up to Sync.
+                    let skipped = self
+                        .pending
+                        .iter()
+                        .filter(|p| matches!(p, Pending::Execute(_)))
+                        .count();
+                    for i in 0..skipped.max(1) {
+                        let Some(mut f) = self.inflight.pop_front() else {
+                            break;
+                        };
+                        f.error = Some(if i == 0 {
+                            error.clone().unwrap_or_default()
+                        } else {
+                            (
+                                "XX000".into(),
+                                "skipped after an earlier error in the same batch".into(),
+                            )
+                        });
+                        done.push(f);
+                    }
+                }
+            }
+            b'Z' => {
+                if front_query && let Some(f) = self.inflight.pop_front() {
+                    done.push(f);
+                }
+            }
+            _ => {}
+        }
+        done
     }
 }

@@ -66,7 +66,7 @@ impl Frame {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     /// Longer than the limit for its type.
-    #[error("message '{tag}' of {len} bytes exceeds the limit of {max} bytes", tag = char::from(*.tag))]
+    #[error("{what} of {len} bytes exceeds the limit of {max} bytes", what = what(*.tag))]
     TooLong {
         /// Type byte (0 for the startup packet).
         tag: u8,
@@ -76,7 +76,7 @@ pub enum WireError {
         max: usize,
     },
     /// A length field below its minimum.
-    #[error("message '{tag}' declares an impossible length {len}", tag = char::from(*.tag))]
+    #[error("{what} declares an impossible length {len}", what = what(*.tag))]
     BadLength {
         /// Type byte.
         tag: u8,
@@ -89,6 +89,16 @@ pub enum WireError {
     /// A body that does not parse.
     #[error("malformed message: {0}")]
     Malformed(&'static str),
+}
+
+/// How errors name a message: tag 0 is the untyped startup packet (a NUL must not reach a log
+/// line or an ErrorResponse).
+fn what(tag: u8) -> String {
+    if tag == 0 {
+        "startup packet".to_owned()
+    } else {
+        format!("message '{}'", char::from(tag))
+    }
 }
 
 fn known(side: Side, tag: u8) -> bool {
@@ -167,6 +177,21 @@ mod tests {
             assert_eq!(got[0].body(), b"select 1\0");
             assert!(buf.is_empty());
         }
+    }
+
+    #[test]
+    fn errors_name_the_startup_packet_without_a_nul() {
+        let e = WireError::TooLong {
+            tag: 0,
+            len: 70_000,
+            max: 10_000,
+        };
+        assert_eq!(
+            e.to_string(),
+            "startup packet of 70000 bytes exceeds the limit of 10000 bytes"
+        );
+        let e = WireError::BadLength { tag: b'Q', len: 3 };
+        assert_eq!(e.to_string(), "message 'Q' declares an impossible length 3");
     }
 
     #[test]

@@ -1,0 +1,276 @@
+//! `pgwarden audit …`: `tail`, `replay`, `verify`, and the hidden `write-sample` test aid.
+//! The journal is found with `--file`, else the `audit.path` of `--config`, else the default
+//! `/var/log/pgwarden/audit.jsonl`.
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use super::tail::{self, Filter, Style, TailOptions};
+use super::{AuditConfig, AuditError, AuditMode, Journal, verify, writer};
+use crate::config::Config;
+
+/// The `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print journal records, oldest first; `-f` keeps printing new ones.
+    Tail {
+        /// Follow appends (and rotation).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Print the stored JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Only the last N matching records (default 10; all with --since).
+        #[arg(short = 'n', long = "lines")]
+        lines: Option<usize>,
+        /// Every matching record.
+        #[arg(long, conflicts_with = "lines")]
+        all: bool,
+        /// Only this workload.
+        #[arg(long)]
+        workload: Option<String>,
+        /// Only this decision: allow, deny, mask, hold.
+        #[arg(long, value_parser = ["allow", "deny", "mask", "hold"])]
+        decision: Option<String>,
+        /// Only this session id.
+        #[arg(long)]
+        session: Option<String>,
+        /// Not before: an RFC 3339 time, a date, or a span ago (15m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// The journal file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Configuration file giving `audit.path`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// A session's statements in order, with offsets from its start.
+    Replay {
+        /// Session id (16 hex digits, as `pgwarden status` shows it).
+        session: String,
+        /// The journal file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Configuration file giving `audit.path`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check the hash chain; exits non-zero on the first break.
+    Verify {
+        /// Journal files in any order (default: the configured file and its rotated siblings).
+        paths: Vec<PathBuf>,
+        /// Configuration file giving `audit.path`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Test aid: append COUNT sample records through the real journal writer.
+    #[command(hide = true)]
+    WriteSample {
+        /// The journal file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Configuration file whose `audit:` section to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Records to append.
+        #[arg(long, default_value_t = 10)]
+        count: u64,
+        /// Workload name in the records.
+        #[arg(long, default_value = "sample")]
+        workload: String,
+        /// First sample number (sessions are numbered from it / 5).
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// Durability mode.
+        #[arg(long, value_parser = ["strict", "async"])]
+        mode: Option<String>,
+        /// Rotation size.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// Rotated files kept.
+        #[arg(long)]
+        keep_files: Option<usize>,
+        /// Checkpoint every N records.
+        #[arg(long)]
+        checkpoint_every: Option<u64>,
+        /// Mirror to journald (off unless given or set in --config).
+        #[arg(long)]
+        journald: bool,
+        /// journald's socket.
+        #[arg(long)]
+        journald_socket: Option<PathBuf>,
+        /// Keep literals in statement text.
+        #[arg(long)]
+        keep_literals: bool,
+    },
+}
+
+fn audit_config(config: Option<&PathBuf>) -> anyhow::Result<AuditConfig> {
+    Ok(match config {
+        Some(c) => Config::load(c)?.audit,
+        None => AuditConfig::default(),
+    })
+}
+
+fn journal_path(file: Option<PathBuf>, config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match file {
+        Some(f) => f,
+        None => audit_config(config)?.path,
+    })
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Runs one `audit` subcommand.
+pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+    match cmd {
+        AuditCommand::Tail {
+            follow,
+            json,
+            lines,
+            all,
+            workload,
+            decision,
+            session,
+            since,
+            file,
+            config,
+        } => {
+            let path = journal_path(file, config.as_ref())?;
+            let since = since
+                .map(|s| tail::parse_since(&s, now_micros()))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let last = match (all, lines) {
+                (true, _) => None,
+                (false, Some(n)) => Some(n),
+                (false, None) if since.is_some() => None,
+                (false, None) => Some(10),
+            };
+            let opts = TailOptions {
+                path,
+                filter: Filter {
+                    workload,
+                    decision,
+                    session,
+                    since,
+                },
+                last,
+                follow,
+                style: Style::for_stdout(json),
+                poll: std::time::Duration::from_millis(200),
+            };
+            tokio::task::spawn_blocking(move || {
+                let stdout = std::io::stdout();
+                let mut out = stdout.lock();
+                tail::tail(&opts, &mut out)
+            })
+            .await??;
+            Ok(())
+        }
+        AuditCommand::Replay {
+            session,
+            file,
+            config,
+        } => {
+            let path = journal_path(file, config.as_ref())?;
+            let mut out = std::io::stdout().lock();
+            let n = tail::replay(&path, &session, &mut out)?;
+            anyhow::ensure!(
+                n > 0,
+                "no record of session {session} in {} or its rotated files",
+                path.display()
+            );
+            Ok(())
+        }
+        AuditCommand::Verify {
+            paths,
+            config,
+            json,
+        } => {
+            let paths = if paths.is_empty() {
+                let path = journal_path(None, config.as_ref())?;
+                let found = verify::default_paths(&path);
+                anyhow::ensure!(!found.is_empty(), "{}: no journal there", path.display());
+                found
+            } else {
+                paths
+            };
+            let report = tokio::task::spawn_blocking(move || verify::verify(&paths)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            match &report.failure {
+                None => Ok(()),
+                Some(f) => anyhow::bail!(
+                    "audit journal verification FAILED: {} at seq {}",
+                    f.kind,
+                    f.seq
+                ),
+            }
+        }
+        AuditCommand::WriteSample {
+            file,
+            config,
+            count,
+            workload,
+            start,
+            mode,
+            max_bytes,
+            keep_files,
+            checkpoint_every,
+            journald,
+            journald_socket,
+            keep_literals,
+        } => {
+            let mut cfg = audit_config(config.as_ref())?;
+            cfg.journald = cfg.journald && config.is_some() || journald;
+            if let Some(f) = file {
+                cfg.path = f;
+            }
+            if let Some(m) = mode {
+                cfg.mode = if m == "async" {
+                    AuditMode::Async
+                } else {
+                    AuditMode::Strict
+                };
+            }
+            cfg.max_bytes = max_bytes.unwrap_or(cfg.max_bytes);
+            cfg.keep_files = keep_files.unwrap_or(cfg.keep_files);
+            cfg.checkpoint_every = checkpoint_every.unwrap_or(cfg.checkpoint_every);
+            cfg.journald_socket = journald_socket.unwrap_or(cfg.journald_socket);
+            cfg.keep_literals = cfg.keep_literals || keep_literals;
+            let journal = Journal::open(&cfg)?;
+            let mut dropped = 0;
+            for i in start..start + count {
+                let rec = writer::sample_record(i, &workload, cfg.keep_literals);
+                match journal.append(rec).await {
+                    Ok(_) => {}
+                    Err(AuditError::Dropped { .. }) => dropped += 1,
+                    Err(e) => return Err(e).context("append"),
+                }
+            }
+            let j = journal.clone();
+            tokio::task::spawn_blocking(move || j.close()).await?;
+            let status = journal.status();
+            println!("{}", serde_json::to_string(&status)?);
+            anyhow::ensure!(
+                status.last_error.is_none() || dropped > 0,
+                "the journal reported: {}",
+                status.last_error.unwrap_or_default()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! The audit journal (PCI DSS Req 10): every session, statement, decision and approval as a
+//! hash-chained JSON line, fsynced, rotated, mirrored to journald, tailed and verified.
+//!
+//! Writing: open a [`Journal`] from the config's [`AuditConfig`], build records with
+//! [`Record::new`] and its builder methods, and `append` them:
+//!
+//! ```no_run
+//! # async fn example(cfg: &pgwarden::config::AuditConfig) -> Result<(), pgwarden::audit::AuditError> {
+//! use pgwarden::audit::{Decision, Event, Journal, Record};
+//! let journal = Journal::open(cfg)?;
+//! let seq = journal
+//!     .append(
+//!         Record::new(Event::Query)
+//!             .session("00000000000000ab")
+//!             .workload("payments-mcp")
+//!             .statement(journal.statement("SELECT * FROM payments WHERE id = 7"))
+//!             .decision(Decision::Allow)
+//!             .rule("read.payments"),
+//!     )
+//!     .await?; // strict mode: an Err means "refuse the statement"
+//! # let _ = seq; Ok(()) }
+//! ```
+//!
+//! The record format and the canonical form `hash` covers are in [`record`]; statement text
+//! and card-number scrubbing in [`redact`]; the chain checks in [`verify`]; the writer
+//! (group commit, recovery, rotation, checkpoints) in [`writer`]; the mirror in
+//! [`journald`]; `pgwarden audit tail|replay|verify` in [`tail`] and [`cmd`].
+pub mod cmd;
+pub mod journald;
+pub mod record;
+pub mod redact;
+pub mod tail;
+pub mod verify;
+pub mod writer;
+
+pub use crate::config::{AuditConfig, AuditMode};
+pub use record::{
+    Actor, Db, Decision, Endpoint, Event, GENESIS_HASH, Masked, Outcome, Record, Statement,
+};
+pub use writer::{AuditError, AuditStatus, Journal};

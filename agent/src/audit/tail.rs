@@ -1,0 +1,599 @@
+//! Reading the journal for people: `pgwarden audit tail` (filtered, one line per event or the
+//! stored JSON, following appends and rotation) and `pgwarden audit replay` (one session's
+//! statements in order, with offsets from its start).
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read as _, Seek as _, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::record::{Decision, Event, Record, one_line, parse_time};
+use super::writer::rotated_files;
+
+/// Which records to show.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Workload name.
+    pub workload: Option<String>,
+    /// Decision (`allow`, `deny`, `mask`, `hold`).
+    pub decision: Option<String>,
+    /// Session id.
+    pub session: Option<String>,
+    /// Not before, microseconds since the epoch.
+    pub since: Option<i64>,
+}
+
+impl Filter {
+    /// Whether `rec` passes.
+    pub fn matches(&self, rec: &Record) -> bool {
+        self.workload
+            .as_ref()
+            .is_none_or(|w| rec.workload.as_ref() == Some(w))
+            && self
+                .decision
+                .as_ref()
+                .is_none_or(|d| rec.decision.is_some_and(|x| x.as_str() == d))
+            && self
+                .session
+                .as_ref()
+                .is_none_or(|s| rec.session_id.as_ref() == Some(s))
+            && self
+                .since
+                .is_none_or(|t| parse_time(&rec.time).is_some_and(|r| r >= t))
+    }
+}
+
+/// `--since`: an RFC 3339 time, a date (`2026-11-25`, UTC), or a span ago (`90s`, `15m`,
+/// `2h`, `7d`). Returns microseconds since the epoch.
+pub fn parse_since(text: &str, now_micros: i64) -> Result<i64, String> {
+    if let Some(t) = parse_time(text) {
+        return Ok(t);
+    }
+    let (num, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = num.parse().map_err(|_| {
+        format!("--since {text}: use an RFC 3339 time, a date, or e.g. 15m, 2h, 7d")
+    })?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("--since {text}: the unit is one of s, m, h, d")),
+    };
+    Ok(now_micros - secs * 1_000_000)
+}
+
+/// The chain's files, oldest first: rotated siblings (highest number first), then `path`.
+pub fn chain_paths(path: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = rotated_files(path).into_iter().rev().map(|x| x.1).collect();
+    v.push(path.to_owned());
+    v
+}
+
+/// The records of one file with their stored lines; lines that are not records are skipped.
+pub fn read_records(path: &Path) -> io::Result<Vec<(String, Record)>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(parse_lines(&b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// How to print.
+#[derive(Clone, Copy, Debug)]
+pub struct Style {
+    /// Print the stored JSON lines.
+    pub json: bool,
+    /// ANSI colours.
+    pub colour: bool,
+}
+
+impl Style {
+    /// Colours when stdout is a terminal and `NO_COLOR` is not set.
+    pub fn for_stdout(json: bool) -> Self {
+        Self {
+            json,
+            colour: std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::env::var_os("NO_COLOR").is_none(),
+        }
+    }
+
+    fn print(self, out: &mut dyn Write, line: &str, rec: &Record) -> io::Result<()> {
+        if self.json {
+            writeln!(out, "{line}")
+        } else {
+            writeln!(out, "{}", render(rec, self.colour))
+        }
+    }
+}
+
+const RESET: &str = "\x1b[0m";
+
+fn paint(colour: bool, code: &str, text: &str) -> String {
+    if colour {
+        format!("\x1b[{code}m{text}{RESET}")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// One readable line: time, seq, event, workload, decision, rule, pid/exe, and the
+/// statement (or what else the event carries), truncated.
+pub fn render(rec: &Record, colour: bool) -> String {
+    let event_colour = match rec.event {
+        Event::QueryDenied | Event::ApprovalDenied => "31",
+        Event::AuditGap => "1;33",
+        Event::ApprovalRequested | Event::ApprovalExpired | Event::ApprovalWithdrawn => "33",
+        Event::ApprovalGranted => "32",
+        Event::SessionStart | Event::SessionEnd | Event::AgentStart | Event::AgentStop => "1",
+        _ => "0",
+    };
+    let decision = rec.decision.map_or("-".to_owned(), |d| d.to_string());
+    let decision_colour = match rec.decision {
+        Some(Decision::Deny) => "1;31",
+        Some(Decision::Hold) => "33",
+        Some(Decision::Mask) => "36",
+        Some(Decision::Allow) => "32",
+        None => "2",
+    };
+    let mut s = format!(
+        "{} {:>7} {} {:<16} {} {:<20}",
+        paint(colour, "2", &rec.time),
+        rec.seq,
+        paint(colour, event_colour, &format!("{:<18}", rec.event.as_str())),
+        rec.workload.as_deref().unwrap_or("-"),
+        paint(colour, decision_colour, &format!("{decision:<5}")),
+        rec.rule.as_deref().unwrap_or("-"),
+    );
+    if let Some(a) = &rec.actor {
+        let _ = write!(
+            s,
+            " pid={} {}",
+            a.pid.map_or("-".into(), |p| p.to_string()),
+            a.exe.as_deref().or(a.comm.as_deref()).unwrap_or("-")
+        );
+    }
+    let what = what(rec);
+    if !what.is_empty() {
+        s.push_str("  ");
+        s.push_str(&what);
+    }
+    s
+}
+
+/// The event-specific part of a line.
+fn what(rec: &Record) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(r) = rec.rows {
+        parts.push(format!("rows={r}"));
+    }
+    if let Some(d) = rec.duration_us {
+        parts.push(duration(d));
+    }
+    if let Some(o) = rec.outcome {
+        parts.push(format!("{o:?}").to_lowercase());
+    }
+    if let Some(c) = &rec.sqlstate {
+        parts.push(format!("sqlstate={c}"));
+    }
+    if rec.event == Event::SessionStart {
+        if let (Some(c), Some(sv)) = (&rec.client, &rec.server) {
+            parts.push(format!("{c} -> {sv}"));
+        }
+        if let Some(db) = &rec.db {
+            parts.push(format!(
+                "{}@{}",
+                db.user.as_deref().unwrap_or("?"),
+                db.database.as_deref().unwrap_or("?")
+            ));
+        }
+    }
+    for m in &rec.masked {
+        parts.push(format!("masked {}:{}x{}", m.column, m.method, m.count));
+    }
+    if let Some(st) = &rec.statement {
+        parts.push(one_line(&st.text, 120));
+    } else if let Some(e) = &rec.error {
+        parts.push(one_line(e, 120));
+    } else if !rec.detail.is_empty() {
+        parts.push(one_line(
+            &serde_json::Value::Object(rec.detail.clone()).to_string(),
+            120,
+        ));
+    }
+    parts.join(" ")
+}
+
+/// `1.500ms`, `2.345s`, `120us`.
+pub fn duration(us: u64) -> String {
+    match us {
+        0..1000 => format!("{us}us"),
+        1000..1_000_000 => format!("{:.3}ms", us as f64 / 1e3),
+        _ => format!("{:.3}s", us as f64 / 1e6),
+    }
+}
+
+/// `pgwarden audit tail`.
+pub struct TailOptions {
+    /// The journal file (its rotated siblings are read too, newest first, as needed).
+    pub path: PathBuf,
+    /// Filters.
+    pub filter: Filter,
+    /// The last N matching records; `None`: all.
+    pub last: Option<usize>,
+    /// Keep printing as records are appended (and across rotation).
+    pub follow: bool,
+    /// How to print.
+    pub style: Style,
+    /// Poll interval when following.
+    pub poll: Duration,
+}
+
+/// Runs `tail` until done (or, following, until the output goes away).
+///
+/// Following is driven by `seq`: only records past the last one seen are printed, so a
+/// record is printed once however the files move. On rotation the old file is read to its
+/// end, then the rotated files newer than it (several rotations may happen between two
+/// polls), then the new file.
+pub fn tail(opts: &TailOptions, out: &mut dyn Write) -> io::Result<()> {
+    // The current file first, through the handle we go on following with.
+    let mut current = match File::open(&opts.path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && opts.follow => None,
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", opts.path.display()),
+            ));
+        }
+    };
+    let mut text = Vec::new();
+    if let Some(f) = &mut current {
+        f.read_to_end(&mut text)?;
+    }
+    // A last line without its newline yet is left for following.
+    let complete = text.iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1);
+    let mut partial = text.split_off(complete);
+    let mut last_seq = 0;
+    let keep = |recs: Vec<(String, Record)>, last_seq: &mut u64| -> Vec<(String, Record)> {
+        *last_seq = recs.iter().map(|r| r.1.seq).fold(*last_seq, u64::max);
+        recs.into_iter()
+            .filter(|(_, r)| opts.filter.matches(r))
+            .collect()
+    };
+    let mut shown = keep(parse_lines(&text), &mut last_seq);
+    // Older files, newest first, until we have enough.
+    for (_, rotated) in rotated_files(&opts.path) {
+        if opts.last.is_some_and(|n| shown.len() >= n) {
+            break;
+        }
+        let mut older = keep(read_records(&rotated)?, &mut last_seq);
+        older.append(&mut shown);
+        shown = older;
+    }
+    let skip = opts.last.map_or(0, |n| shown.len().saturating_sub(n));
+    for (line, rec) in &shown[skip..] {
+        if opts.style.print(out, line, rec).is_err() {
+            return Ok(());
+        }
+    }
+    out.flush()?;
+    if !opts.follow {
+        return Ok(());
+    }
+    // Prints the records past `last_seq` that pass the filter; false when the output went
+    // away.
+    let emit = |recs: Vec<(String, Record)>, last_seq: &mut u64, out: &mut dyn Write| -> bool {
+        for (line, rec) in recs {
+            if rec.seq <= *last_seq {
+                continue;
+            }
+            *last_seq = rec.seq;
+            if opts.filter.matches(&rec) && opts.style.print(out, &line, &rec).is_err() {
+                return false;
+            }
+        }
+        out.flush().is_ok()
+    };
+    // The complete lines of `partial` (an unfinished last line stays in it).
+    let complete_lines = |partial: &mut Vec<u8>| -> Vec<(String, Record)> {
+        let complete = partial
+            .iter()
+            .rposition(|&c| c == b'\n')
+            .map_or(0, |p| p + 1);
+        let rest = partial.split_off(complete);
+        let recs = parse_lines(partial);
+        *partial = rest;
+        recs
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut got = false;
+        if let Some(f) = &mut current {
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                got = true;
+                partial.extend_from_slice(&buf[..n]);
+            }
+        }
+        if got {
+            if !emit(complete_lines(&mut partial), &mut last_seq, out) {
+                return Ok(());
+            }
+            continue;
+        }
+        match (std::fs::metadata(&opts.path), &mut current) {
+            (Ok(m), Some(f)) => {
+                let fm = f.metadata()?;
+                if m.ino() != fm.ino() || m.dev() != fm.dev() {
+                    // Rotated: the old file to its end (the writer is done with it)...
+                    f.read_to_end(&mut partial)?;
+                    if !emit(complete_lines(&mut partial), &mut last_seq, out) {
+                        return Ok(());
+                    }
+                    partial.clear();
+                    let next = File::open(&opts.path).ok();
+                    // ...the rotated files newer than it, oldest first...
+                    let mut newer = Vec::new();
+                    for (_, p) in rotated_files(&opts.path) {
+                        let recs = read_records(&p)?;
+                        let first = recs.first().map_or(u64::MAX, |r| r.1.seq);
+                        newer.push(recs);
+                        if first <= last_seq + 1 {
+                            break;
+                        }
+                    }
+                    for recs in newer.into_iter().rev() {
+                        if !emit(recs, &mut last_seq, out) {
+                            return Ok(());
+                        }
+                    }
+                    // ...then the new file, from its start.
+                    current = next;
+                    continue;
+                }
+                if m.len() < f.stream_position()? {
+                    f.seek(SeekFrom::Start(0))?;
+                    partial.clear();
+                    continue;
+                }
+            }
+            (Ok(_), None) => {
+                current = File::open(&opts.path).ok();
+                continue;
+            }
+            (Err(_), _) => {}
+        }
+        std::thread::sleep(opts.poll);
+    }
+}
+
+/// The records among `text`'s lines, with the lines as stored.
+fn parse_lines(text: &[u8]) -> Vec<(String, Record)> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .filter_map(|l| Some((l.to_owned(), serde_json::from_str(l).ok()?)))
+        .collect()
+}
+
+/// `pgwarden audit replay`: the records of `session` across the chain of `path`, in order.
+pub fn replay(path: &Path, session: &str, out: &mut impl Write) -> io::Result<usize> {
+    let mut recs: Vec<Record> = Vec::new();
+    for p in chain_paths(path) {
+        recs.extend(
+            read_records(&p)?
+                .into_iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.session_id.as_deref() == Some(session)),
+        );
+    }
+    if recs.is_empty() {
+        return Ok(0);
+    }
+    recs.sort_by_key(|r| r.seq);
+    let start_rec = recs
+        .iter()
+        .find(|r| r.event == Event::SessionStart)
+        .unwrap_or(&recs[0]);
+    let start = parse_time(&start_rec.time).unwrap_or(0);
+    writeln!(
+        out,
+        "session {session}  workload {}",
+        start_rec.workload.as_deref().unwrap_or("-")
+    )?;
+    if let Some(a) = &start_rec.actor {
+        writeln!(
+            out,
+            "  actor   pid {} uid {} ({}) exe {} cgroup {}",
+            a.pid.map_or("-".into(), |p| p.to_string()),
+            a.uid.map_or("-".into(), |p| p.to_string()),
+            a.user.as_deref().unwrap_or("-"),
+            a.exe.as_deref().unwrap_or("-"),
+            a.cgroup.as_deref().unwrap_or("-"),
+        )?;
+    }
+    if let (Some(c), Some(s)) = (&start_rec.client, &start_rec.server) {
+        writeln!(out, "  client  {c} -> server {s}")?;
+    }
+    if let Some(db) = &start_rec.db {
+        writeln!(
+            out,
+            "  db      user {} database {} application {}",
+            db.user.as_deref().unwrap_or("-"),
+            db.database.as_deref().unwrap_or("-"),
+            db.application_name.as_deref().unwrap_or("-")
+        )?;
+    }
+    writeln!(out, "  started {}", start_rec.time)?;
+    let (mut allowed, mut denied, mut held) = (0, 0, 0);
+    for r in &recs {
+        let offset = parse_time(&r.time).map_or(0, |t| t - start);
+        let sign = if offset < 0 { "-" } else { "+" };
+        let mut line = format!(
+            "  {sign}{:.6}s  #{:<7} {:<18}",
+            offset.unsigned_abs() as f64 / 1e6,
+            r.seq,
+            r.event.as_str()
+        );
+        let _ = write!(
+            line,
+            " {:<5} {:<20}",
+            r.decision.map_or("-", Decision::as_str),
+            r.rule.as_deref().unwrap_or("-")
+        );
+        match r.decision {
+            Some(Decision::Deny) => denied += 1,
+            Some(Decision::Hold) => held += 1,
+            Some(Decision::Allow | Decision::Mask) => allowed += 1,
+            None => {}
+        }
+        let w = what(r);
+        if !w.is_empty() {
+            let _ = write!(line, "  {w}");
+        }
+        writeln!(out, "{line}")?;
+    }
+    writeln!(
+        out,
+        "  {} record(s): {allowed} allowed, {denied} denied, {held} held",
+        recs.len()
+    )?;
+    Ok(recs.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditConfig, Journal};
+
+    fn sample(dir: &Path, n: u64) -> PathBuf {
+        let c = AuditConfig {
+            path: dir.join("audit.jsonl"),
+            journald: false,
+            checkpoint_every: 0,
+            checkpoint_seconds: 0,
+            max_bytes: 4096,
+            ..AuditConfig::default()
+        };
+        let j = Journal::open(&c).unwrap();
+        for i in 0..n {
+            j.append_blocking(crate::audit::writer::sample_record(
+                i,
+                if i < 10 { "a" } else { "b" },
+                false,
+            ))
+            .unwrap();
+        }
+        c.path
+    }
+
+    #[test]
+    fn tail_filters_and_reaches_into_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path(), 40);
+        assert!(!rotated_files(&path).is_empty());
+        let run = |filter: Filter, last: Option<usize>, json: bool| {
+            let mut out = Vec::new();
+            tail(
+                &TailOptions {
+                    path: path.clone(),
+                    filter,
+                    last,
+                    follow: false,
+                    style: Style {
+                        json,
+                        colour: false,
+                    },
+                    poll: Duration::from_millis(10),
+                },
+                &mut out,
+            )
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let all = run(Filter::default(), None, true);
+        let seqs: Vec<u64> = all
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+        assert_eq!(run(Filter::default(), Some(3), true).lines().count(), 3);
+        let denied = run(
+            Filter {
+                decision: Some("deny".into()),
+                workload: Some("a".into()),
+                ..Filter::default()
+            },
+            None,
+            false,
+        );
+        assert_eq!(denied.lines().count(), 2, "{denied}");
+        assert!(denied.contains("query.denied"), "{denied}");
+        assert!(denied.contains("class.write"), "{denied}");
+        assert!(
+            denied.contains("UPDATE payments SET card_number = $1 WHERE id = $2"),
+            "{denied}"
+        );
+        assert!(!denied.contains('\x1b'));
+        let one = run(
+            Filter {
+                session: Some(format!("{:016x}", 0x5a00_0000_0000_0001u64)),
+                ..Filter::default()
+            },
+            None,
+            true,
+        );
+        assert_eq!(one.lines().count(), 5);
+    }
+
+    #[test]
+    fn replay_lists_a_session_in_order_with_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path(), 15);
+        let mut out = Vec::new();
+        let n = replay(
+            &path,
+            &format!("{:016x}", 0x5a00_0000_0000_0002u64),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(n, 5, "{text}");
+        assert!(
+            text.contains("client  127.0.0.1:40000 -> server 127.0.0.1:5432"),
+            "{text}"
+        );
+        let pos = |s: &str| text.find(s).unwrap_or_else(|| panic!("{s} in {text}"));
+        assert!(pos("session.start") < pos("query ") && pos("query ") < pos("query.done"));
+        assert!(text.contains("+0.0"), "{text}");
+        assert!(text.contains("1 allowed, 1 denied, 0 held"), "{text}");
+        assert_eq!(replay(&path, "nope", &mut Vec::new()).unwrap(), 0);
+    }
+
+    #[test]
+    fn since_accepts_times_dates_and_spans() {
+        let now = parse_time("2026-11-25T05:00:00Z").unwrap();
+        assert_eq!(parse_since("15m", now).unwrap(), now - 900_000_000);
+        assert_eq!(
+            parse_since("2026-11-25", now).unwrap(),
+            now - 5 * 3_600_000_000
+        );
+        assert!(parse_since("soon", now).is_err());
+        assert!(parse_since("5y", now).is_err());
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration(120), "120us");
+        assert_eq!(duration(1500), "1.500ms");
+        assert_eq!(duration(2_345_000), "2.345s");
+    }
+}
