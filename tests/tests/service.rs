@@ -346,10 +346,22 @@ fn status_and_metrics_describe_a_live_session() {
     let control = dir.path().join("control.sock");
     let pin_dir = Path::new("/sys/fs/bpf").join(unique_name("pgwarden-e2e-metrics"));
     let metrics_port = free_port();
-    let yaml = format!("{}metrics:\n  listen: 127.0.0.1:{metrics_port}\n", config(&pg, &cg, &control, &pin_dir));
+    let yaml = format!(
+        "{}metrics:\n  listen: 127.0.0.1:{metrics_port}\n",
+        config(&pg, &cg, &control, &pin_dir)
+    );
     let agent = Agent::start(&yaml, &control);
     let child = in_cgroup(&cg.path, pg_bin("psql").to_str().unwrap())
-        .args(["-X", "-At", "-c", "select 1", "-c", "delete from pg_class", "-c", "select pg_sleep(2)"])
+        .args([
+            "-X",
+            "-At",
+            "-c",
+            "select 1",
+            "-c",
+            "delete from pg_class",
+            "-c",
+            "select pg_sleep(2)",
+        ])
         .arg(pg.url("127.0.0.1"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -365,13 +377,32 @@ fn status_and_metrics_describe_a_live_session() {
         std::thread::sleep(Duration::from_millis(50));
     };
     // Health: programs, pins, listener, policy hash, audit state.
-    let programs: Vec<&str> = status["attached"].as_array().unwrap().iter().filter_map(|a| a["program"].as_str()).collect();
-    for p in ["connect4", "connect6", "sock_ops", "getpeername4", "cgroup_mkdir"] {
+    let programs: Vec<&str> = status["attached"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["program"].as_str())
+        .collect();
+    for p in [
+        "connect4",
+        "connect6",
+        "sock_ops",
+        "getpeername4",
+        "cgroup_mkdir",
+    ] {
         assert!(programs.contains(&p), "{p} not attached: {status:#}");
     }
     assert!(pin_dir.join("link_connect4").exists());
-    assert_eq!(status["policy"]["files"][0]["sha256"].as_str().map(str::len), Some(64));
-    assert!(status["audit"]["last_seq"].as_u64().unwrap() >= 2, "{status:#}");
+    assert_eq!(
+        status["policy"]["files"][0]["sha256"]
+            .as_str()
+            .map(str::len),
+        Some(64)
+    );
+    assert!(
+        status["audit"]["last_seq"].as_u64().unwrap() >= 2,
+        "{status:#}"
+    );
     assert_eq!(status["audit"]["write_errors"], 0);
     let session = &status["sessions"][0];
     assert_eq!(session["identity"]["pid"], child.id());
@@ -381,16 +412,26 @@ fn status_and_metrics_describe_a_live_session() {
     let body = {
         use std::io::{Read as _, Write as _};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         body
     };
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(body.contains("pgwarden_sessions 1"), "{body}");
-    assert!(body.contains("pgwarden_statements_total{workload=\"svc\",decision=\"allow\"}"), "{body}");
-    assert!(body.contains("pgwarden_statements_total{workload=\"svc\",decision=\"deny\"} 1"), "{body}");
-    assert!(body.contains("pgwarden_redirect_total{event=\"redirected\"} 1"), "{body}");
+    assert!(
+        body.contains("pgwarden_statements_total{workload=\"svc\",decision=\"allow\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("pgwarden_statements_total{workload=\"svc\",decision=\"deny\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("pgwarden_redirect_total{event=\"redirected\"} 1"),
+        "{body}"
+    );
     assert!(body.contains("pgwarden_audit_write_errors 0"), "{body}");
     assert!(body.contains("pgwarden_statement_seconds_count"), "{body}");
     let _ = child.wait_with_output();

@@ -56,6 +56,75 @@ impl<'a> Scenario<'a> {
         self.read_payments()?;
         self.read_secrets()?;
         self.drop_payments()?;
+        self.bulk_read_approved()?;
+        Ok(())
+    }
+
+    /// A read of every payment: the policy's `bulk-payments-read` rule holds it until a person
+    /// approves; the demo approves it as root with `pgwarden approvals approve`.
+    fn bulk_read_approved(&mut self) -> Result<()> {
+        let sql = "SELECT id, card_number, amount FROM payments ORDER BY id";
+        self.step(
+            "a bulk read of payments (no LIMIT): needs a person's yes",
+            &format!("tools/call query {sql:?}"),
+        );
+        let id = self.send_query(sql)?;
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let request = loop {
+            self.interrupt.check()?;
+            let out = self.agent.cli(&["approvals", "list", "--json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if let Some(r) = list["pending"].as_array().and_then(|p| p.first()).cloned() {
+                break r;
+            }
+            if Instant::now() > deadline {
+                bail!("the bulk read was never held for approval");
+            }
+            std::thread::sleep(POLL);
+        };
+        let rid = request["id"].as_u64().unwrap_or(0).to_string();
+        say(&format!(
+            "-> held by pgwarden (rule {}): request #{rid} from pid {} ({}); the MCP server waits",
+            text(&request["rule"]["id"]),
+            request["pid"],
+            text(&request["exe"])
+        ));
+        say(&format!(
+            "$ pgwarden approvals approve {rid} --comment \"demo: month-end report\""
+        ));
+        let out = self.agent.cli(&[
+            "approvals",
+            "approve",
+            &rid,
+            "--comment",
+            "demo: month-end report",
+        ]);
+        if !out.status.success() {
+            bail!("approve failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        say(&format!(
+            "   {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+        let reply = self.wait(id)?;
+        let result = result_or_bail(reply, "the approved bulk read")?;
+        let rows: Vec<Value> =
+            serde_json::from_str(&pgwarden_e2e::tool_text(&result)).unwrap_or_default();
+        let unmasked = rows
+            .iter()
+            .filter_map(|r| r["card_number"].as_str())
+            .filter(|p| !masked_pan(p))
+            .count();
+        if rows.len() < 100 || unmasked > 0 {
+            bail!(
+                "expected every payment, masked; got {} rows, {unmasked} unmasked",
+                rows.len()
+            );
+        }
+        say(&format!(
+            "-> approved: the MCP server got all {} payments, card numbers still masked",
+            rows.len()
+        ));
         Ok(())
     }
 
