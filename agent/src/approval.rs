@@ -315,8 +315,8 @@ impl Approvals {
         Some(request)
     }
 
-    /// Withdraws every request of a session (its client cancelled).
-    pub fn withdraw_session(&self, session: SessionId, reason: &str) -> Vec<u64> {
+    /// Withdraws every request of a session (its client cancelled); returns them.
+    pub fn withdraw_session(&self, session: SessionId, reason: &str) -> Vec<Request> {
         let ids: Vec<u64> = self
             .state()
             .pending
@@ -324,28 +324,31 @@ impl Approvals {
             .filter(|w| w.request.session == session)
             .map(|w| w.request.id)
             .collect();
-        for id in &ids {
-            self.end(
-                *id,
-                Resolution::Withdrawn {
-                    reason: reason.to_owned(),
-                },
-            );
-        }
-        ids
+        ids.into_iter()
+            .filter_map(|id| {
+                self.end(
+                    id,
+                    Resolution::Withdrawn {
+                        reason: reason.to_owned(),
+                    },
+                )
+            })
+            .collect()
     }
 
-    /// Withdraws everything (the agent is stopping).
-    pub fn withdraw_all(&self, reason: &str) {
+    /// Withdraws everything (the agent is stopping); returns what was withdrawn.
+    pub fn withdraw_all(&self, reason: &str) -> Vec<Request> {
         let ids: Vec<u64> = self.state().pending.keys().copied().collect();
-        for id in ids {
-            self.end(
-                id,
-                Resolution::Withdrawn {
-                    reason: reason.to_owned(),
-                },
-            );
-        }
+        ids.into_iter()
+            .filter_map(|id| {
+                self.end(
+                    id,
+                    Resolution::Withdrawn {
+                        reason: reason.to_owned(),
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Pending requests.

@@ -167,6 +167,23 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Time parse + decide per statement, cold (parsed every time) and cached (the verdict
+    /// cache the agent uses); prints JSON. Used by `cargo xtask bench`.
+    #[command(hide = true)]
+    Bench {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Profile.
+        #[arg(long, alias = "profile")]
+        workload: String,
+        /// Statements (repeat).
+        #[arg(long, required = true)]
+        sql: Vec<String>,
+        /// Iterations per statement.
+        #[arg(long, default_value_t = 20_000)]
+        iterations: u32,
+    },
     /// Run the expected-decision cases declared in policy files (`tests:`).
     Test {
         /// Policy files.
@@ -501,6 +518,35 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
             if let Some(e) = &facts.parse_error {
                 println!("parse error: {e}");
             }
+            Ok(())
+        }
+        PolicyCommand::Bench {
+            policy,
+            workload,
+            sql,
+            iterations,
+        } => {
+            let (p, hash) = file::load(&policy)?;
+            let profile = decide::compile(&p, &hash, &workload)
+                .ok_or_else(|| anyhow::anyhow!("no profile `{workload}`"))?;
+            let compiled = crate::policy::Compiled::for_bench(profile, policy.clone());
+            let mut rows = Vec::new();
+            for s in &sql {
+                let start = std::time::Instant::now();
+                for _ in 0..iterations {
+                    let facts = analyze::analyze(std::hint::black_box(s));
+                    std::hint::black_box(compiled.profile.decide(&facts));
+                }
+                let cold = start.elapsed().as_nanos() / u128::from(iterations);
+                let _ = compiled.decide(s);
+                let start = std::time::Instant::now();
+                for _ in 0..iterations {
+                    std::hint::black_box(compiled.decide(std::hint::black_box(s)));
+                }
+                let cached = start.elapsed().as_nanos() / u128::from(iterations);
+                rows.push(serde_json::json!({ "sql": s, "cold_ns": cold, "cached_ns": cached }));
+            }
+            println!("{}", serde_json::to_string_pretty(&rows)?);
             Ok(())
         }
         PolicyCommand::Test { files } => {

@@ -237,6 +237,48 @@ impl Shared {
             _ => {}
         }
         self.audit_spawn(rec);
+        if resolution.is_none() {
+            self.notify_webhook(request);
+        }
+    }
+
+    /// Announces a held statement to the configured webhook; failures are logged and audited,
+    /// and the request still waits.
+    fn notify_webhook(&self, request: &crate::approval::Request) {
+        let Some(url) = self.config.approvals.webhook.clone() else {
+            return;
+        };
+        let body = serde_json::to_vec(
+            &serde_json::json!({ "event": "approval.requested", "request": request }),
+        )
+        .unwrap_or_default();
+        let timeout = Duration::from_secs(self.config.approvals.webhook_timeout_seconds);
+        let journal = self.audit.clone();
+        let (id, rule, workload, session) = (
+            request.id,
+            request.rule.id.clone(),
+            request.workload.clone(),
+            request.session,
+        );
+        tokio::spawn(async move {
+            let result = match crate::webhook::Url::parse(&url) {
+                Ok(u) => crate::webhook::post(&u, body, timeout).await,
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = result {
+                warn!(request = id, webhook = %url, "approval webhook failed after {} attempts: {e}; the request still waits", crate::webhook::ATTEMPTS);
+                let rec = crate::audit::Record::new(crate::audit::Event::ApprovalRequested)
+                    .session(session)
+                    .workload(&workload)
+                    .decision(crate::audit::Decision::Hold)
+                    .rule(rule)
+                    .outcome(crate::audit::Outcome::Failure)
+                    .error(format!("webhook {url}: {e}"))
+                    .detail("request", id)
+                    .detail("webhook_attempts", crate::webhook::ATTEMPTS);
+                let _ = journal.append(rec).await;
+            }
+        });
     }
 
     /// Listen-only mode's server.
@@ -517,7 +559,15 @@ pub async fn run(
 async fn stop(shared: &Shared) {
     notify_systemd("STOPPING=1");
     shared.stopping.send_replace(true);
-    shared.approvals.withdraw_all("pgwarden is stopping");
+    let reason = "pgwarden is stopping";
+    for request in shared.approvals.withdraw_all(reason) {
+        shared.approval_event(
+            &request,
+            Some(&crate::approval::Resolution::Withdrawn {
+                reason: reason.into(),
+            }),
+        );
+    }
     let drain = Duration::from_secs(shared.config.shutdown.drain_seconds);
     let deadline = tokio::time::Instant::now() + drain;
     while !lock(&shared.sessions).is_empty() && tokio::time::Instant::now() < deadline {

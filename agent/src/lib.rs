@@ -20,4 +20,6 @@ pub mod redirect;
 pub mod session;
 pub mod tags;
 pub mod tls;
+pub mod webhook;
+
 pub mod wire;

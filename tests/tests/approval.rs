@@ -20,6 +20,19 @@ struct World {
 }
 
 fn world() -> World {
+    world_with("")
+}
+
+/// The journal of the world's agent.
+fn journal(w: &World) -> Vec<Value> {
+    std::fs::read_to_string(w.agent.tmp_dir().join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn world_with(extra_yaml: &str) -> World {
     require_root();
     let pg = PgServer::start();
     pg.psql_direct(
@@ -44,7 +57,7 @@ fn world() -> World {
     let listen = free_port();
     let config = format!(
         "mask:\n  hash_key_file: {}\nlisten:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: null\ncontrol:\n  socket: {}\nintercept: [\"*:{}\"]\n\
-         workloads:\n  - name: payments-mcp\n    cgroup: \"{}\"\n    policy: {}\n    profile: reader\n",
+                  workloads:\n  - name: payments-mcp\n    cgroup: \"{}\"\n    policy: {}\n    profile: reader\n{extra_yaml}",
         key.display(),
         control.display(),
         pg.port,
@@ -170,6 +183,33 @@ fn approve_deny_and_expire() {
     assert!(started.elapsed() >= Duration::from_secs(5));
     assert_eq!(out.trim(), "alive");
     assert!(w.pending().is_empty());
+    // Each outcome is in the audit journal, with the approver and the comment.
+    std::thread::sleep(Duration::from_millis(300));
+    let recs = journal(&w);
+    let events = |e: &str| {
+        recs.iter()
+            .filter(|r| r["event"] == e)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events("approval.requested").len(), 3, "{recs:#?}");
+    let granted = events("approval.granted");
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0]["detail"]["approver_uid"], 0);
+    assert_eq!(granted[0]["detail"]["comment"], "looks fine");
+    assert_eq!(granted[0]["rule"], "bulk-payments-read");
+    let denied = events("approval.denied");
+    assert_eq!(denied[0]["detail"]["comment"], "not today");
+    assert_eq!(events("approval.expired").len(), 1);
+    // The held-then-released statement has its query record; the refused ones query.denied.
+    assert!(
+        recs.iter()
+            .any(|r| r["event"] == "query.denied" && r["rule"] == "approval.denied")
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r["event"] == "query.denied" && r["rule"] == "approval.expired")
+    );
     let log = w.agent.log();
     assert!(
         log.contains("approval requested")
@@ -245,6 +285,16 @@ fn grants_unauthorized_approvers_cancel_and_out_of_order() {
         "{err}"
     );
     assert!(w.pending().is_empty(), "request {id} was not withdrawn");
+    std::thread::sleep(Duration::from_millis(300));
+    let recs = journal(&w);
+    assert!(
+        recs.iter().any(|r| r["event"] == "approval.denied"
+            && r["rule"] == "approval.unauthorized"
+            && r["detail"]["caller_uid"] == 65534),
+        "the unauthorized attempt is not in the journal"
+    );
+    assert!(recs.iter().any(|r| r["event"] == "approval.withdrawn"
+        && r["detail"]["reason"] == "cancelled by the client"));
 
     // Two sessions held; approved out of order.
     let a = w.psql(&["SELECT id FROM payments WHERE id <= 110"]);
@@ -329,4 +379,101 @@ fn extended_protocol_holds_at_execute() {
         .count();
     assert_eq!(rows, 150);
     assert_eq!(steps[1][1]["values"][0], "1");
+}
+
+/// A one-shot HTTP server: returns the port and a receiver of the first request it gets.
+fn hook_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+            let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn the_webhook_announces_held_statements_and_its_failure_is_audited() {
+    let (port, rx) = hook_server();
+    let w = world_with(&format!(
+        "approvals:\n  webhook: http://127.0.0.1:{port}/pgwarden-hook\n"
+    ));
+    let child = w.psql(&["SELECT id FROM payments"]);
+    let id = w.wait_pending(1)[0]["id"].as_u64().unwrap();
+    let request = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no webhook POST");
+    assert!(
+        request.starts_with("POST /pgwarden-hook HTTP/1.1"),
+        "{request}"
+    );
+    let body: Value = serde_json::from_str(request.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["event"], "approval.requested");
+    assert_eq!(body["request"]["id"], id);
+    assert_eq!(body["request"]["rule"]["id"], "bulk-payments-read");
+    assert_eq!(body["request"]["workload"], "payments-mcp");
+    assert!(
+        w.decide(&["approvals", "approve", &id.to_string()])
+            .status
+            .success()
+    );
+    finish(child);
+    drop(w);
+
+    // A webhook nobody answers: logged and audited after its retries; the request still waits
+    // and can be approved.
+    let dead = free_port();
+    let w = world_with(&format!(
+        "approvals:\n  webhook: http://127.0.0.1:{dead}/hook\n  webhook_timeout_seconds: 1\n"
+    ));
+    let child = w.psql(&["SELECT id FROM payments"]);
+    let id = w.wait_pending(1)[0]["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !w.agent.log().contains("approval webhook failed") {
+        assert!(Instant::now() < deadline, "{}", w.agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(w.pending().len(), 1, "the request stopped waiting");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        journal(&w)
+            .iter()
+            .any(|r| r["event"] == "approval.requested"
+                && r["outcome"] == "failure"
+                && r["error"].as_str().is_some_and(|e| e.contains("webhook")))
+    );
+    assert!(
+        w.decide(&["approvals", "approve", &id.to_string()])
+            .status
+            .success()
+    );
+    let (out, _) = finish(child);
+    assert_eq!(out.lines().count(), 150);
 }

@@ -40,6 +40,11 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// A compiled profile outside an engine (`pgwarden policy bench`).
+    pub fn for_bench(profile: Profile, policy_file: PathBuf) -> Self {
+        Self::new(profile, policy_file)
+    }
+
     fn new(profile: Profile, policy_file: PathBuf) -> Self {
         Self {
             profile,

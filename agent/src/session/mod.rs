@@ -259,11 +259,15 @@ async fn cancel(shared: &Shared, id: SessionId, pid: i32, key: &[u8], raw: &[u8]
         return;
     };
     // A statement held for approval is withdrawn: it never reached the server.
-    for request in shared
-        .approvals
-        .withdraw_session(owner, "cancelled by the client")
-    {
-        info!(session = %owner, request, "approval request withdrawn by the client's cancel");
+    let reason = "cancelled by the client";
+    for request in shared.approvals.withdraw_session(owner, reason) {
+        info!(session = %owner, request = request.id, "approval request withdrawn by the client's cancel");
+        shared.approval_event(
+            &request,
+            Some(&crate::approval::Resolution::Withdrawn {
+                reason: reason.into(),
+            }),
+        );
     }
     match connect_upstream(shared, server).await {
         Ok(mut up) => {

@@ -333,7 +333,9 @@ pub struct Agent {
 
 impl Agent {
     /// Starts the agent and waits until `status` answers. `Ok(Err(log))` when it exits during
-    /// startup (a refused config), with what it printed.
+    /// startup (a refused config), with what it printed. The config goes to `<dir>/etc`, the
+    /// control socket to `<dir>/run`, the log to `<dir>/log`: the agent watches its config's
+    /// directory, and files written during the run must not wake that watcher.
     fn start(
         bin: &Path,
         dir: &Path,
@@ -341,9 +343,9 @@ impl Agent {
         yaml: &str,
         detach: bool,
     ) -> Result<Result<Agent, String>> {
-        let config = dir.join(format!("{name}.yaml"));
-        let control = dir.join(format!("{name}.sock"));
-        let log = dir.join(format!("{name}.log"));
+        let config = dir.join("etc").join(format!("{name}.yaml"));
+        let control = dir.join("run").join(format!("{name}.sock"));
+        let log = dir.join("log").join(format!("{name}.log"));
         fs::write(&config, yaml).with_context(|| format!("cannot write {}", config.display()))?;
         let out = File::create(&log)?;
         let child = Command::new(bin)
@@ -537,7 +539,9 @@ impl Rig {
         // PostgreSQL and PgBouncer (user postgres) live in subdirectories.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let work = dir.path().join("work");
-        fs::create_dir_all(&work)?;
+        for sub in ["work", "etc", "run", "log"] {
+            fs::create_dir_all(dir.path().join(sub))?;
+        }
 
         println!(
             "bench: starting PostgreSQL 15 (max_connections {})",
@@ -576,7 +580,7 @@ impl Rig {
         let source = fs::read_to_string(policy_path("pci-dss.yaml"))
             .context("cannot read policies/pci-dss.yaml")?;
         let policy = derive_policy(&source)?;
-        fs::write(dir.path().join("bench-policy.yaml"), policy)?;
+        fs::write(dir.path().join("etc").join("bench-policy.yaml"), policy)?;
         let mut key = [0u8; 32];
         File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut key))
@@ -585,7 +589,7 @@ impl Rig {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(dir.path().join("hash.key"))
+            .open(dir.path().join("etc").join("hash.key"))
             .and_then(|mut f| f.write_all(&key))
             .context("cannot write the hash key")?;
 
@@ -594,7 +598,7 @@ impl Rig {
             relay_agent: None,
             bouncer,
             cgroups,
-            audit_path: dir.path().join("audit.jsonl"),
+            audit_path: dir.path().join("log").join("audit.jsonl"),
             listener_port: free_port(),
             pg,
             work,
@@ -620,7 +624,7 @@ impl Rig {
     }
 
     fn policy_file(&self) -> PathBuf {
-        self.dir.path().join("bench-policy.yaml")
+        self.dir.path().join("etc").join("bench-policy.yaml")
     }
 
     /// `pgwarden policy explain` says the derived policy allows what the bench runs.
@@ -660,7 +664,7 @@ impl Rig {
             "# cargo xtask bench: agent `{name}`\n\
              listen:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: \"[::1]:{listen}\"\n\
              control:\n  socket: {}\n",
-            d.join(format!("{name}.sock")).display(),
+            d.join("run").join(format!("{name}.sock")).display(),
         );
         if wants("bpf") {
             // Its own pins, never the default /sys/fs/bpf/pgwarden of an installed agent.
@@ -695,7 +699,10 @@ impl Rig {
                     &policy,
                     "bench-detector",
                 );
-                yaml += &format!("mask:\n  hash_key_file: {}\n", d.join("hash.key").display());
+                yaml += &format!(
+                    "mask:\n  hash_key_file: {}\n",
+                    d.join("etc").join("hash.key").display()
+                );
                 if wants("audit") {
                     yaml += &format!(
                         "audit:\n  mode: strict\n  path: {}\n",
@@ -815,7 +822,7 @@ impl Rig {
 
     /// The journal the relay agent cannot be stopped from writing.
     fn relay_audit_path(&self) -> PathBuf {
-        self.dir.path().join("relay-audit.jsonl")
+        self.dir.path().join("log").join("relay-audit.jsonl")
     }
 
     /// Whether the policy agent ran with the audit journal and wrote to it.
