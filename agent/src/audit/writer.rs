@@ -369,6 +369,19 @@ impl Journal {
         rx.blocking_recv().unwrap_or(Err(AuditError::Closed))
     }
 
+    /// Queues a record without waiting: in async mode that is all `append` does; in strict
+    /// mode the write still happens, but nobody waits for it (for records that hold nothing
+    /// up, like `query.done`). Errors are counted in the journal's status either way.
+    pub fn submit(&self, rec: Record) {
+        let shared = &self.inner.shared;
+        let _ = shared.enqueue(rec, None);
+    }
+
+    /// Whether appends wait for the disk.
+    pub fn is_strict(&self) -> bool {
+        self.inner.shared.mode == AuditMode::Strict
+    }
+
     /// The statement part of a record for `sql`, following the journal's `keep_literals`.
     pub fn statement(&self, sql: &str) -> Statement {
         Statement::from_sql(sql, self.inner.shared.keep_literals)

@@ -31,7 +31,15 @@ struct Ctx<'a> {
     client_w: tokio::sync::Mutex<WriteHalf>,
     strip_plus: bool,
     journal: &'a Journal,
+    /// Audit text and policy facts per statement text: executions of a prepared statement,
+    /// and repeated queries, are normalized once.
+    described: Mutex<
+        std::collections::HashMap<Arc<str>, (crate::audit::Statement, crate::hooks::DecisionInfo)>,
+    >,
 }
+
+/// Statements whose audit description a session keeps.
+const DESCRIBED: usize = 256;
 
 /// An audit record waiting to be committed before the batch it belongs to is sent.
 struct AuditItem {
@@ -74,14 +82,44 @@ impl Ctx<'_> {
         r
     }
 
+    /// Remembers how the policy described `sql` (call right after it decided on it).
+    fn describe(&self, sql: &str) {
+        let info = self.hooks().last_decision().unwrap_or_default();
+        let mut d = self
+            .described
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !d.contains_key(sql) {
+            if d.len() >= DESCRIBED {
+                d.clear();
+            }
+            let statement = self
+                .journal
+                .statement(sql)
+                .command(info.command.clone())
+                .objects(info.objects.clone());
+            d.insert(Arc::from(sql), (statement, info));
+        }
+    }
+
     /// A record about a statement, with what the policy saw in it.
     fn statement_record(&self, event: Event, sql: &str, decision: Decision, n: u64) -> Record {
-        let info = self.hooks().last_decision().unwrap_or_default();
-        let statement = self
-            .journal
-            .statement(sql)
-            .command(info.command)
-            .objects(info.objects);
+        let cached = self
+            .described
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sql)
+            .cloned();
+        // Not described (evicted): the text alone; the policy hash and masking of the profile.
+        let (statement, info) = cached.unwrap_or_else(|| {
+            let last = self.hooks().last_decision().unwrap_or_default();
+            let info = crate::hooks::DecisionInfo {
+                command: String::new(),
+                objects: Vec::new(),
+                ..last
+            };
+            (self.journal.statement(sql), info)
+        });
         let decision = if decision == Decision::Allow && info.masked {
             Decision::Mask
         } else {
@@ -145,6 +183,7 @@ pub async fn run(
         client_w: tokio::sync::Mutex::new(client_w),
         strip_plus,
         journal: &shared.audit,
+        described: Mutex::new(std::collections::HashMap::new()),
     };
     let mut client_buf = rest;
     let mut server_buf = BytesMut::with_capacity(READ_CHUNK);
@@ -203,22 +242,41 @@ async fn commit(ctx: &Ctx<'_>, out: &mut [Bytes], items: &mut Vec<AuditItem>) {
     if items.is_empty() {
         return;
     }
-    let handles: Vec<_> = items
-        .iter()
-        .map(|i| {
-            let j = ctx.journal.clone();
-            let r = i.record.clone();
-            tokio::spawn(async move { j.append(r).await })
-        })
-        .collect();
-    let mut failure = None;
-    for h in handles {
-        match h.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => failure = Some(e.to_string()),
-            Err(e) => failure = Some(e.to_string()),
+    if !ctx.journal.is_strict() {
+        // Async mode: queued, never waited for (a full queue is counted in an audit.gap).
+        for i in items.drain(..) {
+            ctx.journal.submit(i.record);
         }
+        return;
     }
+    // Strict: one record (the common case) is awaited in place; several together, so they
+    // share one group commit.
+    let results: Vec<Result<u64, String>> = if items.len() == 1 {
+        vec![
+            ctx.journal
+                .append(items[0].record.clone())
+                .await
+                .map_err(|e| e.to_string()),
+        ]
+    } else {
+        let handles: Vec<_> = items
+            .iter()
+            .map(|i| {
+                let j = ctx.journal.clone();
+                let r = i.record.clone();
+                tokio::spawn(async move { j.append(r).await })
+            })
+            .collect();
+        let mut v = Vec::with_capacity(handles.len());
+        for h in handles {
+            v.push(match h.await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            });
+        }
+        v
+    };
+    let failure = results.into_iter().find_map(Result::err);
     if let Some(e) = failure {
         warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, "refusing statements: the audit journal cannot be written: {e}");
         let message =
@@ -650,6 +708,9 @@ fn on_frontend(
                 _ => (StatementKind::FunctionCall, "", "", 0),
             };
             let mut verdict = ctx.hooks().statement(&Statement { kind, sql, name });
+            if kind != StatementKind::FunctionCall {
+                ctx.describe(sql);
+            }
             if let Verdict::Hold(rule) = &verdict
                 && let Some(grant) = ctx
                     .shared
@@ -980,9 +1041,6 @@ fn finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
         for m in masked {
             r = r.masked(m.column, m.method, m.count);
         }
-        let journal = ctx.journal.clone();
-        tokio::spawn(async move {
-            let _ = journal.append(r).await;
-        });
+        ctx.journal.submit(r);
     }
 }
