@@ -324,21 +324,9 @@ pub fn statement_text(sql: &str, keep_literals: bool) -> (String, String) {
     (text, fp)
 }
 
-/// Whether `digits` (ASCII digits) pass the Luhn check.
-pub fn luhn(digits: &[u8]) -> bool {
-    let mut sum = 0u32;
-    for (i, d) in digits.iter().rev().enumerate() {
-        let mut v = u32::from(d - b'0');
-        if i % 2 == 1 {
-            v *= 2;
-            if v > 9 {
-                v -= 9;
-            }
-        }
-        sum += v;
-    }
-    sum.is_multiple_of(10)
-}
+/// Whether `digits` (ASCII digits) pass the Luhn check: the masking layer's check, so the
+/// journal and the results agree on what a card number is.
+pub use crate::mask::pan::luhn;
 
 /// `text` with every card number masked to first six, `*`s, last four (see the module doc).
 pub fn scrub_pans(text: &str) -> String {
