@@ -1522,13 +1522,17 @@ mod tests {
         }
         let report = verify::verify(&[&c.path]);
         assert!(report.ok(), "{report}");
-        assert!(
-            report
-                .warnings
-                .iter()
-                .any(|w| w.message.contains(&format!("{dropped} record(s) lost"))),
-            "{report}"
-        );
+        // Verify reports every gap, with its count.
+        for g in &gaps {
+            let lost = g["detail"]["lost"].as_u64().unwrap();
+            assert!(
+                report
+                    .warnings
+                    .iter()
+                    .any(|w| w.message.contains(&format!("{lost} record(s) lost"))),
+                "{report}"
+            );
+        }
     }
 
     #[test]
