@@ -196,10 +196,25 @@ enum PolicyCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The agent runs sessions on `runtime.workers` threads (its config is read again, with
+    // errors reported, once it runs); the CLI's own commands need no more than one.
+    let workers = match &cli.command {
+        Command::Run { config, .. } => {
+            crate::config::Config::load(config).map_or(1, |c| c.runtime.threads())
+        }
+        _ => 1,
+    };
+    let built = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgwarden: cannot start the runtime: {e}");
@@ -544,7 +559,28 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
                     std::hint::black_box(compiled.decide(std::hint::black_box(s)));
                 }
                 let cached = start.elapsed().as_nanos() / u128::from(iterations);
-                rows.push(serde_json::json!({ "sql": s, "cold_ns": cold, "cached_ns": cached }));
+                // The same statement with other literals: read (lexed for its shape) and
+                // answered by the shape cache, as a simple query with new literals is.
+                let text = crate::sqltext::Text::of(s);
+                let shaped = match text.shape {
+                    Some(_) if !compiled.decide(s).facts.literal_sensitive => {
+                        let start = std::time::Instant::now();
+                        for _ in 0..iterations {
+                            let t = crate::sqltext::Text::of(std::hint::black_box(s));
+                            std::hint::black_box(
+                                compiled.decide_shaped("\u{0}not cached", t.shape.as_deref()),
+                            );
+                        }
+                        Some(start.elapsed().as_nanos() / u128::from(iterations))
+                    }
+                    _ => None,
+                };
+                rows.push(serde_json::json!({
+                    "sql": s,
+                    "cold_ns": cold,
+                    "cached_ns": cached,
+                    "shape_cached_ns": shaped,
+                }));
             }
             println!("{}", serde_json::to_string_pretty(&rows)?);
             Ok(())

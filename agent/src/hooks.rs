@@ -30,6 +30,8 @@ pub struct Statement<'a> {
     pub sql: &'a str,
     /// Prepared statement name for Parse ("" unnamed).
     pub name: &'a str,
+    /// Its shape ([`crate::sqltext::Text::shape`]), when the relay read it already.
+    pub shape: Option<&'a str>,
 }
 
 /// A refusal: the client gets an ErrorResponse with this SQLSTATE and message, nothing
@@ -128,6 +130,11 @@ pub trait SessionHooks: Send {
     /// The last statement's decision details.
     fn last_decision(&self) -> Option<DecisionInfo> {
         None
+    }
+    /// The version of the rules the last statement was decided under (changes on reload):
+    /// what a session caches about its statements' decisions is stale when it changes.
+    fn policy_version(&self) -> u64 {
+        0
     }
     /// Values masked since the last call: (column, method, count).
     fn take_masked(&mut self) -> Vec<crate::mask::MaskCount> {

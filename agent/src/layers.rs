@@ -159,6 +159,10 @@ impl SessionHooks for LayersSession {
         self.policy.last_decision()
     }
 
+    fn policy_version(&self) -> u64 {
+        self.policy.policy_version()
+    }
+
     fn take_masked(&mut self) -> Vec<mask::MaskCount> {
         self.mask
             .as_mut()

@@ -18,6 +18,7 @@ pub mod names;
 pub mod policy;
 pub mod redirect;
 pub mod session;
+pub mod sqltext;
 pub mod tags;
 pub mod tls;
 pub mod webhook;

@@ -21,7 +21,8 @@ const BUCKETS: [f64; 12] = [
 /// Counters the sessions update.
 #[derive(Default)]
 pub struct Metrics {
-    statements: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Workload -> decision -> count (looked up by `&str`: no allocation per statement).
+    statements: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     masked: Mutex<BTreeMap<String, u64>>,
     latency: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
@@ -31,23 +32,26 @@ pub struct Metrics {
 impl Metrics {
     /// A statement decision (`allow`, `deny`, `hold`, `mask`).
     pub fn statement(&self, workload: &str, decision: &'static str) {
-        *self
+        let mut m = self
             .statements
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((workload.to_owned(), decision))
-            .or_insert(0) += 1;
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(by) = m.get_mut(workload) {
+            *by.entry(decision).or_insert(0) += 1;
+        } else {
+            m.insert(workload.to_owned(), BTreeMap::from([(decision, 1)]));
+        }
     }
 
     /// Values masked for a workload.
     pub fn masked(&self, workload: &str, n: u64) {
         if n > 0 {
-            *self
-                .masked
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(workload.to_owned())
-                .or_insert(0) += n;
+            let mut m = self.masked.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(c) = m.get_mut(workload) {
+                *c += n;
+            } else {
+                m.insert(workload.to_owned(), n);
+            }
         }
     }
 
@@ -88,17 +92,19 @@ pub fn render(shared: &Shared) -> String {
         out,
         "# HELP pgwarden_statements_total Statements by workload and decision.\n# TYPE pgwarden_statements_total counter"
     );
-    for ((w, d), n) in m
+    for (w, by) in m
         .statements
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .iter()
     {
-        let _ = writeln!(
-            out,
-            "pgwarden_statements_total{{workload=\"{}\",decision=\"{d}\"}} {n}",
-            escape(w)
-        );
+        for (d, n) in by {
+            let _ = writeln!(
+                out,
+                "pgwarden_statements_total{{workload=\"{}\",decision=\"{d}\"}} {n}",
+                escape(w)
+            );
+        }
     }
     let _ = writeln!(
         out,

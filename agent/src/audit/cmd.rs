@@ -89,6 +89,12 @@ pub enum AuditCommand {
         /// Durability mode.
         #[arg(long, value_parser = ["strict", "async"])]
         mode: Option<String>,
+        /// fsync each batch (`true`) or only every second (`false`); default: the config's.
+        #[arg(long)]
+        fsync: Option<bool>,
+        /// Appenders writing at once (the records are shared out among them).
+        #[arg(long, default_value_t = 1)]
+        appenders: u64,
         /// Rotation size.
         #[arg(long)]
         max_bytes: Option<u64>,
@@ -227,6 +233,8 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             workload,
             start,
             mode,
+            fsync,
+            appenders,
             max_bytes,
             keep_files,
             checkpoint_every,
@@ -235,36 +243,61 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             keep_literals,
         } => {
             let mut cfg = audit_config(config.as_ref())?;
-            cfg.journald = cfg.journald && config.is_some() || journald;
+            cfg.journald = if journald {
+                crate::config::JournaldMirror::All
+            } else if config.is_some() {
+                cfg.journald
+            } else {
+                crate::config::JournaldMirror::Off
+            };
             if let Some(f) = file {
                 cfg.path = f;
             }
             if let Some(m) = mode {
-                cfg.mode = if m == "async" {
-                    AuditMode::Async
-                } else {
-                    AuditMode::Strict
+                cfg.mode = match m.as_str() {
+                    "async" => AuditMode::Async,
+                    "off" => AuditMode::Off,
+                    _ => AuditMode::Strict,
                 };
             }
+            cfg.fsync = fsync.unwrap_or(cfg.fsync);
             cfg.max_bytes = max_bytes.unwrap_or(cfg.max_bytes);
             cfg.keep_files = keep_files.unwrap_or(cfg.keep_files);
             cfg.checkpoint_every = checkpoint_every.unwrap_or(cfg.checkpoint_every);
             cfg.journald_socket = journald_socket.unwrap_or(cfg.journald_socket);
             cfg.keep_literals = cfg.keep_literals || keep_literals;
             let journal = Journal::open(&cfg)?;
+            let started = std::time::Instant::now();
+            let appenders = appenders.max(1);
+            let mut tasks = tokio::task::JoinSet::new();
+            for a in 0..appenders {
+                let journal = journal.clone();
+                let workload = workload.clone();
+                let keep = cfg.keep_literals;
+                tasks.spawn(async move {
+                    let mut dropped = 0u64;
+                    for i in (start..start + count).filter(|i| i % appenders == a) {
+                        let rec = writer::sample_record(i, &workload, keep);
+                        match journal.append(rec).await {
+                            Ok(_) => {}
+                            Err(AuditError::Dropped { .. }) => dropped += 1,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(dropped)
+                });
+            }
             let mut dropped = 0;
-            for i in start..start + count {
-                let rec = writer::sample_record(i, &workload, cfg.keep_literals);
-                match journal.append(rec).await {
-                    Ok(_) => {}
-                    Err(AuditError::Dropped { .. }) => dropped += 1,
-                    Err(e) => return Err(e).context("append"),
-                }
+            while let Some(r) = tasks.join_next().await {
+                dropped += r?.context("append")?;
             }
             let j = journal.clone();
             tokio::task::spawn_blocking(move || j.close()).await?;
+            let seconds = started.elapsed().as_secs_f64();
             let status = journal.status();
-            println!("{}", serde_json::to_string(&status)?);
+            let mut out = serde_json::to_value(&status)?;
+            out["seconds"] = serde_json::json!(seconds);
+            println!("{}", serde_json::to_string(&out)?);
             anyhow::ensure!(
                 status.last_error.is_none() || dropped > 0,
                 "the journal reported: {}",

@@ -25,6 +25,7 @@
 //! and card-number scrubbing in [`redact`]; the chain checks in [`verify`]; the writer
 //! (group commit, recovery, rotation, checkpoints) in [`writer`]; the mirror in
 //! [`journald`]; `pgwarden audit tail|replay|verify` in [`tail`] and [`cmd`].
+pub mod canon;
 pub mod cmd;
 pub mod journald;
 pub mod record;

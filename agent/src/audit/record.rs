@@ -256,6 +256,18 @@ impl Statement {
         }
     }
 
+    /// [`Statement::from_sql`] of a text [`crate::sqltext::Text`] has read already.
+    pub fn from_text(sql: &str, text: &crate::sqltext::Text, keep_literals: bool) -> Self {
+        let (text, fingerprint) =
+            super::redact::statement_text_of(sql, text.normalized.clone(), keep_literals);
+        Self {
+            text,
+            fingerprint,
+            command: None,
+            objects: Vec::new(),
+        }
+    }
+
     /// Sets the command tag.
     #[must_use]
     pub fn command(mut self, command: impl Into<String>) -> Self {
@@ -834,7 +846,7 @@ pub fn parse_time(s: &str) -> Option<i64> {
 }
 
 /// (year, month, day) of days since 1970-01-01 (proleptic Gregorian; H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

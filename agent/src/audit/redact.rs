@@ -3,21 +3,9 @@
 //!
 //! # Normalization ([`normalize`])
 //!
-//! A small lexer that follows PostgreSQL's (standard_conforming_strings on):
-//!
-//! - literals become `$n` placeholders, numbered from one past the highest `$n` parameter
-//!   already in the statement (as `pg_stat_statements` does), in order of appearance: string
-//!   constants `'…'` (with `''`), escape strings `E'…'` (with `\'`), `B'…'`, `X'…'`, `N'…'`,
-//!   `U&'…'`, dollar-quoted strings `$$…$$` / `$tag$…$tag$`, and numbers (`42`, `-7`, `1.5e3`,
-//!   `.5`, `0x1F`, `1_000`). A `-` directly before a number belongs to it when it cannot be a
-//!   binary minus (after an operator, `(`, `,`, the start, or a keyword such as `SELECT`,
-//!   `WHERE`, `AND`);
-//! - identifiers stay as written, digits included (`t1`, `"Col 2"`, `a$1`), and so do
-//!   parameters (`$1`), keywords (`NULL`, `TRUE`) and operators;
-//! - comments (`-- …`, nested `/* … */`) and runs of whitespace become one space; the result is
-//!   trimmed;
-//! - the result then goes through [`scrub_pans`] (a card number in an identifier or a comment
-//!   must not survive either).
+//! [`crate::sqltext`]'s normalized text (literals as `$n` placeholders, comments dropped,
+//! whitespace collapsed), then through [`scrub_pans`] (a card number in an identifier or a
+//! comment must not survive either).
 //!
 //! The fingerprint is the first 16 hex digits of the SHA-256 of that text.
 //!
@@ -31,282 +19,41 @@
 //! without separators is not a card number.
 use std::borrow::Cow;
 
-use sha2::{Digest, Sha256};
-
 /// Statement text longer than this (bytes) is cut, with a marker saying how much was left out.
 pub const MAX_TEXT_BYTES: usize = 32 * 1024;
-
-/// Words after which a `-` before a number is a sign, not a binary minus.
-const SIGN_KEYWORDS: &[&str] = &[
-    "AND", "AS", "BETWEEN", "BY", "CASE", "ELSE", "HAVING", "IN", "IS", "LIKE", "LIMIT", "NOT",
-    "OFFSET", "ON", "OR", "RETURN", "SELECT", "SET", "THEN", "VALUES", "WHEN", "WHERE",
-];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    /// Whitespace or a comment.
-    Space,
-    /// A literal (string, dollar-quoted, number).
-    Literal,
-    /// `$n`.
-    Param(u32),
-    /// An identifier or keyword.
-    Word,
-    /// A quoted identifier.
-    Quoted,
-    /// One byte of an operator or punctuation.
-    Op,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Tok {
-    kind: Kind,
-    start: usize,
-    end: usize,
-}
-
-fn ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
-}
-
-fn ident_cont(c: u8) -> bool {
-    ident_start(c) || c.is_ascii_digit() || c == b'$'
-}
-
-/// End of a quoted run starting at `i` (the opening quote), `''`-style doubling as escape,
-/// and backslash escapes when `backslash`. Unterminated: the end of the input.
-fn quoted_end(b: &[u8], i: usize, quote: u8, backslash: bool) -> usize {
-    let mut j = i + 1;
-    while j < b.len() {
-        if backslash && b[j] == b'\\' {
-            j += 2;
-            continue;
-        }
-        if b[j] == quote {
-            if b.get(j + 1) == Some(&quote) {
-                j += 2;
-                continue;
-            }
-            return j + 1;
-        }
-        j += 1;
-    }
-    b.len()
-}
-
-/// The dollar-quote tag starting at `i` (`$$` or `$tag$`), as its length.
-fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
-    let mut j = i + 1;
-    if b.get(j) == Some(&b'$') {
-        return Some(2);
-    }
-    if !b.get(j).copied().is_some_and(ident_start) {
-        return None;
-    }
-    while j < b.len() && (ident_start(b[j]) || b[j].is_ascii_digit()) {
-        j += 1;
-    }
-    (b.get(j) == Some(&b'$')).then_some(j + 1 - i)
-}
-
-fn number_end(b: &[u8], i: usize) -> usize {
-    let mut j = i;
-    if b[j] == b'0' && matches!(b.get(j + 1), Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B')) {
-        j += 2;
-        while j < b.len() && (b[j].is_ascii_hexdigit() || b[j] == b'_') {
-            j += 1;
-        }
-        return j;
-    }
-    let digits = |mut j: usize| {
-        while j < b.len() && (b[j].is_ascii_digit() || (b[j] == b'_' && j > i)) {
-            j += 1;
-        }
-        j
-    };
-    j = digits(j);
-    if b.get(j) == Some(&b'.') && b.get(j + 1) != Some(&b'.') {
-        j = digits(j + 1);
-    }
-    if matches!(b.get(j), Some(b'e' | b'E')) {
-        let mut k = j + 1;
-        if matches!(b.get(k), Some(b'+' | b'-')) {
-            k += 1;
-        }
-        if b.get(k).is_some_and(u8::is_ascii_digit) {
-            j = digits(k);
-        }
-    }
-    j
-}
-
-fn lex(sql: &str) -> Vec<Tok> {
-    let b = sql.as_bytes();
-    let mut toks = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        let next = b.get(i + 1).copied();
-        let (kind, end) = if c.is_ascii_whitespace() || c == 0x0b {
-            let mut j = i + 1;
-            while j < b.len() && (b[j].is_ascii_whitespace() || b[j] == 0x0b) {
-                j += 1;
-            }
-            (Kind::Space, j)
-        } else if c == b'-' && next == Some(b'-') {
-            let j = b[i..]
-                .iter()
-                .position(|&x| x == b'\n')
-                .map_or(b.len(), |p| i + p + 1);
-            (Kind::Space, j)
-        } else if c == b'/' && next == Some(b'*') {
-            let (mut j, mut depth) = (i + 2, 1);
-            while j < b.len() && depth > 0 {
-                if b[j] == b'/' && b.get(j + 1) == Some(&b'*') {
-                    depth += 1;
-                    j += 2;
-                } else if b[j] == b'*' && b.get(j + 1) == Some(&b'/') {
-                    depth -= 1;
-                    j += 2;
-                } else {
-                    j += 1;
-                }
-            }
-            (Kind::Space, j)
-        } else if c == b'\'' {
-            (Kind::Literal, quoted_end(b, i, b'\'', false))
-        } else if matches!(c, b'e' | b'E') && next == Some(b'\'') {
-            (Kind::Literal, quoted_end(b, i + 1, b'\'', true))
-        } else if matches!(c, b'b' | b'B' | b'x' | b'X' | b'n' | b'N') && next == Some(b'\'') {
-            (Kind::Literal, quoted_end(b, i + 1, b'\'', false))
-        } else if matches!(c, b'u' | b'U') && next == Some(b'&') && b.get(i + 2) == Some(&b'\'') {
-            (Kind::Literal, quoted_end(b, i + 2, b'\'', false))
-        } else if matches!(c, b'u' | b'U') && next == Some(b'&') && b.get(i + 2) == Some(&b'"') {
-            (Kind::Quoted, quoted_end(b, i + 2, b'"', false))
-        } else if c == b'"' {
-            (Kind::Quoted, quoted_end(b, i, b'"', false))
-        } else if c == b'$' && next.is_some_and(|n| n.is_ascii_digit()) {
-            let mut j = i + 1;
-            while j < b.len() && b[j].is_ascii_digit() {
-                j += 1;
-            }
-            let n = sql[i + 1..j].parse().unwrap_or(u32::MAX);
-            (Kind::Param(n), j)
-        } else if c == b'$' {
-            match dollar_tag(b, i) {
-                Some(len) => {
-                    let tag = &b[i..i + len];
-                    let body = i + len;
-                    let end = b[body..]
-                        .windows(len)
-                        .position(|w| w == tag)
-                        .map_or(b.len(), |p| body + p + len);
-                    (Kind::Literal, end)
-                }
-                None => (Kind::Op, i + 1),
-            }
-        } else if c.is_ascii_digit() || (c == b'.' && next.is_some_and(|n| n.is_ascii_digit())) {
-            (Kind::Literal, number_end(b, i))
-        } else if ident_start(c) {
-            let mut j = i + 1;
-            while j < b.len() && ident_cont(b[j]) {
-                j += 1;
-            }
-            (Kind::Word, j)
-        } else {
-            (Kind::Op, i + 1)
-        };
-        toks.push(Tok {
-            kind,
-            start: i,
-            end: end.max(i + 1),
-        });
-        i = end.max(i + 1);
-    }
-    toks
-}
 
 /// Literals replaced by `$n` placeholders, comments dropped, whitespace collapsed, card
 /// numbers scrubbed; and the fingerprint of that text (see the module doc).
 pub fn normalize(sql: &str) -> (String, String) {
-    let toks = lex(sql);
-    let mut next = toks
-        .iter()
-        .filter_map(|t| match t.kind {
-            Kind::Param(n) => Some(n),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0);
-    let mut out = String::with_capacity(sql.len());
-    let mut prev_sig: Option<Tok> = None;
-    let mut pending_space = false;
-    let mut i = 0;
-    while i < toks.len() {
-        let t = toks[i];
-        if t.kind == Kind::Space {
-            pending_space = !out.is_empty();
-            i += 1;
-            continue;
-        }
-        // A sign glued to a number where a binary minus cannot be.
-        let signed = t.kind == Kind::Op
-            && &sql[t.start..t.end] == "-"
-            && toks
-                .get(i + 1)
-                .is_some_and(|n| n.kind == Kind::Literal && starts_number(&sql[n.start..n.end]))
-            && prev_sig.is_none_or(|p| sign_context(&sql[p.start..p.end], p.kind));
-        if pending_space {
-            out.push(' ');
-            pending_space = false;
-        }
-        let tok = if signed {
-            i += 1;
-            toks[i]
-        } else {
-            t
-        };
-        if tok.kind == Kind::Literal {
-            next = next.saturating_add(1);
-            out.push('$');
-            out.push_str(&next.to_string());
-        } else {
-            out.push_str(&sql[tok.start..tok.end]);
-        }
-        prev_sig = Some(tok);
-        i += 1;
-    }
-    let text = scrub_pans(&out);
+    normalized(crate::sqltext::Text::of(sql).normalized)
+}
+
+/// [`normalize`] of text [`crate::sqltext::Text`] already read.
+pub fn normalized(text: String) -> (String, String) {
+    let text = match scrub_pans_cow(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(o) => o,
+    };
     let fingerprint = fingerprint(&text);
     (text, fingerprint)
 }
 
-fn starts_number(lit: &str) -> bool {
-    lit.bytes()
-        .next()
-        .is_some_and(|c| c.is_ascii_digit() || c == b'.')
-}
-
-fn sign_context(prev: &str, kind: Kind) -> bool {
-    match kind {
-        Kind::Op => !matches!(prev, ")" | "]"),
-        Kind::Word => SIGN_KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(prev)),
-        _ => false,
-    }
-}
-
-/// First 16 hex digits of the SHA-256 of `normalized`.
-pub fn fingerprint(normalized: &str) -> String {
-    let mut h = hex::encode(Sha256::digest(normalized.as_bytes()));
-    h.truncate(16);
-    h
-}
+pub use crate::sqltext::fingerprint;
 
 /// The text and fingerprint a record stores for `sql`: the normalized text (default) or, with
 /// `keep_literals`, the original text with card numbers scrubbed; either capped at
 /// [`MAX_TEXT_BYTES`]. The fingerprint is always that of the normalized text.
 pub fn statement_text(sql: &str, keep_literals: bool) -> (String, String) {
-    let (normalized, fp) = normalize(sql);
+    statement_text_of(sql, crate::sqltext::Text::of(sql).normalized, keep_literals)
+}
+
+/// [`statement_text`] given `sql`'s normalized text.
+pub fn statement_text_of(
+    sql: &str,
+    normalized_text: String,
+    keep_literals: bool,
+) -> (String, String) {
+    let (normalized, fp) = normalized(normalized_text);
     let mut text = if keep_literals {
         scrub_pans(sql)
     } else {

@@ -29,12 +29,28 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use super::journald::Journald;
+use super::canon::{Prepared, Sealed};
+use super::journald::{self, Journald};
 use super::record::{Event, GENESIS_HASH, Record, Statement, hash_value};
 use crate::config::{AuditConfig, AuditMode};
 
 /// Most records written (and fsynced) as one batch.
 const MAX_BATCH: usize = 4096;
+
+/// How long records nobody waits for (`query.done`, async mode) may sit in the queue while
+/// the writer is busy: they go with the next batch, or after this.
+const LAZY_FLUSH: Duration = Duration::from_millis(2);
+
+/// How long without records before the writer sleeps until woken.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// With `fsync: true`, records nobody waits for (`query.done`, async mode) are written at once
+/// but fsynced with the next batch someone waits for, or after this.
+const LAZY_SYNC: Duration = Duration::from_millis(100);
+
+/// With `fsync: false`, written records are still fsynced this often (bounding what a power
+/// loss can take; an agent crash takes nothing that was written).
+const PERIODIC_SYNC: Duration = Duration::from_secs(1);
 
 /// Why a record did not make it to the journal.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -88,8 +104,8 @@ pub struct AuditStatus {
     pub records_written: u64,
     /// Failed writes (each failed batch counts once).
     pub write_errors: u64,
-    /// Whether records are mirrored to journald.
-    pub journald: bool,
+    /// Which records are mirrored to journald.
+    pub journald: crate::config::JournaldMirror,
     /// Records journald did not get (an absent socket counts once).
     pub journald_errors: u64,
     /// Records dropped because the async queue was full.
@@ -118,8 +134,19 @@ impl Drop for Handle {
 
 type Waiter = oneshot::Sender<Result<u64, AuditError>>;
 
+/// The answer a waiter got, if it got one (taking it).
+fn answered(
+    rx: &mut oneshot::Receiver<Result<u64, AuditError>>,
+) -> Option<Result<u64, AuditError>> {
+    match rx.try_recv() {
+        Ok(r) => Some(r),
+        Err(oneshot::error::TryRecvError::Closed) => Some(Err(AuditError::Closed)),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+    }
+}
+
 enum Item {
-    Record(Box<Record>, Option<Waiter>),
+    Record(Box<Prepared>, Option<Waiter>),
     Checkpoint,
     Lost(u64),
 }
@@ -134,6 +161,10 @@ struct Queue {
     /// Dropped records not yet reported by an `audit.gap`.
     lost: u64,
     closing: bool,
+    /// The writer sleeps until woken (no records for a while): lazy records wake it.
+    idle: bool,
+    /// When the last checkpoint was written.
+    last_checkpoint: Instant,
 }
 
 struct Shared {
@@ -141,7 +172,7 @@ struct Shared {
     mode: AuditMode,
     capacity: usize,
     keep_literals: bool,
-    journald: bool,
+    journald: crate::config::JournaldMirror,
     checkpoint_every: u64,
     queue: Mutex<Queue>,
     wake: Condvar,
@@ -152,9 +183,14 @@ struct Shared {
     dropped: AtomicU64,
     last_hash: Mutex<String>,
     last_error: Mutex<Option<String>>,
-    /// Tests hold it to stall the writer between taking a batch and writing it.
-    #[cfg(test)]
-    stall: Mutex<()>,
+    /// `audit.checkpoint` at least this often.
+    checkpoint_interval: Option<Duration>,
+    /// The file and the chain. Whoever holds it writes: the writer thread, or (strict mode
+    /// without per-statement fsync) an appender committing inline. Taken before `queue`.
+    writer: Mutex<Writer>,
+    /// Appenders commit their records themselves (strict, `fsync: false`): no thread hand-off
+    /// on a statement's path.
+    inline: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -180,10 +216,25 @@ impl Shared {
         seq
     }
 
-    /// Queues a record, or drops it (async mode, queue full).
-    fn enqueue(&self, rec: Record, waiter: Option<Waiter>) -> Result<u64, AuditError> {
+    /// Queues a record, or drops it (async mode, queue full). Without a waiter the writer is
+    /// only woken when it sleeps idle; a busy writer takes the record with its next batch.
+    fn enqueue(&self, rec: Prepared, waiter: Option<Waiter>) -> Result<u64, AuditError> {
+        let wake = waiter.is_some();
+        self.enqueue_as(rec, waiter, wake)
+    }
+
+    /// [`Shared::enqueue`], waking the writer thread when `wake` or when it sleeps idle.
+    fn enqueue_as(
+        &self,
+        rec: Prepared,
+        waiter: Option<Waiter>,
+        wake: bool,
+    ) -> Result<u64, AuditError> {
         if rec.event == Event::Unknown {
             return Err(AuditError::Invalid("unknown event".into()));
+        }
+        if self.mode == AuditMode::Off {
+            return Ok(0);
         }
         let mut q = lock(&self.queue);
         if q.closing {
@@ -205,10 +256,118 @@ impl Shared {
             let lost = std::mem::take(&mut q.lost);
             self.push(&mut q, Item::Lost(lost));
         }
+        let wake = wake || q.idle;
         let seq = self.push(&mut q, Item::Record(Box::new(rec), waiter));
         drop(q);
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
         Ok(seq)
+    }
+
+    /// Queues a checkpoint when one is due by time.
+    fn queue_due_checkpoint(&self, q: &mut Queue) {
+        if let Some(i) = self.checkpoint_interval
+            && q.last_checkpoint.elapsed() >= i
+            && !q.checkpoint_queued
+            && !q.closing
+        {
+            q.checkpoint_queued = true;
+            q.since_checkpoint = 0;
+            q.next_seq += 1;
+            q.items.push_back(Item::Checkpoint);
+        }
+    }
+
+    /// Commits what is queued (up to a batch) with the writer held: the writer thread does,
+    /// and inline appenders do. On failure, strict appenders hear it and the rest goes back to
+    /// the front of the queue, in order.
+    fn commit_round(&self, w: &mut Writer, closing: bool, thread: bool) -> Round {
+        let batch: Vec<Item> = {
+            let mut q = lock(&self.queue);
+            self.queue_due_checkpoint(&mut q);
+            let n = q.items.len().min(MAX_BATCH);
+            q.items.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return Round::Empty;
+        }
+        w.last_batch = Instant::now();
+        // Someone waits (strict mode), or an fsync is due: this batch is fsynced, and with it
+        // everything written before. Only the writer thread does the due ones: an inline
+        // appender must not stall its sessions on the disk.
+        let sync = closing
+            || (thread && w.sync_due_in().is_some_and(|d| d.is_zero()))
+            || (w.fsync && batch.iter().any(|i| matches!(i, Item::Record(_, Some(_)))));
+        match w.commit_items(self, batch, sync) {
+            Ok(n) => {
+                w.after_commit(self, n);
+                Round::Done
+            }
+            Err((n, rest, e)) => {
+                w.after_commit(self, n);
+                w.failed(self, &e);
+                let back = match self.mode {
+                    AuditMode::Strict => {
+                        let err = AuditError::Write {
+                            path: w.path.clone(),
+                            source: Arc::new(e),
+                        };
+                        // Appenders hear it (and refuse their statements); records nobody
+                        // waits for (a gap sealing a tear, `query.done`) are tried again.
+                        let mut own = Vec::new();
+                        for item in rest {
+                            match item {
+                                Item::Record(_, Some(w)) => {
+                                    let _ = w.send(Err(err.clone()));
+                                }
+                                Item::Record(r, None) => own.push(Item::Record(r, None)),
+                                Item::Lost(n) => own.push(Item::Lost(n)),
+                                Item::Checkpoint => {
+                                    lock(&self.queue).checkpoint_queued = false;
+                                }
+                            }
+                        }
+                        own
+                    }
+                    // Kept, in order; the queue absorbs meanwhile, then drops.
+                    AuditMode::Async | AuditMode::Off => rest,
+                };
+                let mut q = lock(&self.queue);
+                for item in back.into_iter().rev() {
+                    q.items.push_front(item);
+                }
+                Round::Failed
+            }
+        }
+    }
+
+    /// Appends committed by the appender itself (strict, `fsync: false`): queued behind
+    /// what waits, then everything queued is written, in order. The first failure, if any.
+    fn append_inline(&self, recs: Vec<Prepared>) -> Result<u64, AuditError> {
+        let mut waits = Vec::with_capacity(recs.len());
+        for rec in recs {
+            let (tx, rx) = oneshot::channel();
+            self.enqueue_as(rec, Some(tx), false)?;
+            waits.push(rx);
+        }
+        let mut last = 0;
+        for mut rx in waits {
+            let answer = loop {
+                if let Some(r) = answered(&mut rx) {
+                    break r;
+                }
+                // Not yet written: commit what is queued. The writer thread may be at it: then
+                // holding the writer means it is done, and the answer is there.
+                let mut w = lock(&self.writer);
+                if let Some(r) = answered(&mut rx) {
+                    break r;
+                }
+                self.commit_round(&mut w, false, false);
+            };
+            last = answer?;
+        }
+        Ok(last)
     }
 
     fn shut_down(&self, thread: &Mutex<Option<JoinHandle<()>>>) {
@@ -226,6 +385,9 @@ impl Journal {
     /// (or from the newest rotated file), seals a torn tail with an `audit.gap` record, and
     /// starts the writer thread.
     pub fn open(cfg: &AuditConfig) -> Result<Journal, AuditError> {
+        if cfg.mode == AuditMode::Off {
+            return Ok(Self::off(cfg));
+        }
         let path = cfg.path.clone();
         let open_err = |e: io::Error| AuditError::Open {
             path: path.clone(),
@@ -251,6 +413,36 @@ impl Journal {
                 meta.mode() & 0o777
             );
         }
+        let mut writer = Writer {
+            _lock: journal_lock,
+            path: path.clone(),
+            file: Some(file),
+            size: meta.len(),
+            max_bytes: cfg.max_bytes,
+            keep_files: cfg.keep_files,
+            fsync: cfg.fsync,
+            chain: Chain {
+                next_seq: recovered.next_seq,
+                prev_hash: recovered.prev_hash.clone(),
+                cp_first: None,
+                cp_count: 0,
+            },
+            last_batch: Instant::now(),
+            unsynced: None,
+            journald: cfg
+                .journald
+                .on()
+                .then(|| Journald::new(&cfg.journald_socket)),
+            suspect: false,
+            failing_since: None,
+            failures_logged: 0,
+        };
+        let torn = recovered.torn;
+        if let Some(torn) = &torn
+            && torn.needs_newline
+        {
+            writer.write_raw(b"\n").map_err(open_err)?;
+        }
         let shared = Arc::new(Shared {
             path: path.clone(),
             mode: cfg.mode,
@@ -265,6 +457,8 @@ impl Journal {
                 checkpoint_queued: false,
                 lost: 0,
                 closing: false,
+                idle: false,
+                last_checkpoint: Instant::now(),
             }),
             wake: Condvar::new(),
             last_seq: AtomicU64::new(recovered.next_seq - 1),
@@ -272,35 +466,14 @@ impl Journal {
             write_errors: AtomicU64::new(0),
             journald_errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            last_hash: Mutex::new(recovered.prev_hash.clone()),
+            last_hash: Mutex::new(recovered.prev_hash),
             last_error: Mutex::new(None),
-            #[cfg(test)]
-            stall: Mutex::new(()),
-        });
-        let mut writer = Writer {
-            _lock: journal_lock,
-            shared: Arc::clone(&shared),
-            path: path.clone(),
-            file: Some(file),
-            size: meta.len(),
-            max_bytes: cfg.max_bytes,
-            keep_files: cfg.keep_files,
-            fsync: cfg.fsync,
-            chain: Chain {
-                next_seq: recovered.next_seq,
-                prev_hash: recovered.prev_hash,
-                cp_first: None,
-                cp_count: 0,
-            },
             checkpoint_interval: (cfg.checkpoint_seconds > 0)
                 .then(|| Duration::from_secs(cfg.checkpoint_seconds)),
-            last_checkpoint: Instant::now(),
-            journald: cfg.journald.then(|| Journald::new(&cfg.journald_socket)),
-            suspect: false,
-            failing_since: None,
-            failures_logged: 0,
-        };
-        if let Some(torn) = recovered.torn {
+            writer: Mutex::new(writer),
+            inline: cfg.mode == AuditMode::Strict && !cfg.fsync,
+        });
+        if let Some(torn) = torn {
             warn!(
                 "audit journal {}: {} torn byte(s) after seq {} ({}); sealing with audit.gap",
                 path.display(),
@@ -308,9 +481,6 @@ impl Journal {
                 torn.after_seq.map_or("none".into(), |s| s.to_string()),
                 torn.reason
             );
-            if torn.needs_newline {
-                writer.write_raw(b"\n").map_err(open_err)?;
-            }
             let mut gap = Record::new(Event::AuditGap)
                 .detail("torn_bytes", torn.bytes)
                 .detail("after_seq", torn.after_seq)
@@ -318,17 +488,21 @@ impl Journal {
             if let Some(f) = torn.file {
                 gap = gap.detail("file", f);
             }
-            let entries = vec![Item::Record(Box::new(gap), None)];
-            let n = writer
-                .commit_items(entries)
+            let entries = vec![Item::Record(Box::new(Prepared::from_record(&gap)), None)];
+            let mut w = lock(&shared.writer);
+            let n = w
+                .commit_items(&shared, entries, true)
                 .map_err(|(_, _, e)| open_err(e))?;
-            writer.after_commit(n);
-            lock(&shared.queue).next_seq = writer.chain.next_seq;
+            w.after_commit(&shared, n);
+            lock(&shared.queue).next_seq = w.chain.next_seq;
         }
-        let thread = std::thread::Builder::new()
-            .name("pgwarden-audit".into())
-            .spawn(move || writer.run())
-            .map_err(open_err)?;
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("pgwarden-audit".into())
+                .spawn(move || run(&shared))
+                .map_err(open_err)?
+        };
         info!(
             path = %path.display(),
             mode = ?cfg.mode,
@@ -343,14 +517,90 @@ impl Journal {
         })
     }
 
+    /// A journal that records nothing (`mode: off`).
+    fn off(cfg: &AuditConfig) -> Journal {
+        error!(
+            "AUDIT JOURNAL OFF (audit.mode: off): no session, statement or decision is recorded; \
+             this does not meet PCI DSS Req 10 and is meant for measuring the relay only"
+        );
+        Journal {
+            inner: Arc::new(Handle {
+                shared: Arc::new(Shared {
+                    path: cfg.path.clone(),
+                    mode: AuditMode::Off,
+                    capacity: 1,
+                    keep_literals: cfg.keep_literals,
+                    journald: crate::config::JournaldMirror::Off,
+                    checkpoint_every: 0,
+                    queue: Mutex::new(Queue {
+                        items: VecDeque::new(),
+                        next_seq: 1,
+                        since_checkpoint: 0,
+                        checkpoint_queued: false,
+                        lost: 0,
+                        closing: false,
+                        idle: true,
+                        last_checkpoint: Instant::now(),
+                    }),
+                    wake: Condvar::new(),
+                    last_seq: AtomicU64::new(0),
+                    records_written: AtomicU64::new(0),
+                    write_errors: AtomicU64::new(0),
+                    journald_errors: AtomicU64::new(0),
+                    dropped: AtomicU64::new(0),
+                    last_hash: Mutex::new(String::new()),
+                    last_error: Mutex::new(None),
+                    checkpoint_interval: None,
+                    // Never written to: nothing is queued in this mode.
+                    writer: Mutex::new(Writer {
+                        _lock: None,
+                        path: cfg.path.clone(),
+                        file: None,
+                        size: 0,
+                        max_bytes: cfg.max_bytes,
+                        keep_files: cfg.keep_files,
+                        fsync: false,
+                        chain: Chain {
+                            next_seq: 1,
+                            prev_hash: GENESIS_HASH.into(),
+                            cp_first: None,
+                            cp_count: 0,
+                        },
+                        last_batch: Instant::now(),
+                        unsynced: None,
+                        journald: None,
+                        suspect: false,
+                        failing_since: None,
+                        failures_logged: 0,
+                    }),
+                    inline: false,
+                }),
+                thread: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Whether records are kept at all (`mode` is not `off`).
+    pub fn enabled(&self) -> bool {
+        self.inner.shared.mode != AuditMode::Off
+    }
+
     /// Appends a record. Strict mode: resolves with its `seq` once it is on disk, or fails
     /// (refuse the statement). Async mode: resolves at once with the `seq` it will get, or
     /// [`AuditError::Dropped`] when the queue is full (do not refuse for that: it is counted,
     /// and reported by an `audit.gap`).
     pub async fn append(&self, rec: Record) -> Result<u64, AuditError> {
+        self.append_prepared(Prepared::from_record(&rec)).await
+    }
+
+    /// [`Journal::append`] of a record serialized by the caller ([`super::canon`]).
+    pub async fn append_prepared(&self, rec: Prepared) -> Result<u64, AuditError> {
         let shared = &self.inner.shared;
-        if shared.mode == AuditMode::Async {
+        if shared.mode != AuditMode::Strict {
             return shared.enqueue(rec, None);
+        }
+        if shared.inline {
+            return shared.append_inline(vec![rec]);
         }
         let (tx, rx) = oneshot::channel();
         shared.enqueue(rec, Some(tx))?;
@@ -360,9 +610,13 @@ impl Journal {
     /// [`Journal::append`] for synchronous code. Must not be called from inside an async
     /// task (it blocks the thread until the write is done, in strict mode).
     pub fn append_blocking(&self, rec: Record) -> Result<u64, AuditError> {
+        let rec = Prepared::from_record(&rec);
         let shared = &self.inner.shared;
-        if shared.mode == AuditMode::Async {
+        if shared.mode != AuditMode::Strict {
             return shared.enqueue(rec, None);
+        }
+        if shared.inline {
+            return shared.append_inline(vec![rec]);
         }
         let (tx, rx) = oneshot::channel();
         shared.enqueue(rec, Some(tx))?;
@@ -373,8 +627,12 @@ impl Journal {
     /// mode the write still happens, but nobody waits for it (for records that hold nothing
     /// up, like `query.done`). Errors are counted in the journal's status either way.
     pub fn submit(&self, rec: Record) {
-        let shared = &self.inner.shared;
-        let _ = shared.enqueue(rec, None);
+        self.submit_prepared(Prepared::from_record(&rec));
+    }
+
+    /// [`Journal::submit`] of a record serialized by the caller.
+    pub fn submit_prepared(&self, rec: Prepared) {
+        let _ = self.inner.shared.enqueue(rec, None);
     }
 
     /// Whether appends wait for the disk.
@@ -385,6 +643,43 @@ impl Journal {
     /// The statement part of a record for `sql`, following the journal's `keep_literals`.
     pub fn statement(&self, sql: &str) -> Statement {
         Statement::from_sql(sql, self.inner.shared.keep_literals)
+    }
+
+    /// [`Journal::statement`] of a text the caller has read already.
+    pub fn statement_of(&self, sql: &str, text: &crate::sqltext::Text) -> Statement {
+        Statement::from_text(sql, text, self.inner.shared.keep_literals)
+    }
+
+    /// Appends several records and waits for all of them (they share a group commit in
+    /// strict mode); the first failure, if any.
+    pub async fn append_all(&self, recs: Vec<Prepared>) -> Result<(), AuditError> {
+        let shared = &self.inner.shared;
+        if shared.mode != AuditMode::Strict {
+            for r in recs {
+                let _ = shared.enqueue(r, None);
+            }
+            return Ok(());
+        }
+        if shared.inline {
+            return shared.append_inline(recs).map(|_| ());
+        }
+        let mut waits = Vec::with_capacity(recs.len());
+        let mut first_err = None;
+        for r in recs {
+            let (tx, rx) = oneshot::channel();
+            match shared.enqueue(r, Some(tx)) {
+                Ok(_) => waits.push(rx),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for rx in waits {
+            if let Err(e) = rx.await.unwrap_or(Err(AuditError::Closed)) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// The journal file.
@@ -428,11 +723,20 @@ struct Chain {
     cp_count: u64,
 }
 
-/// The writer thread's state.
+/// What a commit round found.
+enum Round {
+    /// Nothing was queued.
+    Empty,
+    /// A batch was written.
+    Done,
+    /// A batch failed (its appenders heard it; the rest waits for a retry).
+    Failed,
+}
+
+/// The file and the chain: whoever holds it (under [`Shared::writer`]) writes.
 struct Writer {
-    /// Held while the writer runs: one writer per chain.
+    /// Held while the journal is open: one writer per chain.
     _lock: Option<nix::fcntl::Flock<File>>,
-    shared: Arc<Shared>,
     path: PathBuf,
     /// `None` after a rotation that could not create the new file.
     file: Option<File>,
@@ -442,8 +746,10 @@ struct Writer {
     keep_files: usize,
     fsync: bool,
     chain: Chain,
-    checkpoint_interval: Option<Duration>,
-    last_checkpoint: Instant,
+    /// When the last batch was taken (the thread stays awake for lazy records while busy).
+    last_batch: Instant,
+    /// When the oldest write not yet fsynced happened.
+    unsynced: Option<Instant>,
     journald: Option<Journald>,
     /// A failed write could not be cut back: the file may hold a torn line past `size`.
     suspect: bool,
@@ -451,125 +757,103 @@ struct Writer {
     failures_logged: u64,
 }
 
-impl Writer {
-    fn run(mut self) {
-        let mut retry: Vec<Item> = Vec::new();
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let mut batch = std::mem::take(&mut retry);
-            let closing = {
-                let mut q = lock(&self.shared.queue);
-                loop {
-                    self.queue_due_checkpoint(&mut q);
-                    if !q.items.is_empty() || !batch.is_empty() || q.closing {
-                        break;
-                    }
-                    let wait = self
-                        .checkpoint_interval
-                        .map_or(Duration::from_secs(3600), |i| {
-                            i.saturating_sub(self.last_checkpoint.elapsed())
-                        })
-                        .max(Duration::from_millis(10));
-                    q = self
-                        .shared
-                        .wake
-                        .wait_timeout(q, wait)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
-                let room = MAX_BATCH.saturating_sub(batch.len()).max(1);
-                let n = q.items.len().min(room);
-                batch.extend(q.items.drain(..n));
-                q.closing && q.items.is_empty()
+/// The writer thread: commits what appenders queue (group commit), fsyncs what was written
+/// when it is due, writes checkpoints, and retries a failing journal with back-off.
+fn run(s: &Shared) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let closing = {
+            // What the timing depends on, read without holding the writer while waiting.
+            let (busy, sync_due) = {
+                let w = lock(&s.writer);
+                (w.last_batch.elapsed() < IDLE_AFTER, w.sync_due_in())
             };
-            if batch.is_empty() && closing {
-                return;
+            let mut q = lock(&s.queue);
+            s.queue_due_checkpoint(&mut q);
+            if q.items.is_empty() && !q.closing && sync_due.is_none_or(|d| !d.is_zero()) {
+                // Busy lately: look again soon (records nobody waits for do not wake us).
+                // Quiet: sleep until woken, or until an fsync or a checkpoint is due.
+                q.idle = !busy;
+                let wait = if busy {
+                    LAZY_FLUSH
+                } else if let Some(due) = sync_due {
+                    due
+                } else {
+                    s.checkpoint_interval
+                        .map_or(Duration::from_secs(3600), |i| {
+                            i.saturating_sub(q.last_checkpoint.elapsed())
+                        })
+                        .max(Duration::from_millis(10))
+                };
+                q = s
+                    .wake
+                    .wait_timeout(q, wait)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
-            #[cfg(test)]
-            drop(lock(&self.shared.stall));
-            match self.commit_items(batch) {
-                Ok(n) => {
-                    self.after_commit(n);
-                    backoff = Duration::from_millis(50);
-                }
-                Err((n, rest, e)) => {
-                    self.after_commit(n);
-                    self.failed(&e);
-                    match self.shared.mode {
-                        AuditMode::Strict => {
-                            let err = AuditError::Write {
-                                path: self.path.clone(),
-                                source: Arc::new(e),
-                            };
-                            // Appenders hear it (and refuse their statements); the writer's
-                            // own records (a gap sealing a tear) wait for the next batch.
-                            let mut own = Vec::new();
-                            for item in rest {
-                                match item {
-                                    Item::Record(_, Some(w)) => {
-                                        let _ = w.send(Err(err.clone()));
-                                    }
-                                    Item::Record(r, None) => own.push(Item::Record(r, None)),
-                                    Item::Lost(n) => own.push(Item::Lost(n)),
-                                    Item::Checkpoint => {
-                                        lock(&self.shared.queue).checkpoint_queued = false;
-                                    }
-                                }
-                            }
-                            retry = own;
-                        }
-                        AuditMode::Async => {
-                            // Keep them, in order; the queue absorbs meanwhile, then drops.
-                            retry = rest;
+            q.idle = false;
+            q.closing
+        };
+        let mut w = lock(&s.writer);
+        match s.commit_round(&mut w, closing, true) {
+            Round::Done => backoff = Duration::from_millis(50),
+            Round::Empty => {
+                // Woken for an fsync that is due (or closing): written records go to disk,
+                // without holding the writer (inline appenders keep writing meanwhile).
+                if w.unsynced.is_some() && (closing || w.sync_due_in().is_some_and(|d| d.is_zero()))
+                {
+                    let file = w.file.as_ref().and_then(|f| f.try_clone().ok());
+                    let size = w.size;
+                    drop(w);
+                    if let Some(f) = file {
+                        let synced = f.sync_data();
+                        let mut w = lock(&s.writer);
+                        match synced {
+                            // What was written since waits for the next round.
+                            Ok(()) if w.size == size => w.unsynced = None,
+                            Ok(()) => w.unsynced = Some(Instant::now()),
+                            Err(e) => w.failed(s, &e),
                         }
                     }
                 }
+                if closing && lock(&s.queue).items.is_empty() {
+                    return;
+                }
             }
-            if !retry.is_empty() {
-                if closing
-                    && self
-                        .failing_since
-                        .is_some_and(|t| t.elapsed() > Duration::from_secs(5))
-                {
+            Round::Failed => {
+                let failing_for = w.failing_since.map(|t| t.elapsed());
+                drop(w);
+                if closing && failing_for.is_some_and(|t| t > Duration::from_secs(5)) {
                     error!(
                         "audit journal {}: giving up on {} record(s) at shutdown",
-                        self.path.display(),
-                        retry.len()
+                        s.path.display(),
+                        lock(&s.queue).items.len()
                     );
                     return;
                 }
                 // Strict appenders are waiting behind this: retry sooner.
-                let cap = match self.shared.mode {
+                let cap = match s.mode {
                     AuditMode::Strict => Duration::from_millis(200),
-                    AuditMode::Async => Duration::from_secs(2),
+                    AuditMode::Async | AuditMode::Off => Duration::from_secs(2),
                 };
                 std::thread::sleep(backoff.min(cap));
                 backoff = (backoff * 2).min(cap);
-            }
-            // Room again after drops: say how many were lost.
-            let mut q = lock(&self.shared.queue);
-            if q.lost > 0 && q.items.len() < self.shared.capacity && retry.is_empty() {
-                let lost = std::mem::take(&mut q.lost);
-                self.shared.push(&mut q, Item::Lost(lost));
+                continue;
             }
         }
-    }
-
-    fn queue_due_checkpoint(&self, q: &mut Queue) {
-        if let Some(i) = self.checkpoint_interval
-            && self.last_checkpoint.elapsed() >= i
-            && !q.checkpoint_queued
-            && !q.closing
-        {
-            q.checkpoint_queued = true;
-            q.since_checkpoint = 0;
-            q.next_seq += 1;
-            q.items.push_back(Item::Checkpoint);
+        // Room again after drops: say how many were lost.
+        let mut q = lock(&s.queue);
+        if q.lost > 0 && q.items.len() < s.capacity {
+            let lost = std::mem::take(&mut q.lost);
+            s.push(&mut q, Item::Lost(lost));
         }
     }
+}
 
-    /// Publishes the first `n` committed items' results.
-    fn after_commit(&mut self, committed: Vec<(Record, Option<Waiter>)>) {
+impl Writer {
+    /// Publishes the committed records' results: waiters answered, status updated, lines
+    /// mirrored to journald.
+    fn after_commit(&mut self, s: &Shared, committed: Vec<Committed>) {
         if committed.is_empty() {
             return;
         }
@@ -580,38 +864,36 @@ impl Writer {
                 t.elapsed().as_secs_f64()
             );
             self.failures_logged = 0;
-            *lock(&self.shared.last_error) = None;
+            *lock(&s.last_error) = None;
         }
-        if committed
-            .iter()
-            .any(|(r, _)| r.event == Event::AuditCheckpoint)
-        {
-            self.last_checkpoint = Instant::now();
-            lock(&self.shared.queue).checkpoint_queued = false;
+        if committed.iter().any(|c| c.event == Event::AuditCheckpoint) {
+            let mut q = lock(&s.queue);
+            q.last_checkpoint = Instant::now();
+            q.checkpoint_queued = false;
         }
-        let s = &self.shared;
-        let last = &committed[committed.len() - 1].0;
+        let last = &committed[committed.len() - 1].sealed;
         s.last_seq.store(last.seq, Ordering::Relaxed);
-        *lock(&s.last_hash) = last.hash.clone();
+        lock(&s.last_hash).clone_from(&last.hash);
         s.records_written
             .fetch_add(committed.len() as u64, Ordering::Relaxed);
-        let mut records = Vec::with_capacity(committed.len());
-        for (rec, waiter) in committed {
-            if let Some(w) = waiter {
-                let _ = w.send(Ok(rec.seq));
+        let mut sent = Vec::with_capacity(committed.len());
+        for c in committed {
+            if let Some(w) = c.waiter {
+                let _ = w.send(Ok(c.sealed.seq));
             }
-            records.push(rec);
+            if s.journald.mirrors(c.event) {
+                sent.push((c.sealed, journald::priority(c.event, c.denial)));
+            }
         }
         if let Some(j) = &mut self.journald {
-            for rec in &records {
-                j.send(rec);
+            for (sealed, priority) in &sent {
+                j.send(&sealed.line, sealed.seq, *priority);
             }
             s.journald_errors.store(j.errors(), Ordering::Relaxed);
         }
     }
 
-    fn failed(&mut self, e: &io::Error) {
-        let s = &self.shared;
+    fn failed(&mut self, s: &Shared, e: &io::Error) {
         s.write_errors.fetch_add(1, Ordering::Relaxed);
         *lock(&s.last_error) = Some(e.to_string());
         let since = *self.failing_since.get_or_insert_with(Instant::now);
@@ -624,7 +906,7 @@ impl Writer {
                 since.elapsed().as_secs_f64(),
                 match s.mode {
                     AuditMode::Strict => "statements are refused until it can",
-                    AuditMode::Async => "records are queued, then dropped",
+                    AuditMode::Async | AuditMode::Off => "records are queued, then dropped",
                 }
             );
         }
@@ -640,50 +922,50 @@ impl Writer {
     )]
     fn commit_items(
         &mut self,
+        s: &Shared,
         items: Vec<Item>,
-    ) -> Result<Vec<(Record, Option<Waiter>)>, (Vec<(Record, Option<Waiter>)>, Vec<Item>, io::Error)>
-    {
+        sync: bool,
+    ) -> Result<Vec<Committed>, (Vec<Committed>, Vec<Item>, io::Error)> {
         if self.suspect
-            && let Err(e) = self.reconcile()
+            && let Err(e) = self.reconcile(s)
         {
             return Err((Vec::new(), items, e));
         }
-        let mut committed: Vec<(Record, Option<Waiter>)> = Vec::with_capacity(items.len());
-        let mut chunk: Vec<(Record, Option<Waiter>, Kind)> = Vec::new();
-        let mut buf: Vec<u8> = Vec::new();
+        let mut committed: Vec<Committed> = Vec::with_capacity(items.len());
+        let mut chunk: Vec<(Committed, Prepared, Kind)> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(items.len() * 768);
         let mut chunk_chain = self.chain.clone();
         let mut items = VecDeque::from(items);
         // Items not written, in order, waiters attached again.
-        let unwritten = |chunk: Vec<(Record, Option<Waiter>, Kind)>, items: VecDeque<Item>| {
+        let unwritten = |chunk: Vec<(Committed, Prepared, Kind)>, items: VecDeque<Item>| {
             chunk
                 .into_iter()
-                .map(|(r, w, k)| k.item(r, w))
+                .map(|(c, p, k)| k.item(p, c.waiter))
                 .chain(items)
                 .collect::<Vec<Item>>()
         };
         while let Some(item) = items.pop_front() {
             let before = self.chain.clone();
-            let (rec, waiter, kind) = self.finalize(item);
-            let mut line = match serde_json::to_vec(&rec) {
-                Ok(l) => l,
-                Err(e) => {
-                    // Cannot happen for records that passed `enqueue`; never write half of one.
-                    self.chain = before;
-                    if let Some(w) = waiter {
-                        let _ = w.send(Err(AuditError::Invalid(e.to_string())));
-                    }
-                    continue;
-                }
-            };
-            line.push(b'\n');
+            let (prepared, waiter, kind) = self.finalize(item);
+            let sealed = prepared.seal(self.chain.next_seq, &self.chain.prev_hash);
+            self.chain.prev_hash.clone_from(&sealed.hash);
+            self.chain.next_seq += 1;
+            let line_len = sealed.line.len() as u64;
             let pending = self.size + buf.len() as u64;
-            if pending > 0 && pending + line.len() as u64 > self.max_bytes {
-                if let Err(e) = self.flush(&buf) {
+            let c = Committed {
+                event: prepared.event,
+                denial: prepared.denial,
+                sealed,
+                waiter,
+            };
+            if pending > 0 && pending + line_len > self.max_bytes {
+                // The file is complete and on disk before it is renamed.
+                if let Err(e) = self.flush(&buf, true) {
                     self.chain = chunk_chain;
-                    chunk.push((rec, waiter, kind));
+                    chunk.push((c, prepared, kind));
                     return Err((committed, unwritten(chunk, items), e));
                 }
-                committed.extend(chunk.drain(..).map(|(r, w, _)| (r, w)));
+                committed.extend(chunk.drain(..).map(|(c, _, _)| c));
                 buf.clear();
                 if let Err(e) = self.rotate() {
                     error!(
@@ -693,24 +975,23 @@ impl Writer {
                 }
                 chunk_chain = before;
             }
-            buf.extend_from_slice(&line);
-            chunk.push((rec, waiter, kind));
+            buf.extend_from_slice(&c.sealed.line);
+            chunk.push((c, prepared, kind));
         }
-        if let Err(e) = self.flush(&buf) {
+        if let Err(e) = self.flush(&buf, sync) {
             self.chain = chunk_chain;
             return Err((committed, unwritten(chunk, VecDeque::new()), e));
         }
-        committed.extend(chunk.into_iter().map(|(r, w, _)| (r, w)));
+        committed.extend(chunk.into_iter().map(|(c, _, _)| c));
         Ok(committed)
     }
 
-    /// Turns an item into the chained record it stands for, with its waiter and what kind
-    /// of item it was (so that it can be queued again if the write fails).
-    fn finalize(&mut self, item: Item) -> (Record, Option<Waiter>, Kind) {
+    /// Turns an item into the record it stands for, with its waiter and what kind of item
+    /// it was (so that it can be queued again if the write fails), and keeps the checkpoint
+    /// count. Finalizing again (a retry) gives the same result: the seal is made anew.
+    fn finalize(&mut self, item: Item) -> (Prepared, Option<Waiter>, Kind) {
         let seq = self.chain.next_seq;
-        let (mut rec, waiter, kind) = match item {
-            // Finalizing again (a retry) gives the same result: seq and prev_hash are
-            // reassigned, scrubbing is idempotent, the hash is recomputed.
+        let (rec, waiter, kind) = match item {
             Item::Record(rec, waiter) => (*rec, waiter, Kind::Record),
             Item::Checkpoint => {
                 let mut r =
@@ -718,12 +999,14 @@ impl Writer {
                 if let Some(first) = self.chain.cp_first {
                     r = r.detail("first_seq", first).detail("last_seq", seq - 1);
                 }
-                (r, None, Kind::Checkpoint)
+                (Prepared::from_record(&r), None, Kind::Checkpoint)
             }
             Item::Lost(n) => (
-                Record::new(Event::AuditGap)
-                    .detail("lost", n)
-                    .detail("reason", "async queue full"),
+                Prepared::from_record(
+                    &Record::new(Event::AuditGap)
+                        .detail("lost", n)
+                        .detail("reason", "async queue full"),
+                ),
                 None,
                 Kind::Lost(n),
             ),
@@ -738,18 +1021,19 @@ impl Writer {
                 self.chain.cp_count += 1;
             }
         }
-        rec.seq = seq;
-        rec.prev_hash = std::mem::take(&mut self.chain.prev_hash);
-        rec.scrub_pans();
-        rec.hash = rec.compute_hash();
-        self.chain.prev_hash = rec.hash.clone();
-        self.chain.next_seq = seq + 1;
         (rec, waiter, kind)
     }
 
     /// Writes and fsyncs `buf` at the end of the current file; on failure, cuts the file back.
-    fn flush(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn flush(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
         if buf.is_empty() {
+            if sync
+                && self.unsynced.is_some()
+                && let Some(file) = &self.file
+            {
+                file.sync_data()?;
+                self.unsynced = None;
+            }
             return Ok(());
         }
         if self.file.is_none() {
@@ -762,10 +1046,15 @@ impl Writer {
         };
         let result = file
             .write_all(buf)
-            .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
+            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
         match result {
             Ok(()) => {
                 self.size += buf.len() as u64;
+                if sync {
+                    self.unsynced = None;
+                } else {
+                    self.unsynced.get_or_insert_with(Instant::now);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -776,6 +1065,14 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+
+    /// How long until written records must be fsynced (zero: now); `None` when everything
+    /// written is on disk.
+    fn sync_due_in(&self) -> Option<Duration> {
+        let after = if self.fsync { LAZY_SYNC } else { PERIODIC_SYNC };
+        self.unsynced
+            .map(|since| after.saturating_sub(since.elapsed()))
     }
 
     /// Writes raw bytes (the newline that seals a torn line).
@@ -790,7 +1087,7 @@ impl Writer {
 
     /// After a failed write that could not be cut back: if the file holds bytes past what we
     /// wrote, put the next record on a fresh line and queue an `audit.gap` that names them.
-    fn reconcile(&mut self) -> io::Result<()> {
+    fn reconcile(&mut self, s: &Shared) -> io::Result<()> {
         let Some(file) = &mut self.file else {
             return Ok(());
         };
@@ -809,8 +1106,11 @@ impl Writer {
                 .detail("torn_bytes", torn)
                 .detail("after_seq", self.chain.next_seq.checked_sub(1))
                 .detail("reason", "failed write could not be cut back");
-            let mut q = lock(&self.shared.queue);
-            self.shared.push(&mut q, Item::Record(Box::new(gap), None));
+            let mut q = lock(&s.queue);
+            s.push(
+                &mut q,
+                Item::Record(Box::new(Prepared::from_record(&gap)), None),
+            );
         }
         self.suspect = false;
         Ok(())
@@ -856,9 +1156,17 @@ enum Kind {
     Lost(u64),
 }
 
+/// A record written in a batch, waiting for the batch's fsync to be answered.
+struct Committed {
+    event: Event,
+    denial: bool,
+    sealed: Sealed,
+    waiter: Option<Waiter>,
+}
+
 impl Kind {
     /// The queue item again, for a retry or to fail its waiter.
-    fn item(self, rec: Record, waiter: Option<Waiter>) -> Item {
+    fn item(self, rec: Prepared, waiter: Option<Waiter>) -> Item {
         match self {
             Kind::Record => Item::Record(Box::new(rec), waiter),
             Kind::Checkpoint => Item::Checkpoint,
@@ -1184,7 +1492,7 @@ mod tests {
     fn cfg(dir: &Path) -> AuditConfig {
         AuditConfig {
             path: dir.join("audit.jsonl"),
-            journald: false,
+            journald: crate::config::JournaldMirror::Off,
             checkpoint_every: 0,
             checkpoint_seconds: 0,
             ..AuditConfig::default()
@@ -1326,6 +1634,50 @@ mod tests {
         let report = verify::verify(&[&c.path]);
         assert!(report.ok(), "{report}");
         assert_eq!(report.records, 800);
+    }
+
+    /// Strict without per-statement fsync: appenders write the chain themselves, interleaved
+    /// with records nobody waits for, and nothing is lost or out of order.
+    #[test]
+    fn inline_appenders_and_lazy_records_share_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = AuditConfig {
+            fsync: false,
+            max_bytes: 64 * 1024,
+            keep_files: 0,
+            ..cfg(dir.path())
+        };
+        let j = Journal::open(&c).unwrap();
+        assert!(j.inner.shared.inline);
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    let mut seqs = Vec::new();
+                    for i in 0..150 {
+                        seqs.push(
+                            j.append_blocking(sample_record(t * 1000 + i, "w", false))
+                                .unwrap(),
+                        );
+                        j.submit(sample_record(t * 1000 + i + 500, "w", false));
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        for t in threads {
+            let seqs = t.join().unwrap();
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "per-thread order kept"
+            );
+        }
+        j.close();
+        let files = chain_files(&c);
+        assert!(files.len() > 1, "it rotated");
+        let report = verify::verify(&files.iter().collect::<Vec<_>>());
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.records, 1200);
     }
 
     #[test]
@@ -1482,7 +1834,7 @@ mod tests {
         let (mut accepted, mut dropped) = (Vec::new(), 0u64);
         {
             // The writer takes at most one batch, then waits: the queue holds 5, the rest drop.
-            let _stalled = lock(&j.inner.shared.stall);
+            let _stalled = lock(&j.inner.shared.writer);
             for i in 0..20 {
                 match j.append_blocking(sample_record(i, "w", false)) {
                     Ok(seq) => accepted.push(seq),
@@ -1595,7 +1947,7 @@ mod tests {
         // Under /proc nothing can be created, not even by root.
         let c = AuditConfig {
             path: PathBuf::from("/proc/pgwarden-audit-test/audit.jsonl"),
-            journald: false,
+            journald: crate::config::JournaldMirror::Off,
             ..AuditConfig::default()
         };
         let e = Journal::open(&c).err().expect("open must fail");
@@ -1604,7 +1956,7 @@ mod tests {
         if Path::new("/dev/full").exists() {
             let c = AuditConfig {
                 path: PathBuf::from("/dev/full"),
-                journald: false,
+                journald: crate::config::JournaldMirror::Off,
                 checkpoint_seconds: 0,
                 ..AuditConfig::default()
             };

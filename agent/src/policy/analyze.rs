@@ -168,6 +168,14 @@ pub struct Facts {
     pub executes: Vec<String>,
     /// The parser's complaint, when the text does not parse.
     pub parse_error: Option<String>,
+    /// A SET that would make PostgreSQL read statement text differently from pgwarden's
+    /// parser (`standard_conforming_strings` off, a client encoding whose multibyte characters
+    /// can end in `\\`), as `name = value`.
+    pub lexer_setting: Option<String>,
+    /// Whether these facts depend on the values of literals (a LIMIT, a numeric argument, a
+    /// comparison of literals in a WHERE that decides whether a write is scoped, a SET value
+    /// that is checked): then they hold for this text only, not for its shape.
+    pub literal_sensitive: bool,
 }
 
 /// Parses `sql` (PostgreSQL dialect) and collects its facts.
@@ -240,18 +248,39 @@ impl Collector {
 
     fn scoped(&mut self, command: &str, selection: Option<&Expr>) {
         let scoped = selection.is_some_and(|e| !const_true(e) && references_column(e));
+        if selection.is_some_and(compares_literals) {
+            self.facts.literal_sensitive = true;
+        }
         if !scoped {
             self.facts.unscoped.push(command.to_owned());
         }
     }
 
-    fn set_variable(&mut self, variable: &ObjectName) {
+    fn set_variable(&mut self, variable: &ObjectName, values: &[&Expr]) {
         let name = parts(variable).join(".");
         match name.as_str() {
             "role" | "session_authorization" | "session authorization" => {
                 self.facts.role_change = true
             }
             "search_path" => self.facts.search_path_change = true,
+            "standard_conforming_strings" | "client_encoding" => {
+                self.facts.literal_sensitive = true;
+                let value = match values {
+                    [v] => setting_value(v),
+                    _ => None,
+                };
+                let safe = value.as_deref().is_some_and(|v| lexer_safe(&name, v));
+                if !safe {
+                    self.facts.lexer_setting = Some(format!(
+                        "{name} = {}",
+                        values
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
             _ => {}
         }
     }
@@ -267,6 +296,7 @@ impl Visitor for Collector {
                 if !self.facts.has_query {
                     self.facts.has_query = true;
                     self.facts.limit = query_limit(q);
+                    self.facts.literal_sensitive |= self.facts.limit.is_some();
                 }
                 if select_into(q) {
                     self.class(Class::Ddl, "SELECT INTO");
@@ -351,16 +381,28 @@ impl Visitor for Collector {
                     Set::SetRole { .. } | Set::SetSessionAuthorization(_) => {
                         self.facts.role_change = true
                     }
-                    Set::SingleAssignment { variable, .. } => self.set_variable(variable),
-                    Set::ParenthesizedAssignments { variables, .. } => {
-                        for v in variables {
-                            self.set_variable(v);
+                    Set::SingleAssignment {
+                        variable, values, ..
+                    } => self.set_variable(variable, &values.iter().collect::<Vec<_>>()),
+                    Set::ParenthesizedAssignments { variables, values } => {
+                        for (i, v) in variables.iter().enumerate() {
+                            let value: Vec<&Expr> = values.get(i).into_iter().collect();
+                            self.set_variable(v, &value);
                         }
                     }
                     Set::MultipleAssignments { assignments } => {
                         for a in assignments {
-                            self.set_variable(&a.name);
+                            self.set_variable(&a.name, &[&a.value]);
                         }
+                    }
+                    Set::SetNames { charset_name, .. } => {
+                        let value = Expr::Value(
+                            Value::SingleQuotedString(charset_name.value.clone()).into(),
+                        );
+                        self.set_variable(
+                            &ObjectName::from(vec![Ident::new("client_encoding")]),
+                            &[&value],
+                        );
                     }
                     _ => {}
                 }
@@ -502,6 +544,7 @@ impl Visitor for Collector {
                     },
                     _ => None,
                 });
+                self.facts.literal_sensitive |= first_number.is_some();
                 self.facts.functions.push(FuncRef {
                     schema: p.pop(),
                     name,
@@ -628,6 +671,97 @@ fn const_false(e: &Expr) -> bool {
             right,
         } => const_false(left) && const_false(right),
         _ => false,
+    }
+}
+
+/// Whether a comparison anywhere in `e` has literals on both sides: whether such a WHERE is
+/// constant-true can depend on their values (`1 = 1`, `'a' = 'b'`).
+fn compares_literals(e: &Expr) -> bool {
+    struct Finder(bool);
+    impl Visitor for Finder {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::BinaryOp { left, right, .. } = e
+                && has_literal(left)
+                && has_literal(right)
+            {
+                self.0 = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut f = Finder(false);
+    let _ = e.visit(&mut f);
+    f.0
+}
+
+fn has_literal(e: &Expr) -> bool {
+    struct Finder(bool);
+    impl Visitor for Finder {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if matches!(e, Expr::Value(_)) {
+                self.0 = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut f = Finder(false);
+    let _ = e.visit(&mut f);
+    f.0
+}
+
+/// A SET value as text: a string, a number or a bare word (`off`, `DEFAULT`).
+fn setting_value(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::Number(s, _) => Some(s.clone()),
+            Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        },
+        Expr::Identifier(i) => Some(i.value.clone()),
+        _ => None,
+    }
+}
+
+/// Client encodings whose multibyte characters can end in an ASCII byte (`\\`), so PostgreSQL
+/// would split a text differently from pgwarden's UTF-8 reading of it; PostgreSQL's names and
+/// aliases, compared as PostgreSQL compares them (lower case, letters and digits only).
+pub const UNSAFE_CLIENT_ENCODINGS: [&str; 17] = [
+    "big5",
+    "gb18030",
+    "gbk",
+    "johab",
+    "mskanji",
+    "shiftjis",
+    "shiftjis2004",
+    "sjis",
+    "uhc",
+    "win932",
+    "win936",
+    "win949",
+    "win950",
+    "windows932",
+    "windows936",
+    "windows949",
+    "windows950",
+];
+
+/// Whether `name = value` keeps PostgreSQL reading statement text as pgwarden does.
+pub fn lexer_safe(name: &str, value: &str) -> bool {
+    let v: String = value
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    match name {
+        "standard_conforming_strings" => {
+            matches!(v.as_str(), "on" | "true" | "yes" | "1" | "default")
+        }
+        "client_encoding" => !v.is_empty() && !UNSAFE_CLIENT_ENCODINGS.contains(&v.as_str()),
+        _ => true,
     }
 }
 

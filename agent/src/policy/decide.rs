@@ -386,6 +386,14 @@ impl Profile {
                 "changing the role or session authorization is not allowed",
             ));
         }
+        if let Some(setting) = &f.lexer_setting {
+            return Some(deny(
+                "setting.lexer",
+                format!(
+                    "SET {setting} is not allowed: PostgreSQL would then read statement text differently from pgwarden's parser (standard_conforming_strings must stay on; client encodings whose characters can end in a backslash are refused)"
+                ),
+            ));
+        }
         if f.copy_program {
             return Some(deny(
                 "copy.program",

@@ -18,8 +18,11 @@ use crate::config::{Config, ConfigError};
 use crate::hooks::{Denied, Hooks, SessionHooks, Statement, StatementKind, Verdict};
 use crate::session::SessionMeta;
 
-/// Verdicts kept per profile before the cache starts over.
+/// Verdicts kept per profile, per cache, before that cache starts over.
 const CACHE_ENTRIES: usize = 10_000;
+
+/// Statement texts longer than this are decided every time rather than kept as a cache key.
+const CACHE_TEXT_BYTES: usize = 16 * 1024;
 
 /// A statement's facts and the profile's outcome, cached by statement text.
 #[derive(Debug)]
@@ -30,13 +33,38 @@ pub struct Decided {
     pub outcome: Outcome,
 }
 
-/// A profile with its verdict cache.
+/// Which cache answered (for `pgwarden policy bench` and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheHit {
+    /// The same text was decided before.
+    Text,
+    /// A text of the same shape (differing only in literals the verdict does not depend on).
+    Shape,
+    /// Parsed and decided now.
+    Miss,
+}
+
+/// A profile with its verdict caches: by exact text, and by shape ([`crate::sqltext`]) for
+/// verdicts that do not depend on literal values, so `WHERE id = 7` and `WHERE id = 8` are
+/// parsed once between them.
 pub struct Compiled {
     /// The rules.
     pub profile: Profile,
     /// Where they come from.
     pub policy_file: PathBuf,
-    cache: Mutex<HashMap<Box<str>, Arc<Decided>>>,
+    by_text: Mutex<HashMap<Box<str>, Arc<Decided>>>,
+    by_shape: Mutex<HashMap<Box<str>, Arc<Decided>>>,
+}
+
+fn bounded_insert(cache: &Mutex<HashMap<Box<str>, Arc<Decided>>>, key: &str, d: &Arc<Decided>) {
+    if key.len() > CACHE_TEXT_BYTES {
+        return;
+    }
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if cache.len() >= CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(key.into(), Arc::clone(d));
 }
 
 impl Compiled {
@@ -49,29 +77,45 @@ impl Compiled {
         Self {
             profile,
             policy_file,
-            cache: Mutex::new(HashMap::new()),
+            by_text: Mutex::new(HashMap::new()),
+            by_shape: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Decides on `sql`, parsing it only the first time this profile sees it.
+    /// Decides on `sql`, parsing it only the first time this profile sees it (or its shape).
     pub fn decide(&self, sql: &str) -> Arc<Decided> {
-        if let Some(d) = self
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(sql)
+        let shape = crate::sqltext::Text::of(sql).shape;
+        self.decide_shaped(sql, shape.as_deref()).0
+    }
+
+    /// [`Compiled::decide`] for a text whose shape the caller read already; says which cache
+    /// answered.
+    pub fn decide_shaped(&self, sql: &str, shape: Option<&str>) -> (Arc<Decided>, CacheHit) {
+        let lookup = |cache: &Mutex<HashMap<Box<str>, Arc<Decided>>>, key: &str| {
+            cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(key)
+                .map(Arc::clone)
+        };
+        if let Some(d) = lookup(&self.by_text, sql) {
+            return (d, CacheHit::Text);
+        }
+        if let Some(shape) = shape
+            && let Some(d) = lookup(&self.by_shape, shape)
         {
-            return Arc::clone(d);
+            return (d, CacheHit::Shape);
         }
         let facts = analyze::analyze(sql);
         let outcome = self.profile.decide(&facts);
         let decided = Arc::new(Decided { facts, outcome });
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= CACHE_ENTRIES {
-            cache.clear();
+        match shape {
+            Some(shape) if !decided.facts.literal_sensitive => {
+                bounded_insert(&self.by_shape, shape, &decided);
+            }
+            _ => bounded_insert(&self.by_text, sql, &decided),
         }
-        cache.insert(sql.into(), Arc::clone(&decided));
-        decided
+        (decided, CacheHit::Miss)
     }
 }
 
@@ -240,6 +284,7 @@ impl Hooks for PolicyHooks {
             meta: Arc::clone(meta),
             last: None,
             prepared: HashMap::new(),
+            version: 0,
         })
     }
 }
@@ -252,11 +297,14 @@ struct PolicySession {
     last: Option<(Arc<Decided>, String, bool)>,
     /// Outcome of each PREPARE by name, so EXECUTE inherits it.
     prepared: HashMap<String, Outcome>,
+    /// The policy set version of the last decision.
+    version: u64,
 }
 
 impl PolicySession {
     fn outcome(&mut self, st: &Statement<'_>) -> Outcome {
         let set = self.engine.current();
+        self.version = set.version;
         let Some(compiled) = set.workloads.get(&self.meta.workload.0) else {
             let defined = set.defined.contains(&self.meta.workload.0);
             return Outcome {
@@ -268,7 +316,7 @@ impl PolicySession {
         if st.kind == StatementKind::FunctionCall {
             return compiled.profile.decide_fastpath();
         }
-        let decided = compiled.decide(st.sql);
+        let decided = compiled.decide_shaped(st.sql, st.shape).0;
         self.last = Some((
             Arc::clone(&decided),
             compiled.profile.policy_hash.clone(),
@@ -297,6 +345,10 @@ impl PolicySession {
 }
 
 impl SessionHooks for PolicySession {
+    fn policy_version(&self) -> u64 {
+        self.version
+    }
+
     fn last_decision(&self) -> Option<crate::hooks::DecisionInfo> {
         let (d, hash, masks) = self.last.as_ref()?;
         Some(crate::hooks::DecisionInfo {

@@ -92,6 +92,7 @@ fn session_level_cases() {
         kind: StatementKind::Query,
         sql,
         name: "",
+        shape: None,
     };
 
     // Case 11: PREPARE then EXECUTE, each denied.
@@ -114,6 +115,7 @@ fn session_level_cases() {
         kind: StatementKind::Parse,
         sql: "DROP TABLE payments",
         name: "s1",
+        shape: None,
     };
     assert_eq!(rule(&r.statement(&parse)), Some("class.ddl"));
     // Case 30: fast-path FunctionCall.
@@ -121,7 +123,8 @@ fn session_level_cases() {
         rule(&r.statement(&Statement {
             kind: StatementKind::FunctionCall,
             sql: "",
-            name: ""
+            name: "",
+            shape: None,
         })),
         Some("fastpath")
     );
@@ -213,4 +216,112 @@ fn broken_policy_files_name_their_position() {
         let e = file::load(&p).unwrap_err().to_string();
         assert!(e.contains(want), "{text:?} gave {e}");
     }
+}
+
+/// Statements with literal slots (`{n}` a number, `{s}` a string) whose verdicts may or may not
+/// depend on the values: constant-true WHERE clauses, LIMITs, sleep bounds, settings.
+const SHAPE_TEMPLATES: &[&str] = &[
+    "SELECT abalance FROM pgbench_accounts WHERE aid = {n}",
+    "SELECT id FROM payments WHERE id = {n}",
+    "SELECT id FROM payments LIMIT {n}",
+    "SELECT id FROM payments WHERE id > {n} FETCH FIRST {n} ROWS ONLY",
+    "SELECT count(*) FROM payments WHERE amount > {n}",
+    "SELECT {s}::text, id FROM payments LIMIT {n}",
+    "SELECT * FROM secrets WHERE id = {n}",
+    "SELECT card_number FROM payments WHERE id = {n}",
+    "SELECT id FROM payments WHERE card_number LIKE {s}",
+    "DELETE FROM payments WHERE id = {n}",
+    "DELETE FROM payments WHERE id = {n} OR {n} = {n}",
+    "DELETE FROM payments WHERE {s} = {s}",
+    "DELETE FROM payments WHERE cardholder = {s} OR {s} <> {s}",
+    "UPDATE payments SET amount = {n} WHERE id > {n} OR {n} > {n}",
+    "UPDATE payments SET amount = {n} WHERE {n} IS NOT NULL",
+    "EXPLAIN ANALYZE DELETE FROM payments WHERE {n} = {n}",
+    "WITH d AS (DELETE FROM payments WHERE id = {n} OR {n} < {n} RETURNING *) SELECT count(*) FROM d",
+    "SELECT pg_sleep({n})",
+    "SELECT set_config({s}, {s}, false)",
+    "SET standard_conforming_strings = {s}",
+    "SET client_encoding TO {s}",
+    "SET statement_timeout = {n}",
+    "BEGIN; SELECT id FROM payments WHERE id = {n}; COMMIT",
+];
+
+const NUMBERS: &[&str] = &["0", "1", "2", "5", "50", "100", "101", "1000", "1.5"];
+const STRINGS: &[&str] = &[
+    "'a'", "'b'", "'on'", "'off'", "'SJIS'", "'UTF8'", "'x''y'", "'1'",
+];
+
+fn instantiate(template: &str, picks: &[usize]) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    let mut k = 0;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let pick = picks.get(k).copied().unwrap_or(0);
+        k += 1;
+        if rest[i..].starts_with("{n}") {
+            out.push_str(NUMBERS[pick % NUMBERS.len()]);
+        } else {
+            out.push_str(STRINGS[pick % STRINGS.len()]);
+        }
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    out
+}
+
+proptest::proptest! {
+    /// Whatever order statements arrive in, the verdict a cache serves (by text or by shape)
+    /// is the verdict a fresh parse of that very text gives.
+    #[test]
+    fn the_shape_cache_never_changes_a_verdict(
+        seq in proptest::collection::vec(
+            (0..SHAPE_TEMPLATES.len(), proptest::collection::vec(0usize..16, 6)),
+            1..60,
+        ),
+    ) {
+        let engine = engine();
+        let set = engine.current();
+        for profile in ["reader", "writer"] {
+            let compiled = Compiled::for_bench(set.workloads[profile].profile.clone(), PathBuf::new());
+            for (t, picks) in &seq {
+                let sql = instantiate(SHAPE_TEMPLATES[*t], picks);
+                let cached = compiled.decide(&sql);
+                let fresh = compiled.profile.decide(&analyze::analyze(&sql));
+                proptest::prop_assert_eq!(&cached.outcome, &fresh, "{} [{}]", sql, profile);
+            }
+        }
+    }
+}
+
+#[test]
+fn literal_free_verdicts_are_shared_by_shape() {
+    let engine = engine();
+    let set = engine.current();
+    let reader = &set.workloads["reader"];
+    let shaped = |sql: &str| {
+        let text = crate::sqltext::Text::of(sql);
+        reader.decide_shaped(sql, text.shape.as_deref()).1
+    };
+    assert_eq!(
+        shaped("SELECT id FROM payments WHERE id = 1"),
+        CacheHit::Miss
+    );
+    assert_eq!(
+        shaped("SELECT id FROM payments WHERE id = 2"),
+        CacheHit::Shape
+    );
+    assert_eq!(
+        shaped("SELECT id FROM payments WHERE id = 'x'"),
+        CacheHit::Miss
+    );
+    // A LIMIT decides the bulk-read rule: by text only.
+    assert_eq!(shaped("SELECT id FROM payments LIMIT 5"), CacheHit::Miss);
+    assert_eq!(shaped("SELECT id FROM payments LIMIT 500"), CacheHit::Miss);
+    assert_eq!(shaped("SELECT id FROM payments LIMIT 5"), CacheHit::Text);
+    // No shape for an escape string: parsed, then cached by text.
+    assert_eq!(
+        shaped("SELECT E'\\'' FROM payments LIMIT 1"),
+        CacheHit::Miss
+    );
 }

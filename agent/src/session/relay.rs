@@ -11,9 +11,11 @@ use tracing::{info, warn};
 use super::conn::{Conn, ReadHalf, WriteHalf, write_batch};
 use super::state::{InFlight, Pending, ProtoState, ResultStart, tag_rows};
 use super::{SessionError, SessionMeta, strip_channel_binding};
-use crate::audit::{Db, Decision, Event, Journal, Outcome as AuditOutcome, Record};
+use crate::audit::canon::{self, Prepared, SessionFields, StatementFields};
+use crate::audit::{Db, Decision, Event, Journal, Masked, Outcome as AuditOutcome, Record};
 use crate::daemon::Shared;
 use crate::hooks::{SessionHooks, Statement, StatementKind, Verdict};
+use crate::sqltext::Text;
 use crate::wire::backend::Column;
 use crate::wire::encode::{self, ErrorFields};
 use crate::wire::frontend::{self, FrontendMsg};
@@ -31,11 +33,38 @@ struct Ctx<'a> {
     client_w: tokio::sync::Mutex<WriteHalf>,
     strip_plus: bool,
     journal: &'a Journal,
-    /// Audit text and policy facts per statement text: executions of a prepared statement,
-    /// and repeated queries, are normalized once.
-    described: Mutex<
-        std::collections::HashMap<Arc<str>, (crate::audit::Statement, crate::hooks::DecisionInfo)>,
-    >,
+    /// The session's own record fields, serialized once.
+    fields: SessionFields,
+    /// How statements are described in the journal, by normalized text: repeated queries and
+    /// queries differing only in literals are described (and serialized) once.
+    described: Mutex<Descriptions>,
+    /// The description of each prepared statement, by name, for the records of its Executes.
+    prepared: Mutex<std::collections::HashMap<String, Arc<Described>>>,
+    /// Whether the journal keeps records (`audit.mode` is not `off`).
+    audit: bool,
+    /// The server reported a setting under which PostgreSQL reads statement text differently
+    /// from pgwarden's parser (`standard_conforming_strings` off, an ASCII-unsafe client
+    /// encoding): every statement is refused from then on.
+    lexer_unsafe: Mutex<Option<String>>,
+    /// The description of every statement when it does not.
+    blank: Arc<Described>,
+}
+
+/// Statement descriptions of one policy version.
+#[derive(Default)]
+struct Descriptions {
+    version: u64,
+    by_text: std::collections::HashMap<Box<str>, Arc<Described>>,
+}
+
+/// What the journal says of a statement, whoever runs it and whenever.
+struct Described {
+    /// The canonical JSON of the record's `statement` object.
+    statement: Box<[u8]>,
+    /// The policy's hash, when one decided.
+    policy_hash: Option<String>,
+    /// Whether the results pass through masking.
+    masked: bool,
 }
 
 /// Statements whose audit description a session keeps.
@@ -43,7 +72,7 @@ const DESCRIBED: usize = 256;
 
 /// An audit record waiting to be committed before the batch it belongs to is sent.
 struct AuditItem {
-    record: Record,
+    record: Prepared,
     /// The forwarded frame this record covers, and how to refuse it if the journal fails.
     frame: Option<(usize, RefuseAs)>,
 }
@@ -82,66 +111,149 @@ impl Ctx<'_> {
         r
     }
 
-    /// Remembers how the policy described `sql` (call right after it decided on it).
-    fn describe(&self, sql: &str) {
+    /// How the journal describes `sql` (read as `text`), as the policy just decided on it:
+    /// cached by normalized text for the current policy version.
+    fn describe(&self, sql: &str, text: &Text) -> Arc<Described> {
+        if !self.audit {
+            return Arc::clone(&self.blank);
+        }
+        let version = self.hooks().policy_version();
+        {
+            let mut d = self
+                .described
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if d.version != version {
+                d.version = version;
+                d.by_text.clear();
+            }
+            if let Some(found) = d.by_text.get(text.normalized.as_str()) {
+                return Arc::clone(found);
+            }
+        }
         let info = self.hooks().last_decision().unwrap_or_default();
+        let statement = self
+            .journal
+            .statement_of(sql, text)
+            .command(info.command.clone())
+            .objects(info.objects.clone());
+        let described = Arc::new(Described {
+            statement: canon::statement_json(&statement),
+            policy_hash: (!info.policy_hash.is_empty()).then_some(info.policy_hash),
+            masked: info.masked,
+        });
         let mut d = self
             .described
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if !d.contains_key(sql) {
-            if d.len() >= DESCRIBED {
-                d.clear();
-            }
-            let statement = self
-                .journal
-                .statement(sql)
-                .command(info.command.clone())
-                .objects(info.objects.clone());
-            d.insert(Arc::from(sql), (statement, info));
+        if d.by_text.len() >= DESCRIBED {
+            d.by_text.clear();
         }
+        d.by_text
+            .insert(text.normalized.as_str().into(), Arc::clone(&described));
+        described
+    }
+
+    /// A description of a text the policy did not just decide on (a fast-path call, a
+    /// prepared statement whose description is gone): the text alone.
+    fn describe_text(&self, sql: &str) -> Arc<Described> {
+        let info = self.hooks().last_decision().unwrap_or_default();
+        Arc::new(Described {
+            statement: canon::statement_json(&self.journal.statement(sql)),
+            policy_hash: (!info.policy_hash.is_empty()).then_some(info.policy_hash),
+            masked: info.masked,
+        })
+    }
+
+    /// The description of the statement behind `portal`.
+    fn portal_description(&self, portal: &str) -> Option<Arc<Described>> {
+        let (name, sql) = {
+            let st = self.state();
+            let name = st.portal(portal)?.statement.clone();
+            let sql = st.statement(&name).map(|s| s.to_string());
+            (name, sql)
+        };
+        let found = self
+            .prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&name)
+            .cloned();
+        found.or_else(|| sql.map(|sql| self.describe_text(&sql)))
     }
 
     /// A record about a statement, with what the policy saw in it.
-    fn statement_record(&self, event: Event, sql: &str, decision: Decision, n: u64) -> Record {
-        let cached = self
-            .described
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(sql)
-            .cloned();
-        // Not described (evicted): the text alone; the policy hash and masking of the profile.
-        let (statement, info) = cached.unwrap_or_else(|| {
-            let last = self.hooks().last_decision().unwrap_or_default();
-            let info = crate::hooks::DecisionInfo {
-                command: String::new(),
-                objects: Vec::new(),
-                ..last
-            };
-            (self.journal.statement(sql), info)
-        });
-        let decision = if decision == Decision::Allow && info.masked {
+    fn statement_record(
+        &self,
+        event: Event,
+        desc: &Described,
+        decision: Decision,
+        n: u64,
+        rule: Option<&str>,
+    ) -> Prepared {
+        let decision = if decision == Decision::Allow && desc.masked {
             Decision::Mask
         } else {
             decision
         };
-        let mut r = self
-            .record(event)
-            .statement(statement)
-            .decision(decision)
-            .detail("statement_no", n);
-        if !info.policy_hash.is_empty() {
-            r = r.policy_hash(info.policy_hash);
-        }
-        r
+        let mut f = StatementFields::new(event, std::time::SystemTime::now(), n);
+        f.decision = Some(decision);
+        f.statement = Some(&desc.statement);
+        f.policy_hash = desc.policy_hash.as_deref();
+        f.rule = rule;
+        canon::statement_record(&self.fields, &f)
     }
 
-    fn denied_record(&self, sql: &str, rule: &str, code: &str, message: &str, n: u64) -> Record {
-        self.statement_record(Event::QueryDenied, sql, Decision::Deny, n)
-            .rule(rule)
-            .outcome(AuditOutcome::Failure)
-            .sqlstate(code)
-            .error(message)
+    fn denied_record(
+        &self,
+        desc: &Described,
+        rule: &str,
+        code: &str,
+        message: &str,
+        n: u64,
+    ) -> Prepared {
+        let mut f = StatementFields::new(Event::QueryDenied, std::time::SystemTime::now(), n);
+        f.decision = Some(Decision::Deny);
+        f.statement = Some(&desc.statement);
+        f.policy_hash = desc.policy_hash.as_deref();
+        f.rule = Some(rule);
+        f.outcome = Some(AuditOutcome::Failure);
+        f.sqlstate = Some(code);
+        f.error = Some(message);
+        canon::statement_record(&self.fields, &f)
+    }
+
+    /// Notes a ParameterStatus from the server; `Some(reason)` when it makes the session's
+    /// statement text ambiguous to pgwarden's parser.
+    fn parameter_status(&self, frame: &Frame) -> Result<Option<String>, WireError> {
+        let (name, value) = backend::parameter_status(frame)?;
+        if crate::policy::analyze::lexer_safe(name, value) {
+            return Ok(None);
+        }
+        let why = format!("the server reports {name} = {value}");
+        warn!(session = %self.meta.id, workload = %self.meta.workload, "{why}: PostgreSQL would read statement text differently from pgwarden's parser; refusing this session's statements");
+        *self
+            .lexer_unsafe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(why.clone());
+        Ok(Some(why))
+    }
+
+    /// Why this session's statements are refused, if the server reported a setting that
+    /// makes their text ambiguous.
+    fn lexer_refusal(&self) -> Option<crate::hooks::Denied> {
+        let why = self
+            .lexer_unsafe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        Some(crate::hooks::Denied {
+            rule: "setting.lexer".into(),
+            reason: format!(
+                "{why}: PostgreSQL would read statement text differently from pgwarden's parser (standard_conforming_strings must be on; client encodings whose characters can end in a backslash are refused)"
+            ),
+            sqlstate: "42501",
+        })
     }
 
     /// Tells the client why the session ends, best effort.
@@ -158,6 +270,27 @@ impl Ctx<'_> {
         let _ = w.flush().await;
         let _ = w.shutdown().await;
     }
+}
+
+/// The fields every record of the session carries (as [`Ctx::record`] sets them).
+fn session_fields(m: &SessionMeta) -> SessionFields {
+    let actor = m.identity.as_ref().map(crate::audit::Actor::from);
+    let workload = m
+        .identity
+        .as_ref()
+        .map_or_else(|| m.workload.to_string(), |who| who.workload.to_string());
+    SessionFields::new(
+        &m.id.to_string(),
+        &workload,
+        actor.as_ref(),
+        m.client.into(),
+        m.server.into(),
+        &Db {
+            user: Some(m.db.user.clone()),
+            database: Some(m.db.database.clone()),
+            application_name: m.db.application_name.clone(),
+        },
+    )
 }
 
 /// Relays a session whose startup packet is `startup` until either side ends it.
@@ -183,7 +316,16 @@ pub async fn run(
         client_w: tokio::sync::Mutex::new(client_w),
         strip_plus,
         journal: &shared.audit,
-        described: Mutex::new(std::collections::HashMap::new()),
+        fields: session_fields(meta),
+        described: Mutex::new(Descriptions::default()),
+        prepared: Mutex::new(std::collections::HashMap::new()),
+        audit: shared.audit.enabled(),
+        lexer_unsafe: Mutex::new(None),
+        blank: Arc::new(Described {
+            statement: Box::new([]),
+            policy_hash: None,
+            masked: false,
+        }),
     };
     let mut client_buf = rest;
     let mut server_buf = BytesMut::with_capacity(READ_CHUNK);
@@ -245,54 +387,26 @@ async fn commit(ctx: &Ctx<'_>, out: &mut [Bytes], items: &mut Vec<AuditItem>) {
     if !ctx.journal.is_strict() {
         // Async mode: queued, never waited for (a full queue is counted in an audit.gap).
         for i in items.drain(..) {
-            ctx.journal.submit(i.record);
+            ctx.journal.submit_prepared(i.record);
         }
         return;
     }
-    // Strict: one record (the common case) is awaited in place; several together, so they
-    // share one group commit.
-    let results: Vec<Result<u64, String>> = if items.len() == 1 {
-        vec![
-            ctx.journal
-                .append(items[0].record.clone())
-                .await
-                .map_err(|e| e.to_string()),
-        ]
-    } else {
-        let handles: Vec<_> = items
-            .iter()
-            .map(|i| {
-                let j = ctx.journal.clone();
-                let r = i.record.clone();
-                tokio::spawn(async move { j.append(r).await })
-            })
-            .collect();
-        let mut v = Vec::with_capacity(handles.len());
-        for h in handles {
-            v.push(match h.await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            });
-        }
-        v
-    };
-    let failure = results.into_iter().find_map(Result::err);
-    if let Some(e) = failure {
+    // Strict: on disk before the batch goes; several share one group commit.
+    let (records, frames): (Vec<Prepared>, Vec<Option<(usize, RefuseAs)>>) =
+        items.drain(..).map(|i| (i.record, i.frame)).unzip();
+    if let Err(e) = ctx.journal.append_all(records).await {
         warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, "refusing statements: the audit journal cannot be written: {e}");
         let message =
             format!("pgwarden: the audit journal cannot be written ({e}); statement refused");
         let mut st = ctx.state();
-        for item in items.iter() {
-            if let Some((index, how)) = item.frame {
-                let token = st.deny(error_bytes("58030", &message));
-                out[index] = match how {
-                    RefuseAs::Query => encode::query(&token),
-                    RefuseAs::Execute => encode::parse("pgwarden_refused", &token),
-                };
-            }
+        for (index, how) in frames.into_iter().flatten() {
+            let token = st.deny(error_bytes("58030", &message));
+            out[index] = match how {
+                RefuseAs::Query => encode::query(&token),
+                RefuseAs::Execute => encode::parse("pgwarden_refused", &token),
+            };
         }
     }
-    items.clear();
 }
 
 /// Reads one frame from `r` into `buf`; `Ok(None)` at end of stream.
@@ -382,6 +496,19 @@ async fn handshake(
                 write_batch(&mut *w, &mut out).await?;
                 let _ = w.shutdown().await;
                 return Ok(false);
+            }
+            b'S' => {
+                if let Some(why) = ctx.parameter_status(&frame).map_err(SessionError::Server)? {
+                    ctx.fatal(
+                        "42501",
+                        &format!(
+                            "pgwarden: setting.lexer: {why}: PostgreSQL would read statement text differently from pgwarden's parser; session refused"
+                        ),
+                    )
+                    .await;
+                    return Ok(false);
+                }
+                out.push(frame.bytes);
             }
             b'Z' => {
                 let status = backend::ready_for_query(&frame).map_err(SessionError::Server)?;
@@ -521,6 +648,8 @@ struct Held {
     kind: HeldKind,
     rule: Arc<crate::approval::Rule>,
     sql: String,
+    /// How the journal describes it.
+    desc: Arc<Described>,
 }
 
 enum HeldKind {
@@ -624,10 +753,14 @@ fn release(
     };
     let n = ctx.state().next_statement();
     let record = match &refusal {
-        None => ctx
-            .statement_record(Event::Query, &held.sql, Decision::Allow, n)
-            .rule(held.rule.id.clone()),
-        Some((code, rule, message)) => ctx.denied_record(&held.sql, rule, code, message, n),
+        None => ctx.statement_record(
+            Event::Query,
+            &held.desc,
+            Decision::Allow,
+            n,
+            Some(&held.rule.id),
+        ),
+        Some((code, rule, message)) => ctx.denied_record(&held.desc, rule, code, message, n),
     };
     let mut st = ctx.state();
     match (held.kind, refusal) {
@@ -707,10 +840,25 @@ fn on_frontend(
                 FrontendMsg::FunctionCall { oid } => (StatementKind::FunctionCall, "", "", oid),
                 _ => (StatementKind::FunctionCall, "", "", 0),
             };
-            let mut verdict = ctx.hooks().statement(&Statement { kind, sql, name });
-            if kind != StatementKind::FunctionCall {
-                ctx.describe(sql);
-            }
+            // Read once: the policy's cache key and the journal's normalized text.
+            let text = (kind != StatementKind::FunctionCall).then(|| Text::of(sql));
+            let refused = ctx.lexer_refusal();
+            let lexer_refused = refused.is_some();
+            let mut verdict = match refused {
+                Some(d) => Verdict::Deny(d),
+                None => ctx.hooks().statement(&Statement {
+                    kind,
+                    sql,
+                    name,
+                    shape: text.as_ref().and_then(|t| t.shape.as_deref()),
+                }),
+            };
+            let desc = match &text {
+                // The policy did not look at it: the text alone.
+                Some(_) if lexer_refused => ctx.describe_text(sql),
+                Some(t) => ctx.describe(sql, t),
+                None => ctx.describe_text(&format!("<fast-path function call, oid {oid}>")),
+            };
             if let Verdict::Hold(rule) = &verdict
                 && let Some(grant) = ctx
                     .shared
@@ -720,11 +868,6 @@ fn on_frontend(
                 info!(session = %ctx.meta.id, rule = %rule.id, grant = grant.id, "statement passes under an open grant");
                 verdict = Verdict::Allow;
             }
-            let text = if kind == StatementKind::FunctionCall {
-                format!("<fast-path function call, oid {oid}>")
-            } else {
-                sql.to_owned()
-            };
             let decision = match &verdict {
                 Verdict::Allow => "allow",
                 Verdict::Deny(_) => "deny",
@@ -735,24 +878,26 @@ fn on_frontend(
                 && kind == StatementKind::Query
             {
                 return Ok(Step::Hold(Held {
-                    frame,
                     kind: HeldKind::Query,
                     rule: Arc::clone(rule),
-                    sql: text,
+                    sql: sql.to_owned(),
+                    desc,
+                    frame,
                 }));
             }
             let n = ctx.state().next_statement();
             match &verdict {
                 Verdict::Deny(d) => {
                     audits.push(AuditItem {
-                        record: ctx.denied_record(&text, &d.rule, d.sqlstate, &d.message(), n),
+                        record: ctx.denied_record(&desc, &d.rule, d.sqlstate, &d.message(), n),
                         frame: None,
                     });
                 }
                 // A Parse is recorded when its portals run.
-                _ if kind == StatementKind::Parse => {}
+                _ if kind == StatementKind::Parse || !ctx.audit => {}
                 _ => {
-                    let record = ctx.statement_record(Event::Query, &text, Decision::Allow, n);
+                    let record =
+                        ctx.statement_record(Event::Query, &desc, Decision::Allow, n, None);
                     audits.push(AuditItem {
                         record,
                         frame: Some((out.len(), RefuseAs::Query)),
@@ -760,6 +905,14 @@ fn on_frontend(
                 }
             }
             let denied = matches!(verdict, Verdict::Deny(_));
+            if kind == StatementKind::Parse {
+                let mut prepared = ctx.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+                if denied {
+                    prepared.remove(name);
+                } else {
+                    prepared.insert(name.to_owned(), Arc::clone(&desc));
+                }
+            }
             let mut st = ctx.state();
             match verdict {
                 Verdict::Allow => {
@@ -815,6 +968,12 @@ fn on_frontend(
         }
         b'C' => {
             if let FrontendMsg::Close { kind, name } = frontend::decode(&frame)? {
+                if kind == b'S' {
+                    ctx.prepared
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(name);
+                }
                 let mut st = ctx.state();
                 st.closed(kind, name);
                 st.expect(Pending::Close);
@@ -835,15 +994,10 @@ fn on_frontend(
         b'E' => {
             if let FrontendMsg::Execute { portal, .. } = frontend::decode(&frame)? {
                 let portal = portal.to_owned();
-                let (held, sql) = {
-                    let st = ctx.state();
-                    let sql = st
-                        .portal(&portal)
-                        .and_then(|p| st.statement(&p.statement))
-                        .map(|s| s.to_string())
-                        .unwrap_or_default();
-                    (st.held_portal(&portal), sql)
-                };
+                let held = ctx.state().held_portal(&portal);
+                let desc = ctx
+                    .portal_description(&portal)
+                    .unwrap_or_else(|| ctx.describe_text(""));
                 if let Some((rule, held_sql)) = held
                     && ctx
                         .shared
@@ -856,15 +1010,19 @@ fn on_frontend(
                         kind: HeldKind::Execute(portal),
                         rule,
                         sql: held_sql,
+                        desc,
                     }));
                 }
                 let n = ctx.state().next_statement();
                 // The decision was made at Parse; this records the access itself.
-                let record = ctx.statement_record(Event::Query, &sql, Decision::Allow, n);
-                audits.push(AuditItem {
-                    record,
-                    frame: Some((out.len(), RefuseAs::Execute)),
-                });
+                if ctx.audit {
+                    let record =
+                        ctx.statement_record(Event::Query, &desc, Decision::Allow, n, None);
+                    audits.push(AuditItem {
+                        record,
+                        frame: Some((out.len(), RefuseAs::Execute)),
+                    });
+                }
                 let mut st = ctx.state();
                 st.expect(Pending::Execute(portal));
                 st.in_flight(n, false);
@@ -998,6 +1156,13 @@ fn on_backend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), W
                 .register_cancel(ctx.meta.id, pid, key, ctx.meta.server.0);
             out.push(frame.bytes);
         }
+        b'S' => {
+            // A setting that changes how PostgreSQL reads text: later statements are refused
+            // (the policy denies the SETs it sees; this catches any other way, e.g. a role's
+            // default applied by ALTER ROLE ... SET).
+            ctx.parameter_status(&frame)?;
+            out.push(frame.bytes);
+        }
         b'1' | b'2' | b'3' | b'n' | b'I' | b's' => {
             let done = {
                 let mut st = ctx.state();
@@ -1023,24 +1188,37 @@ fn finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
     for f in done {
         let elapsed = f.started.elapsed();
         ctx.shared.metrics.latency(elapsed);
-        let mut r = ctx
-            .record(Event::QueryDone)
-            .detail("statement_no", f.seq)
-            .rows(f.rows)
-            .duration(elapsed);
-        r = match &f.error {
-            None => r.outcome(AuditOutcome::Success),
-            Some((code, message)) => r
-                .outcome(AuditOutcome::Failure)
-                .sqlstate(code.clone())
-                .error(message.clone()),
-        };
-        let masked = ctx.hooks().take_masked();
+        if !ctx.audit {
+            let total: u64 = ctx.hooks().take_masked().iter().map(|m| m.count).sum();
+            ctx.shared.metrics.masked(&ctx.meta.workload.0, total);
+            continue;
+        }
+        let masked: Vec<Masked> = ctx
+            .hooks()
+            .take_masked()
+            .into_iter()
+            .map(|m| Masked {
+                column: m.column,
+                method: m.method.to_owned(),
+                count: m.count,
+            })
+            .collect();
         let total: u64 = masked.iter().map(|m| m.count).sum();
         ctx.shared.metrics.masked(&ctx.meta.workload.0, total);
-        for m in masked {
-            r = r.masked(m.column, m.method, m.count);
+        let mut fields =
+            StatementFields::new(Event::QueryDone, std::time::SystemTime::now(), f.seq);
+        fields.rows = Some(f.rows);
+        fields.duration_us = Some(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+        fields.masked = &masked;
+        match &f.error {
+            None => fields.outcome = Some(AuditOutcome::Success),
+            Some((code, message)) => {
+                fields.outcome = Some(AuditOutcome::Failure);
+                fields.sqlstate = Some(code);
+                fields.error = Some(message);
+            }
         }
-        ctx.journal.submit(r);
+        ctx.journal
+            .submit_prepared(canon::statement_record(&ctx.fields, &fields));
     }
 }
