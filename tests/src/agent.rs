@@ -223,6 +223,17 @@ impl Agent {
         fs::read_to_string(self.tmp.path().join("pgwarden.yaml")).unwrap_or_default()
     }
 
+    /// The records of the journal the harness gave the agent (`audit.jsonl` in its temp dir,
+    /// when the test chose none), parsed; empty when there is none.
+    #[must_use]
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.tmp.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// The agent's temp dir (holds `pgwarden.yaml` and `agent.log`).
     pub fn tmp_dir(&self) -> &Path {
         self.tmp.path()

@@ -396,64 +396,10 @@ fn tail_follows_appends_and_rotation() {
     );
 }
 
-/// A systemd-journald to talk to: the running one, or one started here (and stopped when
-/// dropped).
-struct Journald {
-    _started: Option<Reap>,
-}
-
-const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
-
-fn journald_listening() -> bool {
-    std::os::unix::net::UnixDatagram::unbound()
-        .and_then(|s| s.connect(JOURNAL_SOCKET))
-        .is_ok()
-}
-
-impl Journald {
-    fn ensure() -> Self {
-        if journald_listening() {
-            return Self { _started: None };
-        }
-        let daemon = [
-            "/lib/systemd/systemd-journald",
-            "/usr/lib/systemd/systemd-journald",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "\n********************************************************************\n\
-                     no journald runs and systemd-journald is not installed: the journald\n\
-                     mirror test needs it (Debian package `systemd`). Refusing to pass.\n\
-                     ********************************************************************\n"
-            )
-        });
-        std::fs::create_dir_all("/run/systemd/journal").unwrap();
-        let child = Command::new(daemon)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start systemd-journald");
-        let started = Self {
-            _started: Some(Reap(child)),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !journald_listening() {
-            assert!(
-                Instant::now() < deadline,
-                "systemd-journald did not open {JOURNAL_SOCKET}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        started
-    }
-}
-
 #[test]
 fn records_are_mirrored_to_journald() {
     pgwarden_e2e::require_root();
-    let _journald = Journald::ensure();
+    let _journald = pgwarden_e2e::Journald::ensure();
     let dir = tempfile::tempdir().unwrap();
     let workload = pgwarden_e2e::unique_name("audit-jd");
     let file = sample(dir.path(), 5, &["--journald", "--workload", &workload]);

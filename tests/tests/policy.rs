@@ -409,3 +409,99 @@ fn policy_reload_under_load_loses_no_session() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Settings under which PostgreSQL splits a text differently from pgwarden's parser would let
+/// a statement hide behind a string literal: `standard_conforming_strings = off` makes `\'`
+/// end nothing, and client encodings such as SJIS swallow a backslash into a multibyte
+/// character. First shown to work straight against the server; then refused through
+/// pgwarden, however the setting arrives (SET, startup options, the startup packet's
+/// `client_encoding`, a role's default).
+#[test]
+fn settings_that_change_how_postgresql_reads_text_are_refused() {
+    let w = world(&policy_path("pci-dss.yaml"));
+    w.direct("CREATE TABLE victim(id int); CREATE TABLE victim2(id int)");
+    let attack = |table: &str| format!("SELECT 'x\\'' ; DROP TABLE {table}; --'");
+    // The threat, untagged and straight to the server: with the setting off, the DROP runs,
+    // although a reader with the setting on sees one SELECT of one string.
+    let direct = run_output(
+        Command::new(pg_bin("psql"))
+            .args(["-X", "-At", "-h", "127.0.0.1", "-p"])
+            .arg(w.pg.port.to_string())
+            .args(["-U", "postgres", "-d", "postgres"])
+            .args(["-c", "SET standard_conforming_strings = off"])
+            .args(["-c", &attack("victim2")]),
+    );
+    assert_eq!(
+        w.direct("SELECT count(*) FROM pg_class WHERE relname = 'victim2'"),
+        "0",
+        "the attack did not work directly, so this test would prove nothing: {}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+
+    // Through pgwarden: the SETs are refused, the session goes on, the attack text is a
+    // plain SELECT of a string.
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "SET SESSION standard_conforming_strings TO 'off'",
+        "SET client_encoding TO 'SJIS'",
+        "SET client_encoding = sjis",
+        "SET NAMES 'GBK'",
+    ] {
+        let (out, err) = w.session(&w.reader, &[sql, &attack("victim"), "SELECT 'alive'"]);
+        assert!(
+            err.contains("ERROR:  42501: pgwarden: setting.lexer:"),
+            "{sql}: {err}"
+        );
+        assert!(out.trim_end().ends_with("alive"), "{sql}: {out}");
+    }
+    let (out, err) = w.session(
+        &w.reader,
+        &["SET client_encoding = 'UTF8'", "SHOW client_encoding"],
+    );
+    assert!(!err.contains("ERROR"), "{err}");
+    assert!(out.trim_end().ends_with("UTF8"), "{out}");
+
+    // Startup: `-c` options (the policy's check), the startup packet's client_encoding and a
+    // role's default (the server's ParameterStatus, checked by the relay) end the session
+    // before any statement.
+    let psql_as = |user: &str, env: (&str, &str)| {
+        let mut cmd = in_cgroup(&w.reader.path, pg_bin("psql").to_str().unwrap());
+        cmd.args(["-X", "-At", "-h", "127.0.0.1", "-p"])
+            .arg(w.pg.port.to_string())
+            .args(["-U", user, "-d", "postgres", "-c", &attack("victim")])
+            .env(env.0, env.1);
+        let out = run_output(&mut cmd);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = psql_as(
+        "postgres",
+        ("PGOPTIONS", "-c standard_conforming_strings=off"),
+    );
+    assert!(err.contains("pgwarden: setting.lexer:"), "{err}");
+    let err = psql_as("postgres", ("PGCLIENTENCODING", "SJIS"));
+    assert!(
+        err.contains("pgwarden: setting.lexer: the server reports client_encoding = SJIS"),
+        "{err}"
+    );
+    w.direct("CREATE ROLE lexer_role LOGIN SUPERUSER; ALTER ROLE lexer_role SET standard_conforming_strings = off");
+    let err = psql_as("lexer_role", ("PGAPPNAME", "lexer-test"));
+    assert!(
+        err.contains(
+            "pgwarden: setting.lexer: the server reports standard_conforming_strings = off"
+        ),
+        "{err}"
+    );
+
+    assert_eq!(
+        w.direct("SELECT count(*) FROM pg_class WHERE relname = 'victim'"),
+        "1",
+        "a statement hidden in a string reached the server"
+    );
+    let journal = w.agent.audit_lines();
+    assert!(
+        journal
+            .iter()
+            .any(|r| r["event"] == "query.denied" && r["rule"] == "setting.lexer"),
+        "the refusals are in the journal"
+    );
+}
