@@ -8,6 +8,7 @@
 //! adding one is one function and one line in [`SECTIONS`].
 
 mod conns;
+mod costs;
 mod pgbench;
 mod report;
 mod rig;
@@ -46,6 +47,15 @@ pub struct Args {
     /// Run this pgwarden binary instead of building target/release/pgwarden.
     #[arg(long)]
     pub pgwarden: Option<PathBuf>,
+    /// Only these sections (comma-separated: connect, pgbench, masking, memory, policy,
+    /// audit); the report
+    /// then says the run was partial. For iterating on one measurement; a full run refreshes
+    /// BENCHMARKS.md.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// pgbench query modes (simple, extended, prepared), comma-separated; default all three.
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Vec<String>,
 }
 
 /// What one run measures, with every size fixed up front (the report prints it).
@@ -68,6 +78,8 @@ pub struct Plan {
     pub markdown: PathBuf,
     /// Where the JSON results go.
     pub json: PathBuf,
+    /// The sections to run (keys of [`SECTIONS`]); all of them but in a partial run.
+    pub sections: Vec<&'static str>,
 }
 
 impl Plan {
@@ -87,6 +99,7 @@ impl Plan {
                 connect_seconds: 1.0,
                 markdown: dir.join("BENCHMARKS.md"),
                 json: dir.join("results.json"),
+                sections: SECTIONS.iter().map(|s| s.0).collect(),
             });
         }
         if args.seconds == 0 || args.rounds == 0 {
@@ -98,18 +111,53 @@ impl Plan {
         if clients.is_empty() || clients.contains(&0) {
             bail!("--clients wants positive client counts, e.g. 1,8,16");
         }
+        let mut sections = Vec::new();
+        for want in &args.only {
+            match SECTIONS.iter().find(|s| s.0 == want.as_str()) {
+                Some(s) => sections.push(s.0),
+                None => bail!(
+                    "--only: no section `{want}` (there are: {})",
+                    SECTIONS.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+        let mut modes = Vec::new();
+        for want in &args.modes {
+            match QueryMode::ALL.iter().find(|m| m.arg() == want.as_str()) {
+                Some(m) => modes.push(*m),
+                None => bail!("--modes: no query mode `{want}` (simple, extended, prepared)"),
+            }
+        }
+        // A partial run never replaces the full report.
+        let partial = !sections.is_empty() || !modes.is_empty();
+        if sections.is_empty() {
+            sections = SECTIONS.iter().map(|s| s.0).collect();
+        }
+        if modes.is_empty() {
+            modes = QueryMode::ALL.to_vec();
+        }
+        let (markdown, json) = if partial {
+            let dir = root.join("target").join("bench-partial");
+            (dir.join("BENCHMARKS.md"), dir.join("results.json"))
+        } else {
+            (
+                root.join("BENCHMARKS.md"),
+                root.join("bench").join("results.json"),
+            )
+        };
         Ok(Plan {
             smoke: false,
             seconds: args.seconds,
             clients,
             rounds: args.rounds,
-            modes: QueryMode::ALL.to_vec(),
+            modes,
             scale: 10,
             payments_rows: 1_000_000,
             idle_conns: 1000,
             connect_seconds: 3.0,
-            markdown: root.join("BENCHMARKS.md"),
-            json: root.join("bench").join("results.json"),
+            markdown,
+            json,
+            sections,
         })
     }
 
@@ -132,13 +180,20 @@ pub trait Section {
 /// A measurement: runs against the rig and returns its section.
 type Measure = fn(&mut Rig) -> Result<Box<dyn Section>>;
 
-/// The sections, in the order they run. The untagged-connect one goes first: it wants a machine
-/// with none of the bench's programs attached, then exactly one agent.
-const SECTIONS: &[(&str, Measure)] = &[
-    ("untagged connect overhead", conns::connect_overhead),
-    ("pgbench -S", pgbench::matrix),
-    ("masking throughput", scan::masking),
-    ("agent memory", conns::idle_memory),
+/// The sections (key for `--only`, title, measurement), in the order they run. The
+/// untagged-connect one goes first: it wants a machine with none of the bench's programs
+/// attached, then exactly one agent.
+const SECTIONS: &[(&str, &str, Measure)] = &[
+    (
+        "connect",
+        "untagged connect overhead",
+        conns::connect_overhead,
+    ),
+    ("pgbench", "pgbench -S", pgbench::matrix),
+    ("masking", "masking throughput", scan::masking),
+    ("memory", "agent memory", conns::idle_memory),
+    ("policy", "policy decisions", costs::policy),
+    ("audit", "audit journal", costs::audit),
 ];
 
 /// Runs the bench.
@@ -194,7 +249,10 @@ fn bench(plan: &Plan, args: &Args, interrupt: &Interrupt) -> Result<()> {
 
     let mut rig = Rig::up(plan.clone(), bin, interrupt)?;
     let mut report = Report::new(plan, &rig)?;
-    for (name, measure) in SECTIONS {
+    for (key, name, measure) in SECTIONS {
+        if !plan.sections.contains(key) {
+            continue;
+        }
         interrupt.check()?;
         println!("\n==> bench: {name}");
         let section = measure(&mut rig).with_context(|| format!("bench section `{name}`"))?;
@@ -299,6 +357,8 @@ mod tests {
             rounds: 3,
             smoke: true,
             pgwarden: None,
+            only: Vec::new(),
+            modes: Vec::new(),
         })
         .unwrap();
         assert_eq!((plan.seconds, plan.rounds, plan.idle_conns), (1, 1, 50));
@@ -316,6 +376,8 @@ mod tests {
             rounds: 2,
             smoke: false,
             pgwarden: None,
+            only: Vec::new(),
+            modes: Vec::new(),
         })
         .unwrap();
         assert_eq!(plan.clients, vec![1, 8, 16]);
@@ -328,6 +390,8 @@ mod tests {
                 rounds: 1,
                 smoke: false,
                 pgwarden: None,
+                only: Vec::new(),
+                modes: Vec::new(),
             })
             .is_err()
         );

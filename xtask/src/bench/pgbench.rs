@@ -47,17 +47,22 @@ impl QueryMode {
 pub enum Side {
     Direct,
     PgBouncer,
-    /// pgwarden through the eBPF redirect, derived pci-dss `reader`, masking, audit.
+    /// pgwarden through the eBPF redirect, derived pci-dss `reader`, masking, audit as
+    /// installed (strict, fsync per statement, every record to journald).
     PgwardenPci,
+    /// The same, audit tuned for rate (written before forwarding, fsync every second,
+    /// journald `events`).
+    PgwardenTuned,
     /// pgwarden through the eBPF redirect, allow-all, no audit.
     PgwardenRelay,
 }
 
 impl Side {
-    pub const ALL: [Side; 4] = [
+    pub const ALL: [Side; 5] = [
         Side::Direct,
         Side::PgBouncer,
         Side::PgwardenPci,
+        Side::PgwardenTuned,
         Side::PgwardenRelay,
     ];
 
@@ -66,6 +71,7 @@ impl Side {
             Side::Direct => "direct",
             Side::PgBouncer => "pgbouncer",
             Side::PgwardenPci => "pgwarden-pci",
+            Side::PgwardenTuned => "pgwarden-pci-tuned",
             Side::PgwardenRelay => "pgwarden-relay",
         }
     }
@@ -74,7 +80,8 @@ impl Side {
         match self {
             Side::Direct => "direct",
             Side::PgBouncer => "PgBouncer (session)",
-            Side::PgwardenPci => "pgwarden pci-dss reader",
+            Side::PgwardenPci => "pgwarden pci-dss, audit as installed",
+            Side::PgwardenTuned => "pgwarden pci-dss, audit tuned",
             Side::PgwardenRelay => "pgwarden allow-all",
         }
     }
@@ -89,6 +96,8 @@ struct Run {
     p99_us: f64,
     /// CPU the proxy process (PgBouncer, pgwarden) used per transaction, microseconds.
     proxy_cpu_us: Option<f64>,
+    /// CPU the journald the bench started used per transaction (the audit mirror's cost).
+    journald_cpu_us: Option<f64>,
 }
 
 /// Every round of one (mode, clients, side).
@@ -112,6 +121,10 @@ impl Cell {
     }
     fn proxy_cpu(&self) -> Option<f64> {
         let values: Vec<f64> = self.runs.iter().filter_map(|r| r.proxy_cpu_us).collect();
+        (!values.is_empty()).then(|| median(values))
+    }
+    fn journald_cpu(&self) -> Option<f64> {
+        let values: Vec<f64> = self.runs.iter().filter_map(|r| r.journald_cpu_us).collect();
         (!values.is_empty()).then(|| median(values))
     }
 }
@@ -201,6 +214,7 @@ fn parse_summary(out: &str) -> Result<(f64, u64)> {
 /// The matrix section.
 pub fn matrix(rig: &mut Rig) -> Result<Box<dyn Section>> {
     rig.agent(Which::Policy)?;
+    rig.agent(Which::Tuned)?;
     rig.agent(Which::Relay)?;
     let plan = rig.plan.clone();
     let mut cells: Vec<Cell> = Vec::new();
@@ -220,7 +234,11 @@ pub fn matrix(rig: &mut Rig) -> Result<Box<dyn Section>> {
                         Thousands(run.p99_us).to_string(),
                         run.proxy_cpu_us
                             .map(|c| format!("  proxy CPU {c:.1} µs/txn"))
-                            .unwrap_or_default(),
+                            .unwrap_or_default()
+                            + &run
+                                .journald_cpu_us
+                                .map(|c| format!(" (+{c:.1} journald)"))
+                                .unwrap_or_default(),
                     );
                     match cells
                         .iter_mut()
@@ -269,6 +287,11 @@ fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32)
             rig.pg.port,
             Some(rig.agent(Which::Policy)?.pid()),
         ),
+        Side::PgwardenTuned => (
+            in_cgroup(&rig.cgroups.tuned.path, &pgbench.to_string_lossy()),
+            rig.pg.port,
+            Some(rig.agent(Which::Tuned)?.pid()),
+        ),
         Side::PgwardenRelay => (
             in_cgroup(&rig.cgroups.relay.path, &pgbench.to_string_lossy()),
             rig.pg.port,
@@ -291,6 +314,7 @@ fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32)
         ]);
     let agent = match side {
         Side::PgwardenPci => Some(Which::Policy),
+        Side::PgwardenTuned => Some(Which::Tuned),
         Side::PgwardenRelay => Some(Which::Relay),
         Side::Direct | Side::PgBouncer => None,
     };
@@ -298,9 +322,15 @@ fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32)
         Some(which) => Some(rig.agent(which)?.counter("redirected")?),
         None => None,
     };
+    let journald = match side {
+        Side::PgwardenPci | Side::PgwardenTuned => rig.journald_pid(),
+        _ => None,
+    };
     let cpu_before = proxy.map(cpu_seconds).transpose()?;
+    let journald_before = journald.map(cpu_seconds).transpose()?;
     let out = cmd::output(&mut command)?;
     let cpu_after = proxy.map(cpu_seconds).transpose()?;
+    let journald_after = journald.map(cpu_seconds).transpose()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let failed = |rig: &mut Rig, why: String| -> anyhow::Error {
@@ -350,16 +380,19 @@ fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32)
         return Err(failed(rig, "its per-transaction log is empty".into()));
     }
     #[allow(clippy::cast_precision_loss, reason = "transaction counts")]
-    let proxy_cpu_us = match (cpu_before, cpu_after) {
+    let per_txn = |before: Option<f64>, after: Option<f64>| match (before, after) {
         (Some(b), Some(a)) if transactions > 0 => Some((a - b) * 1e6 / transactions as f64),
         _ => None,
     };
+    let proxy_cpu_us = per_txn(cpu_before, cpu_after);
+    let journald_cpu_us = per_txn(journald_before, journald_after);
     Ok(Run {
         tps,
         transactions,
         p50_us: percentile(&latencies, 50.0),
         p99_us: percentile(&latencies, 99.0),
         proxy_cpu_us,
+        journald_cpu_us,
     })
 }
 
@@ -432,8 +465,11 @@ impl Section for Matrix {
                     ratio_text(self.ratio(cell, Side::PgBouncer)),
                     Thousands(cell.p50()),
                     Thousands(cell.p99()),
-                    cell.proxy_cpu()
-                        .map_or_else(|| "-".into(), |c| format!("{c:.1}")),
+                    match (cell.proxy_cpu(), cell.journald_cpu()) {
+                        (Some(c), Some(j)) => format!("{c:.1} (+{j:.1} journald)"),
+                        (Some(c), None) => format!("{c:.1}"),
+                        _ => "-".into(),
+                    },
                 );
             }
         }
@@ -453,6 +489,7 @@ impl Section for Matrix {
                     "p50_us": cell.p50(),
                     "p99_us": cell.p99(),
                     "proxy_cpu_us_per_txn": cell.proxy_cpu(),
+                    "journald_cpu_us_per_txn": cell.journald_cpu(),
                     "vs_direct": finite(self.ratio(cell, Side::Direct)),
                     "vs_pgbouncer": finite(self.ratio(cell, Side::PgBouncer)),
                     "rounds": cell.runs.iter().map(|r| json!({
@@ -461,6 +498,7 @@ impl Section for Matrix {
                         "p50_us": r.p50_us,
                         "p99_us": r.p99_us,
                         "proxy_cpu_us_per_txn": r.proxy_cpu_us,
+                        "journald_cpu_us_per_txn": r.journald_cpu_us,
                     })).collect::<Vec<_>>(),
                 })
             })

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::unistd::{Pid, User, chown};
-use pgwarden_e2e::{TestCgroup, free_port, pg_bin, policy_path, unique_name};
+use pgwarden_e2e::{Journald, TestCgroup, free_port, pg_bin, policy_path, unique_name};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -305,8 +305,12 @@ fn stop_child(child: &mut Child, grace: Duration) {
 /// Which of the two agents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Which {
-    /// policies/pci-dss.yaml (derived), masking on, audit when the agent supports it.
+    /// policies/pci-dss.yaml (derived), masking on, audit as installed: strict with an fsync
+    /// before each statement goes, every record mirrored to journald.
     Policy,
+    /// The same policy, audit tuned for statement rates: strict (written before the statement
+    /// goes) with `fsync: false` (fsynced every second), journald mirror `events`.
+    Tuned,
     /// policies/allow-all.yaml, no audit: the relay's own cost.
     Relay,
 }
@@ -315,6 +319,7 @@ impl Which {
     fn name(self) -> &'static str {
         match self {
             Which::Policy => "pci",
+            Which::Tuned => "pci-tuned",
             Which::Relay => "relay",
         }
     }
@@ -463,23 +468,6 @@ impl Drop for Agent {
     }
 }
 
-/// journald's native socket, the audit mirror's default.
-const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
-
-/// Config blocks the bench writes that an older pgwarden may not know.
-const OPTIONAL_KEYS: &[&str] = &["audit", "bpf", "shutdown"];
-
-/// Whether the audit journal was part of the policy agent's run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Audit {
-    /// Not probed yet (the policy agent has not started).
-    Unknown,
-    /// `run` accepted the `audit:` block.
-    Configured,
-    /// `run` refused the `audit:` key: the run goes without it.
-    Refused(String),
-}
-
 /// The bench's cgroups, one per tagged role, under `pgwarden-bench-<pid>-<n>`.
 pub struct Cgroups {
     /// pgbench under the derived pci-dss `reader` profile.
@@ -490,12 +478,15 @@ pub struct Cgroups {
     pub detector: TestCgroup,
     /// pgbench under allow-all (the relay agent).
     pub relay: TestCgroup,
+    /// pgbench under the tuned agent.
+    pub tuned: TestCgroup,
     _parent: TestCgroup,
 }
 
 /// Everything a section needs. Fields drop in order: agents first, the temp dir last.
 pub struct Rig {
     policy_agent: Option<Agent>,
+    tuned_agent: Option<Agent>,
     relay_agent: Option<Agent>,
     pub bouncer: PgBouncer,
     pub cgroups: Cgroups,
@@ -503,9 +494,9 @@ pub struct Rig {
     pub dir: TempDir,
     pub plan: Plan,
     pub bin: PathBuf,
-    pub audit: Audit,
-    /// Optional config keys this pgwarden refused.
-    pub refused: Vec<String>,
+    /// The journald the policy agent mirrors its journal to (started by the bench when none
+    /// ran), or why there is none.
+    pub journald: Result<Journald, String>,
     /// The audit journal of the policy agent.
     pub audit_path: PathBuf,
     /// A port nothing listens on but the connect loop; the policy agent intercepts it.
@@ -574,6 +565,7 @@ impl Rig {
             mask: parent.child("mask"),
             detector: parent.child("detector"),
             relay: parent.child("relay"),
+            tuned: parent.child("tuned"),
             _parent: parent,
         };
 
@@ -593,8 +585,22 @@ impl Rig {
             .and_then(|mut f| f.write_all(&key))
             .context("cannot write the hash key")?;
 
+        // The policy agent mirrors its journal to journald, as an installed agent does; on a
+        // machine whose PID 1 is not systemd the bench starts one, so the mirror's cost is in
+        // the numbers.
+        let journald = Journald::try_ensure();
+        match &journald {
+            Ok(j) if j.started_here() => {
+                println!("bench: started systemd-journald for the audit mirror");
+            }
+            Ok(_) => println!("bench: the audit mirror goes to the running journald"),
+            Err(e) => {
+                println!("bench: WARNING: no journald ({e}): the audit mirror is not measured")
+            }
+        }
         let rig = Rig {
             policy_agent: None,
+            tuned_agent: None,
             relay_agent: None,
             bouncer,
             cgroups,
@@ -605,8 +611,7 @@ impl Rig {
             dir,
             plan,
             bin,
-            audit: Audit::Unknown,
-            refused: Vec::new(),
+            journald,
             others,
             load_start,
             interrupt: interrupt.flag(),
@@ -623,7 +628,7 @@ impl Rig {
         Ok(())
     }
 
-    fn policy_file(&self) -> PathBuf {
+    pub fn policy_file(&self) -> PathBuf {
         self.dir.path().join("etc").join("bench-policy.yaml")
     }
 
@@ -654,28 +659,23 @@ impl Rig {
         Ok(())
     }
 
-    /// The agent's config, without the optional blocks this pgwarden refused.
+    /// The agent's config.
     fn config(&self, which: Which) -> String {
         let listen = free_port();
         let d = self.dir.path();
         let name = which.name();
-        let wants = |key: &str| !self.refused.iter().any(|k| k == key);
         let mut yaml = format!(
             "# cargo xtask bench: agent `{name}`\n\
              listen:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: \"[::1]:{listen}\"\n\
              control:\n  socket: {}\n",
             d.join("run").join(format!("{name}.sock")).display(),
         );
-        if wants("bpf") {
-            // Its own pins, never the default /sys/fs/bpf/pgwarden of an installed agent.
-            let pin = d
-                .file_name()
-                .map_or_else(|| "pgwarden-bench".into(), |n| n.to_string_lossy());
-            yaml += &format!("bpf:\n  pin_dir: /sys/fs/bpf/{pin}-{name}\n");
-        }
-        if wants("shutdown") {
-            yaml += "shutdown:\n  drain_seconds: 1\n";
-        }
+        // Its own pins, never the default /sys/fs/bpf/pgwarden of an installed agent.
+        let pin = d
+            .file_name()
+            .map_or_else(|| "pgwarden-bench".into(), |n| n.to_string_lossy());
+        yaml += &format!("bpf:\n  pin_dir: /sys/fs/bpf/{pin}-{name}\n");
+        yaml += "shutdown:\n  drain_seconds: 1\n";
         let workload = |name: &str, cg: &TestCgroup, policy: &Path, profile: &str| {
             format!(
                 "  - name: {name}\n    cgroup: \"{}\"\n    policy: {}\n    profile: {profile}\n",
@@ -703,25 +703,35 @@ impl Rig {
                     "mask:\n  hash_key_file: {}\n",
                     d.join("etc").join("hash.key").display()
                 );
-                if wants("audit") {
-                    yaml += &format!(
-                        "audit:\n  mode: strict\n  path: {}\n",
-                        self.audit_path.display()
-                    );
-                }
+                // The installed default: strict (fsynced before the statement goes), mirrored
+                // to journald.
+                yaml += &format!(
+                    "audit:\n  mode: strict\n  path: {}\n",
+                    self.audit_path.display()
+                );
+            }
+            Which::Tuned => {
+                yaml += &format!("intercept:\n  - \"*:{}\"\n", self.pg.port);
+                yaml += "workloads:\n";
+                yaml += &workload(
+                    "bench-tuned",
+                    &self.cgroups.tuned,
+                    &self.policy_file(),
+                    "reader",
+                );
+                yaml += &format!(
+                    "mask:\n  hash_key_file: {}\n",
+                    d.join("etc").join("hash.key").display()
+                );
+                yaml += &format!(
+                    "audit:\n  mode: strict\n  fsync: false\n  journald: events\n  path: {}\n",
+                    self.tuned_audit_path().display()
+                );
             }
             Which::Relay => {
                 yaml += &format!("intercept:\n  - \"*:{}\"\n", self.pg.port);
-                if wants("audit") {
-                    // pgwarden has no switch to turn the journal off (without `audit:` it
-                    // writes /var/log/pgwarden/audit.jsonl, strict, fsynced): the cheapest
-                    // setting that holds up, into the run's temp dir. Not `async`: once its
-                    // queue fills, pgwarden refuses statements instead of dropping records.
-                    yaml += &format!(
-                        "audit:\n  mode: strict\n  fsync: false\n  journald: false\n  path: {}\n",
-                        self.relay_audit_path().display()
-                    );
-                }
+                // The relay's own cost: no journal.
+                yaml += "audit:\n  mode: off\n";
                 yaml += "workloads:\n";
                 yaml += &workload(
                     "bench-relay",
@@ -739,17 +749,20 @@ impl Rig {
     pub fn agent(&mut self, which: Which) -> Result<&mut Agent> {
         let running = match which {
             Which::Policy => self.policy_agent.is_some(),
+            Which::Tuned => self.tuned_agent.is_some(),
             Which::Relay => self.relay_agent.is_some(),
         };
         if !running {
             let agent = self.start_agent(which)?;
             match which {
                 Which::Policy => self.policy_agent = Some(agent),
+                Which::Tuned => self.tuned_agent = Some(agent),
                 Which::Relay => self.relay_agent = Some(agent),
             }
         }
         let agent = match which {
             Which::Policy => self.policy_agent.as_mut(),
+            Which::Tuned => self.tuned_agent.as_mut(),
             Which::Relay => self.relay_agent.as_mut(),
         }
         .context("agent just started")?;
@@ -757,63 +770,33 @@ impl Rig {
         Ok(agent)
     }
 
-    /// Starts `which`. A config key this pgwarden does not know yet (`audit`, `bpf`,
-    /// `shutdown`: found by starting it and reading the refusal) is dropped and the start
-    /// retried; a refused `audit:` is announced loudly.
+    /// Starts `which`.
     fn start_agent(&mut self, which: Which) -> Result<Agent> {
         let dir = self.dir.path().to_path_buf();
-        loop {
-            let yaml = self.config(which);
-            let detach = !self.refused.iter().any(|k| k == "bpf");
-            let log = match Agent::start(&self.bin, &dir, which.name(), &yaml, detach)? {
-                Ok(agent) => {
-                    if which == Which::Policy && self.audit == Audit::Unknown {
-                        self.audit = Audit::Configured;
-                    }
-                    println!(
-                        "bench: pgwarden agent `{}` running (pid {})",
-                        which.name(),
-                        agent.pid()
-                    );
-                    return Ok(agent);
-                }
-                Err(log) => log,
-            };
-            let refused = OPTIONAL_KEYS.iter().find(|key| {
-                log.contains(&format!("unknown field `{key}`"))
-                    && !self.refused.iter().any(|k| k == *key)
-            });
-            let Some(&key) = refused else {
-                bail!("{log}");
-            };
-            let line = log
-                .lines()
-                .find(|l| l.contains("unknown field"))
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            if key == "audit" {
+        let yaml = self.config(which);
+        match Agent::start(&self.bin, &dir, which.name(), &yaml, true)? {
+            Ok(agent) => {
                 println!(
-                    "\n\
-                     ************************************************************************\n\
-                     bench: `pgwarden run` refuses the `audit:` key:\n  {line}\n\
-                     AUDIT NOT INCLUDED: the pci-dss cells run without the audit journal.\n\
-                     ************************************************************************\n"
+                    "bench: pgwarden agent `{}` running (pid {})",
+                    which.name(),
+                    agent.pid()
                 );
-                self.audit = Audit::Refused(line);
-            } else {
-                println!(
-                    "bench: this pgwarden does not know `{key}:` ({line}); running without it"
-                );
+                Ok(agent)
             }
-            self.refused.push(key.to_owned());
+            Err(log) => bail!("{log}"),
         }
     }
 
-    /// Stops both agents and detaches their programs.
+    /// Stops the agents and detaches their programs.
     pub fn stop_agents(&mut self) {
         self.policy_agent = None;
+        self.tuned_agent = None;
         self.relay_agent = None;
+    }
+
+    /// The tuned agent's journal.
+    fn tuned_audit_path(&self) -> PathBuf {
+        self.dir.path().join("log").join("tuned-audit.jsonl")
     }
 
     /// Lines of the policy agent's audit journal so far.
@@ -821,72 +804,53 @@ impl Rig {
         lines_in(&self.audit_path)
     }
 
-    /// The journal the relay agent cannot be stopped from writing.
-    fn relay_audit_path(&self) -> PathBuf {
-        self.dir.path().join("log").join("relay-audit.jsonl")
-    }
-
     /// Whether the policy agent ran with the audit journal and wrote to it.
     pub fn audit_included(&self) -> bool {
-        self.audit == Audit::Configured && self.audit_records() > 0
+        self.audit_records() > 0
+    }
+
+    /// The journald's process, when the bench started it (its CPU is part of the audit's cost).
+    pub fn journald_pid(&self) -> Option<u32> {
+        self.journald.as_ref().ok().and_then(Journald::pid)
     }
 
     /// The run's notes about the audit journal and other agents, for the report.
     pub fn notes(&self) -> Vec<String> {
         let mut notes = Vec::new();
-        match &self.audit {
-            Audit::Refused(why) => notes.push(format!(
-                "**AUDIT NOT INCLUDED**: this pgwarden's `run` refuses the `audit:` key ({why}); \
-                 the pci-dss cells ran without the audit journal. Rerun once the journal lands."
-            )),
-            Audit::Configured => {
-                let records = self.audit_records();
-                if records == 0 {
-                    notes.push(format!(
-                        "**AUDIT NOT INCLUDED**: `run` accepts `audit: {{mode: strict, path: ...}}` \
-                         but wrote nothing to {} during the run: the journal is not wired into the \
-                         sessions yet, so the pci-dss cells carry no audit cost.",
-                        self.audit_path.display()
-                    ));
-                } else {
-                    let journald = if Path::new(JOURNALD_SOCKET).exists() {
-                        "mirrored to journald"
-                    } else {
-                        "not mirrored to journald: its socket is absent on this machine"
-                    };
-                    notes.push(format!(
-                        "Audit included: the pci-dss agent ran with `audit: {{mode: strict}}` \
-                         (fsync per batch; {journald}) and wrote {records} journal lines."
-                    ));
-                }
-                notes.push(format!(
-                    "**The allow-all agent could not run with audit off**: pgwarden has no \
-                     switch for it (with no `audit:` key it writes a strict, fsynced journal to \
-                     /var/log/pgwarden/audit.jsonl). It ran with `audit: {{mode: strict, fsync: \
-                     false, journald: false}}` into the run's temp dir, and wrote {} journal lines \
-                     (with rotated files, up to its 10 kept): its cells include that cost. (`mode: async` \
-                     would be cheaper, but once its 10,000-record queue fills pgwarden refuses \
-                     statements with \"audit queue full\" instead of dropping records, which \
-                     aborts pgbench.)",
-                    lines_in(&self.relay_audit_path())
-                ));
+        let records = self.audit_records();
+        let journald = match &self.journald {
+            Ok(j) if j.started_here() => {
+                "mirrored to a systemd-journald the bench started".to_owned()
             }
-            Audit::Unknown => {}
-        }
-        let older: Vec<&str> = self
-            .refused
-            .iter()
-            .map(String::as_str)
-            .filter(|k| *k != "audit")
-            .collect();
-        if !older.is_empty() {
+            Ok(_) => "mirrored to the machine's journald".to_owned(),
+            Err(e) => format!("**not mirrored to journald** ({e})"),
+        };
+        if records == 0 {
             notes.push(format!(
-                "This pgwarden does not know the config key(s) `{}`; the agents ran without them.",
-                older.join("`, `")
+                "**AUDIT NOT INCLUDED**: the pci-dss agent wrote nothing to {}.",
+                self.audit_path.display()
+            ));
+        } else {
+            notes.push(format!(
+                "Audit included: the pci-dss agent ran with `audit: {{mode: strict}}` (each \
+                 statement's record fsynced before the statement is forwarded; {journald}) and \
+                 wrote {records} journal lines."
             ));
         }
+        notes.push(format!(
+            "The tuned pci-dss agent ran with `audit: {{mode: strict, fsync: false, journald: \
+             events}}`: each statement's record is written to the journal file before the \
+             statement is forwarded (an agent crash loses nothing), fsynced within a second, and \
+             only non-statement events go to journald; it wrote {} journal lines.",
+            lines_in(&self.tuned_audit_path())
+        ));
+        notes.push(
+            "The allow-all agent ran with `audit: {mode: off}`: the cost of the redirect and the \
+             protocol-aware relay alone (statements are still parsed and checked)."
+                .to_owned(),
+        );
         let mut others = self.others.clone();
-        let ours: Vec<u32> = [&self.policy_agent, &self.relay_agent]
+        let ours: Vec<u32> = [&self.policy_agent, &self.tuned_agent, &self.relay_agent]
             .into_iter()
             .flatten()
             .map(Agent::pid)
