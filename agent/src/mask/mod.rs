@@ -179,7 +179,10 @@ pub struct MaskSession {
     key: Arc<Vec<u8>>,
     plan: Vec<Option<Planned>>,
     formats: Vec<(bool, u32)>,
-    counts: BTreeMap<(String, &'static str), u64>,
+    /// Values masked per column rule (by index) since the last [`MaskSession::take_counts`].
+    rule_counts: Vec<u64>,
+    /// PANs the content detector masked since then.
+    detected: u64,
 }
 
 /// One masked column's count, for the audit record.
@@ -202,7 +205,8 @@ impl MaskSession {
             key,
             plan: Vec::new(),
             formats: Vec::new(),
-            counts: BTreeMap::new(),
+            rule_counts: Vec::new(),
+            detected: 0,
         }
     }
 
@@ -226,8 +230,23 @@ impl MaskSession {
 
     /// Takes the counts since the last call (one statement's worth).
     pub fn take_counts(&mut self) -> Vec<MaskCount> {
-        std::mem::take(&mut self.counts)
+        let mut out: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        for (i, n) in std::mem::take(&mut self.rule_counts)
             .into_iter()
+            .enumerate()
+        {
+            if n > 0 {
+                let rule = &self.rules.columns[i];
+                *out.entry((rule.label(), rule.method.name())).or_insert(0) += n;
+            }
+        }
+        if self.detected > 0 {
+            out.insert(
+                ("content".to_owned(), "pan"),
+                std::mem::take(&mut self.detected),
+            );
+        }
+        out.into_iter()
             .map(|((column, method), count)| MaskCount {
                 column,
                 method,
@@ -236,27 +255,36 @@ impl MaskSession {
             .collect()
     }
 
-    fn count(&mut self, column: String, method: &'static str) {
-        *self.counts.entry((column, method)).or_insert(0) += 1;
+    fn count_rule(&mut self, rule: usize) {
+        if self.rule_counts.len() <= rule {
+            self.rule_counts
+                .resize(self.rules.columns.len().max(rule + 1), 0);
+        }
+        self.rule_counts[rule] += 1;
     }
 
-    /// Masks one DataRow; `None` when nothing changes.
+    /// Masks one DataRow; `None` when nothing changes. The new row is written in one pass:
+    /// untouched values are copied from the old one, masked ones from their masks.
     pub fn data_row(&mut self, frame: &Frame) -> Option<Bytes> {
         if self.plan.iter().all(Option::is_none) && !self.rules.detect_pans {
             return None;
         }
         let ranges = backend::data_row(frame).ok()?;
         let body = frame.body();
-        let mut out: Option<Vec<Option<Vec<u8>>>> = None;
+        let mut out: Option<BytesMut> = None;
         for (i, r) in ranges.iter().enumerate() {
-            let Some(r) = r else { continue };
+            let Some(r) = r else {
+                if let Some(b) = &mut out {
+                    b.put_i32(-1);
+                }
+                continue;
+            };
             let value = &body[r.clone()];
-            let replaced = if let Some(Some(p)) = self.plan.get(i).cloned() {
-                let method = self.rules.columns[p.rule].method.clone();
-                let v = self.apply_rule(&method, value, p.binary, p.type_oid);
+            let replaced = if let Some(Some(p)) = self.plan.get(i) {
+                let (rule, binary, type_oid) = (p.rule, p.binary, p.type_oid);
+                let v = self.apply_rule(&self.rules.columns[rule].method, value, binary, type_oid);
                 if v.as_deref() != Some(value) {
-                    let label = self.rules.columns[p.rule].label();
-                    self.count(label, method.name());
+                    self.count_rule(rule);
                 }
                 Some(v)
             } else if self.rules.detect_pans {
@@ -265,29 +293,42 @@ impl MaskSession {
             } else {
                 None
             };
-            if let Some(v) = replaced.filter(|v| v.as_deref() != Some(value)) {
-                out.get_or_insert_with(|| {
-                    ranges
-                        .iter()
-                        .map(|r| r.clone().map(|r| body[r].to_vec()))
-                        .collect()
-                })[i] = v;
-            }
-        }
-        let values = out?;
-        let mut b = BytesMut::with_capacity(frame.bytes.len() + 16);
-        b.put_u8(b'D');
-        b.put_i32(0);
-        b.put_i16(i16::try_from(values.len()).unwrap_or(i16::MAX));
-        for v in &values {
-            match v {
+            match replaced.filter(|v| v.as_deref() != Some(value)) {
                 Some(v) => {
-                    b.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
-                    b.put_slice(v);
+                    let b = out.get_or_insert_with(|| {
+                        // The row so far, as it was.
+                        let mut b = BytesMut::with_capacity(frame.bytes.len() + 16);
+                        b.put_u8(b'D');
+                        b.put_i32(0);
+                        b.put_i16(i16::try_from(ranges.len()).unwrap_or(i16::MAX));
+                        for earlier in &ranges[..i] {
+                            match earlier {
+                                Some(e) => {
+                                    b.put_i32(i32::try_from(e.len()).unwrap_or(i32::MAX));
+                                    b.put_slice(&body[e.clone()]);
+                                }
+                                None => b.put_i32(-1),
+                            }
+                        }
+                        b
+                    });
+                    match v {
+                        Some(v) => {
+                            b.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                            b.put_slice(&v);
+                        }
+                        None => b.put_i32(-1),
+                    }
                 }
-                None => b.put_i32(-1),
+                None => {
+                    if let Some(b) = &mut out {
+                        b.put_i32(i32::try_from(value.len()).unwrap_or(i32::MAX));
+                        b.put_slice(value);
+                    }
+                }
             }
         }
+        let mut b = out?;
         let len = i32::try_from(b.len() - 1).unwrap_or(i32::MAX);
         b[1..5].copy_from_slice(&len.to_be_bytes());
         Some(b.freeze())
@@ -317,7 +358,7 @@ impl MaskSession {
             // Numbers in binary carry no ASCII digits: decode, and hide a PAN as NULL.
             let digits = binary_number_digits(value, type_oid)?;
             if pan::mask_pans(digits.as_bytes(), Keep::First6Last4).is_some() {
-                self.count("content".into(), "pan");
+                self.detected += 1;
                 return Some(None);
             }
             return None;
@@ -325,9 +366,7 @@ impl MaskSession {
         // Same-length masking of ASCII digits keeps text and binary encodings (arrays,
         // records, jsonb) well formed.
         let (masked, n) = pan::mask_pans(value, Keep::First6Last4)?;
-        for _ in 0..n {
-            self.count("content".into(), "pan");
-        }
+        self.detected += n as u64;
         Some(Some(masked))
     }
 
@@ -337,9 +376,7 @@ impl MaskSession {
             return None;
         }
         let (masked, n) = pan::mask_pans(frame.body(), Keep::First6Last4)?;
-        for _ in 0..n {
-            self.count("content".into(), "pan");
-        }
+        self.detected += n as u64;
         let mut b = BytesMut::with_capacity(frame.bytes.len());
         b.put_slice(&frame.bytes[..5]);
         b.put_slice(&masked);
