@@ -225,7 +225,7 @@ pub fn matrix(rig: &mut Rig) -> Result<Box<dyn Section>> {
                     rig.check_interrupt()?;
                     let run = run_one(rig, mode, clients, side, round)?;
                     println!(
-                        "  {:<8} c={clients:<3} round {round}/{}  {:<24} {:>8} tps  p50 {:>6} µs  p99 {:>6} µs{}",
+                        "  {:<8} c={clients:<3} round {round}/{}  {:<38} {:>8} tps  p50 {:>6} µs  p99 {:>6} µs{}",
                         mode.arg(),
                         plan.rounds,
                         side.label(),
