@@ -1,4 +1,4 @@
-//! The pgbench matrix: `pgbench -S` in each query mode and client count against four sides
+//! The pgbench matrix: `pgbench -S` in each query mode and client count against five sides
 //! (direct, PgBouncer, pgwarden under pci-dss `reader`, pgwarden under allow-all), run back to
 //! back per group and repeated `--rounds` times; TPS from pgbench, latency percentiles from its
 //! per-transaction log.
@@ -434,10 +434,11 @@ impl Section for Matrix {
         let mut md = format!(
             "## pgbench -S (select-only)\n\n\
              `pgbench -n -S -M <mode> -c <clients> -j min(clients, nproc) -T {} -l`, scale {}, \
-             {} round(s) per cell (median shown), the four sides of a (mode, clients) group run \
+             {} round(s) per cell (median shown), the five sides of a (mode, clients) group run \
              back to back. TPS excludes connection setup; latency percentiles come from pgbench's \
              per-transaction log. \"proxy CPU\" is the CPU time the PgBouncer or pgwarden process \
-             used per transaction (user + system).\n",
+             used per transaction (user + system), with the journald's beside pgwarden's where \
+             the journal is mirrored.\n",
             self.seconds, self.scale, self.rounds
         );
         let mut modes: Vec<QueryMode> = Vec::new();

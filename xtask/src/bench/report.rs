@@ -15,7 +15,14 @@ use super::rig::Rig;
 use super::{Plan, Section, first_line_of};
 
 /// Where sections appear in the report, whatever order they ran in; others follow.
-const ORDER: &[&str] = &["pgbench", "masking", "memory", "untagged_connect"];
+const ORDER: &[&str] = &[
+    "pgbench",
+    "masking",
+    "memory",
+    "policy",
+    "audit",
+    "untagged_connect",
+];
 
 /// Machine and software facts.
 struct Facts {
@@ -171,18 +178,24 @@ impl Report {
              - **PgBouncer (session)**: PgBouncer 1.18 on its own port, `pool_mode = session`, \
                `auth_type = trust`, `max_client_conn = 2000`, `default_pool_size = {}`; the \
                client connects to PgBouncer's port. It relays messages without parsing SQL.\n\
-             - **pgwarden pci-dss reader**: the client runs in a cgroup tagged as a workload and \
-               connects to PostgreSQL's real address; pgwarden's connect4 program redirects it \
-               to the agent, which parses each statement, decides it under \
-               `policies/pci-dss.yaml` profile `reader` (derived at run time: the pgbench tables \
-               added to its allowed tables; masks, `detect_pans` and the approval rule kept), \
-               scans result rows for masking (column rules and the PAN detector on every text \
-               field), and writes the audit journal (`mode: strict`) when this build supports \
-               it (see the notes), then connects to PostgreSQL itself.\n\
+             - **pgwarden pci-dss, audit as installed**: the client runs in a cgroup tagged as a \
+               workload and connects to PostgreSQL's real address; pgwarden's connect4 program \
+               redirects it to the agent, which parses each statement (or finds its verdict in \
+               the caches), decides it under `policies/pci-dss.yaml` profile `reader` (derived \
+               at run time: the pgbench tables added to its allowed tables; masks, \
+               `detect_pans` and the approval rule kept), scans result rows for masking (column \
+               rules and the PAN detector on every text field), and journals every statement \
+               with the installed defaults: `audit: {{mode: strict, fsync: true, journald: all}}` \
+               (the record fsynced before the statement is forwarded, every record mirrored to \
+               journald). The journald's own CPU is shown beside pgwarden's.\n\
+             - **pgwarden pci-dss, audit tuned**: the same policy and masking, with the journal \
+               set for statement rates: `audit: {{mode: strict, fsync: false, journald: events}}` \
+               (each record written to the file before its statement is forwarded, fsynced \
+               within a second; journald gets all but `query` and `query.done`).\n\
              - **pgwarden allow-all**: the same path under `policies/allow-all.yaml` (profile \
-               `allow-all`): statements are still parsed and checked against the always-denied \
-               rules, no masks, and the audit journal as cheap as this build allows (see the \
-               notes). The cost of the redirect and the protocol-aware relay.\n\n",
+               `allow-all`, statements still parsed and checked against the always-denied \
+               rules, no masks) and `audit: {{mode: off}}`: the cost of the redirect and the \
+               protocol-aware relay.\n\n",
             p.idle_conns + 100,
             p.max_clients() + 4,
         );
