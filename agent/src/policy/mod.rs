@@ -83,7 +83,16 @@ impl Compiled {
     }
 
     /// Decides on `sql`, parsing it only the first time this profile sees it (or its shape).
+    /// A text seen before is looked up without being read again.
     pub fn decide(&self, sql: &str) -> Arc<Decided> {
+        if let Some(d) = self
+            .by_text
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sql)
+        {
+            return Arc::clone(d);
+        }
         let shape = crate::sqltext::Text::of(sql).shape;
         self.decide_shaped(sql, shape.as_deref()).0
     }
@@ -109,11 +118,13 @@ impl Compiled {
         let facts = analyze::analyze(sql);
         let outcome = self.profile.decide(&facts);
         let decided = Arc::new(Decided { facts, outcome });
-        match shape {
-            Some(shape) if !decided.facts.literal_sensitive => {
-                bounded_insert(&self.by_shape, shape, &decided);
-            }
-            _ => bounded_insert(&self.by_text, sql, &decided),
+        // By text always (the same text again is one lookup); by shape too when the verdict
+        // holds for any literals.
+        bounded_insert(&self.by_text, sql, &decided);
+        if let Some(shape) = shape
+            && !decided.facts.literal_sensitive
+        {
+            bounded_insert(&self.by_shape, shape, &decided);
         }
         (decided, CacheHit::Miss)
     }

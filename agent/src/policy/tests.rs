@@ -312,6 +312,10 @@ fn literal_free_verdicts_are_shared_by_shape() {
         CacheHit::Shape
     );
     assert_eq!(
+        shaped("SELECT id FROM payments WHERE id = 1"),
+        CacheHit::Text
+    );
+    assert_eq!(
         shaped("SELECT id FROM payments WHERE id = 'x'"),
         CacheHit::Miss
     );

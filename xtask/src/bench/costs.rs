@@ -101,10 +101,11 @@ impl Section for Policy {
             "## Policy decisions\n\n\
              `pgwarden policy bench` under the derived pci-dss `reader` profile, {} iterations \
              each, one thread. *Cold*: parse (sqlparser) and decide. *Cached*: the same text \
-             again (the verdict cache by text). *Shape*: the same statement with other \
-             literals, as a simple query with new values is: lexed for its shape, answered by \
-             the shape cache (only for verdicts that do not depend on literal values; `-` when \
-             they do or the text has no shape).\n\n\
+             again: one lookup in the verdict cache by text. *Shape*: the same statement with \
+             other literals, as a simple query with new values is: lexed for its shape (the \
+             relay reads every statement once anyway, for the journal's normalized text) and \
+             answered by the shape cache (only for verdicts that do not depend on literal \
+             values; `-` when they do or the text has no shape).\n\n\
              | statement | cold µs | cached µs | shape µs |\n|---|---:|---:|---:|\n",
             self.iterations
         );
