@@ -35,6 +35,8 @@ pub struct Journald {
     absent_since: Option<Instant>,
     errors: u64,
     sent: u64,
+    encoder: Encoder,
+    datagram: Vec<u8>,
 }
 
 impl Journald {
@@ -46,6 +48,8 @@ impl Journald {
             absent_since: None,
             errors: 0,
             sent: 0,
+            encoder: Encoder::default(),
+            datagram: Vec::with_capacity(2048),
         }
     }
 
@@ -67,8 +71,11 @@ impl Journald {
         {
             return;
         }
-        let payload = encode(line, priority);
-        match self.send_bytes(&payload) {
+        let mut payload = std::mem::take(&mut self.datagram);
+        self.encoder.encode(line, priority, &mut payload);
+        let sent = self.send_bytes(&payload);
+        self.datagram = payload;
+        match sent {
             Ok(()) => {
                 self.sent += 1;
                 if self.absent_since.take().is_some() {
@@ -117,76 +124,300 @@ impl Journald {
     }
 }
 
-/// The journald fields of a journal line, in order: `MESSAGE`, `PRIORITY`,
-/// `SYSLOG_IDENTIFIER`, then `PGWARDEN_*` in the line's key order. `None` when the line is not
-/// a JSON object (the writer only hands over lines it wrote).
-pub fn fields(line: &[u8], priority: u8) -> Option<Vec<(String, Vec<u8>)>> {
-    let mut flat = Flat::default();
-    let mut p = Reader { b: line, i: 0 };
-    p.ws();
-    if p.peek() != Some(b'{') {
-        return None;
-    }
-    p.value(&mut flat, "PGWARDEN", 0)?;
-    let mut out = Vec::with_capacity(flat.fields.len() + 3);
-    out.push(("MESSAGE".to_owned(), summary(&flat).into_bytes()));
-    out.push(("PRIORITY".to_owned(), vec![b'0' + priority.min(7)]));
-    out.push(("SYSLOG_IDENTIFIER".to_owned(), b"pgwarden".to_vec()));
-    out.extend(flat.fields);
-    Some(out)
+/// journald's native datagram for a journal line (empty when the line is not a JSON object),
+/// truncated as the module doc says when too large.
+pub fn encode(line: &[u8], priority: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    Encoder::default().encode(line, priority, &mut out);
+    out
 }
 
-/// The flattened leaves of a line, and its raw `detail` object for the summary.
+/// The leaves the one-line `MESSAGE` is made of, in the order it shows them.
+#[derive(Clone, Copy)]
+enum Part {
+    Event,
+    Seq,
+    Workload,
+    Decision,
+    Rule,
+    Pid,
+    Exe,
+    Rows,
+    Sqlstate,
+    Text,
+    Error,
+}
+
+const PARTS: usize = 11;
+
+/// The labelled parts of the summary, after `<event> #<seq>`.
+const LABELLED: [(Part, &str); 7] = [
+    (Part::Workload, "workload"),
+    (Part::Decision, "decision"),
+    (Part::Rule, "rule"),
+    (Part::Pid, "pid"),
+    (Part::Exe, "exe"),
+    (Part::Rows, "rows"),
+    (Part::Sqlstate, "sqlstate"),
+];
+
+fn part(name: &[u8]) -> Option<Part> {
+    Some(match name {
+        b"PGWARDEN_EVENT" => Part::Event,
+        b"PGWARDEN_SEQ" => Part::Seq,
+        b"PGWARDEN_WORKLOAD" => Part::Workload,
+        b"PGWARDEN_DECISION" => Part::Decision,
+        b"PGWARDEN_RULE" => Part::Rule,
+        b"PGWARDEN_ACTOR_PID" => Part::Pid,
+        b"PGWARDEN_ACTOR_EXE" => Part::Exe,
+        b"PGWARDEN_ROWS" => Part::Rows,
+        b"PGWARDEN_SQLSTATE" => Part::Sqlstate,
+        b"PGWARDEN_STATEMENT_TEXT" => Part::Text,
+        b"PGWARDEN_ERROR" => Part::Error,
+        _ => return None,
+    })
+}
+
+/// Turns journal lines into datagrams in one pass over each line, with buffers kept from one
+/// record to the next: `MESSAGE` (as [`super::record::Record::summary`] writes it),
+/// `PRIORITY`, `SYSLOG_IDENTIFIER`, then `PGWARDEN_*` in the line's key order.
 #[derive(Default)]
-struct Flat {
-    fields: Vec<(String, Vec<u8>)>,
-    detail: Option<String>,
+pub struct Encoder {
+    /// The field name being read (`PGWARDEN_ACTOR_PID`): one segment per nesting level.
+    name: Vec<u8>,
+    /// An object key, unescaped.
+    key: Vec<u8>,
+    /// The `PGWARDEN_*` fields, encoded.
+    fields: Vec<u8>,
+    /// Where the summary's values are in `fields`.
+    spans: [Option<(usize, usize)>; PARTS],
+    /// The raw `detail` object, in the line.
+    detail: Option<(usize, usize)>,
+    message: Vec<u8>,
+    max_value: usize,
 }
 
-impl Flat {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+impl Encoder {
+    /// Encodes `line` into `out` (cleared). False, and `out` empty, when `line` is not a
+    /// JSON object (the writer only hands over lines it wrote).
+    pub fn encode(&mut self, line: &[u8], priority: u8, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        if !self.flatten(line, usize::MAX) {
+            return false;
+        }
+        self.assemble(line, priority, false, out);
+        if out.len() > MAX_DATAGRAM {
+            self.flatten(line, TRUNCATED_VALUE);
+            self.assemble(line, priority, true, out);
+            if out.len() > MAX_DATAGRAM {
+                out.truncate(MAX_DATAGRAM);
+                // Never end in the middle of a field: drop the partial one.
+                if let Some(p) = out.iter().rposition(|&c| c == b'\n') {
+                    out.truncate(p + 1);
+                }
+            }
+        }
+        true
     }
-}
 
-/// The one-line `MESSAGE` (as [`Record::summary`] writes it).
-fn summary(f: &Flat) -> String {
-    let mut s = format!(
-        "{} #{}",
-        f.get("PGWARDEN_EVENT").unwrap_or("?"),
-        f.get("PGWARDEN_SEQ").unwrap_or("?")
-    );
-    for (name, label) in [
-        ("PGWARDEN_WORKLOAD", "workload"),
-        ("PGWARDEN_DECISION", "decision"),
-        ("PGWARDEN_RULE", "rule"),
-        ("PGWARDEN_ACTOR_PID", "pid"),
-        ("PGWARDEN_ACTOR_EXE", "exe"),
-        ("PGWARDEN_ROWS", "rows"),
-        ("PGWARDEN_SQLSTATE", "sqlstate"),
-    ] {
-        if let Some(v) = f.get(name) {
-            s.push_str(&format!(" {label}={v}"));
+    fn flatten(&mut self, line: &[u8], max_value: usize) -> bool {
+        self.fields.clear();
+        self.spans = [None; PARTS];
+        self.detail = None;
+        self.max_value = max_value;
+        self.name.clear();
+        self.name.extend_from_slice(b"PGWARDEN");
+        let mut r = Reader { b: line, i: 0 };
+        r.ws();
+        r.peek() == Some(b'{') && self.value(&mut r, 0).is_some()
+    }
+
+    fn assemble(&mut self, line: &[u8], priority: u8, truncated: bool, out: &mut Vec<u8>) {
+        out.clear();
+        self.summary(line);
+        put(out, b"MESSAGE", &self.message);
+        put(out, b"PRIORITY", &[b'0' + priority.min(7)]);
+        put(out, b"SYSLOG_IDENTIFIER", b"pgwarden");
+        if truncated {
+            put(out, b"PGWARDEN_TRUNCATED", b"1");
+        }
+        out.extend_from_slice(&self.fields);
+    }
+
+    fn get(&self, p: Part) -> Option<&str> {
+        let (a, b) = self.spans[p as usize]?;
+        std::str::from_utf8(&self.fields[a..b]).ok()
+    }
+
+    /// The one-line `MESSAGE`, into `self.message`.
+    fn summary(&mut self, line: &[u8]) {
+        let mut m = std::mem::take(&mut self.message);
+        m.clear();
+        m.extend_from_slice(self.get(Part::Event).unwrap_or("?").as_bytes());
+        m.extend_from_slice(b" #");
+        m.extend_from_slice(self.get(Part::Seq).unwrap_or("?").as_bytes());
+        for (p, label) in LABELLED {
+            if let Some(v) = self.get(p) {
+                m.push(b' ');
+                m.extend_from_slice(label.as_bytes());
+                m.push(b'=');
+                m.extend_from_slice(v.as_bytes());
+            }
+        }
+        let (sep, tail) = if let Some(t) = self.get(Part::Text) {
+            (": ", Some(super::record::one_line(t, 200)))
+        } else if let Some(e) = self.get(Part::Error) {
+            (": ", Some(super::record::one_line(e, 200)))
+        } else if let Some((a, b)) = self.detail {
+            (
+                " ",
+                Some(super::record::one_line(
+                    &String::from_utf8_lossy(&line[a..b]),
+                    200,
+                )),
+            )
+        } else {
+            ("", None)
+        };
+        if let Some(t) = tail {
+            m.extend_from_slice(sep.as_bytes());
+            m.extend_from_slice(t.as_bytes());
+        }
+        self.message = m;
+    }
+
+    /// Reads a value: leaves become fields named `self.name`; objects recurse
+    /// (depth-limited); arrays are kept as their JSON text; `null` is left out.
+    fn value(&mut self, r: &mut Reader<'_>, depth: usize) -> Option<()> {
+        r.ws();
+        match r.peek()? {
+            b'{' => {
+                if depth > 32 {
+                    return None;
+                }
+                let start = r.i;
+                r.i += 1;
+                r.ws();
+                if r.peek() == Some(b'}') {
+                    r.i += 1;
+                } else {
+                    loop {
+                        r.ws();
+                        self.key.clear();
+                        r.string_into(&mut self.key)?;
+                        r.eat(b':')?;
+                        let len = self.name.len();
+                        self.name.push(b'_');
+                        // A journald field name part: ASCII letters and digits upper-cased,
+                        // any other character `_`.
+                        for c in String::from_utf8_lossy(&self.key).chars() {
+                            self.name.push(if c.is_ascii_alphanumeric() {
+                                c.to_ascii_uppercase() as u8
+                            } else {
+                                b'_'
+                            });
+                        }
+                        let read = self.value(r, depth + 1);
+                        self.name.truncate(len);
+                        read?;
+                        r.ws();
+                        match r.peek()? {
+                            b',' => r.i += 1,
+                            b'}' => {
+                                r.i += 1;
+                                break;
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                if self.name == b"PGWARDEN_DETAIL" {
+                    self.detail = Some((start, r.i));
+                }
+            }
+            b'[' => {
+                let start = r.i;
+                r.skip()?;
+                let at = self.begin_leaf();
+                self.fields.extend_from_slice(&r.b[start..r.i]);
+                self.end_leaf(at);
+            }
+            b'"' => {
+                let at = self.begin_leaf();
+                r.string_into(&mut self.fields)?;
+                self.end_leaf(at);
+            }
+            b'n' => r.word(b"null")?,
+            _ => {
+                let start = r.i;
+                while r
+                    .peek()
+                    .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+                {
+                    r.i += 1;
+                }
+                if start == r.i {
+                    return None;
+                }
+                let at = self.begin_leaf();
+                self.fields.extend_from_slice(&r.b[start..r.i]);
+                self.end_leaf(at);
+            }
+        }
+        Some(())
+    }
+
+    /// Writes the field name (journald takes at most 64 characters) and `=`; the value
+    /// follows from the returned offset.
+    fn begin_leaf(&mut self) -> usize {
+        let n = self.name.len().min(64);
+        self.fields.extend_from_slice(&self.name[..n]);
+        self.fields.push(b'=');
+        self.fields.len()
+    }
+
+    /// Ends the value begun at `at`: cut to `max_value` (on a character boundary), switched
+    /// to the length-prefixed form when it holds a newline, noted when the summary shows it.
+    fn end_leaf(&mut self, at: usize) {
+        let mut end = self.fields.len();
+        if end - at > self.max_value {
+            end = at + self.max_value;
+            while end > at && (self.fields[end] & 0xc0) == 0x80 {
+                end -= 1;
+            }
+            self.fields.truncate(end);
+        }
+        let mut span = (at, end);
+        if self.fields[at..end].contains(&b'\n') {
+            self.fields[at - 1] = b'\n';
+            let len = ((end - at) as u64).to_le_bytes();
+            self.fields.splice(at..at, len);
+            span = (at + 8, end + 8);
+        }
+        self.fields.push(b'\n');
+        if let Some(p) = part(&self.name)
+            && self.spans[p as usize].is_none()
+        {
+            self.spans[p as usize] = Some(span);
         }
     }
-    if let Some(t) = f.get("PGWARDEN_STATEMENT_TEXT") {
-        s.push_str(": ");
-        s.push_str(&super::record::one_line(t, 200));
-    } else if let Some(e) = f.get("PGWARDEN_ERROR") {
-        s.push_str(": ");
-        s.push_str(&super::record::one_line(e, 200));
-    } else if let Some(d) = &f.detail {
-        s.push(' ');
-        s.push_str(&super::record::one_line(d, 200));
-    }
-    s
 }
 
-/// A reader of the JSON the journal writes (objects, arrays, strings, numbers, literals),
-/// flattening objects into `PARENT_KEY` names and keeping arrays as their JSON text.
+/// One field in the native format: `NAME=value\n`, or `NAME\n<u64 LE length>value\n` when
+/// the value holds a newline.
+fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    if value.contains(&b'\n') {
+        out.push(b'\n');
+        out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    } else {
+        out.push(b'=');
+    }
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+/// A reader of the JSON the journal writes (objects, arrays, strings, numbers, literals).
 struct Reader<'a> {
     b: &'a [u8],
     i: usize,
@@ -208,73 +439,6 @@ impl Reader<'_> {
         (self.peek() == Some(c)).then(|| self.i += 1)
     }
 
-    /// Reads a value: leaves go to `out` under `name`; objects recurse (depth-limited).
-    fn value(&mut self, out: &mut Flat, name: &str, depth: usize) -> Option<()> {
-        self.ws();
-        match self.peek()? {
-            b'{' => {
-                if depth > 32 {
-                    return None;
-                }
-                let start = self.i;
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                } else {
-                    loop {
-                        self.ws();
-                        let key = self.string()?;
-                        self.eat(b':')?;
-                        let child =
-                            format!("{name}_{}", field_name(&String::from_utf8_lossy(&key)));
-                        self.value(out, &child, depth + 1)?;
-                        self.ws();
-                        match self.peek()? {
-                            b',' => self.i += 1,
-                            b'}' => {
-                                self.i += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                if name == "PGWARDEN_DETAIL" {
-                    out.detail = Some(String::from_utf8_lossy(&self.b[start..self.i]).into_owned());
-                }
-            }
-            b'[' => {
-                let start = self.i;
-                self.skip()?;
-                out.fields
-                    .push((name.to_owned(), self.b[start..self.i].to_vec()));
-            }
-            b'"' => {
-                let s = self.string()?;
-                out.fields.push((name.to_owned(), s));
-            }
-            b'n' => {
-                self.word(b"null")?;
-            }
-            _ => {
-                let start = self.i;
-                while self
-                    .peek()
-                    .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
-                {
-                    self.i += 1;
-                }
-                if start == self.i {
-                    return None;
-                }
-                out.fields
-                    .push((name.to_owned(), self.b[start..self.i].to_vec()));
-            }
-        }
-        Some(())
-    }
-
     fn word(&mut self, w: &[u8]) -> Option<()> {
         self.b[self.i..].starts_with(w).then(|| self.i += w.len())
     }
@@ -283,7 +447,7 @@ impl Reader<'_> {
     fn skip(&mut self) -> Option<()> {
         self.ws();
         match self.peek()? {
-            b'"' => self.string().map(|_| ()),
+            b'"' => self.string_into(&mut Vec::new()),
             open @ (b'[' | b'{') => {
                 let close = if open == b'[' { b']' } else { b'}' };
                 self.i += 1;
@@ -313,44 +477,41 @@ impl Reader<'_> {
         }
     }
 
-    /// A JSON string, unescaped, as bytes.
-    fn string(&mut self) -> Option<Vec<u8>> {
+    /// A JSON string, unescaped, appended to `out`.
+    fn string_into(&mut self, out: &mut Vec<u8>) -> Option<()> {
         if self.peek()? != b'"' {
             return None;
         }
         self.i += 1;
-        let mut out = Vec::new();
         loop {
-            let c = self.peek()?;
+            // The plain run up to the next quote or backslash, in one copy.
+            let rest = &self.b[self.i..];
+            let run = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
+            out.extend_from_slice(&rest[..run]);
+            self.i += run + 1;
+            if rest[run] == b'"' {
+                return Some(());
+            }
+            let e = self.peek()?;
             self.i += 1;
-            match c {
-                b'"' => return Some(out),
-                b'\\' => {
-                    let e = self.peek()?;
-                    self.i += 1;
-                    match e {
-                        b'"' | b'\\' | b'/' => out.push(e),
-                        b'b' => out.push(8),
-                        b'f' => out.push(12),
-                        b'n' => out.push(b'\n'),
-                        b'r' => out.push(b'\r'),
-                        b't' => out.push(b'\t'),
-                        b'u' => {
-                            let mut cp = self.hex4()?;
-                            if (0xd800..0xdc00).contains(&cp) && self.word(b"\\u").is_some() {
-                                let lo = self.hex4()?;
-                                cp = 0x10000
-                                    + ((cp - 0xd800) << 10)
-                                    + (lo.wrapping_sub(0xdc00) & 0x3ff);
-                            }
-                            let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
-                            let mut buf = [0u8; 4];
-                            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                        }
-                        _ => return None,
+            match e {
+                b'"' | b'\\' | b'/' => out.push(e),
+                b'b' => out.push(8),
+                b'f' => out.push(12),
+                b'n' => out.push(b'\n'),
+                b'r' => out.push(b'\r'),
+                b't' => out.push(b'\t'),
+                b'u' => {
+                    let mut cp = self.hex4()?;
+                    if (0xd800..0xdc00).contains(&cp) && self.word(b"\\u").is_some() {
+                        let lo = self.hex4()?;
+                        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo.wrapping_sub(0xdc00) & 0x3ff);
                     }
+                    let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
                 }
-                _ => out.push(c),
+                _ => return None,
             }
         }
     }
@@ -360,63 +521,6 @@ impl Reader<'_> {
         self.i += 4;
         u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
     }
-}
-
-/// A journald field name part: ASCII letters and digits upper-cased, anything else `_`.
-fn field_name(key: &str) -> String {
-    key.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// journald's native datagram for a journal line, truncated as the module doc says when too
-/// large.
-pub fn encode(line: &[u8], priority: u8) -> Vec<u8> {
-    let Some(fields) = fields(line, priority) else {
-        return Vec::new();
-    };
-    let full = encode_fields(&fields, usize::MAX);
-    if full.len() <= MAX_DATAGRAM {
-        return full;
-    }
-    let mut cut = encode_fields(&fields, TRUNCATED_VALUE);
-    cut.extend_from_slice(b"PGWARDEN_TRUNCATED=1\n");
-    cut.truncate(MAX_DATAGRAM);
-    // Never end in the middle of a field: drop the partial one.
-    if let Some(p) = cut.iter().rposition(|&c| c == b'\n') {
-        cut.truncate(p + 1);
-    }
-    cut
-}
-
-fn encode_fields(fields: &[(String, Vec<u8>)], max_value: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024);
-    for (name, value) in fields {
-        // Names: journald accepts at most 64 characters.
-        let name = &name[..name.len().min(64)];
-        let mut end = value.len().min(max_value);
-        while end < value.len() && end > 0 && (value[end] & 0xc0) == 0x80 {
-            end -= 1;
-        }
-        let value = &value[..end];
-        out.extend_from_slice(name.as_bytes());
-        if value.contains(&b'\n') {
-            out.push(b'\n');
-            out.extend_from_slice(&(value.len() as u64).to_le_bytes());
-            out.extend_from_slice(value);
-        } else {
-            out.push(b'=');
-            out.extend_from_slice(value);
-        }
-        out.push(b'\n');
-    }
-    out
 }
 
 /// journald priority of an event: 4 (warning) for refusals and gaps, 6 (info) otherwise.
@@ -436,6 +540,35 @@ mod tests {
 
     fn line(r: &Record, seq: u64) -> Vec<u8> {
         Prepared::from_record(r).seal(seq, GENESIS_HASH).line
+    }
+
+    /// The fields of a datagram, as journald reads them.
+    fn fields(line: &[u8], priority: u8) -> Option<Vec<(String, Vec<u8>)>> {
+        let d = encode(line, priority);
+        if d.is_empty() {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < d.len() {
+            let end = i + d[i..]
+                .iter()
+                .position(|&c| c == b'=' || c == b'\n')
+                .unwrap();
+            let name = String::from_utf8(d[i..end].to_vec()).unwrap();
+            let (value, next) = if d[end] == b'=' {
+                let stop = end + 1 + d[end + 1..].iter().position(|&c| c == b'\n').unwrap();
+                (d[end + 1..stop].to_vec(), stop + 1)
+            } else {
+                let len = u64::from_le_bytes(d[end + 1..end + 9].try_into().unwrap()) as usize;
+                let v = d[end + 9..end + 9 + len].to_vec();
+                assert_eq!(d[end + 9 + len], b'\n');
+                (v, end + 10 + len)
+            };
+            out.push((name, value));
+            i = next;
+        }
+        Some(out)
     }
 
     fn get<'a>(f: &'a [(String, Vec<u8>)], n: &str) -> Option<&'a str> {
@@ -526,7 +659,13 @@ mod tests {
             .insert("big".into(), serde_json::Value::String("x".repeat(400_000)));
         let bytes = encode(&line(&r, 1), 6);
         assert!(bytes.len() <= MAX_DATAGRAM);
-        assert!(bytes.ends_with(b"PGWARDEN_TRUNCATED=1\n"));
+        let f = fields(&line(&r, 1), 6).unwrap();
+        assert_eq!(get(&f, "PGWARDEN_TRUNCATED"), Some("1"));
+        assert_eq!(
+            get(&f, "PGWARDEN_DETAIL_BIG").map(str::len),
+            Some(TRUNCATED_VALUE)
+        );
+        assert_eq!(get(&f, "PGWARDEN_SEQ"), Some("1"));
     }
 
     #[test]
