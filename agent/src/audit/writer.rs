@@ -163,6 +163,8 @@ struct Queue {
     closing: bool,
     /// The writer sleeps until woken (no records for a while): lazy records wake it.
     idle: bool,
+    /// When the oldest queued item was queued.
+    oldest: Option<Instant>,
     /// When the last checkpoint was written.
     last_checkpoint: Instant,
 }
@@ -203,6 +205,9 @@ impl Shared {
         let seq = q.next_seq;
         q.next_seq += 1;
         let counts = matches!(item, Item::Record(..));
+        if q.items.is_empty() {
+            q.oldest = Some(Instant::now());
+        }
         q.items.push_back(item);
         if counts && self.checkpoint_every > 0 {
             q.since_checkpoint += 1;
@@ -275,6 +280,7 @@ impl Shared {
             q.checkpoint_queued = true;
             q.since_checkpoint = 0;
             q.next_seq += 1;
+            q.oldest.get_or_insert_with(Instant::now);
             q.items.push_back(Item::Checkpoint);
         }
     }
@@ -287,7 +293,11 @@ impl Shared {
             let mut q = lock(&self.queue);
             self.queue_due_checkpoint(&mut q);
             let n = q.items.len().min(MAX_BATCH);
-            q.items.drain(..n).collect()
+            let batch = q.items.drain(..n).collect();
+            if q.items.is_empty() {
+                q.oldest = None;
+            }
+            batch
         };
         if batch.is_empty() {
             return Round::Empty;
@@ -336,6 +346,9 @@ impl Shared {
                 let mut q = lock(&self.queue);
                 for item in back.into_iter().rev() {
                     q.items.push_front(item);
+                }
+                if !q.items.is_empty() {
+                    q.oldest.get_or_insert_with(Instant::now);
                 }
                 Round::Failed
             }
@@ -458,6 +471,7 @@ impl Journal {
                 lost: 0,
                 closing: false,
                 idle: false,
+                oldest: None,
                 last_checkpoint: Instant::now(),
             }),
             wake: Condvar::new(),
@@ -540,6 +554,7 @@ impl Journal {
                         lost: 0,
                         closing: false,
                         idle: true,
+                        oldest: None,
                         last_checkpoint: Instant::now(),
                     }),
                     wake: Condvar::new(),
@@ -770,11 +785,22 @@ fn run(s: &Shared) {
             };
             let mut q = lock(&s.queue);
             s.queue_due_checkpoint(&mut q);
-            if q.items.is_empty() && !q.closing && sync_due.is_none_or(|d| !d.is_zero()) {
+            // Appenders that commit inline take what is queued with their own records: what
+            // waits here only needs the writer once it has waited `LAZY_FLUSH` for one.
+            let young = match q.oldest {
+                Some(t) if s.inline && !q.items.is_empty() => LAZY_FLUSH.checked_sub(t.elapsed()),
+                _ => None,
+            };
+            if (q.items.is_empty() || young.is_some())
+                && !q.closing
+                && sync_due.is_none_or(|d| !d.is_zero())
+            {
                 // Busy lately: look again soon (records nobody waits for do not wake us).
                 // Quiet: sleep until woken, or until an fsync or a checkpoint is due.
-                q.idle = !busy;
-                let wait = if busy {
+                q.idle = !busy && young.is_none();
+                let wait = if let Some(left) = young {
+                    left.max(Duration::from_micros(100))
+                } else if busy {
                     LAZY_FLUSH
                 } else if let Some(due) = sync_due {
                     due
@@ -790,6 +816,15 @@ fn run(s: &Shared) {
                     .wait_timeout(q, wait)
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
+                // What an inline appender left young is its business a while longer.
+                if s.inline
+                    && !q.closing
+                    && q.oldest.is_some_and(|t| t.elapsed() < LAZY_FLUSH)
+                    && sync_due.is_none_or(|d| !d.is_zero())
+                {
+                    q.idle = false;
+                    continue;
+                }
             }
             q.idle = false;
             q.closing
