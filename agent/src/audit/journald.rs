@@ -72,8 +72,14 @@ impl Journald {
             return;
         }
         let mut payload = std::mem::take(&mut self.datagram);
-        self.encoder.encode(line, priority, &mut payload);
-        let sent = self.send_bytes(&payload);
+        let sent = if self.encoder.encode(line, priority, &mut payload) {
+            self.send_bytes(&payload)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the journal line is not a JSON object",
+            ))
+        };
         self.datagram = payload;
         match sent {
             Ok(()) => {
@@ -666,6 +672,18 @@ mod tests {
             Some(TRUNCATED_VALUE)
         );
         assert_eq!(get(&f, "PGWARDEN_SEQ"), Some("1"));
+    }
+
+    #[test]
+    fn a_line_that_is_not_json_is_counted_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sock");
+        let server = UnixDatagram::bind(&path).unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut j = Journald::new(&path);
+        j.send(b"not json", 1, 6);
+        assert_eq!((j.errors(), j.sent()), (1, 0));
+        assert!(server.recv(&mut [0u8; 64]).is_err());
     }
 
     #[test]
