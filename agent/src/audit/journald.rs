@@ -130,14 +130,6 @@ impl Journald {
     }
 }
 
-/// journald's native datagram for a journal line (empty when the line is not a JSON object),
-/// truncated as the module doc says when too large.
-pub fn encode(line: &[u8], priority: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    Encoder::default().encode(line, priority, &mut out);
-    out
-}
-
 /// The leaves the one-line `MESSAGE` is made of, in the order it shows them.
 #[derive(Clone, Copy)]
 enum Part {
@@ -543,6 +535,13 @@ mod tests {
     use super::*;
     use crate::audit::canon::Prepared;
     use crate::audit::record::{Actor, Decision, GENESIS_HASH, Record, Statement};
+
+    /// The datagram for a line (empty when it is not a JSON object).
+    fn encode(line: &[u8], priority: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        Encoder::default().encode(line, priority, &mut out);
+        out
+    }
 
     fn line(r: &Record, seq: u64) -> Vec<u8> {
         Prepared::from_record(r).seal(seq, GENESIS_HASH).line

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlparser::ast::{
     CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
     ObjectName, ObjectNamePart, ObjectType, Query, Select, SelectItem, Set, SetExpr, Statement,
-    TableFactor, Value, Visit, Visitor,
+    TableFactor, Value, Visit, Visitor, visit_expressions,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -677,40 +677,26 @@ fn const_false(e: &Expr) -> bool {
 /// Whether a comparison anywhere in `e` has literals on both sides: whether such a WHERE is
 /// constant-true can depend on their values (`1 = 1`, `'a' = 'b'`).
 fn compares_literals(e: &Expr) -> bool {
-    struct Finder(bool);
-    impl Visitor for Finder {
-        type Break = ();
-        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-            if let Expr::BinaryOp { left, right, .. } = e
-                && has_literal(left)
-                && has_literal(right)
-            {
-                self.0 = true;
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let mut f = Finder(false);
-    let _ = e.visit(&mut f);
-    f.0
+    any_expr(
+        e,
+        |x| matches!(x, Expr::BinaryOp { left, right, .. } if has_literal(left) && has_literal(right)),
+    )
 }
 
 fn has_literal(e: &Expr) -> bool {
-    struct Finder(bool);
-    impl Visitor for Finder {
-        type Break = ();
-        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-            if matches!(e, Expr::Value(_)) {
-                self.0 = true;
-                return ControlFlow::Break(());
-            }
+    any_expr(e, |x| matches!(x, Expr::Value(_)))
+}
+
+/// Whether `e` or any expression inside it satisfies `pred` (stops at the first).
+fn any_expr(e: &Expr, mut pred: impl FnMut(&Expr) -> bool) -> bool {
+    visit_expressions(e, |x| {
+        if pred(x) {
+            ControlFlow::Break(())
+        } else {
             ControlFlow::Continue(())
         }
-    }
-    let mut f = Finder(false);
-    let _ = e.visit(&mut f);
-    f.0
+    })
+    .is_break()
 }
 
 /// A SET value as text: a string, a number or a bare word (`off`, `DEFAULT`).
@@ -782,20 +768,9 @@ fn number(e: &Expr) -> Option<f64> {
 
 /// Whether an expression mentions any column.
 fn references_column(e: &Expr) -> bool {
-    struct Finder(bool);
-    impl Visitor for Finder {
-        type Break = ();
-        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-            if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
-                self.0 = true;
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let mut f = Finder(false);
-    let _ = e.visit(&mut f);
-    f.0
+    any_expr(e, |x| {
+        matches!(x, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+    })
 }
 
 #[cfg(test)]
