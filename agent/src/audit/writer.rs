@@ -1715,6 +1715,36 @@ mod tests {
         assert_eq!(report.records, 1200);
     }
 
+    /// A record nobody waits for, with no appender after it to take it along, still reaches
+    /// the file while the journal stays open: the writer takes it once it has waited.
+    #[test]
+    fn a_lazy_record_left_alone_is_written_without_a_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = AuditConfig {
+            fsync: false,
+            ..cfg(dir.path())
+        };
+        let j = Journal::open(&c).unwrap();
+        assert!(j.inner.shared.inline);
+        j.append_blocking(sample_record(1, "w", false)).unwrap();
+        let before = std::fs::read_to_string(&c.path).unwrap().lines().count();
+        j.submit(sample_record(2, "w", false));
+        // Well within LAZY_FLUSH's 2 ms, and well before the periodic fsync (1 s) would
+        // take it anyway.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut lines = before;
+        while lines == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            lines = std::fs::read_to_string(&c.path).unwrap().lines().count();
+        }
+        assert_eq!(
+            lines,
+            before + 1,
+            "the lazy record was written while the journal is open"
+        );
+        j.close();
+    }
+
     #[test]
     fn rotation_keeps_the_chain_and_the_newest_files() {
         let dir = tempfile::tempdir().unwrap();
