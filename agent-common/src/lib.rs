@@ -42,10 +42,36 @@ pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
 pub const COUNTERS: &str = "COUNTERS";
 /// Name of the `PerCpuArray<PathBuf>` scratch buffer used by the mkdir tracepoint.
 pub const PATH_SCRATCH: &str = "PATH_SCRATCH";
+/// Name of the `LpmTrie<UnixPath, u32>` of Unix socket names with a rule, matched by byte
+/// prefix against the NUL-padded name a client connects to: `DIR/.s.PGSQL.` ->
+/// [`UNIX_MATCH_DIR`] (PostgreSQL sockets in that directory are redirected), `SOCKET\0` ->
+/// [`UNIX_MATCH_SOCKET`] (redirected) or [`UNIX_ALLOW_SOCKET`] (tagged workloads may connect
+/// to it directly). Tagged stream connects to any other name are refused.
+pub const UNIX_INTERCEPT: &str = "UNIX_INTERCEPT";
+/// Name of the `LruHashMap<u64, UnixConnectRecord>`: socket cookie (host order) of a tagged
+/// client's redirected Unix socket -> where its connect() was going and who asked. The agent
+/// finds it from the accepted socket's peer (sock_diag); `getpeername_unix` reads it too.
+/// LRU-bounded (no release hook runs for Unix sockets).
+pub const UNIX_ORIGIN_BY_COOKIE: &str = "UNIX_ORIGIN_BY_COOKIE";
+/// Name of the `PerCpuArray<UnixScratch>` scratch space of the Unix programs.
+pub const UNIX_SCRATCH: &str = "UNIX_SCRATCH";
+
+/// The longest `sun_path` of a `sockaddr_un`.
+pub const UNIX_PATH_LEN: usize = 108;
+/// [`UNIX_INTERCEPT`] value: the key is a directory; its `.s.PGSQL.*` sockets are intercepted.
+pub const UNIX_MATCH_DIR: u32 = 1;
+/// [`UNIX_INTERCEPT`] value: the key is one socket path.
+pub const UNIX_MATCH_SOCKET: u32 = 2;
+/// [`UNIX_INTERCEPT`] value: tagged workloads may connect to this socket directly.
+pub const UNIX_ALLOW_SOCKET: u32 = 3;
+/// `SOCK_STREAM`, as sock_addr programs see a socket's type.
+pub const SOCK_STREAM: u32 = 1;
+/// The name every PostgreSQL (and PgBouncer) Unix socket has: `.s.PGSQL.<port>`.
+pub const PG_SOCKET_PREFIX: &[u8; 9] = b".s.PGSQL.";
 
 /// Configuration written by the agent before it attaches anything.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentConfig {
     /// The interceptor's IPv4 listen address, network byte order as the kernel stores it.
     pub listen_v4: u32,
@@ -57,12 +83,32 @@ pub struct AgentConfig {
     pub flags: u16,
     /// The agent's process id (tgid): its own connects are never redirected.
     pub agent_tgid: u32,
+    /// Length of `unix_listen` in bytes (0: no Unix listener).
+    pub unix_listen_len: u32,
+    /// The interceptor's Unix listener, as `sun_path` bytes (abstract: a leading NUL).
+    pub unix_listen: [u8; UNIX_PATH_LEN],
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen_v4: 0,
+            listen_v6: [0; 4],
+            listen_port: 0,
+            flags: 0,
+            agent_tgid: 0,
+            unix_listen_len: 0,
+            unix_listen: [0; UNIX_PATH_LEN],
+        }
+    }
 }
 
 /// The interceptor listens on IPv4: redirect IPv4 and IPv4-mapped destinations.
 pub const CONFIG_HAS_V4: u16 = 1;
 /// The interceptor listens on IPv6: redirect native IPv6 destinations.
 pub const CONFIG_HAS_V6: u16 = 2;
+/// The interceptor listens on its Unix socket: redirect intercepted Unix connects.
+pub const CONFIG_HAS_UNIX: u16 = 4;
 
 /// Key of [`INTERCEPT_DESTS`] (an LPM trie). The prefix covers the port first, then the
 /// address in IPv6 form (IPv4 as `::ffff:a.b.c.d`), so `prefix_len` is
@@ -103,6 +149,60 @@ pub struct ConnectRecord {
     pub gid: u32,
     /// Command name of the calling thread, NUL-padded.
     pub comm: [u8; 16],
+}
+
+/// A NUL-padded Unix socket path (`sun_path`): the key of [`UNIX_INTERCEPT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixPath {
+    /// The bytes; an abstract name starts with NUL.
+    pub bytes: [u8; UNIX_PATH_LEN],
+}
+
+impl UnixPath {
+    /// A NUL-padded key from `path`; `None` if it is longer than `sun_path`.
+    pub fn from_bytes(path: &[u8]) -> Option<Self> {
+        if path.len() > UNIX_PATH_LEN {
+            return None;
+        }
+        let mut key = Self {
+            bytes: [0; UNIX_PATH_LEN],
+        };
+        key.bytes[..path.len()].copy_from_slice(path);
+        Some(key)
+    }
+}
+
+/// What a redirected Unix connect() asked for, and who asked. Written by `connect_unix`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixConnectRecord {
+    /// The `sun_path` the client connected to (abstract: leading NUL), NUL-padded.
+    pub path: [u8; UNIX_PATH_LEN],
+    /// Length of `path` in bytes.
+    pub path_len: u32,
+    /// cgroup id of the calling process's cgroup2 cgroup.
+    pub cgroup_id: u64,
+    /// Workload id of the tag that matched (see [`TAGGED_CGROUPS`]).
+    pub workload: u32,
+    /// Process id (tgid) of the caller.
+    pub tgid: u32,
+    /// Thread id of the caller.
+    pub pid: u32,
+    /// Real uid of the caller.
+    pub uid: u32,
+    /// Real gid of the caller.
+    pub gid: u32,
+    /// Command name of the calling thread, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// Per-CPU scratch space of the Unix programs (too big for the 512-byte stack).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixScratch {
+    /// The record being built (its `path` holds the name being examined).
+    pub record: UnixConnectRecord,
 }
 
 /// Key of [`ORIGIN_BY_TUPLE`]: the connection as both ends see it, addresses in IPv6 form.
@@ -181,13 +281,24 @@ pub enum Counter {
     StickyTagged = 5,
     /// cgroup events dropped because the ring buffer was full.
     EventsDropped = 6,
+    /// Unix connects from tagged cgroups to intercepted socket names, redirected.
+    UnixRedirected = 7,
+    /// Tagged Unix connects refused: their record could not be stored, or no Unix listener.
+    UnixRefused = 8,
+    /// Tagged Unix stream connects to a name that is neither intercepted nor allowed (a link,
+    /// a bind mount, another directory, a relative or abstract name): refused.
+    UnixRefusedDirect = 9,
+    /// Tagged Unix stream connects to an allowed socket (`unix_allow`), left alone.
+    UnixAllowed = 10,
+    /// getpeername() answers on redirected Unix sockets rewritten to the original path.
+    UnixPeerRewritten = 11,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 16;
 
 /// Counter names, indexed like [`Counter`], for status and metrics.
-pub const COUNTER_NAMES: [&str; 7] = [
+pub const COUNTER_NAMES: [&str; 12] = [
     "redirected",
     "refused_no_record",
     "refused_no_listener",
@@ -195,7 +306,52 @@ pub const COUNTER_NAMES: [&str; 7] = [
     "peer_rewritten",
     "sticky_tagged",
     "events_dropped",
+    "unix_redirected",
+    "unix_refused",
+    "unix_refused_direct",
+    "unix_allowed",
+    "unix_peer_rewritten",
 ];
+
+/// Whether the last component of `path` (its first `len` bytes) is a PostgreSQL socket name.
+/// Written for the verifier: fixed bounds, no slices of variable length, no `Option` payloads
+/// (an undefined payload register is an uninitialised read to the verifier).
+#[inline(always)]
+pub fn is_pg_socket_name(path: &[u8; UNIX_PATH_LEN], len: usize) -> bool {
+    has_pg_prefix(path, name_start(path, len), len)
+}
+
+/// Where the last component of the first `len` bytes of `path` starts: one past the last `/`,
+/// or 0 when there is none.
+#[inline(always)]
+pub fn name_start(path: &[u8; UNIX_PATH_LEN], len: usize) -> usize {
+    let mut start = 0;
+    let mut i = 0;
+    while i < UNIX_PATH_LEN {
+        if i < len && path[i] == b'/' {
+            start = i + 1;
+        }
+        i += 1;
+    }
+    start
+}
+
+/// Whether `path[start..len]` starts with [`PG_SOCKET_PREFIX`].
+#[inline(always)]
+pub fn has_pg_prefix(path: &[u8; UNIX_PATH_LEN], start: usize, len: usize) -> bool {
+    let n = PG_SOCKET_PREFIX.len();
+    if start > UNIX_PATH_LEN - n || start + n > len {
+        return false;
+    }
+    let mut k = 0;
+    while k < n {
+        if path[start + k] != PG_SOCKET_PREFIX[k] {
+            return false;
+        }
+        k += 1;
+    }
+    true
+}
 
 /// Maps an IPv4 address (network order bytes) into IPv6 form.
 pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
@@ -206,7 +362,10 @@ pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{AgentConfig, CgroupEvent, ConnectRecord, DestKey, PathBuf, TupleKey};
+    use super::{
+        AgentConfig, CgroupEvent, ConnectRecord, DestKey, PathBuf, TupleKey, UnixConnectRecord,
+        UnixPath, UnixScratch,
+    };
 
     // SAFETY: all are repr(C) plain-old-data; any bit pattern is a valid value.
     unsafe impl aya::Pod for AgentConfig {}
@@ -215,4 +374,53 @@ mod user {
     unsafe impl aya::Pod for TupleKey {}
     unsafe impl aya::Pod for CgroupEvent {}
     unsafe impl aya::Pod for PathBuf {}
+    unsafe impl aya::Pod for UnixPath {}
+    unsafe impl aya::Pod for UnixConnectRecord {}
+    unsafe impl aya::Pod for UnixScratch {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::string::String;
+
+    fn name(s: &[u8]) -> ([u8; UNIX_PATH_LEN], usize) {
+        let k = UnixPath::from_bytes(s).unwrap();
+        (k.bytes, s.len())
+    }
+
+    #[test]
+    fn recognises_postgres_socket_names() {
+        for yes in [
+            &b"/var/run/postgresql/.s.PGSQL.5432"[..],
+            b"/tmp/.s.PGSQL.1",
+            b".s.PGSQL.5432",
+            b"\0pg/.s.PGSQL.5432",
+            b"//x//.s.PGSQL.6432",
+        ] {
+            let (p, l) = name(yes);
+            assert!(is_pg_socket_name(&p, l), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &b"/tmp/.s.PGSQL"[..],
+            b"/tmp/.s.PGSQL.5432/x",
+            b"/run/pgwarden.sock",
+            b"\0pgwarden/15432",
+            b"",
+        ] {
+            let (p, l) = name(no);
+            assert!(!is_pg_socket_name(&p, l), "{}", String::from_utf8_lossy(no));
+        }
+        // A length shorter than the bytes hides the name.
+        let (p, _) = name(b"/tmp/.s.PGSQL.5432");
+        assert!(!is_pg_socket_name(&p, 8));
+        // The longest path still fits.
+        let mut long = [b'a'; UNIX_PATH_LEN];
+        long[UNIX_PATH_LEN - 10] = b'/';
+        long[UNIX_PATH_LEN - 9..].copy_from_slice(PG_SOCKET_PREFIX);
+        assert!(is_pg_socket_name(&long, UNIX_PATH_LEN));
+        assert_eq!(name_start(&long, UNIX_PATH_LEN), UNIX_PATH_LEN - 9);
+        assert_eq!(name_start(&long, 5), 0);
+    }
 }

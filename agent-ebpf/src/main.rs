@@ -14,39 +14,30 @@
 #![no_std]
 #![no_main]
 
+mod shared;
+
 use agent_common::{
-    AF_INET, AF_INET6, AgentConfig, CGROUP_PATH_LEN, CONFIG_HAS_V4, CONFIG_HAS_V6, COUNTER_SLOTS,
-    CgroupEvent, ConnectRecord, Counter, DEST_PORT_BITS, DestKey, MAX_CGROUP_DEPTH, PathBuf,
-    TupleKey, v4_mapped,
+    AF_INET, AF_INET6, CGROUP_PATH_LEN, CONFIG_HAS_V4, CONFIG_HAS_V6, CgroupEvent, ConnectRecord,
+    Counter, DEST_PORT_BITS, DestKey, PathBuf, TupleKey, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel_str_bytes,
-        generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
-        },
+        bpf_probe_read_kernel_str_bytes, generated::bpf_get_socket_cookie,
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops, tracepoint},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{SockAddrContext, SockContext, SockOpsContext, TracePointContext},
 };
+use shared::{AGENT_CONFIG, TAGGED_CGROUPS, count, tagged_workload};
 
 const IPPROTO_TCP: u32 = 6;
 /// Return value of cgroup sock_addr programs that lets the call proceed.
 const PROCEED: i32 = 1;
 /// Return value that fails the call with EPERM.
 const REFUSE: i32 = 0;
-
-/// Index 0: [`AgentConfig`], written by the agent before attaching.
-#[map]
-static AGENT_CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
-
-/// cgroup id (host order) -> workload id (host order, >= 1).
-#[map]
-static TAGGED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(65_536, 0);
 
 /// [`DestKey`] prefix (port, then IPv6-form address; network order) -> 1.
 #[map]
@@ -70,48 +61,9 @@ static STICKY_PATHS: HashMap<PathBuf, u32> = HashMap::with_max_entries(4_096, 0)
 #[map]
 static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Per-CPU counters indexed by [`Counter`].
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
-
 /// Per-CPU scratch space for one [`CgroupEvent`] (too big for the 512-byte stack).
 #[map]
 static PATH_SCRATCH: PerCpuArray<CgroupEvent> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot of this map; no other writer on this CPU while we run.
-        unsafe { *slot += 1 };
-    }
-}
-
-/// The workload of the nearest tagged cgroup among the caller's cgroup and its ancestors,
-/// 0 if none is tagged.
-#[inline(always)]
-fn tagged_workload() -> (u64, u32) {
-    // SAFETY: helpers without pointer arguments.
-    let own = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: map lookup; the value is copied out at once.
-    if let Some(w) = unsafe { TAGGED_CGROUPS.get(own) } {
-        return (own, *w);
-    }
-    let mut found = 0;
-    let mut level = 0;
-    while level < MAX_CGROUP_DEPTH {
-        // SAFETY: as above.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id == 0 || id == own {
-            break;
-        }
-        // SAFETY: as above. Deeper matches override shallower ones: the nearest tag wins.
-        if let Some(w) = unsafe { TAGGED_CGROUPS.get(id) } {
-            found = *w;
-        }
-        level += 1;
-    }
-    (own, found)
-}
 
 #[inline(always)]
 fn intercepted(addr: [u8; 16], port_be: u16) -> bool {

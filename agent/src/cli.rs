@@ -32,6 +32,11 @@ enum Command {
         /// (development).
         #[arg(long)]
         no_redirect: bool,
+        /// Run even where this kernel cannot intercept Unix socket connects (no BPF LSM, older
+        /// than 6.7): tagged workloads can then reach PostgreSQL's Unix socket directly. Loud
+        /// in the log and in `status`.
+        #[arg(long)]
+        tcp_only: bool,
     },
     /// Show attach points, tagged cgroups and live sessions.
     Status {
@@ -246,9 +251,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run {
             config,
             no_redirect,
+            tcp_only,
         } => {
             let loaded = Config::load(&config)?;
-            crate::daemon::run(loaded, config, !no_redirect).await
+            crate::daemon::run(loaded, config, !no_redirect, tcp_only).await
         }
         Command::Status { json, control } => {
             let status = control::call(&control, &Request::Status).await?;

@@ -21,6 +21,15 @@ pub struct Config {
     /// Destinations whose connects are redirected; default any address, port 5432.
     #[serde(default = "default_intercept")]
     pub intercept: Vec<Destination>,
+    /// Unix sockets whose connects are redirected: directories (every `.s.PGSQL.*` socket in
+    /// them) or socket paths. Default: the directories a local PostgreSQL uses.
+    #[serde(default = "default_intercept_unix")]
+    pub intercept_unix: Vec<PathBuf>,
+    /// Unix sockets (or directories of them) tagged workloads may still connect to directly;
+    /// every other Unix stream connect of a tagged workload is refused. Never a PostgreSQL
+    /// socket. Default: the system's own services (journald, nscd, D-Bus, resolved, userdb).
+    #[serde(default = "default_unix_allow")]
+    pub unix_allow: Vec<PathBuf>,
     /// Workloads and how their cgroups are recognised.
     #[serde(default)]
     pub workloads: Vec<WorkloadConfig>,
@@ -291,6 +300,11 @@ pub struct ListenConfig {
     /// IPv6 listen address (receives native IPv6 connects); `null` disables it.
     #[serde(default = "default_listen_v6")]
     pub ipv6: Option<SocketAddrV6>,
+    /// The Unix listener redirected Unix connects land on: `@name` for the abstract namespace
+    /// (reachable from any mount namespace), else a path. Default (`auto`):
+    /// `@pgwarden/<ipv4 port>`. `null` disables Unix interception.
+    #[serde(default = "default_listen_unix")]
+    pub unix: Option<String>,
 }
 
 impl Default for ListenConfig {
@@ -298,8 +312,51 @@ impl Default for ListenConfig {
         Self {
             ipv4: default_listen_v4(),
             ipv6: default_listen_v6(),
+            unix: default_listen_unix(),
         }
     }
+}
+
+impl ListenConfig {
+    /// The Unix listener's name (`@...` abstract), with `auto` resolved; `None`: disabled.
+    pub fn unix_name(&self) -> Option<String> {
+        let name = self.unix.as_deref()?;
+        if name != "auto" {
+            return Some(name.to_owned());
+        }
+        let port = self
+            .ipv4
+            .map(|a| a.port())
+            .or_else(|| self.ipv6.map(|a| a.port()))
+            .unwrap_or(0);
+        Some(format!("@pgwarden/{port}"))
+    }
+}
+
+fn default_listen_unix() -> Option<String> {
+    Some("auto".to_owned())
+}
+
+fn default_unix_allow() -> Vec<PathBuf> {
+    [
+        "/run/systemd/journal/stdout",
+        "/run/systemd/resolve/io.systemd.Resolve",
+        "/run/systemd/userdb",
+        "/run/dbus/system_bus_socket",
+        "/var/run/dbus/system_bus_socket",
+        "/run/nscd/socket",
+        "/var/run/nscd/socket",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .collect()
+}
+
+fn default_intercept_unix() -> Vec<PathBuf> {
+    ["/var/run/postgresql", "/run/postgresql", "/tmp"]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// The control socket.
@@ -611,6 +668,30 @@ impl Config {
                 Some(("listen", None, 0)),
                 "listen: at least one of ipv4, ipv6 is needed".into(),
             ));
+        }
+        if let Some(name) = self.listen.unix_name() {
+            let len = crate::names::SockAddr::sun_path(&name).len();
+            if !(2..=agent_common::UNIX_PATH_LEN).contains(&len) {
+                return Err((
+                    Some(("unix", None, 0)),
+                    format!(
+                        "listen.unix `{name}`: a socket name of 1 to {} bytes (`@name` for the abstract namespace)",
+                        agent_common::UNIX_PATH_LEN - 1
+                    ),
+                ));
+            }
+        }
+        for p in self.intercept_unix.iter().chain(&self.unix_allow) {
+            if !p.is_absolute() || p.as_os_str().len() >= agent_common::UNIX_PATH_LEN {
+                return Err((
+                    Some(("intercept_unix", None, 0)),
+                    format!(
+                        "intercept_unix/unix_allow `{}`: an absolute directory or socket path under {} bytes",
+                        p.display(),
+                        agent_common::UNIX_PATH_LEN
+                    ),
+                ));
+            }
         }
         let mut seen = std::collections::HashMap::new();
         for w in &self.workloads {

@@ -16,13 +16,17 @@ use tracing::{debug, error, info, warn};
 use crate::cgroup::{self, CgroupPath};
 use crate::config::Config;
 use crate::hooks::Hooks;
-use crate::names::{CgroupId, OrigDstAddr, SessionId, WorkloadName};
+use crate::names::{CgroupId, OrigDstAddr, SessionId, SockAddr, WorkloadName};
 use crate::redirect::{self, KernelConfig, Redirect};
 use crate::session::{self, SessionInfo};
 use crate::tags::{TagSink, Tagger};
 
 /// A backend's pid and secret key, as BackendKeyData and CancelRequest carry them.
 type CancelKey = (i32, Vec<u8>);
+
+/// Where a CancelRequest for a live session goes: the session, its server, its client's pid
+/// (a Unix server path is resolved in that client's mount namespace).
+type CancelTarget = (SessionId, SockAddr, Option<u32>);
 
 /// State shared by the listener, the sessions, the tag watcher and the control socket.
 /// Lock order, where two are held: `tagger` before `redirect`.
@@ -39,6 +43,8 @@ pub struct Shared {
     pub sessions: Mutex<BTreeMap<SessionId, SessionInfo>>,
     /// Bound listen addresses.
     pub listen: Vec<SocketAddr>,
+    /// The Unix listener's name (`@...`: abstract), when bound.
+    pub listen_unix: Option<String>,
     /// Agent start, seconds since the epoch.
     pub started: u64,
     /// The layers plugged into every session.
@@ -61,8 +67,9 @@ pub struct Shared {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Set when the drain time is over: live sessions are closed with 57P01.
     terminating: tokio::sync::watch::Sender<bool>,
-    /// Backend keys of live sessions -> (session, server), for routing CancelRequests.
-    cancel_keys: Mutex<HashMap<CancelKey, (SessionId, SocketAddr)>>,
+    /// Backend keys of live sessions -> (session, server, client pid), for routing
+    /// CancelRequests.
+    cancel_keys: Mutex<HashMap<CancelKey, CancelTarget>>,
     session_base: u64,
     session_seq: AtomicU64,
 }
@@ -105,17 +112,24 @@ impl Shared {
     /// A session ended: forget it and its cancel key.
     pub fn session_ended(&self, id: SessionId) {
         lock(&self.sessions).remove(&id);
-        lock(&self.cancel_keys).retain(|_, (owner, _)| *owner != id);
+        lock(&self.cancel_keys).retain(|_, (owner, _, _)| *owner != id);
     }
 
     /// The server told session `id` its backend key.
-    pub fn register_cancel(&self, id: SessionId, pid: i32, key: &[u8], server: SocketAddr) {
-        lock(&self.cancel_keys).insert((pid, key.to_vec()), (id, server));
+    pub fn register_cancel(
+        &self,
+        id: SessionId,
+        pid: i32,
+        key: &[u8],
+        server: &SockAddr,
+        client_pid: Option<u32>,
+    ) {
+        lock(&self.cancel_keys).insert((pid, key.to_vec()), (id, server.clone(), client_pid));
     }
 
-    /// The live session whose backend has this key, and its server.
-    pub fn cancel_target(&self, pid: i32, key: &[u8]) -> Option<(SessionId, SocketAddr)> {
-        lock(&self.cancel_keys).get(&(pid, key.to_vec())).copied()
+    /// The live session whose backend has this key, its server, and its client's pid.
+    pub fn cancel_target(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
+        lock(&self.cancel_keys).get(&(pid, key.to_vec())).cloned()
     }
 
     /// Resolves when the agent closes live sessions (after SIGTERM and the drain time).
@@ -288,7 +302,7 @@ impl Shared {
             .await
             .ok()?
             .next()
-            .map(OrigDstAddr)
+            .map(|a| OrigDstAddr(SockAddr::Inet(a)))
     }
 
     /// Listen-only mode's workload name.
@@ -362,6 +376,7 @@ pub async fn run(
     config: Config,
     config_path: PathBuf,
     redirect_enabled: bool,
+    tcp_only: bool,
 ) -> anyhow::Result<()> {
     // Policies first: a broken one stops the agent before anything is attached.
     let policy = Arc::new(crate::policy::Engine::new(&config, &config_path)?);
@@ -398,6 +413,12 @@ pub async fn run(
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
+    let unix_name = if redirect_enabled {
+        config.listen.unix_name()
+    } else {
+        None
+    };
+    let unix_listener = unix_name.as_deref().map(bind_unix).transpose()?;
 
     let (redirect, events) = if redirect_enabled {
         let (r, ev) = Redirect::load(&KernelConfig {
@@ -406,6 +427,10 @@ pub async fn run(
             intercept: &config.intercept,
             agent_tgid: std::process::id(),
             pin_dir: &config.bpf.pin_dir,
+            unix_listen: unix_name.as_deref().map(SockAddr::sun_path),
+            intercept_unix: &config.intercept_unix,
+            unix_allow: &config.unix_allow,
+            allow_tcp_only: tcp_only,
         })?;
         (Some(Mutex::new(r)), Some(ev))
     } else {
@@ -451,6 +476,7 @@ pub async fn run(
         redirect,
         sessions: Mutex::new(BTreeMap::new()),
         listen: listen.clone(),
+        listen_unix: unix_name.clone(),
         started: now.as_secs(),
         session_base: (now.as_secs() & 0xff_ffff_ffff) << 24,
         session_seq: AtomicU64::new(1),
@@ -483,6 +509,14 @@ pub async fn run(
     for l in listeners {
         tokio::spawn(accept_loop(Arc::clone(&shared), l));
     }
+    if let (Some(l), Some(name)) = (unix_listener, unix_name.clone())
+        && shared
+            .redirect
+            .as_ref()
+            .is_some_and(|r| lock(r).unix_disabled.is_none())
+    {
+        tokio::spawn(accept_unix_loop(Arc::clone(&shared), l, name));
+    }
     if let Some(addr) = shared.config.metrics.listen {
         let l = TcpListener::bind(addr)
             .await
@@ -505,7 +539,11 @@ pub async fn run(
                 .detail("version", env!("CARGO_PKG_VERSION"))
                 .detail(
                     "listen",
-                    listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    listen
+                        .iter()
+                        .map(ToString::to_string)
+                        .chain(shared.listen_unix.clone())
+                        .collect::<Vec<_>>(),
                 )
                 .detail("policies", policies)
                 .detail(
@@ -758,6 +796,53 @@ fn load_hash_key(config: &Config, policy: &crate::policy::Engine) -> anyhow::Res
     }
 }
 
+/// Binds the Unix listener: `@name` in the abstract namespace (no file, reachable from any
+/// mount namespace of this network namespace), else a path (a stale socket file is replaced;
+/// mode 0666, since tagged workloads of any uid land here and the record decides).
+fn bind_unix(name: &str) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let std_listener = if let Some(abstract_name) = name.strip_prefix('@') {
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .with_context(|| format!("listen.unix {name}"))?;
+        std::os::unix::net::UnixListener::bind_addr(&addr)
+            .with_context(|| format!("binding the Unix listener {name} (another agent there?)"))?
+    } else {
+        use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+        if std::fs::symlink_metadata(name).is_ok_and(|m| m.file_type().is_socket()) {
+            std::fs::remove_file(name).with_context(|| format!("removing the stale {name}"))?;
+        }
+        let l = std::os::unix::net::UnixListener::bind(name)
+            .with_context(|| format!("binding the Unix listener {name}"))?;
+        std::fs::set_permissions(name, std::fs::Permissions::from_mode(0o666))
+            .with_context(|| format!("chmod {name}"))?;
+        l
+    };
+    std_listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(std_listener).context("registering the Unix listener")
+}
+
+async fn accept_unix_loop(shared: Arc<Shared>, listener: tokio::net::UnixListener, name: String) {
+    let mut stopping = shared.stopping.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopping.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((sock, _)) => match session::Accepted::unix(sock, &name) {
+                Some(a) => {
+                    tokio::spawn(session::serve(Arc::clone(&shared), a));
+                }
+                None => warn!("an accepted Unix connection has no socket cookie: closed"),
+            },
+            Err(e) => {
+                error!("accept on {name} failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut stopping = shared.stopping.subscribe();
     loop {
@@ -767,7 +852,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((sock, peer)) => {
-                tokio::spawn(session::serve(Arc::clone(&shared), sock, peer));
+                if let Some(a) = session::Accepted::tcp(sock, peer) {
+                    tokio::spawn(session::serve(Arc::clone(&shared), a));
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off rather than spin; other sessions carry on.

@@ -3,11 +3,11 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
-use agent_common::ConnectRecord;
+use agent_common::{ConnectRecord, UnixConnectRecord};
 use serde::Serialize;
 
 use crate::cgroup::{self, CgroupPath};
-use crate::names::{CgroupId, OrigDstAddr, WorkloadName};
+use crate::names::{CgroupId, OrigDstAddr, SockAddr, WorkloadName};
 
 /// The identity facts of one intercepted connection (PCI DSS Req 8: an identity behind every
 /// access). Later layers (policy, audit) read it from the session.
@@ -37,15 +37,64 @@ pub struct Identity {
     pub comm: String,
 }
 
+/// Who called connect(), as either kernel record (TCP or Unix) has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// cgroup id of the caller's cgroup2 cgroup.
+    pub cgroup_id: u64,
+    /// Process id.
+    pub tgid: u32,
+    /// Thread id.
+    pub pid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Thread command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+impl From<&ConnectRecord> for Caller {
+    fn from(r: &ConnectRecord) -> Self {
+        Self {
+            cgroup_id: r.cgroup_id,
+            tgid: r.tgid,
+            pid: r.pid,
+            uid: r.uid,
+            gid: r.gid,
+            comm: r.comm,
+        }
+    }
+}
+
+impl From<&UnixConnectRecord> for Caller {
+    fn from(r: &UnixConnectRecord) -> Self {
+        Self {
+            cgroup_id: r.cgroup_id,
+            tgid: r.tgid,
+            pid: r.pid,
+            uid: r.uid,
+            gid: r.gid,
+            comm: r.comm,
+        }
+    }
+}
+
 /// The original destination in a record.
 pub fn orig_dst(record: &ConnectRecord) -> OrigDstAddr {
     let v6 = Ipv6Addr::from(record.orig_addr);
     let ip = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
-    OrigDstAddr(SocketAddr::new(ip, record.orig_port))
+    OrigDstAddr(SockAddr::Inet(SocketAddr::new(ip, record.orig_port)))
+}
+
+/// The original socket name in a Unix record.
+pub fn orig_unix(record: &UnixConnectRecord) -> OrigDstAddr {
+    let len = (record.path_len as usize).min(record.path.len());
+    OrigDstAddr(SockAddr::from_sun_path(&record.path[..len]))
 }
 
 /// The command name in a record.
-pub fn comm(record: &ConnectRecord) -> String {
+pub fn comm(record: &Caller) -> String {
     let end = record
         .comm
         .iter()
@@ -58,7 +107,7 @@ pub fn comm(record: &ConnectRecord) -> String {
 /// record's cgroup id; /proc fills what it lacks. A pid that no longer runs the same thread
 /// name (it exited, maybe reused) gets no executable rather than a wrong one.
 pub fn resolve(
-    record: &ConnectRecord,
+    record: &Caller,
     workload: WorkloadName,
     known_path: Option<CgroupPath>,
     cgroup_root: &Path,
@@ -123,10 +172,10 @@ mod tests {
         };
         assert_eq!(
             orig_dst(&record).0,
-            "127.0.0.1:5432".parse::<SocketAddr>().unwrap()
+            SockAddr::Inet("127.0.0.1:5432".parse::<SocketAddr>().unwrap())
         );
         let id = resolve(
-            &record,
+            &Caller::from(&record),
             WorkloadName("w".into()),
             None,
             Path::new("/nonexistent"),
@@ -153,7 +202,36 @@ mod tests {
         };
         assert_eq!(
             orig_dst(&record).0,
-            "[::1]:5433".parse::<SocketAddr>().unwrap()
+            SockAddr::Inet("[::1]:5433".parse::<SocketAddr>().unwrap())
         );
+    }
+
+    #[test]
+    fn unix_names_keep_their_namespace() {
+        let mut record = UnixConnectRecord {
+            path: [0; agent_common::UNIX_PATH_LEN],
+            path_len: 0,
+            cgroup_id: 0,
+            workload: 1,
+            tgid: 1,
+            pid: 1,
+            uid: 0,
+            gid: 0,
+            comm: [0; 16],
+        };
+        let p = b"/run/postgresql/.s.PGSQL.5432";
+        record.path[..p.len()].copy_from_slice(p);
+        record.path_len = p.len() as u32;
+        assert_eq!(
+            orig_unix(&record).0,
+            SockAddr::Unix("/run/postgresql/.s.PGSQL.5432".into())
+        );
+        let a = b"\0pg/.s.PGSQL.5432";
+        record.path = [0; agent_common::UNIX_PATH_LEN];
+        record.path[..a.len()].copy_from_slice(a);
+        record.path_len = a.len() as u32;
+        let name = orig_unix(&record).0;
+        assert_eq!(name, SockAddr::Unix("@pg/.s.PGSQL.5432".into()));
+        assert_eq!(SockAddr::sun_path("@pg/.s.PGSQL.5432"), a.to_vec());
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod approval;
 pub mod audit;
+pub mod bpfload;
+pub mod btf;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -21,6 +23,7 @@ pub mod session;
 pub mod sqltext;
 pub mod tags;
 pub mod tls;
+pub mod unixdiag;
 pub mod webhook;
 
 pub mod wire;

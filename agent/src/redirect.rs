@@ -5,9 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use agent_common::{
-    AGENT_CONFIG, AgentConfig, CGROUP_EVENTS, CONFIG_HAS_V4, CONFIG_HAS_V6, COUNTER_NAMES,
-    COUNTERS, CgroupEvent, ConnectRecord, INTERCEPT_DESTS, ORIGIN_BY_TUPLE, PathBuf as KernelPath,
-    STICKY_PATHS, TAGGED_CGROUPS, TupleKey,
+    AGENT_CONFIG, AgentConfig, CGROUP_EVENTS, CONFIG_HAS_UNIX, CONFIG_HAS_V4, CONFIG_HAS_V6,
+    COUNTER_NAMES, COUNTERS, CgroupEvent, ConnectRecord, INTERCEPT_DESTS, ORIGIN_BY_TUPLE,
+    PG_SOCKET_PREFIX, PathBuf as KernelPath, STICKY_PATHS, TAGGED_CGROUPS, TupleKey,
+    UNIX_ALLOW_SOCKET, UNIX_INTERCEPT, UNIX_MATCH_DIR, UNIX_MATCH_SOCKET, UNIX_ORIGIN_BY_COOKIE,
+    UNIX_PATH_LEN, UNIX_SCRATCH, UnixConnectRecord, UnixPath,
 };
 use anyhow::{Context as _, anyhow, bail};
 use aya::Ebpf;
@@ -16,6 +18,7 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, TracePoint};
 use serde::Serialize;
 
+use crate::btf::KernelBtf;
 use crate::cgroup::CgroupPath;
 use crate::dest::Destination;
 use crate::names::{CgroupId, WorkloadId};
@@ -23,6 +26,9 @@ use crate::tags::TagSink;
 
 /// The compiled kernel programs, built by build.rs and embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pgwarden"));
+/// The Unix socket programs (loaded by [`crate::bpfload`]: they call kfuncs).
+static EBPF_UNIX_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pgwarden-unix"));
 
 /// What the agent attached, for status.
 #[derive(Clone, Debug, Serialize)]
@@ -47,6 +53,111 @@ pub struct KernelConfig<'a> {
     pub agent_tgid: u32,
     /// bpffs directory where maps and links are pinned.
     pub pin_dir: &'a Path,
+    /// The Unix listener's `sun_path` (abstract: leading NUL); `None`: Unix connects to
+    /// intercepted sockets are refused rather than redirected.
+    pub unix_listen: Option<Vec<u8>>,
+    /// Intercepted Unix socket directories and paths.
+    pub intercept_unix: &'a [PathBuf],
+    /// Unix sockets (or directories of them) tagged workloads may connect to directly.
+    pub unix_allow: &'a [PathBuf],
+    /// Run without the Unix socket programs when this kernel cannot load them (loudly).
+    pub allow_tcp_only: bool,
+}
+
+/// Checks that this kernel can run the Unix socket programs: the `connect_unix` and
+/// `getpeername_unix` hooks and their kfuncs (Linux 6.7), and the layout of the kernel context
+/// they read. Says everything that is missing at once.
+fn unix_preflight(btf: &KernelBtf) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for f in ["bpf_cast_to_kern_ctx", "bpf_sock_addr_set_sun_path"] {
+        if btf.func_id(f).is_none() {
+            missing.push(format!("the kfunc {f} (Linux 6.7 or newer)"));
+        }
+    }
+    for (st, member, want) in [
+        ("bpf_sock_addr_kern", "uaddr", 8),
+        ("bpf_sock_addr_kern", "uaddrlen", 32),
+    ] {
+        match btf.member_offset(st, member) {
+            None => missing.push(format!("struct {st}.{member} in this kernel's BTF")),
+            Some(got) if got != want => missing.push(format!(
+                "struct {st}.{member} at offset {want} (this kernel has it at {got})"
+            )),
+            Some(_) => {}
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join("; "))
+    }
+}
+
+/// The [`UNIX_INTERCEPT`] rules for the configured paths, as (prefix bytes, rule): a path whose
+/// last component is a PostgreSQL socket name (or that is a socket) is one socket (`PATH\0`),
+/// anything else a directory whose PostgreSQL sockets are intercepted (`DIR/.s.PGSQL.`).
+/// `unix_allow` entries are single sockets (`PATH\0`); an intercept rule wins over an allow
+/// rule for the same name. Each path is also entered in its canonical form (`/var/run` is a
+/// symlink to `/run` on Debian), since the program compares the name the client used.
+pub fn unix_rules(intercept: &[PathBuf], allow: &[PathBuf]) -> Vec<(Vec<u8>, u32)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let mut out: Vec<(Vec<u8>, u32)> = Vec::new();
+    let mut push = |bytes: Vec<u8>, rule: u32| {
+        if bytes.len() > UNIX_PATH_LEN {
+            return;
+        }
+        match out.iter_mut().find(|(b, _)| *b == bytes) {
+            Some(existing) => existing.1 = rule,
+            None => out.push((bytes, rule)),
+        }
+    };
+    let forms = |p: &PathBuf, socket: bool| -> Vec<Vec<u8>> {
+        let canonical = if socket {
+            p.parent()
+                .and_then(|d| std::fs::canonicalize(d).ok())
+                .zip(p.file_name())
+                .map(|(d, n)| d.join(n))
+        } else {
+            std::fs::canonicalize(p).ok()
+        };
+        let mut v: Vec<Vec<u8>> = Vec::new();
+        for form in std::iter::once(p.clone()).chain(canonical) {
+            let mut bytes = form.as_os_str().as_bytes().to_vec();
+            while bytes.len() > 1 && bytes.last() == Some(&b'/') {
+                bytes.pop();
+            }
+            if !v.contains(&bytes) {
+                v.push(bytes);
+            }
+        }
+        v
+    };
+    for p in allow {
+        for mut b in forms(p, true) {
+            b.push(0);
+            push(b, UNIX_ALLOW_SOCKET);
+        }
+    }
+    for p in intercept {
+        let socket = p
+            .file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(PG_SOCKET_PREFIX))
+            || std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket());
+        for mut b in forms(p, socket) {
+            if socket {
+                b.push(0);
+                push(b, UNIX_MATCH_SOCKET);
+            } else {
+                if b.last() != Some(&b'/') {
+                    b.push(b'/');
+                }
+                b.extend_from_slice(PG_SOCKET_PREFIX);
+                push(b, UNIX_MATCH_DIR);
+            }
+        }
+    }
+    out
 }
 
 /// The loaded programs and their maps.
@@ -56,19 +167,23 @@ pub struct Redirect {
     // their map references are these fds.
     _config: Array<MapData, AgentConfig>,
     _dests: LpmTrie<MapData, agent_common::DestKey, u32>,
+    _unix_rules: LpmTrie<MapData, UnixPath, u32>,
     tagged: HashMap<MapData, u64, u32>,
     sticky: HashMap<MapData, KernelPath, u32>,
     origins: HashMap<MapData, TupleKey, ConnectRecord>,
     counters: PerCpuArray<MapData, u64>,
+    unix_origins: HashMap<MapData, u64, UnixConnectRecord>,
     attached: Vec<AttachPoint>,
     pin_dir: PathBuf,
     /// Whether the maps were adopted from a previous run's pins.
     pub adopted: bool,
+    /// Why the Unix socket programs are not loaded (`--tcp-only` on a kernel without them).
+    pub unix_disabled: Option<String>,
 }
 
 /// Every map of the object: all are pinned, so a restarted agent finds the same state and
 /// the programs left attached by the previous run keep working on it.
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 12] = [
     AGENT_CONFIG,
     TAGGED_CGROUPS,
     INTERCEPT_DESTS,
@@ -78,6 +193,19 @@ const PINNED_MAPS: [&str; 9] = [
     CGROUP_EVENTS,
     COUNTERS,
     agent_common::PATH_SCRATCH,
+    UNIX_INTERCEPT,
+    UNIX_ORIGIN_BY_COOKIE,
+    UNIX_SCRATCH,
+];
+
+/// The maps the Unix socket programs name (all of them pinned, see [`PINNED_MAPS`]).
+const UNIX_PROGRAM_MAPS: [&str; 6] = [
+    AGENT_CONFIG,
+    TAGGED_CGROUPS,
+    COUNTERS,
+    UNIX_INTERCEPT,
+    UNIX_ORIGIN_BY_COOKIE,
+    UNIX_SCRATCH,
 ];
 
 /// Makes sure a bpffs is mounted at `/sys/fs/bpf` (systemd does it; a bare host may not).
@@ -101,6 +229,26 @@ fn replace_pin(
     link: aya::programs::links::FdLink,
     path: &Path,
 ) -> anyhow::Result<aya::programs::links::PinnedLink> {
+    let old = unpin_old(path)?;
+    let pinned = link
+        .pin(path)
+        .with_context(|| format!("pinning {}", path.display()))?;
+    drop(old);
+    Ok(pinned)
+}
+
+/// As [`replace_pin`], for a link the agent created itself (the Unix programs).
+fn replace_pin_fd(link: std::os::fd::OwnedFd, path: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsFd as _;
+    let old = unpin_old(path)?;
+    agent_sys::obj_pin(link.as_fd(), path)
+        .with_context(|| format!("pinning {}", path.display()))?;
+    drop(old);
+    Ok(())
+}
+
+/// Takes the link a previous run pinned at `path` out of bpffs, still attached until dropped.
+fn unpin_old(path: &Path) -> anyhow::Result<Option<aya::programs::links::FdLink>> {
     let old = if path.exists() {
         match aya::programs::links::PinnedLink::from_pin(path) {
             Ok(old) => Some(
@@ -116,11 +264,7 @@ fn replace_pin(
     } else {
         None
     };
-    let pinned = link
-        .pin(path)
-        .with_context(|| format!("pinning {}", path.display()))?;
-    drop(old);
-    Ok(pinned)
+    Ok(old)
 }
 
 /// Removes every pin under `pin_dir`: the programs detach and the maps go. The only way to
@@ -300,18 +444,70 @@ impl Redirect {
             }
             port = v6.port();
         }
+        // The Unix programs need a kernel that has them; without, only `--tcp-only` runs.
+        let unix = KernelBtf::from_sys_fs()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|btf| unix_preflight(&btf));
+        let unix = match unix {
+            Ok(()) => Ok(()),
+            Err(missing) if cfg.allow_tcp_only => {
+                tracing::error!(
+                    "Unix socket interception is OFF (--tcp-only): this kernel lacks {missing}. \
+                     Tagged workloads can reach PostgreSQL's Unix socket directly, unaudited"
+                );
+                Err(missing)
+            }
+            Err(missing) => bail!(
+                "cannot intercept Unix socket connects: missing {missing}. Tagged workloads \
+                 could reach PostgreSQL's Unix socket around pgwarden; refusing to start \
+                 (`pgwarden run --tcp-only` runs without, loudly)"
+            ),
+        };
+        let mut agent_config = AgentConfig {
+            listen_v4,
+            listen_v6,
+            listen_port: port,
+            flags,
+            agent_tgid: cfg.agent_tgid,
+            ..AgentConfig::default()
+        };
+        if unix.is_ok()
+            && let Some(name) = &cfg.unix_listen
+        {
+            let key = UnixPath::from_bytes(name)
+                .ok_or_else(|| anyhow!("listen.unix is longer than {UNIX_PATH_LEN} bytes"))?;
+            agent_config.unix_listen = key.bytes;
+            agent_config.unix_listen_len = u32::try_from(name.len())?;
+            agent_config.flags |= CONFIG_HAS_UNIX;
+        }
         let mut config: Array<_, AgentConfig> = take(&mut ebpf, AGENT_CONFIG)?;
-        config.set(
-            0,
-            AgentConfig {
-                listen_v4,
-                listen_v6,
-                listen_port: port,
-                flags,
-                agent_tgid: cfg.agent_tgid,
-            },
-            0,
-        )?;
+        config.set(0, agent_config, 0)?;
+        let mut unix_rules_map: LpmTrie<_, UnixPath, u32> = take(&mut ebpf, UNIX_INTERCEPT)?;
+        // New rules first, then the previous run's stale ones (as for `intercept`).
+        let mut wanted = Vec::new();
+        for (bytes, rule) in unix_rules(cfg.intercept_unix, cfg.unix_allow) {
+            let Some(data) = UnixPath::from_bytes(&bytes) else {
+                continue;
+            };
+            let bits = u32::try_from(bytes.len() * 8)?;
+            unix_rules_map
+                .insert(&Key::new(bits, data), rule, 0)
+                .with_context(|| {
+                    format!(
+                        "intercept_unix/unix_allow {}",
+                        String::from_utf8_lossy(&bytes)
+                    )
+                })?;
+            wanted.push((bits, data));
+        }
+        let stale: Vec<Key<UnixPath>> = unix_rules_map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            let _ = unix_rules_map.remove(&k);
+        }
         let mut dests: LpmTrie<_, agent_common::DestKey, u32> = take(&mut ebpf, INTERCEPT_DESTS)?;
         // New destinations first, then the previous run's stale ones: never a moment where a
         // configured destination is not intercepted.
@@ -339,12 +535,15 @@ impl Redirect {
             sticky: take(&mut ebpf, STICKY_PATHS)?,
             origins: take(&mut ebpf, ORIGIN_BY_TUPLE)?,
             counters: take(&mut ebpf, COUNTERS)?,
+            unix_origins: take(&mut ebpf, UNIX_ORIGIN_BY_COOKIE)?,
             _config: config,
             _dests: dests,
+            _unix_rules: unix_rules_map,
             ebpf,
             attached: Vec::new(),
             pin_dir,
             adopted,
+            unix_disabled: unix.err(),
         };
         let tracefs = tracefs()?;
         check_mkdir_format(&tracefs)?;
@@ -404,6 +603,9 @@ impl Redirect {
                 target: target.clone(),
             });
         }
+        if self.unix_disabled.is_none() {
+            self.attach_unix(cgroup_root)?;
+        }
         for name in ["getpeername4", "getpeername6", "connect4", "connect6"] {
             let p: &mut CgroupSockAddr = self.program(name)?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
@@ -422,6 +624,65 @@ impl Redirect {
             });
         }
         Ok(())
+    }
+
+    /// Attaches the Unix socket programs: getpeername first, then the redirect itself.
+    fn attach_unix(&mut self, cgroup_root: &Path) -> anyhow::Result<()> {
+        use std::os::fd::AsFd as _;
+        let target = cgroup_root.display().to_string();
+        let btf = KernelBtf::from_sys_fs()?;
+        let maps: Vec<(&str, MapData)> = UNIX_PROGRAM_MAPS
+            .iter()
+            .map(|m| {
+                MapData::from_pin(self.pin_dir.join(m))
+                    .map(|d| (*m, d))
+                    .with_context(|| format!("opening the pinned map {m}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let fds: std::collections::HashMap<&str, std::os::fd::BorrowedFd<'_>> =
+            maps.iter().map(|(n, d)| (*n, d.fd().as_fd())).collect();
+        let root = File::open(cgroup_root).with_context(|| format!("opening {target}"))?;
+        for (name, attach_type) in [
+            (
+                "getpeername_unix",
+                agent_sys::ATTACH_CGROUP_UNIX_GETPEERNAME,
+            ),
+            ("connect_unix", agent_sys::ATTACH_CGROUP_UNIX_CONNECT),
+        ] {
+            let section = format!("cgroup/{name}");
+            let prog = crate::bpfload::load_sock_addr(
+                EBPF_UNIX_OBJECT,
+                &section,
+                attach_type,
+                &fds,
+                &btf,
+            )?;
+            let link = agent_sys::link_create(prog.as_fd(), root.as_fd(), attach_type)
+                .with_context(|| format!("attaching {section}"))?;
+            replace_pin_fd(link, &self.pin_dir.join(format!("link_{name}")))?;
+            self.attached.push(AttachPoint {
+                program: name.into(),
+                hook: section,
+                target: target.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The record of a redirected Unix connection, by the client socket's cookie. It stays in
+    /// the map (getpeername on the client reads it) until the LRU evicts it; a stream socket
+    /// connects once, so no other connection can carry the same cookie.
+    pub fn unix_origin(&self, client_cookie: u64) -> Option<UnixConnectRecord> {
+        self.unix_origins.get(&client_cookie, 0).ok()
+    }
+
+    /// Files `record` under the cookie of the interceptor's accepted socket too: the kernel
+    /// runs `getpeername_unix` on the *peer* of the socket asked (ours), so that is where the
+    /// program finds the name to answer the client with.
+    pub fn note_unix_peer(&mut self, accepted_cookie: u64, record: &UnixConnectRecord) {
+        if let Err(e) = self.unix_origins.insert(accepted_cookie, *record, 0) {
+            tracing::debug!("cannot file the Unix record for getpeername: {e}");
+        }
     }
 
     fn program(&mut self, name: &str) -> anyhow::Result<&mut aya::programs::Program> {

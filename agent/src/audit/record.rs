@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::identity::Identity;
-use crate::names::{ClientAddr, OrigDstAddr};
+use crate::names::{ClientAddr, OrigDstAddr, SockAddr};
 
 /// `prev_hash` of the first record ever written to a journal.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -174,13 +174,18 @@ impl From<&Identity> for Actor {
     }
 }
 
-/// An address and port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// An address and port, or a Unix socket's name (`path`; abstract names start with `@`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// IP address.
-    pub ip: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
     /// Port.
-    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Unix socket name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 impl From<SocketAddr> for Endpoint {
@@ -190,25 +195,48 @@ impl From<SocketAddr> for Endpoint {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
-        Self { ip, port: a.port() }
+        Self {
+            ip: Some(ip),
+            port: Some(a.port()),
+            path: None,
+        }
+    }
+}
+
+impl From<&SockAddr> for Endpoint {
+    fn from(a: &SockAddr) -> Self {
+        match a {
+            SockAddr::Inet(a) => (*a).into(),
+            SockAddr::Unix(p) => Self {
+                ip: None,
+                port: None,
+                path: Some(p.clone()),
+            },
+        }
     }
 }
 
 impl From<ClientAddr> for Endpoint {
     fn from(a: ClientAddr) -> Self {
-        a.0.into()
+        (&a.0).into()
     }
 }
 
 impl From<OrigDstAddr> for Endpoint {
     fn from(a: OrigDstAddr) -> Self {
-        a.0.into()
+        (&a.0).into()
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        SocketAddr::new(self.ip, self.port).fmt(f)
+        match (&self.path, self.ip, self.port) {
+            (Some(p), _, _) if p.is_empty() => f.write_str("unix"),
+            (Some(p), _, _) => write!(f, "unix:{p}"),
+            (None, Some(ip), Some(port)) => SocketAddr::new(ip, port).fmt(f),
+            (None, Some(ip), None) => ip.fmt(f),
+            _ => f.write_str("?"),
+        }
     }
 }
 

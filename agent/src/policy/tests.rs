@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::config::{Config, WorkloadConfig};
-use crate::names::{ClientAddr, ListenAddr, OrigDstAddr, SessionId, WorkloadName};
+use crate::names::{ClientAddr, ListenAddr, OrigDstAddr, SessionId, SockAddr, WorkloadName};
 use crate::session::DbParams;
 
 fn policies_dir() -> PathBuf {
@@ -63,9 +63,9 @@ fn meta(workload: &str, options: Option<&str>) -> Arc<SessionMeta> {
         id: SessionId(1),
         workload: WorkloadName(workload.into()),
         identity: None,
-        client: ClientAddr(a),
-        listen: ListenAddr(a),
-        server: OrigDstAddr(a),
+        client: ClientAddr(SockAddr::Inet(a)),
+        listen: ListenAddr(SockAddr::Inet(a)),
+        server: OrigDstAddr(SockAddr::Inet(a)),
         db: DbParams {
             user: "u".into(),
             database: "d".into(),

@@ -1,10 +1,10 @@
-//! A connection that is plain TCP or TLS on either hop, and its split into boxed halves.
+//! A connection that is plain TCP, a Unix socket, or TLS on either hop, and its split into boxed halves.
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// The read half of a connection.
 pub type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
@@ -15,6 +15,8 @@ pub type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
 pub enum Conn {
     /// Plain TCP.
     Plain(TcpStream),
+    /// A Unix socket (TLS does not apply: PostgreSQL refuses it there too).
+    Unix(UnixStream),
     /// TLS pgwarden terminated for a client.
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS pgwarden started toward the server.
@@ -24,13 +26,17 @@ pub enum Conn {
 impl Conn {
     /// Whether the hop is encrypted.
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Self::Plain(_))
+        !matches!(self, Self::Plain(_) | Self::Unix(_))
     }
 
     /// Splits into independently usable halves.
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Self::Plain(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Self::Unix(s) => {
                 let (r, w) = s.into_split();
                 (Box::new(r), Box::new(w))
             }
@@ -54,6 +60,7 @@ impl AsyncRead for Conn {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Self::ServerTls(s) => Pin::new(s).poll_read(cx, buf),
             Self::ClientTls(s) => Pin::new(s).poll_read(cx, buf),
         }
@@ -68,6 +75,7 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Self::ServerTls(s) => Pin::new(s).poll_write(cx, buf),
             Self::ClientTls(s) => Pin::new(s).poll_write(cx, buf),
         }
@@ -76,6 +84,7 @@ impl AsyncWrite for Conn {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
             Self::ServerTls(s) => Pin::new(s).poll_flush(cx),
             Self::ClientTls(s) => Pin::new(s).poll_flush(cx),
         }
@@ -84,6 +93,7 @@ impl AsyncWrite for Conn {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Self::ServerTls(s) => Pin::new(s).poll_shutdown(cx),
             Self::ClientTls(s) => Pin::new(s).poll_shutdown(cx),
         }

@@ -13,7 +13,7 @@ use anyhow::{Context as _, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tracing::{debug, info, warn};
 
 pub use conn::Conn;
@@ -22,7 +22,7 @@ use crate::config::SslMode;
 use crate::daemon::Shared;
 use crate::identity::{self, Identity};
 use crate::names::{
-    CgroupId, ClientAddr, ListenAddr, OrigDstAddr, SessionId, WorkloadId, WorkloadName,
+    CgroupId, ClientAddr, ListenAddr, OrigDstAddr, SessionId, SockAddr, WorkloadId, WorkloadName,
 };
 use crate::wire::encode::{self, ErrorFields};
 use crate::wire::startup::{self, Startup};
@@ -108,17 +108,87 @@ async fn refuse(conn: &mut Conn, code: &str, message: &str) {
     let _ = conn.shutdown().await;
 }
 
+/// An accepted connection, TCP or Unix, with what the kernel records are keyed by.
+pub struct Accepted {
+    /// The stream.
+    pub conn: Conn,
+    /// The client's address.
+    pub peer: SockAddr,
+    /// The interceptor address it landed on.
+    pub listen: SockAddr,
+    /// For a Unix connection: the client socket's cookie (the key of its record), the accepted
+    /// socket's own cookie, and the peer's credentials as the kernel saw them at connect
+    /// (SO_PEERCRED).
+    pub unix: Option<UnixPeer>,
+}
+
+/// What identifies the client of an accepted Unix connection.
+pub struct UnixPeer {
+    /// The client socket's cookie.
+    pub client_cookie: u64,
+    /// The accepted socket's cookie.
+    pub accepted_cookie: u64,
+    /// SO_PEERCRED.
+    pub cred: Option<tokio::net::unix::UCred>,
+}
+
+impl Accepted {
+    /// A TCP connection accepted at `listen` from `peer`.
+    pub fn tcp(stream: TcpStream, peer: SocketAddr) -> Option<Self> {
+        let listen = stream.local_addr().ok()?;
+        let _ = stream.set_nodelay(true);
+        Some(Self {
+            conn: Conn::Plain(stream),
+            peer: SockAddr::Inet(peer),
+            listen: SockAddr::Inet(listen),
+            unix: None,
+        })
+    }
+
+    /// A Unix connection accepted on the listener named `listen`.
+    pub fn unix(stream: UnixStream, listen: &str) -> Option<Self> {
+        use std::os::fd::AsFd as _;
+        let cookie = match crate::unixdiag::peer_cookie(stream.as_fd()) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("cannot find the client socket of an accepted Unix connection: {e}");
+                return None;
+            }
+        };
+        let accepted_cookie = agent_sys::socket_cookie(stream.as_fd()).ok()?;
+        let cred = stream.peer_cred().ok();
+        Some(Self {
+            conn: Conn::Unix(stream),
+            peer: SockAddr::Unix(String::new()),
+            listen: SockAddr::Unix(listen.to_owned()),
+            unix: Some(UnixPeer {
+                client_cookie: cookie,
+                accepted_cookie,
+                cred,
+            }),
+        })
+    }
+}
+
 /// Serves one accepted connection to the end.
-pub async fn serve(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
+pub async fn serve(shared: Arc<Shared>, accepted: Accepted) {
     let id = shared.next_session_id();
-    let Ok(listen) = client.local_addr() else {
-        return;
-    };
-    let _ = client.set_nodelay(true);
+    let Accepted {
+        conn,
+        peer,
+        listen,
+        unix,
+    } = accepted;
     // The record is taken at once (the kernel's map is bounded), the startup read after.
-    let origin = origin(&shared, peer, listen).await;
+    let origin = match unix {
+        None => match (peer.inet(), listen.inet()) {
+            (Some(p), Some(l)) => origin(&shared, p, l).await,
+            _ => None,
+        },
+        Some(peer) => unix_origin(&shared, id, &peer).await,
+    };
     let timeout = Duration::from_secs(shared.config.limits.startup_timeout_seconds);
-    let opened = match tokio::time::timeout(timeout, open(&shared, client)).await {
+    let opened = match tokio::time::timeout(timeout, open(&shared, conn)).await {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {
             warn!(session = %id, client = %peer, "startup failed: {e:#}");
@@ -134,6 +204,7 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         warn!(
             session = %id,
             client = %peer,
+            listen = %listen,
             "refused a connection with no redirect record: it was not redirected by pgwarden's \
              programs (a client pointed at the listen address?) or its record was lost"
         );
@@ -152,9 +223,8 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
 
 /// Reads the startup phase: answers SSLRequest (TLS when configured) and GSSENCRequest, and
 /// returns the StartupMessage or CancelRequest.
-async fn open(shared: &Shared, tcp: TcpStream) -> anyhow::Result<Opened> {
+async fn open(shared: &Shared, mut conn: Conn) -> anyhow::Result<Opened> {
     let limits = shared.config.limits.wire();
-    let mut conn = Conn::Plain(tcp);
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         let msg = loop {
@@ -188,8 +258,15 @@ async fn open(shared: &Shared, tcp: TcpStream) -> anyhow::Result<Opened> {
                     .await;
                     bail!("data after SSLRequest");
                 }
-                let Conn::Plain(tcp) = conn else {
-                    bail!("second SSLRequest inside TLS")
+                let tcp = match conn {
+                    Conn::Plain(tcp) => tcp,
+                    Conn::Unix(mut unix) => {
+                        // TLS does not apply on a Unix socket (PostgreSQL answers N too).
+                        unix.write_all(b"N").await?;
+                        conn = Conn::Unix(unix);
+                        continue;
+                    }
+                    _ => bail!("second SSLRequest inside TLS"),
                 };
                 match &shared.client_tls {
                     Some(acceptor) => {
@@ -218,9 +295,26 @@ async fn open(shared: &Shared, tcp: TcpStream) -> anyhow::Result<Opened> {
     }
 }
 
-/// Connects to the real server and negotiates TLS per `upstream.sslmode`.
-pub async fn connect_upstream(shared: &Shared, server: SocketAddr) -> anyhow::Result<Conn> {
+/// Connects to the real server (TCP, negotiating TLS per `upstream.sslmode`, or its Unix
+/// socket) for the client `pid` (a Unix path is resolved in the client's mount namespace).
+pub async fn connect_upstream(
+    shared: &Shared,
+    server: &SockAddr,
+    pid: Option<u32>,
+) -> anyhow::Result<Conn> {
     let timeout = Duration::from_secs(shared.config.upstream.connect_timeout_seconds);
+    let server = match server {
+        SockAddr::Inet(a) => *a,
+        SockAddr::Unix(path) => {
+            let target = unix_target(path, pid)?;
+            let unix = tokio::time::timeout(timeout, UnixStream::connect(&target))
+                .await
+                .map_err(|_| anyhow!("connecting to {path} timed out"))?
+                .with_context(|| format!("connecting to {target}"))?;
+            check_postgres_listener(&unix, path)?;
+            return Ok(Conn::Unix(unix));
+        }
+    };
     let mut tcp = tokio::time::timeout(timeout, TcpStream::connect(server))
         .await
         .map_err(|_| anyhow!("connecting to {server} timed out"))?
@@ -254,7 +348,7 @@ pub async fn connect_upstream(shared: &Shared, server: SocketAddr) -> anyhow::Re
 /// pgwarden sessions are forwarded; PostgreSQL itself answers nothing either way.
 async fn cancel(shared: &Shared, id: SessionId, pid: i32, key: &[u8], raw: &[u8]) {
     let target = shared.cancel_target(pid, key);
-    let Some((owner, server)) = target else {
+    let Some((owner, server, client_pid)) = target else {
         warn!(session = %id, backend = pid, "cancel request for a backend of no live session: dropped");
         return;
     };
@@ -269,7 +363,7 @@ async fn cancel(shared: &Shared, id: SessionId, pid: i32, key: &[u8], raw: &[u8]
             }),
         );
     }
-    match connect_upstream(shared, server).await {
+    match connect_upstream(shared, &server, client_pid).await {
         Ok(mut up) => {
             let _ = up.write_all(raw).await;
             let _ = up.flush().await;
@@ -312,8 +406,8 @@ impl Drop for Registered<'_> {
 async fn run(
     shared: Arc<Shared>,
     id: SessionId,
-    peer: SocketAddr,
-    listen: SocketAddr,
+    peer: SockAddr,
+    listen: SockAddr,
     origin: Origin,
     mut conn: Conn,
     params: Startup,
@@ -337,9 +431,9 @@ async fn run(
         id,
         workload: origin.workload.clone(),
         identity: origin.identity.clone(),
-        client: ClientAddr(peer),
-        listen: ListenAddr(listen),
-        server: origin.server,
+        client: ClientAddr(peer.clone()),
+        listen: ListenAddr(listen.clone()),
+        server: origin.server.clone(),
         db: db.clone(),
         client_tls: conn.is_tls(),
         server_tls: false,
@@ -349,7 +443,8 @@ async fn run(
         refuse(&mut conn, d.sqlstate, &d.message()).await;
         return;
     }
-    let upstream = match connect_upstream(&shared, origin.server.0).await {
+    let client_pid = origin.identity.as_ref().map(|i| i.pid);
+    let upstream = match connect_upstream(&shared, &origin.server.0, client_pid).await {
         Ok(u) => u,
         Err(e) => {
             warn!(session = %id, server = %origin.server.0, "cannot reach the server: {e:#}");
@@ -368,7 +463,7 @@ async fn run(
     let upstream_local = match &upstream {
         Conn::Plain(s) => s.local_addr().ok(),
         Conn::ClientTls(s) => s.get_ref().0.local_addr().ok(),
-        Conn::ServerTls(_) => None,
+        Conn::ServerTls(_) | Conn::Unix(_) => None,
     };
     let meta = Arc::new(SessionMeta {
         id,
@@ -439,6 +534,59 @@ async fn origin(shared: &Shared, peer: SocketAddr, listen: SocketAddr) -> Option
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take_origin(peer, listen)?;
+    let server = identity::orig_dst(&record);
+    complete(
+        shared,
+        record.workload,
+        identity::Caller::from(&record),
+        server,
+    )
+    .await
+}
+
+/// The origin of an accepted Unix connection, from the record `connect_unix` stored under the
+/// client socket's cookie (found through sock_diag). SO_PEERCRED must name the same process.
+async fn unix_origin(shared: &Shared, id: SessionId, peer: &UnixPeer) -> Option<Origin> {
+    let record = {
+        let mut redirect = shared
+            .redirect
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let record = redirect.unix_origin(peer.client_cookie)?;
+        redirect.note_unix_peer(peer.accepted_cookie, &record);
+        record
+    };
+    let cred = peer.cred;
+    let caller = identity::Caller::from(&record);
+    if let Some(cred) = cred
+        && (cred.pid().and_then(|p| u32::try_from(p).ok()) != Some(caller.tgid)
+            || cred.uid() != caller.uid)
+    {
+        warn!(
+            session = %id,
+            record_pid = caller.tgid,
+            peer_pid = ?cred.pid(),
+            "a Unix connection's SO_PEERCRED differs from its connect() record: refused"
+        );
+        return None;
+    }
+    complete(
+        shared,
+        record.workload,
+        caller,
+        identity::orig_unix(&record),
+    )
+    .await
+}
+
+/// Completes a kernel record into an origin: the workload's name and the caller's identity.
+async fn complete(
+    shared: &Shared,
+    workload_id: u32,
+    record: identity::Caller,
+    server: OrigDstAddr,
+) -> Option<Origin> {
     let (workload, known_path) = {
         let tagger = shared
             .tagger
@@ -446,9 +594,9 @@ async fn origin(shared: &Shared, peer: SocketAddr, listen: SocketAddr) -> Option
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let workload = tagger
             .registry
-            .name(WorkloadId(record.workload))
+            .name(WorkloadId(workload_id))
             .cloned()
-            .unwrap_or_else(|| WorkloadName(format!("unknown-{}", record.workload)));
+            .unwrap_or_else(|| WorkloadName(format!("unknown-{workload_id}")));
         (
             workload,
             tagger.path_of(CgroupId(record.cgroup_id)).cloned(),
@@ -462,10 +610,56 @@ async fn origin(shared: &Shared, peer: SocketAddr, listen: SocketAddr) -> Option
     .ok()?;
     debug!(pid = identity.pid, "origin found");
     Some(Origin {
-        server: identity::orig_dst(&record),
+        server,
         workload: identity.workload.clone(),
         identity: Some(identity),
     })
+}
+
+/// Where to connect for the Unix socket `path` a client with process id `pid` asked for: the
+/// path itself when the client shares the agent's mount namespace, else the same path seen
+/// through the client's root (`/proc/PID/root/...`), so a container's socket name means what
+/// it meant to the container.
+fn unix_target(path: &str, pid: Option<u32>) -> anyhow::Result<String> {
+    if path.starts_with('@') {
+        bail!("abstract-namespace upstream sockets are not supported ({path})");
+    }
+    let Some(pid) = pid else {
+        return Ok(path.to_owned());
+    };
+    let mine = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    if theirs.is_none() || mine == theirs {
+        return Ok(path.to_owned());
+    }
+    let through = format!("/proc/{pid}/root{path}");
+    if through.len() >= agent_common::UNIX_PATH_LEN {
+        bail!(
+            "the client (pid {pid}) is in another mount namespace and {through} is too long for a socket name"
+        );
+    }
+    Ok(through)
+}
+
+/// pgwarden connects as itself (root) wherever a client's name led: a symlink planted at an
+/// intercepted name must not make it talk to another service's socket. The listener's own
+/// bound name (what getpeername answers) must be a PostgreSQL socket's.
+fn check_postgres_listener(unix: &UnixStream, asked: &str) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let peer = unix
+        .peer_addr()
+        .context("getpeername on the upstream socket")?;
+    let name = peer
+        .as_pathname()
+        .and_then(|p| p.file_name())
+        .map(|n| n.as_bytes());
+    if name.is_some_and(|n| n.starts_with(agent_common::PG_SOCKET_PREFIX)) {
+        return Ok(());
+    }
+    bail!(
+        "{asked} leads to a socket bound as {:?}, not a PostgreSQL socket (.s.PGSQL.PORT): refused",
+        peer.as_pathname()
+    )
 }
 
 /// Why a relay ended abnormally.

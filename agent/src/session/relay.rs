@@ -98,8 +98,8 @@ impl Ctx<'_> {
         let mut r = Record::new(event)
             .session(m.id)
             .workload(&m.workload)
-            .client(m.client)
-            .server(m.server)
+            .client(m.client.clone())
+            .server(m.server.clone())
             .db(Db {
                 user: Some(m.db.user.clone()),
                 database: Some(m.db.database.clone()),
@@ -283,8 +283,8 @@ fn session_fields(m: &SessionMeta) -> SessionFields {
         &m.id.to_string(),
         &workload,
         actor.as_ref(),
-        m.client.into(),
-        m.server.into(),
+        m.client.clone().into(),
+        m.server.clone().into(),
         &Db {
             user: Some(m.db.user.clone()),
             database: Some(m.db.database.clone()),
@@ -485,8 +485,13 @@ async fn handshake(
             }
             b'K' => {
                 let (pid, key) = backend::backend_key(&frame).map_err(SessionError::Server)?;
-                ctx.shared
-                    .register_cancel(ctx.meta.id, pid, key, ctx.meta.server.0);
+                ctx.shared.register_cancel(
+                    ctx.meta.id,
+                    pid,
+                    key,
+                    &ctx.meta.server.0,
+                    ctx.meta.identity.as_ref().map(|i| i.pid),
+                );
                 out.push(frame.bytes);
             }
             b'E' => {
@@ -1152,8 +1157,13 @@ fn on_backend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), W
         }
         b'K' => {
             let (pid, key) = backend::backend_key(&frame)?;
-            ctx.shared
-                .register_cancel(ctx.meta.id, pid, key, ctx.meta.server.0);
+            ctx.shared.register_cancel(
+                ctx.meta.id,
+                pid,
+                key,
+                &ctx.meta.server.0,
+                ctx.meta.identity.as_ref().map(|i| i.pid),
+            );
             out.push(frame.bytes);
         }
         b'S' => {
