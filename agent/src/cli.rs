@@ -631,6 +631,22 @@ fn print_status(s: &Value) {
     );
     println!("listening:    {}", join(&s["listen"]));
     println!("intercepting: {}", join(&s["intercept"]));
+    let u = &s["unix"];
+    println!(
+        "unix sockets: {}{}",
+        u["state"].as_str().unwrap_or("?"),
+        u["listen"]
+            .as_str()
+            .map(|l| format!(" via {l}"))
+            .unwrap_or_default()
+    );
+    if u["intercept"].is_array() {
+        println!("  intercept:  {}", join(&u["intercept"]));
+        println!("  allow:      {}", join(&u["allow"]));
+    }
+    if let Some(m) = u["missing"].as_str() {
+        println!("  missing:    {m}");
+    }
     println!("attached:");
     for p in s["attached"].as_array().into_iter().flatten() {
         println!(

@@ -233,7 +233,7 @@ fn status(shared: &Shared) -> Value {
             .collect();
         (tagged, sticky, workloads)
     };
-    let (attached, counters) = match &shared.redirect {
+    let (attached, counters, unix) = match &shared.redirect {
         Some(r) => {
             let r = r.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let counters: serde_json::Map<String, Value> = r
@@ -241,9 +241,25 @@ fn status(shared: &Shared) -> Value {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), json!(v)))
                 .collect();
-            (json!(r.attached()), Value::Object(counters))
+            let unix = match &r.unix_disabled {
+                Some(why) => json!({
+                    "state": "off (--tcp-only): tagged workloads can reach Unix sockets directly",
+                    "missing": why,
+                }),
+                None => json!({
+                    "state": if shared.listen_unix.is_some() { "redirect" } else { "refuse (listen.unix: null)" },
+                    "listen": shared.listen_unix,
+                    "intercept": shared.config.intercept_unix,
+                    "allow": shared.config.unix_allow,
+                }),
+            };
+            (json!(r.attached()), Value::Object(counters), unix)
         }
-        None => (json!([]), json!({})),
+        None => (
+            json!([]),
+            json!({}),
+            json!({ "state": "off (listen-only)" }),
+        ),
     };
     let sessions: Vec<Value> = shared
         .sessions
@@ -262,6 +278,7 @@ fn status(shared: &Shared) -> Value {
         "cgroup2_root": shared.cgroup_root,
         "listen": shared.listen,
         "intercept": shared.config.intercept.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "unix": unix,
         "attached": attached,
         "counters": counters,
         "workloads": workloads,

@@ -846,6 +846,92 @@ mod tests {
     }
 
     #[test]
+    fn unix_rules_are_prefixes_and_intercept_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let rules = unix_rules(
+            &[link.clone(), PathBuf::from("/srv/pg/.s.PGSQL.6432")],
+            &[
+                PathBuf::from("/run/x.sock"),
+                PathBuf::from("/srv/pg/.s.PGSQL.6432"),
+            ],
+        );
+        let has = |bytes: &[u8], rule: u32| rules.iter().any(|(b, r)| b == bytes && *r == rule);
+        let dir_rule = |p: &Path| {
+            let mut b = p.as_os_str().as_encoded_bytes().to_vec();
+            b.extend_from_slice(b"/.s.PGSQL.");
+            b
+        };
+        // The directory as configured and as it really is.
+        assert!(has(&dir_rule(&link), UNIX_MATCH_DIR), "{rules:?}");
+        assert!(has(
+            &dir_rule(&std::fs::canonicalize(&real).unwrap()),
+            UNIX_MATCH_DIR
+        ));
+        assert!(has(b"/run/x.sock\0", UNIX_ALLOW_SOCKET));
+        // The same socket allowed and intercepted: intercepted.
+        assert!(has(b"/srv/pg/.s.PGSQL.6432\0", UNIX_MATCH_SOCKET));
+        assert!(!has(b"/srv/pg/.s.PGSQL.6432\0", UNIX_ALLOW_SOCKET));
+        // A trailing slash is the same directory.
+        let again = unix_rules(&[PathBuf::from("/var/lib/x/")], &[]);
+        assert_eq!(again[0].0, b"/var/lib/x/.s.PGSQL.".to_vec());
+        // The root directory.
+        let root = unix_rules(&[PathBuf::from("/")], &[]);
+        assert_eq!(root[0].0, b"/.s.PGSQL.".to_vec());
+    }
+
+    #[test]
+    fn the_unix_programs_relocate_against_this_kernel() {
+        let btf = KernelBtf::from_sys_fs().expect("this test needs /sys/kernel/btf/vmlinux");
+        if unix_preflight(&btf).is_err() {
+            panic!(
+                "this kernel lacks the Unix socket hooks (Linux 6.7+): {unix_preflight:?}",
+                unix_preflight = unix_preflight(&btf)
+            );
+        }
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsFd::as_fd(&null);
+        let maps: std::collections::HashMap<&str, std::os::fd::BorrowedFd<'_>> =
+            UNIX_PROGRAM_MAPS.iter().map(|m| (*m, fd)).collect();
+        for section in ["cgroup/connect_unix", "cgroup/getpeername_unix"] {
+            let prog = crate::bpfload::relocate(EBPF_UNIX_OBJECT, section, &maps, &btf).unwrap();
+            assert!(!prog.insns.is_empty());
+            // Every call is resolved: to a helper (src 0), a kfunc (2) or a local function (1)
+            // whose target lies inside the program.
+            for (i, insn) in prog.insns.iter().enumerate() {
+                let b = insn.to_le_bytes();
+                if b[0] != 0x85 {
+                    continue;
+                }
+                let imm = i32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                match b[1] >> 4 {
+                    0 => assert!(imm > 0, "{section}: helper call {imm} at {i}"),
+                    1 => {
+                        let target = i as i64 + 1 + i64::from(imm);
+                        assert!(
+                            (0..prog.insns.len() as i64).contains(&target),
+                            "{section}: call at {i} to {target}"
+                        );
+                    }
+                    2 => assert!(
+                        btf.func_id("bpf_sock_addr_set_sun_path") == Some(imm as u32)
+                            || btf.func_id("bpf_cast_to_kern_ctx") == Some(imm as u32)
+                    ),
+                    other => panic!("{section}: call with src {other} at {i}"),
+                }
+            }
+        }
+        // A map the program names but the caller does not provide is an error, not a guess.
+        let none = std::collections::HashMap::new();
+        assert!(
+            crate::bpfload::relocate(EBPF_UNIX_OBJECT, "cgroup/connect_unix", &none, &btf).is_err()
+        );
+    }
+
+    #[test]
     fn decodes_events() {
         let mut bytes = vec![0u8; std::mem::size_of::<CgroupEvent>()];
         bytes[0..8].copy_from_slice(&42u64.to_ne_bytes());

@@ -41,6 +41,8 @@ pub struct DemoConfig<'a> {
     pub hash_key_file: &'a Path,
     /// The audit journal file.
     pub audit_file: &'a Path,
+    /// PostgreSQL's Unix socket directory: intercepted too.
+    pub pg_socket_dir: &'a Path,
 }
 
 impl DemoConfig<'_> {
@@ -63,6 +65,7 @@ impl DemoConfig<'_> {
             ("POLICY", self.policy.display().to_string()),
             ("HASH_KEY_FILE", self.hash_key_file.display().to_string()),
             ("AUDIT_FILE", self.audit_file.display().to_string()),
+            ("PG_SOCKET_DIR", self.pg_socket_dir.display().to_string()),
         ];
         let text = fill(&template, &values);
         if let Some(marker) = first_marker(&text) {
@@ -106,6 +109,7 @@ mod tests {
             policy: Path::new("/p/pci-dss.yaml"),
             hash_key_file: Path::new("/tmp/x/mask.key"),
             audit_file: Path::new("/tmp/x/audit.jsonl"),
+            pg_socket_dir: Path::new("/tmp/x/pg"),
         }
         .render();
         assert_eq!(first_marker(&config), None, "{config}");

@@ -98,6 +98,7 @@ fn mcp_server_reads_masked_rows_and_meets_pgwardens_denials() {
         policy: &policy_path("pci-dss.yaml"),
         hash_key_file: &key,
         audit_file: &dir.path().join("audit.jsonl"),
+        pg_socket_dir: pg.dir.path(),
     }
     .render();
     let agent = Agent::start(&config, &control);

@@ -138,6 +138,7 @@ fn demo(options: &Options, interrupt: &Interrupt) -> Result<()> {
         policy: &policy,
         hash_key_file: &key,
         audit_file: &dir.path().join("audit.jsonl"),
+        pg_socket_dir: pg.dir.path(),
     }
     .render();
     let agent = Cleanup::new(Agent::start_bin(bin.clone(), &config, &control, &[]), |a| {
@@ -191,7 +192,9 @@ fn demo(options: &Options, interrupt: &Interrupt) -> Result<()> {
 
     let mut scenario = Scenario::new(&mut mcp, &agent, &pg, interrupt);
     scenario.run()?;
-    let sessions: Vec<String> = scenario.sessions.iter().cloned().collect();
+    let mut sessions: Vec<String> = scenario.sessions.iter().cloned().collect();
+    interrupt.check()?;
+    sessions.push(unix_socket_step(&cg, &pg, &dir.path().join("audit.jsonl"))?);
     audit::show(&bin, &config_file, &sessions)?;
 
     println!();
@@ -201,6 +204,64 @@ fn demo(options: &Options, interrupt: &Interrupt) -> Result<()> {
         interrupt.wait();
     }
     Ok(())
+}
+
+/// The same tagged cgroup, over PostgreSQL's Unix socket (libpq's default transport on a
+/// database host): pgwarden intercepts that too. Returns the session's id from the journal.
+fn unix_socket_step(cg: &TestCgroup, pg: &PgServer, journal: &Path) -> Result<String> {
+    let sql = "SELECT id, card_number FROM payments ORDER BY id LIMIT 3";
+    let dir = pg.dir.path();
+    println!("\n[8] the same cgroup, over PostgreSQL's Unix socket");
+    say(&format!(
+        "psql -h {} -p {} -c \"{sql}\" (no TCP at all)",
+        dir.display(),
+        pg.port
+    ));
+    let psql = pg_bin("psql");
+    let mut command = pgwarden_e2e::in_cgroup(&cg.path, &psql.to_string_lossy());
+    command
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(dir)
+        .args([
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]);
+    let out = cmd::output(&mut command)?;
+    if !out.status.success() {
+        bail!(
+            "psql over the Unix socket failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for line in shown.lines() {
+        say(&format!("  {line}"));
+    }
+    let starts: Vec<Value> = fs::read_to_string(journal)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["event"] == "session.start" && r["server"]["path"].is_string())
+        .collect();
+    let Some(start) = starts.last() else {
+        bail!("the journal has no session over a Unix socket: the connection was not intercepted");
+    };
+    if !shown.contains("******") {
+        bail!("the card numbers read over the Unix socket are not masked:\n{shown}");
+    }
+    say(&format!(
+        "-> intercepted: pgwarden session {}, {} (pid {}) to {}, card numbers masked",
+        text(&start["session_id"]),
+        text(&start["actor"]["exe"]),
+        text(&start["actor"]["pid"]),
+        text(&start["server"]["path"]),
+    ));
+    Ok(text(&start["session_id"]))
 }
 
 /// Prints how to reach the demo's PostgreSQL with and without pgwarden.

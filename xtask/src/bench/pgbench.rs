@@ -1,4 +1,4 @@
-//! The pgbench matrix: `pgbench -S` in each query mode and client count against five sides
+//! The pgbench matrix: `pgbench -S` in each query mode and client count against seven sides (five over TCP, a Unix-socket pair)
 //! (direct, PgBouncer, pgwarden under pci-dss `reader`, pgwarden under allow-all), run back to
 //! back per group and repeated `--rounds` times; TPS from pgbench, latency percentiles from its
 //! per-transaction log.
@@ -55,16 +55,35 @@ pub enum Side {
     PgwardenTuned,
     /// pgwarden through the eBPF redirect, allow-all, no audit.
     PgwardenRelay,
+    /// pgbench straight to PostgreSQL's Unix socket.
+    DirectUnix,
+    /// The relay's agent, pgbench on PostgreSQL's Unix socket (redirected by connect_unix).
+    PgwardenRelayUnix,
 }
 
 impl Side {
-    pub const ALL: [Side; 5] = [
+    pub const ALL: [Side; 7] = [
         Side::Direct,
         Side::PgBouncer,
         Side::PgwardenPci,
         Side::PgwardenTuned,
         Side::PgwardenRelay,
+        Side::DirectUnix,
+        Side::PgwardenRelayUnix,
     ];
+
+    /// What "vs direct" means for this side: the direct connection over the same transport.
+    fn direct(self) -> Side {
+        match self {
+            Side::DirectUnix | Side::PgwardenRelayUnix => Side::DirectUnix,
+            _ => Side::Direct,
+        }
+    }
+
+    /// Over PostgreSQL's Unix socket rather than TCP.
+    fn unix(self) -> bool {
+        matches!(self, Side::DirectUnix | Side::PgwardenRelayUnix)
+    }
 
     pub fn key(self) -> &'static str {
         match self {
@@ -73,6 +92,8 @@ impl Side {
             Side::PgwardenPci => "pgwarden-pci",
             Side::PgwardenTuned => "pgwarden-pci-tuned",
             Side::PgwardenRelay => "pgwarden-relay",
+            Side::DirectUnix => "direct-unix",
+            Side::PgwardenRelayUnix => "pgwarden-relay-unix",
         }
     }
 
@@ -83,6 +104,8 @@ impl Side {
             Side::PgwardenPci => "pgwarden pci-dss, audit as installed",
             Side::PgwardenTuned => "pgwarden pci-dss, audit tuned",
             Side::PgwardenRelay => "pgwarden allow-all",
+            Side::DirectUnix => "direct, Unix socket",
+            Side::PgwardenRelayUnix => "pgwarden allow-all, Unix socket",
         }
     }
 }
@@ -292,11 +315,17 @@ fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32)
             rig.pg.port,
             Some(rig.agent(Which::Tuned)?.pid()),
         ),
-        Side::PgwardenRelay => (
+        Side::PgwardenRelay | Side::PgwardenRelayUnix => (
             in_cgroup(&rig.cgroups.relay.path, &pgbench.to_string_lossy()),
             rig.pg.port,
             Some(rig.agent(Which::Relay)?.pid()),
         ),
+        Side::DirectUnix => (Command::new(&pgbench), rig.pg.port, None),
+    };
+    let host = if side.unix() {
+        rig.pg.dir.display().to_string()
+    } else {
+        "127.0.0.1".to_owned()
     };
     command
         .args(["-n", "-S", "-M", mode.arg()])
@@ -305,7 +334,7 @@ fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32)
         .arg(logs.join("log"))
         .args([
             "-h",
-            "127.0.0.1",
+            &host,
             "-p",
             &port.to_string(),
             "-U",
@@ -315,11 +344,16 @@ fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32)
     let agent = match side {
         Side::PgwardenPci => Some(Which::Policy),
         Side::PgwardenTuned => Some(Which::Tuned),
-        Side::PgwardenRelay => Some(Which::Relay),
-        Side::Direct | Side::PgBouncer => None,
+        Side::PgwardenRelay | Side::PgwardenRelayUnix => Some(Which::Relay),
+        Side::Direct | Side::PgBouncer | Side::DirectUnix => None,
+    };
+    let counter = if side.unix() {
+        "unix_redirected"
+    } else {
+        "redirected"
     };
     let redirected_before = match agent {
-        Some(which) => Some(rig.agent(which)?.counter("redirected")?),
+        Some(which) => Some(rig.agent(which)?.counter(counter)?),
         None => None,
     };
     let journald = match side {
@@ -363,12 +397,12 @@ fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32)
         Err(e) => return Err(failed(rig, format!("{e:#}"))),
     };
     if let (Some(which), Some(before)) = (agent, redirected_before) {
-        let after = rig.agent(which)?.counter("redirected")?;
+        let after = rig.agent(which)?.counter(counter)?;
         if after < before + u64::from(clients) {
             return Err(failed(
                 rig,
                 format!(
-                    "the agent's `redirected` counter went {before} -> {after}: pgbench did not go \
+                    "the agent's `{counter}` counter went {before} -> {after}: pgbench did not go \
                  through pgwarden"
                 ),
             ));
@@ -434,7 +468,7 @@ impl Section for Matrix {
         let mut md = format!(
             "## pgbench -S (select-only)\n\n\
              `pgbench -n -S -M <mode> -c <clients> -j min(clients, nproc) -T {} -l`, scale {}, \
-             {} round(s) per cell (median shown), the five sides of a (mode, clients) group run \
+             {} round(s) per cell (median shown), the sides of a (mode, clients) group run \
              back to back. TPS excludes connection setup; latency percentiles come from pgbench's \
              per-transaction log. \"proxy CPU\" is the CPU time the PgBouncer or pgwarden process \
              used per transaction (user + system), with the journald's beside pgwarden's where \
@@ -462,7 +496,7 @@ impl Section for Matrix {
                     cell.clients,
                     cell.side.label(),
                     Thousands(cell.tps()),
-                    ratio_text(self.ratio(cell, Side::Direct)),
+                    ratio_text(self.ratio(cell, cell.side.direct())),
                     ratio_text(self.ratio(cell, Side::PgBouncer)),
                     Thousands(cell.p50()),
                     Thousands(cell.p99()),
@@ -491,7 +525,7 @@ impl Section for Matrix {
                     "p99_us": cell.p99(),
                     "proxy_cpu_us_per_txn": cell.proxy_cpu(),
                     "journald_cpu_us_per_txn": cell.journald_cpu(),
-                    "vs_direct": finite(self.ratio(cell, Side::Direct)),
+                    "vs_direct": finite(self.ratio(cell, cell.side.direct())),
                     "vs_pgbouncer": finite(self.ratio(cell, Side::PgBouncer)),
                     "rounds": cell.runs.iter().map(|r| json!({
                         "tps": r.tps,

@@ -676,6 +676,8 @@ impl Rig {
             .map_or_else(|| "pgwarden-bench".into(), |n| n.to_string_lossy());
         yaml += &format!("bpf:\n  pin_dir: /sys/fs/bpf/{pin}-{name}\n");
         yaml += "shutdown:\n  drain_seconds: 1\n";
+        // PostgreSQL's Unix socket is intercepted too (the Unix pgbench pair).
+        yaml += &format!("intercept_unix:\n  - {}\n", self.pg.dir.display());
         let workload = |name: &str, cg: &TestCgroup, policy: &Path, profile: &str| {
             format!(
                 "  - name: {name}\n    cgroup: \"{}\"\n    policy: {}\n    profile: {profile}\n",
