@@ -219,6 +219,9 @@ pub struct TupleKey {
     pub server_port: u16,
     /// Always zero (explicit padding, so the key hashes the same on both sides).
     pub pad: u32,
+    /// The connection's network namespace cookie: the same loopback 4-tuple can exist in two
+    /// containers' namespaces at once.
+    pub netns: u64,
 }
 
 /// One cgroup2 directory creation, as seen by the `cgroup_mkdir` tracepoint.

@@ -25,7 +25,8 @@ use aya_ebpf::{
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel_str_bytes, generated::bpf_get_socket_cookie,
+        bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops, tracepoint},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -303,6 +304,8 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
         // The kernel loads the network-order port into the upper half on little endian.
         server_port: u16::from_be((ctx.remote_port() >> 16) as u16),
         pad: 0,
+        // SAFETY: valid sock_ops context.
+        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
     };
     if ORIGIN_BY_TUPLE.insert(key, record, 0).is_err() {
         count(Counter::RekeyFailed);

@@ -193,6 +193,16 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
 
 /// The socket cookie of `sock` (`SO_COOKIE`): the id the kernel programs key records by.
 pub fn socket_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    u64_option(sock, libc::SO_COOKIE)
+}
+
+/// The cookie of the network namespace `sock` lives in (`SO_NETNS_COOKIE`, Linux 5.14).
+pub fn netns_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    u64_option(sock, SO_NETNS_COOKIE)
+}
+
+fn u64_option(sock: BorrowedFd<'_>, option: libc::c_int) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which is that large.
@@ -200,7 +210,7 @@ pub fn socket_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
         libc::getsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_COOKIE,
+            option,
             std::ptr::from_mut(&mut cookie).cast::<libc::c_void>(),
             &raw mut len,
         )
@@ -233,5 +243,9 @@ mod tests {
         assert_ne!(ca, 0);
         assert_ne!(ca, cb);
         assert_eq!(ca, socket_cookie(a.as_fd()).unwrap());
+        // Both ends live in this namespace.
+        let n = netns_cookie(a.as_fd()).unwrap();
+        assert_ne!(n, 0);
+        assert_eq!(n, netns_cookie(b.as_fd()).unwrap());
     }
 }

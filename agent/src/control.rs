@@ -279,6 +279,7 @@ fn status(shared: &Shared) -> Value {
         "listen": shared.listen,
         "intercept": shared.config.intercept.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "unix": unix,
+        "namespaces": shared.namespaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().map(|n| json!(n)).collect::<Vec<_>>(),
         "attached": attached,
         "counters": counters,
         "workloads": workloads,

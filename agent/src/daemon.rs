@@ -26,7 +26,12 @@ type CancelKey = (i32, Vec<u8>);
 
 /// Where a CancelRequest for a live session goes: the session, its server, its client's pid
 /// (a Unix server path is resolved in that client's mount namespace).
-type CancelTarget = (SessionId, SockAddr, Option<u32>);
+type CancelTarget = (
+    SessionId,
+    SockAddr,
+    Option<u32>,
+    Option<Arc<crate::netns::Netns>>,
+);
 
 /// State shared by the listener, the sessions, the tag watcher and the control socket.
 /// Lock order, where two are held: `tagger` before `redirect`.
@@ -45,6 +50,8 @@ pub struct Shared {
     pub listen: Vec<SocketAddr>,
     /// The Unix listener's name (`@...`: abstract), when bound.
     pub listen_unix: Option<String>,
+    /// The listeners opened inside tagged workloads' own network namespaces.
+    pub namespaces: Mutex<BTreeMap<crate::netns::NetnsId, NsServed>>,
     /// Agent start, seconds since the epoch.
     pub started: u64,
     /// The layers plugged into every session.
@@ -72,6 +79,23 @@ pub struct Shared {
     cancel_keys: Mutex<HashMap<CancelKey, CancelTarget>>,
     session_base: u64,
     session_seq: AtomicU64,
+}
+
+/// The listeners of one foreign network namespace, for as long as a tagged process is in it.
+pub struct NsServed {
+    /// The namespace.
+    pub ns: Arc<crate::netns::Netns>,
+    /// What is bound in it.
+    pub listen: Vec<String>,
+    /// Ends its accept loops.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl serde::Serialize for NsServed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::json!({ "netns": self.ns.id.0, "pid": self.ns.pid, "listen": self.listen })
+            .serialize(s)
+    }
 }
 
 /// Tag sink for listen-only mode: decisions are kept for status, nothing is in the kernel.
@@ -112,19 +136,20 @@ impl Shared {
     /// A session ended: forget it and its cancel key.
     pub fn session_ended(&self, id: SessionId) {
         lock(&self.sessions).remove(&id);
-        lock(&self.cancel_keys).retain(|_, (owner, _, _)| *owner != id);
+        lock(&self.cancel_keys).retain(|_, (owner, ..)| *owner != id);
     }
 
-    /// The server told session `id` its backend key.
-    pub fn register_cancel(
-        &self,
-        id: SessionId,
-        pid: i32,
-        key: &[u8],
-        server: &SockAddr,
-        client_pid: Option<u32>,
-    ) {
-        lock(&self.cancel_keys).insert((pid, key.to_vec()), (id, server.clone(), client_pid));
+    /// The server told session `meta` its backend key.
+    pub fn register_cancel(&self, meta: &session::SessionMeta, pid: i32, key: &[u8]) {
+        lock(&self.cancel_keys).insert(
+            (pid, key.to_vec()),
+            (
+                meta.id,
+                meta.server.0.clone(),
+                meta.identity.as_ref().map(|i| i.pid),
+                meta.netns.clone(),
+            ),
+        );
     }
 
     /// The live session whose backend has this key, its server, and its client's pid.
@@ -477,6 +502,7 @@ pub async fn run(
         sessions: Mutex::new(BTreeMap::new()),
         listen: listen.clone(),
         listen_unix: unix_name.clone(),
+        namespaces: Mutex::new(BTreeMap::new()),
         started: now.as_secs(),
         session_base: (now.as_secs() & 0xff_ffff_ffff) << 24,
         session_seq: AtomicU64::new(1),
@@ -497,6 +523,8 @@ pub async fn run(
         }
     }
     shared.rescan().context("initial scan of the cgroup tree")?;
+    // Listeners in the namespaces of running containers before anything is redirected to them.
+    serve_namespaces(&shared).await;
     if let Some(r) = &shared.redirect {
         lock(r).attach(&cgroup_root)?;
         info!(root = %cgroup_root.display(), "eBPF programs attached: tagged workloads are redirected");
@@ -821,15 +849,153 @@ fn bind_unix(name: &str) -> anyhow::Result<tokio::net::UnixListener> {
     tokio::net::UnixListener::from_std(std_listener).context("registering the Unix listener")
 }
 
+/// Opens listeners in every foreign network namespace a tagged process is in, and closes those
+/// of namespaces no tagged process is in any more (their live sessions carry on). A tagged
+/// connect from a namespace without its listener is refused: fail closed.
+async fn serve_namespaces(shared: &Arc<Shared>) {
+    let Some(_) = &shared.redirect else {
+        return;
+    };
+    let dirs: Vec<PathBuf> = lock(&shared.tagger)
+        .tagged()
+        .map(|(_, tag)| tag.path.dir(&shared.cgroup_root))
+        .collect();
+    let found = tokio::task::spawn_blocking(move || {
+        let own = crate::netns::own().ok()?;
+        let pids = dirs.iter().flat_map(|d| crate::netns::procs_under(d));
+        Some(crate::netns::foreign(pids, own))
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    let gone: Vec<crate::netns::NetnsId> = lock(&shared.namespaces)
+        .keys()
+        .filter(|id| !found.contains_key(id))
+        .copied()
+        .collect();
+    for id in gone {
+        if let Some(served) = lock(&shared.namespaces).remove(&id) {
+            served.stop.send_replace(true);
+            info!(netns = id.0, "no tagged process left in the network namespace: its listeners are closed");
+        }
+    }
+    for (id, pid) in found {
+        if lock(&shared.namespaces).contains_key(&id) {
+            continue;
+        }
+        let config = (shared.config.listen.ipv4, shared.config.listen.ipv6);
+        let unix = shared.listen_unix.clone().filter(|_| {
+            shared
+                .redirect
+                .as_ref()
+                .is_some_and(|r| lock(r).unix_disabled.is_none())
+        });
+        let opened = tokio::task::spawn_blocking(move || open_in_namespace(id, pid, config, unix))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        let (ns, tcp, unix) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(netns = id.0, pid, "cannot serve a tagged workload's network namespace: {e}; its tagged connects are refused");
+                continue;
+            }
+        };
+        let ns = Arc::new(ns);
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let mut listen = Vec::new();
+        for l in tcp {
+            match TcpListener::from_std(l) {
+                Ok(l) => {
+                    if let Ok(a) = l.local_addr() {
+                        listen.push(a.to_string());
+                    }
+                    tokio::spawn(accept_loop_in(Arc::clone(shared), l, Some(Arc::clone(&ns)), stop.subscribe()));
+                }
+                Err(e) => warn!(netns = id.0, "registering a namespace listener: {e}"),
+            }
+        }
+        if let Some((l, name)) = unix {
+            match tokio::net::UnixListener::from_std(l) {
+                Ok(l) => {
+                    listen.push(name.clone());
+                    tokio::spawn(accept_unix_loop_in(Arc::clone(shared), l, name, Some(Arc::clone(&ns)), stop.subscribe()));
+                }
+                Err(e) => warn!(netns = id.0, "registering a namespace listener: {e}"),
+            }
+        }
+        info!(netns = id.0, pid, listen = ?listen, "serving a tagged workload's network namespace");
+        lock(&shared.namespaces).insert(id, NsServed { ns, listen, stop });
+    }
+}
+
+type NsListeners = (
+    crate::netns::Netns,
+    Vec<std::net::TcpListener>,
+    Option<(std::os::unix::net::UnixListener, String)>,
+);
+
+/// Binds the agent's listen addresses (and its abstract Unix name) inside namespace `id`.
+/// A family the namespace cannot bind (no ::1, loopback down) is logged and left out: its
+/// tagged connects are then refused.
+fn open_in_namespace(
+    id: crate::netns::NetnsId,
+    pid: u32,
+    (v4, v6): (Option<std::net::SocketAddrV4>, Option<std::net::SocketAddrV6>),
+    unix: Option<String>,
+) -> std::io::Result<NsListeners> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let ns = crate::netns::Netns::open(id, pid)?;
+    let (tcp, unix) = ns.run(|| {
+        let mut tcp = Vec::new();
+        for addr in [v4.map(SocketAddr::V4), v6.map(SocketAddr::V6)].into_iter().flatten() {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => {
+                    l.set_nonblocking(true)?;
+                    tcp.push(l);
+                }
+                Err(e) => warn!(netns = id.0, %addr, "cannot listen in the namespace: {e}"),
+            }
+        }
+        let unix = match unix.as_deref().and_then(|n| n.strip_prefix('@')) {
+            Some(name) => {
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                let l = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+                l.set_nonblocking(true)?;
+                Some((l, format!("@{name}")))
+            }
+            None => None,
+        };
+        Ok((tcp, unix))
+    })?;
+    if tcp.is_empty() && unix.is_none() {
+        return Err(std::io::Error::other("nothing could be bound"));
+    }
+    Ok((ns, tcp, unix))
+}
+
 async fn accept_unix_loop(shared: Arc<Shared>, listener: tokio::net::UnixListener, name: String) {
+    let (_keep, stop) = tokio::sync::watch::channel(false);
+    accept_unix_loop_in(shared, listener, name, None, stop).await;
+}
+
+async fn accept_unix_loop_in(
+    shared: Arc<Shared>,
+    listener: tokio::net::UnixListener,
+    name: String,
+    netns: Option<Arc<crate::netns::Netns>>,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+) {
     let mut stopping = shared.stopping.subscribe();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stopping.wait_for(|s| *s) => return,
+            _ = closed.wait_for(|s| *s) => return,
         };
         match accepted {
-            Ok((sock, _)) => match session::Accepted::unix(sock, &name) {
+            Ok((sock, _)) => match session::Accepted::unix(sock, &name, netns.clone()) {
                 Some(a) => {
                     tokio::spawn(session::serve(Arc::clone(&shared), a));
                 }
@@ -844,15 +1010,26 @@ async fn accept_unix_loop(shared: Arc<Shared>, listener: tokio::net::UnixListene
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let (_keep, stop) = tokio::sync::watch::channel(false);
+    accept_loop_in(shared, listener, None, stop).await;
+}
+
+async fn accept_loop_in(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    netns: Option<Arc<crate::netns::Netns>>,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+) {
     let mut stopping = shared.stopping.subscribe();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stopping.wait_for(|s| *s) => return,
+            _ = closed.wait_for(|s| *s) => return,
         };
         match accepted {
             Ok((sock, peer)) => {
-                if let Some(a) = session::Accepted::tcp(sock, peer) {
+                if let Some(a) = session::Accepted::tcp(sock, peer, netns.clone()) {
                     tokio::spawn(session::serve(Arc::clone(&shared), a));
                 }
             }
@@ -877,6 +1054,7 @@ async fn rescan_loop(shared: Arc<Shared>) {
             Ok(Err(e)) => error!("cgroup rescan failed: {e:#}"),
             Err(e) => error!("cgroup rescan panicked: {e}"),
         }
+        serve_namespaces(&shared).await;
     }
 }
 

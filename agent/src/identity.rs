@@ -35,6 +35,12 @@ pub struct Identity {
     pub exe: Option<String>,
     /// Thread command name at connect().
     pub comm: String,
+    /// The network namespace (nsfs inode) the client connected from, when not the agent's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+    /// The container id its cgroup names (Docker, containerd, CRI-O, Podman).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Who called connect(), as either kernel record (TCP or Unix) has it.
@@ -135,6 +141,10 @@ pub fn resolve(
         unit: cgroup
             .as_ref()
             .and_then(|p| cgroup::systemd_unit(p).map(str::to_owned)),
+        container: cgroup
+            .as_ref()
+            .and_then(|p| crate::netns::container_id(&p.0)),
+        netns: None,
         cgroup,
         cgroup_id: CgroupId(record.cgroup_id),
         pid: record.tgid,

@@ -17,6 +17,7 @@ pub mod layers;
 pub mod mask;
 pub mod metrics;
 pub mod names;
+pub mod netns;
 pub mod policy;
 pub mod redirect;
 pub mod session;

@@ -692,8 +692,13 @@ impl Redirect {
     }
 
     /// Takes the record of an accepted connection: where it was going, and who made it.
-    pub fn take_origin(&mut self, client: SocketAddr, server: SocketAddr) -> Option<ConnectRecord> {
-        let key = tuple_key(client, server);
+    pub fn take_origin(
+        &mut self,
+        client: SocketAddr,
+        server: SocketAddr,
+        netns: u64,
+    ) -> Option<ConnectRecord> {
+        let key = tuple_key(client, server, netns);
         let Ok(record) = self.origins.get(&key, 0) else {
             if tracing::enabled!(tracing::Level::DEBUG) {
                 let stored: Vec<_> = self.origins.keys().filter_map(Result::ok).take(8).collect();
@@ -802,13 +807,14 @@ pub fn v6_form(ip: IpAddr) -> [u8; 16] {
 }
 
 /// The kernel's key for a connection between `client` and the interceptor at `server`.
-pub fn tuple_key(client: SocketAddr, server: SocketAddr) -> TupleKey {
+pub fn tuple_key(client: SocketAddr, server: SocketAddr, netns: u64) -> TupleKey {
     TupleKey {
         client_addr: v6_form(client.ip()),
         server_addr: v6_form(server.ip()),
         client_port: client.port(),
         server_port: server.port(),
         pad: 0,
+        netns,
     }
 }
 
@@ -834,6 +840,7 @@ mod tests {
         let k = tuple_key(
             "127.0.0.1:40000".parse().unwrap(),
             "127.0.0.1:15432".parse().unwrap(),
+            7,
         );
         assert_eq!(&k.client_addr[10..], &[0xff, 0xff, 127, 0, 0, 1]);
         assert_eq!(k.client_port, 40000);
@@ -841,6 +848,7 @@ mod tests {
         let k6 = tuple_key(
             "[::ffff:127.0.0.1]:40000".parse().unwrap(),
             "[::ffff:127.0.0.1]:15432".parse().unwrap(),
+            7,
         );
         assert_eq!(k, k6);
     }

@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd as _, BorrowedFd, OwnedFd};
 
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
 };
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -93,22 +93,31 @@ fn ask(nl: &OwnedFd, ino: u32, show: u32, seq: u32) -> io::Result<Answer> {
     parse(&buf[..n])
 }
 
-/// The cookie of the socket at the other end of the Unix stream `sock` (in this network
-/// namespace).
-pub fn peer_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
-    let ino = u32::try_from(nix::sys::stat::fstat(sock)?.st_ino)
-        .map_err(|_| io::Error::other("socket inode over 32 bits"))?;
-    let nl = socket(
+/// A sock_diag netlink socket; it answers for the network namespace it was created in.
+pub fn socket() -> io::Result<OwnedFd> {
+    Ok(nix::sys::socket::socket(
         AddressFamily::Netlink,
         SockType::Datagram,
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::NetlinkSockDiag,
-    )?;
-    let peer = ask(&nl, ino, UDIAG_SHOW_PEER, 1)?
+    )?)
+}
+
+/// The cookie of the socket at the other end of the Unix stream `sock` (in this network
+/// namespace).
+pub fn peer_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    peer_cookie_via(&socket()?, sock)
+}
+
+/// As [`peer_cookie`], asking through `nl` (a [`socket`] made in `sock`'s namespace).
+pub fn peer_cookie_via(nl: &OwnedFd, sock: BorrowedFd<'_>) -> io::Result<u64> {
+    let ino = u32::try_from(nix::sys::stat::fstat(sock)?.st_ino)
+        .map_err(|_| io::Error::other("socket inode over 32 bits"))?;
+    let peer = ask(nl, ino, UDIAG_SHOW_PEER, 1)?
         .peer
         .filter(|&p| p != 0)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the socket has no peer"))?;
-    Ok(ask(&nl, peer, 0, 2)?.cookie)
+    Ok(ask(nl, peer, 0, 2)?.cookie)
 }
 
 #[cfg(test)]

@@ -462,6 +462,8 @@ mod tests {
             user: Some("mcp \"agent\"".into()),
             exe: Some("/usr/bin/node".into()),
             comm: Some("node\tjs".into()),
+            netns: None,
+            container: None,
         }
     }
 

@@ -158,6 +158,12 @@ pub struct Actor {
     /// Thread command name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
+    /// The network namespace (nsfs inode) of a client outside the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+    /// The container id its cgroup names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 impl From<&Identity> for Actor {
@@ -170,6 +176,8 @@ impl From<&Identity> for Actor {
             user: id.user.clone(),
             exe: id.exe.clone(),
             comm: (!id.comm.is_empty()).then(|| id.comm.clone()),
+            netns: id.netns,
+            container: id.container.clone(),
         }
     }
 }

@@ -1458,6 +1458,8 @@ pub fn sample_record(i: u64, workload: &str, keep_literals: bool) -> Record {
             user: Some("root".into()),
             exe: Some("/usr/bin/python3".into()),
             comm: Some("python3".into()),
+            netns: None,
+            container: None,
         });
     match i % 5 {
         0 => Record {

@@ -74,6 +74,7 @@ fn meta(workload: &str, options: Option<&str>) -> Arc<SessionMeta> {
         },
         client_tls: false,
         server_tls: false,
+        netns: None,
     })
 }
 

@@ -21,6 +21,7 @@ pub use conn::Conn;
 use crate::config::SslMode;
 use crate::daemon::Shared;
 use crate::identity::{self, Identity};
+use crate::netns::Netns;
 use crate::names::{
     CgroupId, ClientAddr, ListenAddr, OrigDstAddr, SessionId, SockAddr, WorkloadId, WorkloadName,
 };
@@ -62,6 +63,9 @@ pub struct SessionMeta {
     pub client_tls: bool,
     /// Whether the server hop is TLS.
     pub server_tls: bool,
+    /// The client's network namespace when it is not the agent's (identity has its id).
+    #[serde(skip)]
+    pub netns: Option<Arc<Netns>>,
 }
 
 /// A live session, as status shows it.
@@ -81,6 +85,9 @@ struct Origin {
     server: OrigDstAddr,
     workload: WorkloadName,
     identity: Option<Identity>,
+    /// The client's network namespace, when it is not the agent's: upstream connects start
+    /// from there, so an address means what it meant to the client.
+    netns: Option<Arc<Netns>>,
 }
 
 /// What the startup phase ended with.
@@ -120,6 +127,10 @@ pub struct Accepted {
     /// socket's own cookie, and the peer's credentials as the kernel saw them at connect
     /// (SO_PEERCRED).
     pub unix: Option<UnixPeer>,
+    /// The network namespace of the listener that accepted it (`None`: the agent's own).
+    pub netns: Option<Arc<Netns>>,
+    /// Its namespace's cookie (part of a TCP record's key).
+    pub netns_cookie: u64,
 }
 
 /// What identifies the client of an accepted Unix connection.
@@ -133,22 +144,30 @@ pub struct UnixPeer {
 }
 
 impl Accepted {
-    /// A TCP connection accepted at `listen` from `peer`.
-    pub fn tcp(stream: TcpStream, peer: SocketAddr) -> Option<Self> {
+    /// A TCP connection accepted at `listen` from `peer`, by a listener in `netns`.
+    pub fn tcp(stream: TcpStream, peer: SocketAddr, netns: Option<Arc<Netns>>) -> Option<Self> {
+        use std::os::fd::AsFd as _;
         let listen = stream.local_addr().ok()?;
         let _ = stream.set_nodelay(true);
+        let netns_cookie = agent_sys::netns_cookie(stream.as_fd()).ok()?;
         Some(Self {
             conn: Conn::Plain(stream),
             peer: SockAddr::Inet(peer),
             listen: SockAddr::Inet(listen),
             unix: None,
+            netns,
+            netns_cookie,
         })
     }
 
-    /// A Unix connection accepted on the listener named `listen`.
-    pub fn unix(stream: UnixStream, listen: &str) -> Option<Self> {
+    /// A Unix connection accepted on the listener named `listen`, in `netns`.
+    pub fn unix(stream: UnixStream, listen: &str, netns: Option<Arc<Netns>>) -> Option<Self> {
         use std::os::fd::AsFd as _;
-        let cookie = match crate::unixdiag::peer_cookie(stream.as_fd()) {
+        let cookie = match &netns {
+            Some(ns) => crate::unixdiag::peer_cookie_via(&ns.diag, stream.as_fd()),
+            None => crate::unixdiag::peer_cookie(stream.as_fd()),
+        };
+        let cookie = match cookie {
             Ok(c) => c,
             Err(e) => {
                 warn!("cannot find the client socket of an accepted Unix connection: {e}");
@@ -166,6 +185,8 @@ impl Accepted {
                 accepted_cookie,
                 cred,
             }),
+            netns,
+            netns_cookie: 0,
         })
     }
 }
@@ -178,15 +199,26 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted) {
         peer,
         listen,
         unix,
+        netns,
+        netns_cookie,
     } = accepted;
     // The record is taken at once (the kernel's map is bounded), the startup read after.
     let origin = match unix {
         None => match (peer.inet(), listen.inet()) {
-            (Some(p), Some(l)) => origin(&shared, p, l).await,
+            (Some(p), Some(l)) => origin(&shared, p, l, netns_cookie).await,
             _ => None,
         },
         Some(peer) => unix_origin(&shared, id, &peer).await,
     };
+    let origin = origin.map(|mut o| {
+        if let Some(ns) = &netns
+            && let Some(who) = &mut o.identity
+        {
+            who.netns = Some(ns.id.0);
+        }
+        o.netns = netns;
+        o
+    });
     let timeout = Duration::from_secs(shared.config.limits.startup_timeout_seconds);
     let opened = match tokio::time::timeout(timeout, open(&shared, conn)).await {
         Ok(Ok(o)) => o,
@@ -301,6 +333,7 @@ pub async fn connect_upstream(
     shared: &Shared,
     server: &SockAddr,
     pid: Option<u32>,
+    netns: Option<&Netns>,
 ) -> anyhow::Result<Conn> {
     let timeout = Duration::from_secs(shared.config.upstream.connect_timeout_seconds);
     let server = match server {
@@ -315,10 +348,22 @@ pub async fn connect_upstream(
             return Ok(Conn::Unix(unix));
         }
     };
-    let mut tcp = tokio::time::timeout(timeout, TcpStream::connect(server))
+    let connect = async {
+        match netns {
+            None => TcpStream::connect(server).await,
+            Some(ns) => {
+                let socket = ns.tcp_socket(server)?;
+                socket.connect(server).await
+            }
+        }
+    };
+    let mut tcp = tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| anyhow!("connecting to {server} timed out"))?
-        .with_context(|| format!("connecting to {server}"))?;
+        .with_context(|| match netns {
+            None => format!("connecting to {server}"),
+            Some(ns) => format!("connecting to {server} from network namespace {}", ns.id.0),
+        })?;
     let _ = tcp.set_nodelay(true);
     let Some(connector) = &shared.upstream_tls else {
         return Ok(Conn::Plain(tcp));
@@ -348,7 +393,7 @@ pub async fn connect_upstream(
 /// pgwarden sessions are forwarded; PostgreSQL itself answers nothing either way.
 async fn cancel(shared: &Shared, id: SessionId, pid: i32, key: &[u8], raw: &[u8]) {
     let target = shared.cancel_target(pid, key);
-    let Some((owner, server, client_pid)) = target else {
+    let Some((owner, server, client_pid, netns)) = target else {
         warn!(session = %id, backend = pid, "cancel request for a backend of no live session: dropped");
         return;
     };
@@ -363,7 +408,7 @@ async fn cancel(shared: &Shared, id: SessionId, pid: i32, key: &[u8], raw: &[u8]
             }),
         );
     }
-    match connect_upstream(shared, &server, client_pid).await {
+    match connect_upstream(shared, &server, client_pid, netns.as_deref()).await {
         Ok(mut up) => {
             let _ = up.write_all(raw).await;
             let _ = up.flush().await;
@@ -437,6 +482,7 @@ async fn run(
         db: db.clone(),
         client_tls: conn.is_tls(),
         server_tls: false,
+        netns: origin.netns.clone(),
     };
     if let crate::hooks::Verdict::Deny(d) = shared.hooks.startup(&startup_meta) {
         warn!(session = %id, workload = %origin.workload, rule = %d.rule, "startup refused: {}", d.reason);
@@ -444,7 +490,14 @@ async fn run(
         return;
     }
     let client_pid = origin.identity.as_ref().map(|i| i.pid);
-    let upstream = match connect_upstream(&shared, &origin.server.0, client_pid).await {
+    let upstream = match connect_upstream(
+        &shared,
+        &origin.server.0,
+        client_pid,
+        origin.netns.as_deref(),
+    )
+    .await
+    {
         Ok(u) => u,
         Err(e) => {
             warn!(session = %id, server = %origin.server.0, "cannot reach the server: {e:#}");
@@ -475,6 +528,7 @@ async fn run(
         db,
         client_tls: conn.is_tls(),
         server_tls: upstream.is_tls(),
+        netns: origin.netns.clone(),
     });
     log_start(&meta);
     let started = SystemTime::now()
@@ -521,19 +575,25 @@ fn log_start(meta: &SessionMeta) {
     }
 }
 
-async fn origin(shared: &Shared, peer: SocketAddr, listen: SocketAddr) -> Option<Origin> {
+async fn origin(
+    shared: &Shared,
+    peer: SocketAddr,
+    listen: SocketAddr,
+    netns_cookie: u64,
+) -> Option<Origin> {
     let Some(redirect) = &shared.redirect else {
         let server = shared.listen_only_upstream().await?;
         return Some(Origin {
             server,
             workload: shared.listen_only_workload(),
             identity: None,
+            netns: None,
         });
     };
     let record = redirect
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take_origin(peer, listen)?;
+        .take_origin(peer, listen, netns_cookie)?;
     let server = identity::orig_dst(&record);
     complete(
         shared,
@@ -613,6 +673,7 @@ async fn complete(
         server,
         workload: identity.workload.clone(),
         identity: Some(identity),
+        netns: None,
     })
 }
 
