@@ -38,6 +38,9 @@ pub const ORIGIN_BY_TUPLE: &str = "ORIGIN_BY_TUPLE";
 pub const STICKY_PATHS: &str = "STICKY_PATHS";
 /// Name of the `RingBuf` of [`CgroupEvent`]s: every cgroup2 mkdir, for the agent to classify.
 pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
+/// Name of the `RingBuf` of [`AttachEvent`]s: every process moved into a cgroup2 cgroup, so the
+/// agent can open listeners in a new container's network namespace at once.
+pub const ATTACH_EVENTS: &str = "ATTACH_EVENTS";
 /// Name of the `PerCpuArray<u64>` of counters, indexed by [`Counter`].
 pub const COUNTERS: &str = "COUNTERS";
 /// Name of the `PerCpuArray<PathBuf>` scratch buffer used by the mkdir tracepoint.
@@ -238,6 +241,35 @@ pub struct CgroupEvent {
     pub path: PathBuf,
 }
 
+/// A process moved into a cgroup2 cgroup (`cgroup:cgroup_attach_task`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachEvent {
+    /// The destination cgroup's id.
+    pub cgroup_id: u64,
+    /// The process moved (its tgid, or a thread id when a single thread moves).
+    pub pid: u32,
+    /// Always zero (explicit padding).
+    pub pad: u32,
+}
+
+impl AttachEvent {
+    /// Reads an event from ring-buffer bytes (native order, as the kernel wrote them).
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let id = b.get(0..8)?;
+        let pid = b.get(8..12)?;
+        let mut id8 = [0u8; 8];
+        id8.copy_from_slice(id);
+        let mut pid4 = [0u8; 4];
+        pid4.copy_from_slice(pid);
+        Some(Self {
+            cgroup_id: u64::from_ne_bytes(id8),
+            pid: u32::from_ne_bytes(pid4),
+            pad: 0,
+        })
+    }
+}
+
 /// A NUL-padded cgroup path: the key of [`STICKY_PATHS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -366,8 +398,8 @@ pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        AgentConfig, CgroupEvent, ConnectRecord, DestKey, PathBuf, TupleKey, UnixConnectRecord,
-        UnixPath, UnixScratch,
+        AgentConfig, AttachEvent, CgroupEvent, ConnectRecord, DestKey, PathBuf, TupleKey,
+        UnixConnectRecord, UnixPath, UnixScratch,
     };
 
     // SAFETY: all are repr(C) plain-old-data; any bit pattern is a valid value.
@@ -376,6 +408,7 @@ mod user {
     unsafe impl aya::Pod for ConnectRecord {}
     unsafe impl aya::Pod for TupleKey {}
     unsafe impl aya::Pod for CgroupEvent {}
+    unsafe impl aya::Pod for AttachEvent {}
     unsafe impl aya::Pod for PathBuf {}
     unsafe impl aya::Pod for UnixPath {}
     unsafe impl aya::Pod for UnixConnectRecord {}

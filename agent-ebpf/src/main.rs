@@ -17,8 +17,8 @@
 mod shared;
 
 use agent_common::{
-    AF_INET, AF_INET6, CGROUP_PATH_LEN, CONFIG_HAS_V4, CONFIG_HAS_V6, CgroupEvent, ConnectRecord,
-    Counter, DEST_PORT_BITS, DestKey, PathBuf, TupleKey, v4_mapped,
+    AF_INET, AF_INET6, AttachEvent, CGROUP_PATH_LEN, CONFIG_HAS_V4, CONFIG_HAS_V6, CgroupEvent,
+    ConnectRecord, Counter, DEST_PORT_BITS, DestKey, PathBuf, TupleKey, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -57,6 +57,10 @@ static ORIGIN_BY_TUPLE: LruHashMap<TupleKey, ConnectRecord> =
 /// NUL-padded cgroup path -> workload id, for kernel-side tagging at mkdir.
 #[map]
 static STICKY_PATHS: HashMap<PathBuf, u32> = HashMap::with_max_entries(4_096, 0);
+
+/// [`AttachEvent`]s for the agent, one per process moved into a cgroup2 cgroup.
+#[map]
+static ATTACH_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 /// [`CgroupEvent`]s for the agent, one per cgroup2 mkdir.
 #[map]
@@ -412,6 +416,37 @@ fn try_cgroup_mkdir(ctx: &TracePointContext) -> Result<(), i64> {
         count(Counter::EventsDropped);
     }
     Ok(())
+}
+
+// Offsets in the `cgroup:cgroup_attach_task` tracepoint record; checked by the agent too.
+const ATTACH_ROOT_OFFSET: usize = 8;
+const ATTACH_ID_OFFSET: usize = 16;
+const ATTACH_PID_OFFSET: usize = 24;
+
+/// Every move of a process into a cgroup2 cgroup: tells the agent, which opens listeners in the
+/// process's network namespace if its cgroup is tagged and the namespace is new (a container
+/// starting). Cosmetic for safety: without it the agent's rescan finds the namespace, and until
+/// then the namespace's tagged connects are refused.
+#[tracepoint(category = "cgroup", name = "cgroup_attach_task")]
+pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads within the tracepoint record, whose layout the agent verified.
+    let root: i32 = unsafe { ctx.read_at(ATTACH_ROOT_OFFSET) }.unwrap_or(-1);
+    if root != 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    let cgroup_id: u64 = unsafe { ctx.read_at(ATTACH_ID_OFFSET) }.unwrap_or(0);
+    // SAFETY: as above.
+    let pid: i32 = unsafe { ctx.read_at(ATTACH_PID_OFFSET) }.unwrap_or(0);
+    let event = AttachEvent {
+        cgroup_id,
+        pid: pid as u32,
+        pad: 0,
+    };
+    if ATTACH_EVENTS.output::<AttachEvent>(&event, 0).is_err() {
+        count(Counter::EventsDropped);
+    }
+    0
 }
 
 #[cfg(not(test))]

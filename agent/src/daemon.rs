@@ -530,7 +530,8 @@ pub async fn run(
         info!(root = %cgroup_root.display(), "eBPF programs attached: tagged workloads are redirected");
     }
     if let Some(events) = events {
-        tokio::spawn(watch_events(Arc::clone(&shared), events));
+        tokio::spawn(watch_events(Arc::clone(&shared), events.mkdir));
+        tokio::spawn(watch_attaches(Arc::clone(&shared), events.attach));
     }
     tokio::spawn(rescan_loop(Arc::clone(&shared)));
     tokio::spawn(control.serve(Arc::clone(&shared)));
@@ -877,7 +878,10 @@ async fn serve_namespaces(shared: &Arc<Shared>) {
     for id in gone {
         if let Some(served) = lock(&shared.namespaces).remove(&id) {
             served.stop.send_replace(true);
-            info!(netns = id.0, "no tagged process left in the network namespace: its listeners are closed");
+            info!(
+                netns = id.0,
+                "no tagged process left in the network namespace: its listeners are closed"
+            );
         }
     }
     for (id, pid) in found {
@@ -898,7 +902,11 @@ async fn serve_namespaces(shared: &Arc<Shared>) {
         let (ns, tcp, unix) = match opened {
             Ok(o) => o,
             Err(e) => {
-                warn!(netns = id.0, pid, "cannot serve a tagged workload's network namespace: {e}; its tagged connects are refused");
+                warn!(
+                    netns = id.0,
+                    pid,
+                    "cannot serve a tagged workload's network namespace: {e}; its tagged connects are refused"
+                );
                 continue;
             }
         };
@@ -911,7 +919,12 @@ async fn serve_namespaces(shared: &Arc<Shared>) {
                     if let Ok(a) = l.local_addr() {
                         listen.push(a.to_string());
                     }
-                    tokio::spawn(accept_loop_in(Arc::clone(shared), l, Some(Arc::clone(&ns)), stop.subscribe()));
+                    tokio::spawn(accept_loop_in(
+                        Arc::clone(shared),
+                        l,
+                        Some(Arc::clone(&ns)),
+                        stop.subscribe(),
+                    ));
                 }
                 Err(e) => warn!(netns = id.0, "registering a namespace listener: {e}"),
             }
@@ -920,7 +933,13 @@ async fn serve_namespaces(shared: &Arc<Shared>) {
             match tokio::net::UnixListener::from_std(l) {
                 Ok(l) => {
                     listen.push(name.clone());
-                    tokio::spawn(accept_unix_loop_in(Arc::clone(shared), l, name, Some(Arc::clone(&ns)), stop.subscribe()));
+                    tokio::spawn(accept_unix_loop_in(
+                        Arc::clone(shared),
+                        l,
+                        name,
+                        Some(Arc::clone(&ns)),
+                        stop.subscribe(),
+                    ));
                 }
                 Err(e) => warn!(netns = id.0, "registering a namespace listener: {e}"),
             }
@@ -942,14 +961,20 @@ type NsListeners = (
 fn open_in_namespace(
     id: crate::netns::NetnsId,
     pid: u32,
-    (v4, v6): (Option<std::net::SocketAddrV4>, Option<std::net::SocketAddrV6>),
+    (v4, v6): (
+        Option<std::net::SocketAddrV4>,
+        Option<std::net::SocketAddrV6>,
+    ),
     unix: Option<String>,
 ) -> std::io::Result<NsListeners> {
     use std::os::linux::net::SocketAddrExt as _;
     let ns = crate::netns::Netns::open(id, pid)?;
     let (tcp, unix) = ns.run(|| {
         let mut tcp = Vec::new();
-        for addr in [v4.map(SocketAddr::V4), v6.map(SocketAddr::V6)].into_iter().flatten() {
+        for addr in [v4.map(SocketAddr::V4), v6.map(SocketAddr::V6)]
+            .into_iter()
+            .flatten()
+        {
             match std::net::TcpListener::bind(addr) {
                 Ok(l) => {
                     l.set_nonblocking(true)?;
@@ -1055,6 +1080,57 @@ async fn rescan_loop(shared: Arc<Shared>) {
             Err(e) => error!("cgroup rescan panicked: {e}"),
         }
         serve_namespaces(&shared).await;
+    }
+}
+
+/// Processes moved into cgroups: when one lands in a tagged cgroup from a network namespace
+/// the agent does not serve yet (a container starting), its listeners are opened now rather
+/// than at the next rescan. Bursts are handled once.
+#[expect(
+    deprecated,
+    reason = "AsyncFd::new is sound here: the RingBuf owns its map fd for as long as the AsyncFd \
+              holds it; the replacement, AsyncFd::register, is unsafe and unsafe is forbidden"
+)]
+async fn watch_attaches(shared: Arc<Shared>, events: RingBuf<MapData>) {
+    let mut fd = match AsyncFd::new(events) {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!("cannot poll the cgroup attach ring buffer: {e}; relying on rescans");
+            return;
+        }
+    };
+    let Ok(own) = crate::netns::own() else {
+        return;
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!("cgroup attach ring buffer: {e}; relying on rescans");
+                return;
+            }
+        };
+        let mut new_namespace = false;
+        {
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                let Some(ev) = agent_common::AttachEvent::from_bytes(&item) else {
+                    continue;
+                };
+                if new_namespace {
+                    continue;
+                }
+                let Ok(ns) = crate::netns::of_pid(ev.pid) else {
+                    continue;
+                };
+                new_namespace = ns != own && !lock(&shared.namespaces).contains_key(&ns);
+            }
+        }
+        guard.clear_ready();
+        drop(guard);
+        if new_namespace {
+            serve_namespaces(&shared).await;
+        }
     }
 }
 

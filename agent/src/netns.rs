@@ -21,7 +21,9 @@ pub struct NetnsId(pub u64);
 
 /// The namespace of process `pid`.
 pub fn of_pid(pid: u32) -> io::Result<NetnsId> {
-    Ok(NetnsId(std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino()))
+    Ok(NetnsId(
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino(),
+    ))
 }
 
 /// The agent's own namespace.
@@ -176,7 +178,9 @@ mod tests {
         for path in [
             format!("/system.slice/docker-{id}.scope"),
             format!("/docker/{id}"),
-            format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-{id}.scope"),
+            format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-{id}.scope"
+            ),
             format!("/machine.slice/libpod-{id}.scope/container"),
             format!("/kubepods/burstable/pod5/crio-{id}.scope"),
         ] {

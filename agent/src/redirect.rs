@@ -160,6 +160,14 @@ pub fn unix_rules(intercept: &[PathBuf], allow: &[PathBuf]) -> Vec<(Vec<u8>, u32
     out
 }
 
+/// The kernel's event streams for the agent.
+pub struct Events {
+    /// A [`CgroupEvent`] per cgroup2 mkdir.
+    pub mkdir: RingBuf<MapData>,
+    /// An [`agent_common::AttachEvent`] per process moved into a cgroup2 cgroup.
+    pub attach: RingBuf<MapData>,
+}
+
 /// The loaded programs and their maps.
 pub struct Redirect {
     ebpf: Ebpf,
@@ -183,7 +191,7 @@ pub struct Redirect {
 
 /// Every map of the object: all are pinned, so a restarted agent finds the same state and
 /// the programs left attached by the previous run keep working on it.
-const PINNED_MAPS: [&str; 12] = [
+const PINNED_MAPS: [&str; 13] = [
     AGENT_CONFIG,
     TAGGED_CGROUPS,
     INTERCEPT_DESTS,
@@ -196,6 +204,7 @@ const PINNED_MAPS: [&str; 12] = [
     UNIX_INTERCEPT,
     UNIX_ORIGIN_BY_COOKIE,
     UNIX_SCRATCH,
+    agent_common::ATTACH_EVENTS,
 ];
 
 /// The maps the Unix socket programs name (all of them pinned, see [`PINNED_MAPS`]).
@@ -360,20 +369,29 @@ fn tracefs() -> anyhow::Result<PathBuf> {
 
 /// Checks that the `cgroup_mkdir` tracepoint record has the layout the kernel program reads.
 fn check_mkdir_format(tracefs: &Path) -> anyhow::Result<()> {
-    let file = tracefs.join("events/cgroup/cgroup_mkdir/format");
+    check_format(
+        tracefs,
+        "cgroup_mkdir",
+        &[
+            ("int root;", 8),
+            ("u64 id;", 16),
+            ("__data_loc char[] path;", 24),
+        ],
+    )
+}
+
+/// Checks that a `cgroup:` tracepoint record has `fields` at the offsets the program reads.
+fn check_format(tracefs: &Path, event: &str, fields: &[(&str, usize)]) -> anyhow::Result<()> {
+    let file = tracefs.join(format!("events/cgroup/{event}/format"));
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    for (field, offset) in [
-        ("int root;", 8),
-        ("u64 id;", 16),
-        ("__data_loc char[] path;", 24),
-    ] {
+    for &(field, offset) in fields {
         let ok = text.lines().any(|l| {
             l.contains(&format!("field:{field}")) && l.contains(&format!("offset:{offset};"))
         });
         if !ok {
             bail!(
-                "{}: field `{field}` is not at offset {offset}; this kernel's cgroup_mkdir tracepoint differs",
+                "{}: field `{field}` is not at offset {offset}; this kernel's {event} tracepoint differs",
                 file.display()
             );
         }
@@ -394,7 +412,7 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 impl Redirect {
     /// Loads the programs and fills the configuration maps; attaches the mkdir tracepoint.
     /// Nothing is redirected until [`Redirect::attach`].
-    pub fn load(cfg: &KernelConfig<'_>) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+    pub fn load(cfg: &KernelConfig<'_>) -> anyhow::Result<(Self, Events)> {
         if let Err(missing) = preflight() {
             bail!("cannot load pgwarden's eBPF programs: missing {missing}");
         }
@@ -530,6 +548,7 @@ impl Redirect {
             let _ = dests.remove(&k);
         }
         let events: RingBuf<MapData> = take(&mut ebpf, CGROUP_EVENTS)?;
+        let attach_events: RingBuf<MapData> = take(&mut ebpf, agent_common::ATTACH_EVENTS)?;
         let mut this = Self {
             tagged: take(&mut ebpf, TAGGED_CGROUPS)?,
             sticky: take(&mut ebpf, STICKY_PATHS)?,
@@ -564,7 +583,35 @@ impl Redirect {
             hook: "tracepoint".into(),
             target: "cgroup:cgroup_mkdir".into(),
         });
-        Ok((this, events))
+        check_format(
+            &tracefs,
+            "cgroup_attach_task",
+            &[("int dst_root;", 8), ("u64 dst_id;", 16), ("int pid;", 24)],
+        )?;
+        let tp: &mut TracePoint = this
+            .ebpf
+            .program_mut("cgroup_attach_task")
+            .ok_or_else(|| anyhow!("program cgroup_attach_task missing"))?
+            .try_into()?;
+        tp.load().context("loading cgroup_attach_task")?;
+        let id = tp
+            .attach("cgroup", "cgroup_attach_task")
+            .context("attaching tracepoint cgroup:cgroup_attach_task")?;
+        let link: aya::programs::links::FdLink =
+            tp.take_link(id)?.try_into().context("tracepoint link")?;
+        replace_pin(link, &this.pin_dir.join("link_cgroup_attach_task"))?;
+        this.attached.push(AttachPoint {
+            program: "cgroup_attach_task".into(),
+            hook: "tracepoint".into(),
+            target: "cgroup:cgroup_attach_task".into(),
+        });
+        Ok((
+            this,
+            Events {
+                mkdir: events,
+                attach: attach_events,
+            },
+        ))
     }
 
     /// Attaches the socket programs to the cgroup2 root: from here on, tagged workloads'

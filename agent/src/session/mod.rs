@@ -21,10 +21,10 @@ pub use conn::Conn;
 use crate::config::SslMode;
 use crate::daemon::Shared;
 use crate::identity::{self, Identity};
-use crate::netns::Netns;
 use crate::names::{
     CgroupId, ClientAddr, ListenAddr, OrigDstAddr, SessionId, SockAddr, WorkloadId, WorkloadName,
 };
+use crate::netns::Netns;
 use crate::wire::encode::{self, ErrorFields};
 use crate::wire::startup::{self, Startup};
 use crate::wire::{WireError, backend};
