@@ -52,6 +52,22 @@ impl PgServer {
     /// When any step fails; the message includes the server log when there is one.
     #[track_caller]
     pub fn start() -> PgServer {
+        Self::start_configured("", None)
+    }
+
+    /// As [`PgServer::start`], with `extra_conf` appended to postgresql.conf (after the
+    /// harness's own settings, so it overrides them: e.g. `log_statement = 'all'`, or
+    /// `unix_socket_directories = '{socket_dir},@name'` for an extra abstract socket; the
+    /// text `{socket_dir}` is replaced by the server's socket directory) and, when `hba` is given,
+    /// pg_hba.conf replaced by it, both before the first start. A server whose `hba` does not
+    /// trust `local` connections cannot use [`PgServer::psql_socket`]; [`PgServer::psql_direct`]
+    /// (TCP 127.0.0.1) works when `hba` trusts `host` connections from 127.0.0.1.
+    ///
+    /// # Panics
+    ///
+    /// As [`PgServer::start`].
+    #[track_caller]
+    pub fn start_configured(extra_conf: &str, hba: Option<&str>) -> PgServer {
         let user = User::from_name(PG_USER)
             .expect("cannot read the user database")
             .unwrap_or_else(|| {
@@ -100,7 +116,20 @@ impl PgServer {
             dir.path().display()
         )
         .unwrap_or_else(|err| panic!("cannot write {}: {err}", conf.display()));
+        if !extra_conf.is_empty() {
+            let extra_conf = extra_conf.replace("{socket_dir}", &dir.path().to_string_lossy());
+            write!(
+                file,
+                "\n# added by PgServer::start_configured\n{extra_conf}\n"
+            )
+            .unwrap_or_else(|err| panic!("cannot write {}: {err}", conf.display()));
+        }
         drop(file);
+        if let Some(hba) = hba {
+            let path = data.join("pg_hba.conf");
+            fs::write(&path, hba)
+                .unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+        }
 
         // From here on, dropping the server stops it.
         let server = PgServer { port, dir, data };
@@ -150,6 +179,16 @@ impl PgServer {
         )
         .trim()
         .to_owned()
+    }
+
+    /// The directory holding the server's Unix socket (also its data directory and log).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's Unix socket: `<socket_dir>/.s.PGSQL.<port>`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join(format!(".s.PGSQL.{}", self.port))
     }
 
     fn log_path(&self) -> PathBuf {

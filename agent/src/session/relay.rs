@@ -485,7 +485,7 @@ async fn handshake(
             }
             b'K' => {
                 let (pid, key) = backend::backend_key(&frame).map_err(SessionError::Server)?;
-                ctx.shared.register_cancel(&ctx.meta, pid, key);
+                ctx.shared.register_cancel(ctx.meta, pid, key);
                 out.push(frame.bytes);
             }
             b'E' => {
@@ -1151,7 +1151,7 @@ fn on_backend(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), W
         }
         b'K' => {
             let (pid, key) = backend::backend_key(&frame)?;
-            ctx.shared.register_cancel(&ctx.meta, pid, key);
+            ctx.shared.register_cancel(ctx.meta, pid, key);
             out.push(frame.bytes);
         }
         b'S' => {
