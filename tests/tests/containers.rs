@@ -172,9 +172,10 @@ impl Rig {
             &control,
             &workloads,
             &format!(
-                "mask:\n  hash_key_file: {}\nintercept_unix:\n  - {}\nbpf:\n  pin_dir: {pins}\n",
+                "mask:\n  hash_key_file: {}\nintercept_unix:\n  - {}\n  - {}\nbpf:\n  pin_dir: {pins}\n",
                 key.display(),
-                pg.dir.path().display()
+                pg.dir.path().display(),
+                dir.path().join("view").display()
             ),
         );
         let agent = Some(Agent::start(&config, &control));
@@ -477,19 +478,23 @@ fn psycopg_and_the_mcp_server_in_a_namespace_are_intercepted() {
 fn a_unix_socket_seen_through_another_mount_namespace_is_intercepted() {
     let r = Rig::start("pgw-e2e-netns-unix");
     let pans = real_pans(&r.pg);
-    // Its own network *and* mount namespace (a private copy of the host's mounts, as a
-    // container's bind mount of the socket directory gives): the redirect target is an
-    // abstract name in the network namespace, and pgwarden resolves the path through the
-    // client's root.
+    // Its own network *and* mount namespace, where PostgreSQL's socket directory is
+    // bind-mounted at a path that is empty on the host (`view`), as a container sees a host
+    // socket: the redirect target is an abstract name in the network namespace, and pgwarden
+    // can only reach the socket through the client's root.
+    let view = r.dir.path().join("view");
+    fs::create_dir(&view).unwrap();
     let psql = pgwarden_e2e::pg_bin("psql");
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net={}", r.ns.path().display()))
         .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"echo 0 > "$0/cgroup.procs" && exec "$@""#)
+        .arg(r#"mount --bind "$1" "$2" && echo 0 > "$0/cgroup.procs" && shift 2 && exec "$@""#)
         .arg(&r.cg.path)
+        .arg(r.pg.dir.path())
+        .arg(&view)
         .arg(&psql)
         .args(["-X", "-At", "-h"])
-        .arg(r.pg.dir.path())
+        .arg(&view)
         .args([
             "-p",
             &r.pg.port.to_string(),
@@ -511,7 +516,11 @@ fn a_unix_socket_seen_through_another_mount_namespace_is_intercepted() {
     assert_eq!(stdout.lines().count(), 2, "{}", out_text(&out));
     assert!(stdout.lines().all(masked), "{}", out_text(&out));
     assert!(!stdout.contains(pans[0].as_str()));
-    let sock = r.pg.dir.path().join(format!(".s.PGSQL.{}", r.pg.port));
+    assert!(
+        fs::read_dir(&view).unwrap().next().is_none(),
+        "the bind mount leaked into the host's mount namespace"
+    );
+    let sock = view.join(format!(".s.PGSQL.{}", r.pg.port));
     let start = r
         .journal()
         .into_iter()
