@@ -364,7 +364,9 @@ mod tests {
     fn drives_a_stdio_server() {
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(
-            r#"read -r line; echo '{"jsonrpc":"2.0","method":"notifications/message","params":{}}'; echo '{"jsonrpc":"2.0","id":1,"result":{"ok":true}}'; echo bye >&2; read -r rest"#,
+            // stderr first: once the reply is read, "bye" is in the pipe, even if `stop`'s
+            // SIGTERM comes before the script's last line.
+            r#"read -r line; echo bye >&2; echo '{"jsonrpc":"2.0","method":"notifications/message","params":{}}'; echo '{"jsonrpc":"2.0","id":1,"result":{"ok":true}}'; read -r rest"#,
         );
         let mut server = McpServer::spawn(cmd).unwrap();
         let reply = server.call("ping", json!({})).unwrap();

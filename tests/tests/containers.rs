@@ -598,3 +598,78 @@ fn which(program: &str) -> PathBuf {
         })
         .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }
+
+/// A real container: Podman (runc; crun refuses this hybrid cgroup layout) runs psql from the
+/// host's root filesystem (an overlay, so no image registry is needed) in the test's network
+/// namespace, with its cgroup under the tagged one (`--cgroup-parent`), as a container runtime
+/// on a database host would.
+#[test]
+fn a_podman_container_is_intercepted_with_its_container_id() {
+    let r = Rig::start("pgw-e2e-podman");
+    let pans = real_pans(&r.pg);
+    let podman = which("podman");
+    let conf = r.dir.path().join("containers.conf");
+    // The container keeps the test's own limits: raising them needs CAP_SYS_RESOURCE.
+    fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = []\npids_limit = 0\n",
+    )
+    .unwrap();
+    let cidfile = r.dir.path().join("cid");
+    let psql = pgwarden_e2e::pg_bin("psql");
+    let url = r.pg.url(&r.ns.host_ip);
+    // Until pgwarden serves a new namespace its tagged connects are refused (never direct), so
+    // the container's client retries, as clients of a starting database do.
+    let script = format!(
+        "for i in $(seq 20); do {} -X -At -d '{url}' -c 'SELECT host(inet_client_addr()), card_number \
+         FROM payments ORDER BY id LIMIT 3' && exit 0; sleep 0.25; done; exit 1",
+        psql.display()
+    );
+    let out = run_output(
+        Command::new(&podman)
+            .env("CONTAINERS_CONF", &conf)
+            .args(["--runtime", "runc", "run", "--rm", "--network"])
+            .arg(format!("ns:{}", r.ns.path().display()))
+            .arg("--cgroup-parent")
+            .arg(format!("/{}", r.cg.rel))
+            .arg("--cidfile")
+            .arg(&cidfile)
+            .args(["--rootfs", "/:O", "/bin/sh", "-c"])
+            .arg(&script),
+    );
+    // Podman leaves its cgroup-v1 parents behind (the unified one goes with the TestCgroup).
+    for hierarchy in fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = fs::remove_dir(hierarchy.path().join(&r.cg.rel));
+    }
+    assert!(
+        out.status.success(),
+        "psql in the podman container failed\n{}\n{}",
+        out_text(&out),
+        r.ctx()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<(&str, &str)> = stdout.lines().filter_map(|l| l.split_once('|')).collect();
+    assert_eq!(rows.len(), 3, "{}", out_text(&out));
+    for (addr, pan) in &rows {
+        assert_eq!(*addr, r.ns.ns_ip, "{}", out_text(&out));
+        assert!(masked(pan), "{}", out_text(&out));
+    }
+    assert!(!pans.iter().any(|p| stdout.contains(p.as_str())));
+    let cid = fs::read_to_string(&cidfile)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    assert_eq!(cid.len(), 64, "podman's container id: {cid:?}");
+    let start = r
+        .journal()
+        .into_iter()
+        .find(|rec| rec["event"] == "session.start" && rec["actor"]["container"].is_string())
+        .unwrap_or_else(|| panic!("no session with a container id in the journal\n{}", r.ctx()));
+    assert_eq!(start["actor"]["container"], cid.as_str(), "{start:#}");
+    assert_eq!(start["actor"]["netns"], r.ns.id(), "{start:#}");
+    assert_eq!(start["workload"], "payments-mcp", "{start:#}");
+}

@@ -14,7 +14,9 @@ use crate::cmd;
 /// server and client the tests run against (psql, pgbench), python3 for test peers and
 /// python3-venv for the psycopg client's venv (Debian's python3 cannot `-m venv` without it),
 /// `ip`, `setfattr`/`getfattr`, `ps`/`pgrep`, `openssl` for the certificates of the TLS tests, and
-/// `pgbouncer` (1.18), the peer `cargo xtask bench` measures pgwarden against.
+/// `pgbouncer` (1.18), the peer `cargo xtask bench` measures pgwarden against, `util-linux`
+/// (`nsenter`, `unshare`) for the namespace tests, and `podman` with `runc` (crun refuses this
+/// hybrid cgroup layout) for the one test with a real container.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "postgresql-15",
@@ -26,6 +28,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "attr",
     "procps",
     "openssl",
+    "util-linux",
+    "podman",
+    "runc",
     // systemd-journald (started by hand in the tests where PID 1 is not systemd) and
     // systemd-analyze for the unit's verification.
     "systemd",
