@@ -85,6 +85,8 @@ pub trait Hooks: Send + Sync {
     }
     /// The per-session part of the layers.
     fn open(&self, meta: &Arc<SessionMeta>) -> Box<dyn SessionHooks>;
+    /// The policies were reloaded.
+    fn policy_reloaded(&self) {}
 }
 
 /// The layers, for one session. Every method has a do-nothing default.

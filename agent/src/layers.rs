@@ -27,6 +27,11 @@ impl Hooks for Layers {
         self.policy.startup(meta)
     }
 
+    fn policy_reloaded(&self) {
+        // New rules may name other columns: resolve afresh.
+        self.catalog.clear();
+    }
+
     fn open(&self, meta: &Arc<SessionMeta>) -> Box<dyn SessionHooks> {
         let rules = self
             .policy
@@ -68,20 +73,27 @@ struct LayersSession {
 }
 
 impl LayersSession {
-    fn catalog_key(&self, rules: &Arc<MaskRules>) -> String {
-        format!(
-            "{}|{}|{:p}",
-            self.meta.server.0,
-            self.meta.db.database,
-            Arc::as_ptr(rules)
-        )
+    fn catalog_key(&self, rules: &MaskRules) -> Option<String> {
+        catalog_key(&self.meta.server.0, &self.meta.db.database, rules)
     }
+}
+
+/// Where a resolution of `rules`' masked columns is cached: the server, the database and the
+/// catalog query itself (the resolution is a function of exactly these). Keyed by content, not
+/// by the rules' address: an address is reused once a reload frees the old rules, and the
+/// stale resolution would then mask the wrong columns.
+fn catalog_key(
+    server: &crate::names::SockAddr,
+    database: &str,
+    rules: &MaskRules,
+) -> Option<String> {
+    Some(format!("{server}|{database}|{}", rules.catalog_query()?))
 }
 
 impl SessionHooks for LayersSession {
     fn setup_query(&mut self) -> Option<String> {
         let rules = self.rules.clone().filter(|r| !r.columns.is_empty())?;
-        if let Some(resolved) = self.catalog.get(&self.catalog_key(&rules)) {
+        if let Some(resolved) = self.catalog_key(&rules).and_then(|k| self.catalog.get(&k)) {
             self.mask = Some(MaskSession::new(rules, resolved, Arc::clone(&self.key)));
             return None;
         }
@@ -104,8 +116,9 @@ impl SessionHooks for LayersSession {
             ));
         }
         let resolved = Arc::new(Resolved::from_rows(&rules, &rows));
-        self.catalog
-            .put(self.catalog_key(&rules), Arc::clone(&resolved));
+        if let Some(key) = self.catalog_key(&rules) {
+            self.catalog.put(key, Arc::clone(&resolved));
+        }
         self.mask = Some(MaskSession::new(rules, resolved, Arc::clone(&self.key)));
         Ok(())
     }
@@ -168,5 +181,67 @@ impl SessionHooks for LayersSession {
             .as_mut()
             .map(MaskSession::take_counts)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::ColumnRule;
+    use crate::names::SockAddr;
+
+    fn rules(columns: &[&str]) -> MaskRules {
+        MaskRules {
+            columns: columns
+                .iter()
+                .map(|c| {
+                    let mut p = c.split('.');
+                    ColumnRule {
+                        schema: p.next().unwrap().into(),
+                        table: p.next().unwrap().into(),
+                        column: p.next().unwrap().into(),
+                        method: crate::mask::Method::Redact,
+                    }
+                })
+                .collect(),
+            detect_pans: false,
+            allow_uses: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_catalog_is_keyed_by_what_the_rules_mask_not_where_they_live() {
+        let server = SockAddr::Unix("/run/postgresql/.s.PGSQL.5432".into());
+        let a = Arc::new(rules(&["public.payments.card_number"]));
+        let b = Arc::new(rules(&["public.payments.card_number"]));
+        let other = Arc::new(rules(&["public.customers.email"]));
+        // Same content in two allocations: one resolution serves both.
+        assert_ne!(Arc::as_ptr(&a), Arc::as_ptr(&b));
+        assert_eq!(
+            catalog_key(&server, "db", &a),
+            catalog_key(&server, "db", &b)
+        );
+        // Other columns, another database or server: never the same entry.
+        assert_ne!(
+            catalog_key(&server, "db", &a),
+            catalog_key(&server, "db", &other)
+        );
+        assert_ne!(
+            catalog_key(&server, "db", &a),
+            catalog_key(&server, "db2", &a)
+        );
+        let tcp = SockAddr::Inet("127.0.0.1:5432".parse().unwrap());
+        assert_ne!(catalog_key(&server, "db", &a), catalog_key(&tcp, "db", &a));
+        // A freed rule set's address reused by other rules cannot find the old resolution.
+        let addr = Arc::as_ptr(&a) as usize;
+        drop(a);
+        let reused = Arc::new(rules(&["public.customers.email"]));
+        if Arc::as_ptr(&reused) as usize == addr {
+            assert_ne!(
+                catalog_key(&server, "db", &reused),
+                catalog_key(&server, "db", &b)
+            );
+        }
+        assert_eq!(catalog_key(&server, "db", &rules(&[])), None);
     }
 }
