@@ -234,6 +234,11 @@ impl Agent {
             .collect()
     }
 
+    /// The pgwarden binary it runs (for CLI commands that need no agent, e.g. `audit tail`).
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     /// The agent's temp dir (holds `pgwarden.yaml` and `agent.log`).
     pub fn tmp_dir(&self) -> &Path {
         self.tmp.path()

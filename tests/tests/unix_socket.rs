@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use pgwarden_e2e::{
     Agent, PgServer, TestCgroup, agent_config, allow_all_workload, client_dir, in_cgroup, pg_bin,
-    python_venv, require_root, run_output, unique_name,
+    python_venv, require_root, run_ok, run_output, unique_name,
 };
 use serde_json::Value;
 
@@ -415,6 +415,21 @@ fn tagged_psql_over_the_socket_is_relayed_with_its_identity_and_untagged_goes_di
     );
     assert_eq!(rec["workload"], "e2e-unix", "{rec:#}");
     assert_eq!(rec["actor"]["cgroup"], format!("/{}", r.cg.rel), "{rec:#}");
+    // And `pgwarden audit tail` shows the socket the session went to.
+    let session = rec["session_id"].as_str().unwrap().to_owned();
+    let tail = run_ok(
+        Command::new(r.agent.bin())
+            .args(["audit", "tail", "--all", "--session", &session, "--file"])
+            .arg(r.agent.tmp_dir().join("audit.jsonl")),
+    );
+    let start_line = tail
+        .lines()
+        .find(|l| l.contains("session.start"))
+        .unwrap_or_else(|| panic!("no session.start in `audit tail`:\n{tail}"));
+    assert!(
+        start_line.contains(&format!("unix:{sock}")) && start_line.contains(&format!("pid={pid}")),
+        "`audit tail` does not show the socket and the client: {start_line}"
+    );
     assert_eq!(
         rec["actor"]["exe"],
         pg_bin("psql").canonicalize().unwrap().display().to_string(),
