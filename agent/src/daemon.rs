@@ -52,6 +52,8 @@ pub struct Shared {
     pub listen_unix: Option<String>,
     /// The listeners opened inside tagged workloads' own network namespaces.
     pub namespaces: Mutex<BTreeMap<crate::netns::NetnsId, NsServed>>,
+    /// Held by the one [`serve_namespaces`] pass that runs at a time.
+    serving_namespaces: tokio::sync::Mutex<()>,
     /// Agent start, seconds since the epoch.
     pub started: u64,
     /// The layers plugged into every session.
@@ -503,6 +505,7 @@ pub async fn run(
         listen: listen.clone(),
         listen_unix: unix_name.clone(),
         namespaces: Mutex::new(BTreeMap::new()),
+        serving_namespaces: tokio::sync::Mutex::new(()),
         started: now.as_secs(),
         session_base: (now.as_secs() & 0xff_ffff_ffff) << 24,
         session_seq: AtomicU64::new(1),
@@ -830,6 +833,12 @@ fn load_hash_key(config: &Config, policy: &crate::policy::Engine) -> anyhow::Res
 /// mount namespace of this network namespace), else a path (a stale socket file is replaced;
 /// mode 0666, since tagged workloads of any uid land here and the record decides).
 fn bind_unix(name: &str) -> anyhow::Result<tokio::net::UnixListener> {
+    tokio::net::UnixListener::from_std(bind_unix_std(name)?)
+        .context("registering the Unix listener")
+}
+
+/// [`bind_unix`] without the runtime (a namespace's helper thread has none): non-blocking.
+fn bind_unix_std(name: &str) -> anyhow::Result<std::os::unix::net::UnixListener> {
     use std::os::linux::net::SocketAddrExt as _;
     let std_listener = if let Some(abstract_name) = name.strip_prefix('@') {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
@@ -848,7 +857,7 @@ fn bind_unix(name: &str) -> anyhow::Result<tokio::net::UnixListener> {
         l
     };
     std_listener.set_nonblocking(true)?;
-    tokio::net::UnixListener::from_std(std_listener).context("registering the Unix listener")
+    Ok(std_listener)
 }
 
 /// Opens listeners in every foreign network namespace a tagged process is in, and closes those
@@ -858,6 +867,9 @@ async fn serve_namespaces(shared: &Arc<Shared>) {
     let Some(_) = &shared.redirect else {
         return;
     };
+    // One pass at a time (start, rescans and attach events all call this): two passes would
+    // both see a new namespace unserved and race to bind in it.
+    let _one = shared.serving_namespaces.lock().await;
     let dirs: Vec<PathBuf> = lock(&shared.tagger)
         .tagged()
         .map(|(_, tag)| tag.path.dir(&shared.cgroup_root))
@@ -968,7 +980,6 @@ fn open_in_namespace(
     ),
     unix: Option<String>,
 ) -> std::io::Result<NsListeners> {
-    use std::os::linux::net::SocketAddrExt as _;
     let ns = crate::netns::Netns::open(id, pid)?;
     let (tcp, unix) = ns.run(|| {
         let mut tcp = Vec::new();
@@ -984,13 +995,13 @@ fn open_in_namespace(
                 Err(e) => warn!(netns = id.0, %addr, "cannot listen in the namespace: {e}"),
             }
         }
-        let unix = match unix.as_deref().and_then(|n| n.strip_prefix('@')) {
-            Some(name) => {
-                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-                let l = std::os::unix::net::UnixListener::bind_addr(&addr)?;
-                l.set_nonblocking(true)?;
-                Some((l, format!("@{name}")))
-            }
+        // Only an abstract name is per network namespace; a path listener is one file, and
+        // the agent's own listener already serves every namespace that can see it.
+        let unix = match unix.filter(|n| n.starts_with('@')) {
+            Some(name) => Some((
+                bind_unix_std(&name).map_err(|e| std::io::Error::other(format!("{e:#}")))?,
+                name,
+            )),
             None => None,
         };
         Ok((tcp, unix))
