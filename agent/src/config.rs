@@ -206,7 +206,7 @@ pub enum SslMode {
 }
 
 /// The connection to the real server.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// TLS mode.
@@ -233,7 +233,7 @@ impl Default for UpstreamConfig {
 }
 
 /// Maximum message sizes; a message over its limit ends the session with an error.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Any message not listed below, bytes.
@@ -415,7 +415,7 @@ impl Default for CgroupsConfig {
 }
 
 /// Listen-only (development) mode.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenOnlyConfig {
     /// The PostgreSQL server to relay to, `host:port`.

@@ -179,7 +179,7 @@ fn handle(shared: &Shared, req: Request, uid: u32) -> anyhow::Result<Value> {
             Ok(json!({ "path": p }))
         }
         Request::ApprovalsList => Ok(
-            json!({ "pending": shared.approvals.pending(), "grants": shared.approvals.grants() }),
+            json!({ "pending": shared.env.approvals.pending(), "grants": shared.env.approvals.grants() }),
         ),
         Request::ApprovalsDecide {
             id,
@@ -189,22 +189,16 @@ fn handle(shared: &Shared, req: Request, uid: u32) -> anyhow::Result<Value> {
         } => {
             let caller = crate::approval::Caller::from_uid(uid);
             let grant = grant_seconds.map(std::time::Duration::from_secs);
-            match shared
+            // The decision, or its refusal, is recorded by the approvals themselves.
+            let (request, resolution) = shared
+                .env
                 .approvals
-                .decide(id, &caller, approve, grant, comment)
-            {
-                Ok((request, resolution)) => {
-                    shared.approval_event(&request, Some(&resolution));
-                    Ok(json!({ "request": request, "resolution": resolution }))
-                }
-                Err(e) => {
-                    shared.approval_refused(id, &caller, &e);
-                    Err(e.into())
-                }
-            }
+                .decide(id, &caller, approve, grant, comment)?;
+            Ok(json!({ "request": request, "resolution": resolution }))
         }
         Request::GrantsRevoke { id } => {
             let g = shared
+                .env
                 .approvals
                 .revoke(id)
                 .ok_or_else(|| anyhow::anyhow!("no open grant {id}"))?;
@@ -262,10 +256,10 @@ fn status(shared: &Shared) -> Value {
         ),
     };
     let sessions: Vec<Value> = shared
-        .sessions
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .values()
+        .env
+        .registry
+        .list()
+        .iter()
         .map(|s| json!(s))
         .collect();
     json!({
@@ -286,11 +280,11 @@ fn status(shared: &Shared) -> Value {
         "tagged": tagged,
         "sticky_paths": sticky,
         "sessions": sessions,
-                "approvals": { "pending": shared.approvals.pending(), "grants": shared.approvals.grants() },
-        "audit": shared.audit.status(),
+                "approvals": { "pending": shared.env.approvals.pending(), "grants": shared.env.approvals.grants() },
+        "audit": shared.env.journal.status(),
         "policy": {
-            "version": shared.policy.current().version,
-            "files": shared.policy.current().files.iter().map(|(p, h)| json!({ "path": p, "sha256": h })).collect::<Vec<_>>(),
+            "version": shared.env.policy.current().version,
+            "files": shared.env.policy.current().files.iter().map(|(p, h)| json!({ "path": p, "sha256": h })).collect::<Vec<_>>(),
         },
     })
 }

@@ -1,9 +1,8 @@
 //! `pgwarden run`: binds the listeners, loads and attaches the kernel programs, keeps the
 //! cgroup tags in step with the tree, serves the control socket, and accepts sessions.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,23 +14,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::cgroup::{self, CgroupPath};
 use crate::config::Config;
-use crate::hooks::Hooks;
-use crate::names::{CgroupId, OrigDstAddr, SessionId, SockAddr, WorkloadName};
+use crate::names::{CgroupId, SockAddr};
 use crate::redirect::{self, KernelConfig, Redirect};
-use crate::session::{self, SessionInfo};
+use crate::session::{self, SessionEnv};
 use crate::tags::{TagSink, Tagger};
-
-/// A backend's pid and secret key, as BackendKeyData and CancelRequest carry them.
-type CancelKey = (i32, Vec<u8>);
-
-/// Where a CancelRequest for a live session goes: the session, its server, its client's pid
-/// (a Unix server path is resolved in that client's mount namespace).
-type CancelTarget = (
-    SessionId,
-    SockAddr,
-    Option<u32>,
-    Option<Arc<crate::netns::Netns>>,
-);
 
 /// State shared by the listener, the sessions, the tag watcher and the control socket.
 /// Lock order, where two are held: `tagger` before `redirect`.
@@ -41,11 +27,11 @@ pub struct Shared {
     /// Where cgroup2 is mounted.
     pub cgroup_root: PathBuf,
     /// The kernel side; `None` in listen-only mode.
-    pub redirect: Option<Mutex<Redirect>>,
+    pub redirect: Option<Arc<Mutex<Redirect>>>,
     /// Tag state.
-    pub tagger: Mutex<Tagger>,
-    /// Live sessions.
-    pub sessions: Mutex<BTreeMap<SessionId, SessionInfo>>,
+    pub tagger: Arc<Mutex<Tagger>>,
+    /// What sessions see of the agent (journal, approvals, metrics, live sessions, policy).
+    pub env: Arc<SessionEnv>,
     /// Bound listen addresses.
     pub listen: Vec<SocketAddr>,
     /// The Unix listener's name (`@...`: abstract), when bound.
@@ -56,31 +42,12 @@ pub struct Shared {
     serving_namespaces: tokio::sync::Mutex<()>,
     /// Agent start, seconds since the epoch.
     pub started: u64,
-    /// The layers plugged into every session.
-    pub hooks: Arc<dyn Hooks>,
-    /// The policy engine (reloadable).
-    pub policy: Arc<crate::policy::Engine>,
     /// The config file, re-read on reload.
     pub config_path: PathBuf,
-    /// TLS toward clients, when configured.
-    pub client_tls: Option<tokio_rustls::TlsAcceptor>,
-    /// TLS toward servers, unless `sslmode: disable`.
-    pub upstream_tls: Option<tokio_rustls::TlsConnector>,
-    /// Statements held for approval, and open grants.
-    pub approvals: crate::approval::Approvals,
-    /// The audit journal.
-    pub audit: crate::audit::Journal,
-    /// Prometheus counters.
-    pub metrics: crate::metrics::Metrics,
     /// Set when the listeners must stop accepting (SIGTERM).
     stopping: tokio::sync::watch::Sender<bool>,
     /// Set when the drain time is over: live sessions are closed with 57P01.
     terminating: tokio::sync::watch::Sender<bool>,
-    /// Backend keys of live sessions -> (session, server, client pid), for routing
-    /// CancelRequests.
-    cancel_keys: Mutex<HashMap<CancelKey, CancelTarget>>,
-    session_base: u64,
-    session_seq: AtomicU64,
 }
 
 /// The listeners of one foreign network namespace, for as long as a tagged process is in it.
@@ -123,70 +90,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// A fresh session id: the agent's start time in the high bits, a counter below.
-    pub fn next_session_id(&self) -> SessionId {
-        SessionId(
-            self.session_base | (self.session_seq.fetch_add(1, Ordering::Relaxed) & 0xff_ffff),
-        )
-    }
-
-    /// A session passed startup.
-    pub fn session_started(&self, info: SessionInfo) {
-        lock(&self.sessions).insert(info.meta.id, info);
-    }
-
-    /// A session ended: forget it and its cancel key.
-    pub fn session_ended(&self, id: SessionId) {
-        lock(&self.sessions).remove(&id);
-        lock(&self.cancel_keys).retain(|_, (owner, ..)| *owner != id);
-    }
-
-    /// The server told session `meta` its backend key.
-    pub fn register_cancel(&self, meta: &session::SessionMeta, pid: i32, key: &[u8]) {
-        lock(&self.cancel_keys).insert(
-            (pid, key.to_vec()),
-            (
-                meta.id,
-                meta.server.0.clone(),
-                meta.identity.as_ref().map(|i| i.pid),
-                meta.netns.clone(),
-            ),
-        );
-    }
-
-    /// The live session whose backend has this key, its server, and its client's pid.
-    pub fn cancel_target(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
-        lock(&self.cancel_keys).get(&(pid, key.to_vec())).cloned()
-    }
-
-    /// Resolves when the agent closes live sessions (after SIGTERM and the drain time).
-    pub async fn terminated(&self) {
-        let mut rx = self.terminating.subscribe();
-        let _ = rx.wait_for(|t| *t).await;
-    }
-
-    /// Records a refused approval decision (unauthorized caller, unknown request).
-    pub fn approval_refused(
-        &self,
-        id: u64,
-        caller: &crate::approval::Caller,
-        e: &crate::approval::DecideError,
-    ) {
-        warn!(request = id, uid = caller.uid, user = ?caller.user, "approval decision refused: {e}");
-        let rec = crate::audit::Record::new(crate::audit::Event::ApprovalDenied)
-            .decision(crate::audit::Decision::Deny)
-            .rule("approval.unauthorized")
-            .outcome(crate::audit::Outcome::Failure)
-            .error(e.to_string())
-            .detail("request", id)
-            .detail("caller_uid", caller.uid)
-            .detail("caller_user", caller.user.clone());
-        self.audit_spawn(rec);
-    }
-
     /// Appends a record without waiting (events that hold nothing up).
     pub fn audit_spawn(&self, rec: crate::audit::Record) {
-        let j = self.audit.clone();
+        let j = self.env.journal.clone();
         tokio::spawn(async move {
             if let Err(e) = j.append(rec).await {
                 error!("audit: {e}");
@@ -196,7 +102,7 @@ impl Shared {
 
     /// The journal's state for status and metrics: (name, help, value).
     pub fn audit_status(&self) -> Option<Vec<(&'static str, &'static str, u64)>> {
-        let s = self.audit.status();
+        let s = self.env.journal.status();
         Some(vec![
             (
                 "last_seq",
@@ -225,116 +131,6 @@ impl Shared {
                 s.dropped,
             ),
         ])
-    }
-
-    /// Records an approval request (`resolution: None`) or how it ended.
-    pub fn approval_event(
-        &self,
-        request: &crate::approval::Request,
-        resolution: Option<&crate::approval::Resolution>,
-    ) {
-        use crate::approval::Resolution;
-        use crate::audit::{Decision, Event, Record};
-        let (event, decision) = match resolution {
-            None => {
-                info!(request = request.id, rule = %request.rule.id, workload = %request.workload, session = %request.session, "approval requested");
-                (Event::ApprovalRequested, Decision::Hold)
-            }
-            Some(r) => {
-                info!(request = request.id, rule = %request.rule.id, workload = %request.workload, session = %request.session, resolution = ?r, "approval resolved");
-                match r {
-                    Resolution::Approved { .. } => (Event::ApprovalGranted, Decision::Allow),
-                    Resolution::Denied { .. } => (Event::ApprovalDenied, Decision::Deny),
-                    Resolution::Expired => (Event::ApprovalExpired, Decision::Deny),
-                    Resolution::Withdrawn { .. } => (Event::ApprovalWithdrawn, Decision::Deny),
-                }
-            }
-        };
-        let mut rec = Record::new(event)
-            .session(request.session)
-            .workload(&request.workload)
-            .statement(self.audit.statement(&request.statement))
-            .decision(decision)
-            .rule(request.rule.id.clone())
-            .detail("request", request.id);
-        if let Some(pid) = request.pid {
-            rec = rec.detail("pid", pid);
-        }
-        match resolution {
-            Some(Resolution::Approved { by, comment, grant }) => {
-                rec = rec
-                    .detail("approver_uid", by.uid)
-                    .detail("approver", by.user.clone())
-                    .detail("comment", comment.clone())
-                    .detail("grant", *grant);
-            }
-            Some(Resolution::Denied { by, comment }) => {
-                rec = rec
-                    .detail("approver_uid", by.uid)
-                    .detail("approver", by.user.clone())
-                    .detail("comment", comment.clone());
-            }
-            Some(Resolution::Withdrawn { reason }) => rec = rec.detail("reason", reason.clone()),
-            _ => {}
-        }
-        self.audit_spawn(rec);
-        if resolution.is_none() {
-            self.notify_webhook(request);
-        }
-    }
-
-    /// Announces a held statement to the configured webhook; failures are logged and audited,
-    /// and the request still waits.
-    fn notify_webhook(&self, request: &crate::approval::Request) {
-        let Some(url) = self.config.approvals.webhook.clone() else {
-            return;
-        };
-        let body = serde_json::to_vec(
-            &serde_json::json!({ "event": "approval.requested", "request": request }),
-        )
-        .unwrap_or_default();
-        let timeout = Duration::from_secs(self.config.approvals.webhook_timeout_seconds);
-        let journal = self.audit.clone();
-        let (id, rule, workload, session) = (
-            request.id,
-            request.rule.id.clone(),
-            request.workload.clone(),
-            request.session,
-        );
-        tokio::spawn(async move {
-            let result = match crate::webhook::Url::parse(&url) {
-                Ok(u) => crate::webhook::post(&u, body, timeout).await,
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = result {
-                warn!(request = id, webhook = %url, "approval webhook failed after {} attempts: {e}; the request still waits", crate::webhook::ATTEMPTS);
-                let rec = crate::audit::Record::new(crate::audit::Event::ApprovalRequested)
-                    .session(session)
-                    .workload(&workload)
-                    .decision(crate::audit::Decision::Hold)
-                    .rule(rule)
-                    .outcome(crate::audit::Outcome::Failure)
-                    .error(format!("webhook {url}: {e}"))
-                    .detail("request", id)
-                    .detail("webhook_attempts", crate::webhook::ATTEMPTS);
-                let _ = journal.append(rec).await;
-            }
-        });
-    }
-
-    /// Listen-only mode's server.
-    pub async fn listen_only_upstream(&self) -> Option<OrigDstAddr> {
-        let target = self.config.listen_only.upstream.as_deref()?;
-        tokio::net::lookup_host(target)
-            .await
-            .ok()?
-            .next()
-            .map(|a| OrigDstAddr(SockAddr::Inet(a)))
-    }
-
-    /// Listen-only mode's workload name.
-    pub fn listen_only_workload(&self) -> WorkloadName {
-        WorkloadName(self.config.listen_only.workload.clone())
     }
 
     /// Walks the cgroup tree and brings the kernel's tags in line with it.
@@ -459,7 +255,7 @@ pub async fn run(
             unix_allow: &config.unix_allow,
             allow_tcp_only: tcp_only,
         })?;
-        (Some(Mutex::new(r)), Some(ev))
+        (Some(r), Some(ev))
     } else {
         anyhow::ensure!(
             config.listen_only.upstream.is_some(),
@@ -479,36 +275,50 @@ pub async fn run(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let shared = Arc::new(Shared {
-        hooks: Arc::new(crate::layers::Layers {
-            policy: crate::policy::PolicyHooks {
-                engine: Arc::clone(&policy),
-            },
-            catalog: Arc::default(),
-            hash_key,
-        }),
-        policy,
-        config_path,
-        client_tls,
+    let redirect = redirect.map(|r| Arc::new(Mutex::new(r)));
+    let tagger = Arc::new(Mutex::new(Tagger::new(&config.workloads)));
+    let terminating = tokio::sync::watch::Sender::new(false);
+    let webhook = config.approvals.webhook.clone().map(|url| {
+        (
+            url,
+            Duration::from_secs(config.approvals.webhook_timeout_seconds),
+        )
+    });
+    let env = Arc::new(SessionEnv {
+        limits: config.limits.clone(),
+        upstream: config.upstream.clone(),
         upstream_tls,
-        cancel_keys: Mutex::new(HashMap::new()),
-        approvals: crate::approval::Approvals::default(),
-        audit: journal.clone(),
-        metrics: crate::metrics::Metrics::default(),
+        client_tls,
+        journal: journal.clone(),
+        approvals: Arc::new(crate::approval::Approvals::new(
+            crate::approval::Recorder::new(journal.clone(), webhook),
+        )),
+        metrics: Arc::default(),
+        registry: Arc::new(session::Registry::new(now.as_secs())),
+        origins: session::Origins {
+            redirect: redirect.clone(),
+            tagger: Arc::clone(&tagger),
+            cgroup_root: cgroup_root.clone(),
+            listen_only: config.listen_only.clone(),
+        },
+        policy,
+        hash_key,
+        terminating: terminating.subscribe(),
+    });
+    let shared = Arc::new(Shared {
+        env,
+        config_path,
         stopping: tokio::sync::watch::Sender::new(false),
-        terminating: tokio::sync::watch::Sender::new(false),
-        tagger: Mutex::new(Tagger::new(&config.workloads)),
+        terminating,
+        tagger,
         config,
         cgroup_root: cgroup_root.clone(),
         redirect,
-        sessions: Mutex::new(BTreeMap::new()),
         listen: listen.clone(),
         listen_unix: unix_name.clone(),
         namespaces: Mutex::new(BTreeMap::new()),
         serving_namespaces: tokio::sync::Mutex::new(()),
         started: now.as_secs(),
-        session_base: (now.as_secs() & 0xff_ffff_ffff) << 24,
-        session_seq: AtomicU64::new(1),
     });
 
     // The mkdir tracepoint is live: tag what exists now, then redirect.
@@ -556,6 +366,7 @@ pub async fn run(
         tokio::spawn(crate::metrics::serve(Arc::clone(&shared), l));
     }
     let policies: Vec<String> = shared
+        .env
         .policy
         .current()
         .files
@@ -563,7 +374,8 @@ pub async fn run(
         .map(|(p, h)| format!("{}@{h}", p.display()))
         .collect();
     shared
-        .audit
+        .env
+        .journal
         .append(
             crate::audit::Record::new(crate::audit::Event::AgentStart)
                 .outcome(crate::audit::Outcome::Success)
@@ -630,20 +442,13 @@ async fn stop(shared: &Shared) {
     notify_systemd("STOPPING=1");
     shared.stopping.send_replace(true);
     let reason = "pgwarden is stopping";
-    for request in shared.approvals.withdraw_all(reason) {
-        shared.approval_event(
-            &request,
-            Some(&crate::approval::Resolution::Withdrawn {
-                reason: reason.into(),
-            }),
-        );
-    }
+    shared.env.approvals.withdraw_all(reason);
     let drain = Duration::from_secs(shared.config.shutdown.drain_seconds);
     let deadline = tokio::time::Instant::now() + drain;
-    while !lock(&shared.sessions).is_empty() && tokio::time::Instant::now() < deadline {
+    while !shared.env.registry.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let left = lock(&shared.sessions).len();
+    let left = shared.env.registry.len();
     if left > 0 {
         info!(
             sessions = left,
@@ -651,12 +456,13 @@ async fn stop(shared: &Shared) {
         );
         shared.terminating.send_replace(true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while !lock(&shared.sessions).is_empty() && tokio::time::Instant::now() < deadline {
+        while !shared.env.registry.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     let _ = shared
-        .audit
+        .env
+        .journal
         .append(
             crate::audit::Record::new(crate::audit::Event::AgentStop)
                 .outcome(crate::audit::Outcome::Success)
@@ -664,7 +470,7 @@ async fn stop(shared: &Shared) {
                 .detail("sessions_closed", left),
         )
         .await;
-    shared.audit.close();
+    shared.env.journal.close();
     info!("pgwarden stopped; its programs stay attached (pgwarden detach removes them)");
 }
 
@@ -712,7 +518,7 @@ impl Shared {
     pub fn reload(&self, why: &str) {
         let result = Config::load(&self.config_path)
             .map_err(|e| e.to_string())
-            .and_then(|c| self.policy.reload(&c).map_err(|e| e.to_string()));
+            .and_then(|c| self.env.policy.reload(&c).map_err(|e| e.to_string()));
         match result {
             Ok(set) => {
                 let files: Vec<String> = set
@@ -721,8 +527,7 @@ impl Shared {
                     .map(|(p, h)| format!("{}@{}", p.display(), &h[..12]))
                     .collect();
                 info!(version = set.version, trigger = why, files = ?files, "policy reloaded");
-                self.hooks.policy_reloaded();
-                let mut rec = crate::audit::Record::new(crate::audit::Event::PolicyReload)
+                                let mut rec = crate::audit::Record::new(crate::audit::Event::PolicyReload)
                     .outcome(crate::audit::Outcome::Success)
                     .detail("version", set.version)
                     .detail("trigger", why)
@@ -756,6 +561,7 @@ fn watch_policies(
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let mut paths: Vec<PathBuf> = shared
+        .env
         .policy
         .current()
         .files
@@ -1034,7 +840,7 @@ async fn accept_unix_loop_in(
         match accepted {
             Ok((sock, _)) => match session::Accepted::unix(sock, &name, netns.clone()) {
                 Some(a) => {
-                    tokio::spawn(session::serve(Arc::clone(&shared), a));
+                    tokio::spawn(session::serve(Arc::clone(&shared.env), a));
                 }
                 None => warn!("an accepted Unix connection has no socket cookie: closed"),
             },
@@ -1067,7 +873,7 @@ async fn accept_loop_in(
         match accepted {
             Ok((sock, peer)) => {
                 if let Some(a) = session::Accepted::tcp(sock, peer, netns.clone()) {
-                    tokio::spawn(session::serve(Arc::clone(&shared), a));
+                    tokio::spawn(session::serve(Arc::clone(&shared.env), a));
                 }
             }
             Err(e) => {

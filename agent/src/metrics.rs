@@ -73,7 +73,7 @@ impl Metrics {
 
 /// The exposition text.
 pub fn render(shared: &Shared) -> String {
-    let m = &shared.metrics;
+    let m = &shared.env.metrics;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -82,11 +82,7 @@ pub fn render(shared: &Shared) -> String {
     let _ = writeln!(
         out,
         "pgwarden_sessions {}",
-        shared
-            .sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        shared.env.registry.len()
     );
     let _ = writeln!(
         out,
@@ -129,7 +125,7 @@ pub fn render(shared: &Shared) -> String {
     let _ = writeln!(
         out,
         "pgwarden_approvals_pending {}",
-        shared.approvals.pending().len()
+        shared.env.approvals.pending().len()
     );
     let _ = writeln!(
         out,
@@ -138,7 +134,7 @@ pub fn render(shared: &Shared) -> String {
     let _ = writeln!(
         out,
         "pgwarden_grants_open {}",
-        shared.approvals.grants().len()
+        shared.env.approvals.grants().len()
     );
     if let Some(status) = shared.audit_status() {
         for (name, help, value) in status {

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::analyze::{Access, Class, Facts, TableRef};
 use super::file::{Mode, PolicyFile};
 use crate::cgroup::glob_match;
-use crate::hooks::Denied;
+use super::decision::Denied;
 
 /// SQLSTATE insufficient_privilege: what every denial carries.
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";

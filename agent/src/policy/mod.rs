@@ -3,6 +3,7 @@
 //! module keeps the compiled set, caches verdicts, and plugs into sessions.
 pub mod analyze;
 pub mod decide;
+pub mod decision;
 pub mod file;
 
 use std::collections::HashMap;
@@ -10,13 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use tracing::{info, warn};
-
 use self::analyze::Facts;
-use self::decide::{INSUFFICIENT_PRIVILEGE, Outcome, Profile};
+use self::decide::{Outcome, Profile};
+pub use self::decision::{
+    Context, Decision, Denied, SessionPolicy, Statement, StatementKind, Verdict, lexer_refusal,
+    no_policy,
+};
 use crate::config::{Config, ConfigError};
-use crate::hooks::{Denied, Hooks, SessionHooks, Statement, StatementKind, Verdict};
-use crate::session::SessionMeta;
+use crate::mask::Catalog;
 
 /// Verdicts kept per profile, per cache, before that cache starts over.
 const CACHE_ENTRIES: usize = 10_000;
@@ -52,6 +54,8 @@ pub struct Compiled {
     pub profile: Profile,
     /// Where they come from.
     pub policy_file: PathBuf,
+    /// The policy file's SHA-256, shared by every decision under it.
+    pub hash: Arc<str>,
     by_text: Mutex<HashMap<Box<str>, Arc<Decided>>>,
     by_shape: Mutex<HashMap<Box<str>, Arc<Decided>>>,
 }
@@ -75,6 +79,7 @@ impl Compiled {
 
     fn new(profile: Profile, policy_file: PathBuf) -> Self {
         Self {
+            hash: Arc::from(profile.policy_hash.as_str()),
             profile,
             policy_file,
             by_text: Mutex::new(HashMap::new()),
@@ -130,7 +135,8 @@ impl Compiled {
     }
 }
 
-/// Every workload's compiled profile, one consistent version.
+/// Every workload's compiled profile, one consistent version, with where its masked columns
+/// were found: a reload replaces rules and resolutions together.
 pub struct PolicySet {
     /// Increases with each reload.
     pub version: u64,
@@ -140,6 +146,8 @@ pub struct PolicySet {
     pub files: Vec<(PathBuf, String)>,
     /// Workload names the config defines (with or without a policy).
     pub defined: std::collections::HashSet<String>,
+    /// Masked columns resolved per server and database under these rules.
+    pub catalog: Catalog,
 }
 
 impl PolicySet {
@@ -179,6 +187,7 @@ impl PolicySet {
             workloads,
             files,
             defined,
+            catalog: Catalog::default(),
         })
     }
 }
@@ -216,32 +225,6 @@ impl Engine {
     }
 }
 
-fn no_policy(workload: &str, known: bool) -> Denied {
-    if known {
-        Denied {
-            rule: "policy.none".into(),
-            reason: format!(
-                "workload `{workload}` has no policy in the config: everything is denied"
-            ),
-            sqlstate: INSUFFICIENT_PRIVILEGE,
-        }
-    } else {
-        Denied {
-            rule: "workload.unknown".into(),
-            reason: format!(
-                "workload `{workload}` is not defined in the config: everything is denied"
-            ),
-            sqlstate: INSUFFICIENT_PRIVILEGE,
-        }
-    }
-}
-
-/// The policy layer as session hooks.
-pub struct PolicyHooks {
-    /// The engine.
-    pub engine: Arc<Engine>,
-}
-
 /// `-c name=value` and `--name=value` settings in a StartupMessage's `options`.
 pub fn startup_settings(options: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -261,140 +244,29 @@ pub fn startup_settings(options: &str) -> Vec<(String, String)> {
     out
 }
 
-impl Hooks for PolicyHooks {
-    fn startup(&self, meta: &SessionMeta) -> Verdict {
-        let Some(options) = &meta.db.options else {
-            return Verdict::Allow;
-        };
-        let set = self.engine.current();
-        let Some(compiled) = set.workloads.get(&meta.workload.0) else {
-            return Verdict::Deny(no_policy(
-                &meta.workload.0,
-                set.defined.contains(&meta.workload.0),
-            ));
-        };
-        for (k, v) in startup_settings(options) {
-            let sql = format!("SET {k} = '{}'", v.replace('\'', "''"));
-            let d = compiled.decide(&sql);
-            if d.outcome.refuses() {
-                let mut denied = d
-                    .outcome
-                    .denied
-                    .clone()
-                    .unwrap_or_else(|| no_policy("", false));
-                denied.reason = format!("startup option -c {k}={v}: {}", denied.reason);
-                return Verdict::Deny(denied);
-            }
-        }
-        Verdict::Allow
-    }
-
-    fn open(&self, meta: &Arc<SessionMeta>) -> Box<dyn SessionHooks> {
-        Box::new(PolicySession {
-            engine: Arc::clone(&self.engine),
-            meta: Arc::clone(meta),
-            last: None,
-            prepared: HashMap::new(),
-            version: 0,
-        })
-    }
-}
-
-struct PolicySession {
-    engine: Arc<Engine>,
-    meta: Arc<SessionMeta>,
-    /// The last statement's facts, the policy hash it was decided under, and whether the
-    /// profile masks.
-    last: Option<(Arc<Decided>, String, bool)>,
-    /// Outcome of each PREPARE by name, so EXECUTE inherits it.
-    prepared: HashMap<String, Outcome>,
-    /// The policy set version of the last decision.
-    version: u64,
-}
-
-impl PolicySession {
-    fn outcome(&mut self, st: &Statement<'_>) -> Outcome {
-        let set = self.engine.current();
-        self.version = set.version;
-        let Some(compiled) = set.workloads.get(&self.meta.workload.0) else {
-            let defined = set.defined.contains(&self.meta.workload.0);
-            return Outcome {
-                denied: Some(no_policy(&self.meta.workload.0, defined)),
-                enforced: true,
-                hold: None,
-            };
-        };
-        if st.kind == StatementKind::FunctionCall {
-            return compiled.profile.decide_fastpath();
-        }
-        let decided = compiled.decide_shaped(st.sql, st.shape).0;
-        self.last = Some((
-            Arc::clone(&decided),
-            compiled.profile.policy_hash.clone(),
-            compiled.profile.mask.active(),
-        ));
-        let mut outcome = decided.outcome.clone();
-        // EXECUTE inherits the outcome of its PREPARE (a denial, or a hold).
-        if outcome.denied.is_none()
-            && let Some(o) = decided.facts.executes.iter().find_map(|n| {
-                self.prepared
-                    .get(n)
-                    .filter(|o| o.denied.is_some() || o.hold.is_some())
-            })
-        {
-            outcome = o.clone();
-        }
-        for name in &decided.facts.prepares {
-            self.prepared.insert(name.clone(), outcome.clone());
-        }
-        // PREPARE itself runs nothing: the hold applies when EXECUTE runs it.
-        if !decided.facts.prepares.is_empty() && decided.facts.executes.is_empty() {
-            outcome.hold = None;
-        }
-        outcome
-    }
-}
-
-impl SessionHooks for PolicySession {
-    fn policy_version(&self) -> u64 {
-        self.version
-    }
-
-    fn last_decision(&self) -> Option<crate::hooks::DecisionInfo> {
-        let (d, hash, masks) = self.last.as_ref()?;
-        Some(crate::hooks::DecisionInfo {
-            command: d.facts.commands.join(", "),
-            objects: d
-                .facts
-                .tables
-                .iter()
-                .map(|t| match &t.schema {
-                    Some(s) => format!("{s}.{}", t.name),
-                    None => t.name.clone(),
-                })
-                .collect(),
-            policy_hash: hash.clone(),
-            masked: *masks && d.facts.classes.contains(&analyze::Class::Read),
-        })
-    }
-
-    fn statement(&mut self, st: &Statement<'_>) -> Verdict {
-        let outcome = self.outcome(st);
-        match outcome.denied {
-            Some(d) if outcome.enforced => {
-                info!(session = %self.meta.id, workload = %self.meta.workload, rule = %d.rule, "statement denied: {}", d.reason);
-                Verdict::Deny(d)
-            }
-            Some(d) => {
-                warn!(session = %self.meta.id, workload = %self.meta.workload, rule = %d.rule, "audit-only: would deny: {}", d.reason);
-                Verdict::Allow
-            }
-            None => match outcome.hold {
-                Some(rule) => Verdict::Hold(rule),
-                None => Verdict::Allow,
-            },
+/// Checks a session's startup `options` (`-c name=value`) as the SETs they amount to, before
+/// the server is contacted.
+pub fn startup(set: &PolicySet, workload: &str, options: Option<&str>) -> Result<(), Denied> {
+    let Some(options) = options else {
+        return Ok(());
+    };
+    let Some(compiled) = set.workloads.get(workload) else {
+        return Err(no_policy(workload, set.defined.contains(workload)));
+    };
+    for (k, v) in startup_settings(options) {
+        let sql = format!("SET {k} = '{}'", v.replace('\'', "''"));
+        let d = compiled.decide(&sql);
+        if d.outcome.refuses() {
+            let mut denied = d
+                .outcome
+                .denied
+                .clone()
+                .unwrap_or_else(|| no_policy("", false));
+            denied.reason = format!("startup option -c {k}={v}: {}", denied.reason);
+            return Err(denied);
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

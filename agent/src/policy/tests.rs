@@ -4,8 +4,6 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::config::{Config, WorkloadConfig};
-use crate::names::{ClientAddr, ListenAddr, OrigDstAddr, SessionId, SockAddr, WorkloadName};
-use crate::session::DbParams;
 
 fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
@@ -57,25 +55,35 @@ fn engine() -> Arc<Engine> {
     Arc::new(Engine::new(&config, Path::new("/x/pgwarden.yaml")).unwrap())
 }
 
-fn meta(workload: &str, options: Option<&str>) -> Arc<SessionMeta> {
-    let a = "127.0.0.1:1".parse().unwrap();
-    Arc::new(SessionMeta {
-        id: SessionId(1),
-        workload: WorkloadName(workload.into()),
-        identity: None,
-        client: ClientAddr(SockAddr::Inet(a)),
-        listen: ListenAddr(SockAddr::Inet(a)),
-        server: OrigDstAddr(SockAddr::Inet(a)),
-        db: DbParams {
-            user: "u".into(),
-            database: "d".into(),
-            application_name: None,
-            options: options.map(str::to_owned),
-        },
-        client_tls: false,
-        server_tls: false,
-        netns: None,
-    })
+/// A session's decisions, as the relay makes them (no grants, lexer-safe).
+struct Session {
+    engine: Arc<Engine>,
+    policy: SessionPolicy,
+}
+
+impl Session {
+    fn statement(&mut self, st: &Statement<'_>) -> Verdict {
+        let ctx = Context {
+            statement: *st,
+            lexer_unsafe: None,
+            grant: &|_| None,
+        };
+        self.policy.decide(&self.engine.current(), &ctx).verdict
+    }
+}
+
+fn open(engine: &Arc<Engine>, workload: &str) -> Session {
+    Session {
+        engine: Arc::clone(engine),
+        policy: SessionPolicy::new(workload, "1"),
+    }
+}
+
+fn start(engine: &Engine, workload: &str, options: Option<&str>) -> Verdict {
+    match startup(&engine.current(), workload, options) {
+        Ok(()) => Verdict::Allow,
+        Err(d) => Verdict::Deny(d),
+    }
 }
 
 fn rule(v: &Verdict) -> Option<&str> {
@@ -88,7 +96,7 @@ fn rule(v: &Verdict) -> Option<&str> {
 
 #[test]
 fn session_level_cases() {
-    let hooks = PolicyHooks { engine: engine() };
+    let hooks = engine();
     let q = |sql| Statement {
         kind: StatementKind::Query,
         sql,
@@ -97,7 +105,7 @@ fn session_level_cases() {
     };
 
     // Case 11: PREPARE then EXECUTE, each denied.
-    let mut s = hooks.open(&meta("writer", None));
+    let mut s = open(&hooks, "writer");
     assert_eq!(
         rule(&s.statement(&q("PREPARE p AS DELETE FROM payments"))),
         Some("dml.unscoped")
@@ -111,7 +119,7 @@ fn session_level_cases() {
     assert_eq!(rule(&s.statement(&q("EXECUTE ok(7)"))), None);
 
     // Case 29: a Parse is decided at Parse.
-    let mut r = hooks.open(&meta("reader", None));
+    let mut r = open(&hooks, "reader");
     let parse = Statement {
         kind: StatementKind::Parse,
         sql: "DROP TABLE payments",
@@ -140,31 +148,30 @@ fn session_level_cases() {
 
     // Case 31: startup options carrying -c settings.
     assert_eq!(
-        rule(&hooks.startup(&meta("reader", Some("-c role=postgres")))),
+        rule(&start(&hooks, "reader", Some("-c role=postgres"))),
         Some("role.change")
     );
     assert_eq!(
-        rule(&hooks.startup(&meta("reader", Some("--session-authorization=postgres")))),
+        rule(&start(&hooks, "reader", Some("--session-authorization=postgres"))),
         Some("role.change")
     );
     assert_eq!(
-        rule(&hooks.startup(&meta("reader", Some("-cstatement_timeout=5s")))),
+        rule(&start(&hooks, "reader", Some("-cstatement_timeout=5s"))),
         None
     );
     assert_eq!(
-        rule(&hooks.startup(&meta("reader", Some("-c search_path=evil")))),
+        rule(&start(&hooks, "reader", Some("-c search_path=evil"))),
         Some("search-path.change")
     );
 
     // Workloads without a policy, or unknown to the config: everything denied.
     assert_eq!(
-        rule(&hooks.open(&meta("bare", None)).statement(&q("SELECT 1"))),
+        rule(&open(&hooks, "bare").statement(&q("SELECT 1"))),
         Some("policy.none")
     );
     assert_eq!(
         rule(
-            &hooks
-                .open(&meta("stranger", None))
+            &open(&hooks, "stranger")
                 .statement(&q("SELECT 1"))
         ),
         Some("workload.unknown")

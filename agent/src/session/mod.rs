@@ -2,6 +2,11 @@
 //! real server, and the protocol-aware relay that the policy, masking and audit layers hook
 //! into. The per-connection state machine; errors end this session only.
 mod conn;
+pub mod env;
+pub mod masking;
+mod origin;
+pub mod recorder;
+pub mod registry;
 mod relay;
 pub mod state;
 
@@ -14,16 +19,17 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UnixStream};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use conn::Conn;
+pub use env::SessionEnv;
+pub use origin::Origins;
+pub use registry::Registry;
 
 use crate::config::SslMode;
-use crate::daemon::Shared;
-use crate::identity::{self, Identity};
-use crate::names::{
-    CgroupId, ClientAddr, ListenAddr, OrigDstAddr, SessionId, SockAddr, WorkloadId, WorkloadName,
-};
+use crate::identity::Identity;
+use origin::Origin;
+use crate::names::{ClientAddr, ListenAddr, OrigDstAddr, SessionId, SockAddr, WorkloadName};
 use crate::netns::Netns;
 use crate::wire::encode::{self, ErrorFields};
 use crate::wire::startup::{self, Startup};
@@ -78,16 +84,6 @@ pub struct SessionInfo {
     pub upstream_local: Option<SocketAddr>,
     /// Start, seconds since the epoch.
     pub started: u64,
-}
-
-/// Where a session comes from, once the kernel's record is found.
-struct Origin {
-    server: OrigDstAddr,
-    workload: WorkloadName,
-    identity: Option<Identity>,
-    /// The client's network namespace, when it is not the agent's: upstream connects start
-    /// from there, so an address means what it meant to the client.
-    netns: Option<Arc<Netns>>,
 }
 
 /// What the startup phase ended with.
@@ -192,8 +188,8 @@ impl Accepted {
 }
 
 /// Serves one accepted connection to the end.
-pub async fn serve(shared: Arc<Shared>, accepted: Accepted) {
-    let id = shared.next_session_id();
+pub async fn serve(env: Arc<SessionEnv>, accepted: Accepted) {
+    let id = env.registry.next_id();
     let Accepted {
         conn,
         peer,
@@ -205,10 +201,10 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted) {
     // The record is taken at once (the kernel's map is bounded), the startup read after.
     let origin = match unix {
         None => match (peer.inet(), listen.inet()) {
-            (Some(p), Some(l)) => origin(&shared, p, l, netns_cookie).await,
+            (Some(p), Some(l)) => env.origins.tcp(p, l, netns_cookie).await,
             _ => None,
         },
-        Some(peer) => unix_origin(&shared, id, &peer).await,
+        Some(peer) => env.origins.unix(id, &peer).await,
     };
     let origin = origin.map(|mut o| {
         if let Some(ns) = &netns
@@ -219,8 +215,8 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted) {
         o.netns = netns;
         o
     });
-    let timeout = Duration::from_secs(shared.config.limits.startup_timeout_seconds);
-    let opened = match tokio::time::timeout(timeout, open(&shared, conn)).await {
+    let timeout = Duration::from_secs(env.limits.startup_timeout_seconds);
+    let opened = match tokio::time::timeout(timeout, open(&env, conn)).await {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {
             warn!(session = %id, client = %peer, "startup failed: {e:#}");
@@ -246,17 +242,17 @@ pub async fn serve(shared: Arc<Shared>, accepted: Accepted) {
         return;
     };
     match opened {
-        Opened::Cancel { pid, key, raw } => cancel(&shared, id, pid, &key, &raw).await,
+        Opened::Cancel { pid, key, raw } => cancel(&env, id, pid, &key, &raw).await,
         Opened::Session { conn, params, rest } => {
-            run(shared, id, peer, listen, origin, conn, params, rest).await
+            run(env, id, peer, listen, origin, conn, params, rest).await
         }
     }
 }
 
 /// Reads the startup phase: answers SSLRequest (TLS when configured) and GSSENCRequest, and
 /// returns the StartupMessage or CancelRequest.
-async fn open(shared: &Shared, mut conn: Conn) -> anyhow::Result<Opened> {
-    let limits = shared.config.limits.wire();
+async fn open(env: &SessionEnv, mut conn: Conn) -> anyhow::Result<Opened> {
+    let limits = env.limits.wire();
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         let msg = loop {
@@ -300,7 +296,7 @@ async fn open(shared: &Shared, mut conn: Conn) -> anyhow::Result<Opened> {
                     }
                     _ => bail!("second SSLRequest inside TLS"),
                 };
-                match &shared.client_tls {
+                match &env.client_tls {
                     Some(acceptor) => {
                         let mut tcp = tcp;
                         tcp.write_all(b"S").await?;
@@ -330,12 +326,12 @@ async fn open(shared: &Shared, mut conn: Conn) -> anyhow::Result<Opened> {
 /// Connects to the real server (TCP, negotiating TLS per `upstream.sslmode`, or its Unix
 /// socket) for the client `pid` (a Unix path is resolved in the client's mount namespace).
 pub async fn connect_upstream(
-    shared: &Shared,
+    env: &SessionEnv,
     server: &SockAddr,
     pid: Option<u32>,
     netns: Option<&Netns>,
 ) -> anyhow::Result<Conn> {
-    let timeout = Duration::from_secs(shared.config.upstream.connect_timeout_seconds);
+    let timeout = Duration::from_secs(env.upstream.connect_timeout_seconds);
     let server = match server {
         SockAddr::Inet(a) => *a,
         SockAddr::Unix(path) => {
@@ -365,7 +361,7 @@ pub async fn connect_upstream(
             Some(ns) => format!("connecting to {server} from network namespace {}", ns.id.0),
         })?;
     let _ = tcp.set_nodelay(true);
-    let Some(connector) = &shared.upstream_tls else {
+    let Some(connector) = &env.upstream_tls else {
         return Ok(Conn::Plain(tcp));
     };
     let mut req = Vec::with_capacity(8);
@@ -374,14 +370,14 @@ pub async fn connect_upstream(
     tcp.write_all(&req).await?;
     match tcp.read_u8().await? {
         b'S' => {
-            let name = crate::tls::server_name(&shared.config.upstream, server.ip())?;
+            let name = crate::tls::server_name(&env.upstream, server.ip())?;
             let tls = connector
                 .connect(name, tcp)
                 .await
                 .with_context(|| format!("TLS handshake with {server}"))?;
             Ok(Conn::ClientTls(Box::new(tls)))
         }
-        b'N' if shared.config.upstream.sslmode == SslMode::Prefer => Ok(Conn::Plain(tcp)),
+        b'N' if env.upstream.sslmode == SslMode::Prefer => Ok(Conn::Plain(tcp)),
         b'N' => {
             bail!("the server at {server} does not accept TLS and upstream.sslmode requires it")
         }
@@ -391,24 +387,20 @@ pub async fn connect_upstream(
 
 /// Routes a CancelRequest to the server of the session that owns the key. Only keys of live
 /// pgwarden sessions are forwarded; PostgreSQL itself answers nothing either way.
-async fn cancel(shared: &Shared, id: SessionId, pid: i32, key: &[u8], raw: &[u8]) {
-    let target = shared.cancel_target(pid, key);
-    let Some((owner, server, client_pid, netns)) = target else {
+async fn cancel(env: &SessionEnv, id: SessionId, pid: i32, key: &[u8], raw: &[u8]) {
+    let Some(target) = env.registry.cancel_target(pid, key) else {
         warn!(session = %id, backend = pid, "cancel request for a backend of no live session: dropped");
         return;
     };
     // A statement held for approval is withdrawn: it never reached the server.
-    let reason = "cancelled by the client";
-    for request in shared.approvals.withdraw_session(owner, reason) {
-        info!(session = %owner, request = request.id, "approval request withdrawn by the client's cancel");
-        shared.approval_event(
-            &request,
-            Some(&crate::approval::Resolution::Withdrawn {
-                reason: reason.into(),
-            }),
-        );
+    for request in env
+        .approvals
+        .withdraw_session(target.session, "cancelled by the client")
+    {
+        info!(session = %target.session, request = request.id, "approval request withdrawn by the client's cancel");
     }
-    match connect_upstream(shared, &server, client_pid, netns.as_deref()).await {
+    let server = target.server;
+    match connect_upstream(env, &server, target.client_pid, target.netns.as_deref()).await {
         Ok(mut up) => {
             let _ = up.write_all(raw).await;
             let _ = up.flush().await;
@@ -434,13 +426,13 @@ fn db_params(params: &Startup) -> DbParams {
 
 /// Removes the session from the registry when it ends, however it ends.
 struct Registered<'a> {
-    shared: &'a Shared,
+    registry: &'a Registry,
     id: SessionId,
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.shared.session_ended(self.id);
+        self.registry.ended(self.id);
     }
 }
 
@@ -449,7 +441,7 @@ impl Drop for Registered<'_> {
     reason = "the one place a session is assembled"
 )]
 async fn run(
-    shared: Arc<Shared>,
+    env: Arc<SessionEnv>,
     id: SessionId,
     peer: SockAddr,
     listen: SockAddr,
@@ -472,26 +464,18 @@ async fn run(
         .await;
         return;
     }
-    let startup_meta = SessionMeta {
-        id,
-        workload: origin.workload.clone(),
-        identity: origin.identity.clone(),
-        client: ClientAddr(peer.clone()),
-        listen: ListenAddr(listen.clone()),
-        server: origin.server.clone(),
-        db: db.clone(),
-        client_tls: conn.is_tls(),
-        server_tls: false,
-        netns: origin.netns.clone(),
-    };
-    if let crate::hooks::Verdict::Deny(d) = shared.hooks.startup(&startup_meta) {
+    if let Err(d) = crate::policy::startup(
+        &env.policy.current(),
+        &origin.workload.0,
+        db.options.as_deref(),
+    ) {
         warn!(session = %id, workload = %origin.workload, rule = %d.rule, "startup refused: {}", d.reason);
         refuse(&mut conn, d.sqlstate, &d.message()).await;
         return;
     }
     let client_pid = origin.identity.as_ref().map(|i| i.pid);
     let upstream = match connect_upstream(
-        &shared,
+        &env,
         &origin.server.0,
         client_pid,
         origin.netns.as_deref(),
@@ -534,19 +518,19 @@ async fn run(
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    shared.session_started(SessionInfo {
+    env.registry.started(SessionInfo {
         meta: Arc::clone(&meta),
         upstream_local,
         started,
     });
     let _registered = Registered {
-        shared: &shared,
+        registry: &env.registry,
         id,
     };
     let Startup::Params { raw, .. } = &params else {
         return;
     };
-    let outcome = relay::run(&shared, &meta, conn, upstream, raw.clone(), rest).await;
+    let outcome = relay::run(&env, &meta, conn, upstream, raw.clone(), rest).await;
     match outcome {
         Ok(()) => info!(session = %id, "session end"),
         Err(e) => warn!(session = %id, "session end: {e:#}"),
@@ -573,108 +557,6 @@ fn log_start(meta: &SessionMeta) {
             info!(session = %meta.id, workload = %meta.workload, client = %meta.client.0, server = %meta.server.0, "session start (listen-only)")
         }
     }
-}
-
-async fn origin(
-    shared: &Shared,
-    peer: SocketAddr,
-    listen: SocketAddr,
-    netns_cookie: u64,
-) -> Option<Origin> {
-    let Some(redirect) = &shared.redirect else {
-        let server = shared.listen_only_upstream().await?;
-        return Some(Origin {
-            server,
-            workload: shared.listen_only_workload(),
-            identity: None,
-            netns: None,
-        });
-    };
-    let record = redirect
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take_origin(peer, listen, netns_cookie)?;
-    let server = identity::orig_dst(&record);
-    complete(
-        shared,
-        record.workload,
-        identity::Caller::from(&record),
-        server,
-    )
-    .await
-}
-
-/// The origin of an accepted Unix connection, from the record `connect_unix` stored under the
-/// client socket's cookie (found through sock_diag). SO_PEERCRED must name the same process.
-async fn unix_origin(shared: &Shared, id: SessionId, peer: &UnixPeer) -> Option<Origin> {
-    let record = {
-        let mut redirect = shared
-            .redirect
-            .as_ref()?
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let record = redirect.unix_origin(peer.client_cookie)?;
-        redirect.note_unix_peer(peer.accepted_cookie, &record);
-        record
-    };
-    let cred = peer.cred;
-    let caller = identity::Caller::from(&record);
-    if let Some(cred) = cred
-        && (cred.pid().and_then(|p| u32::try_from(p).ok()) != Some(caller.tgid)
-            || cred.uid() != caller.uid)
-    {
-        warn!(
-            session = %id,
-            record_pid = caller.tgid,
-            peer_pid = ?cred.pid(),
-            "a Unix connection's SO_PEERCRED differs from its connect() record: refused"
-        );
-        return None;
-    }
-    complete(
-        shared,
-        record.workload,
-        caller,
-        identity::orig_unix(&record),
-    )
-    .await
-}
-
-/// Completes a kernel record into an origin: the workload's name and the caller's identity.
-async fn complete(
-    shared: &Shared,
-    workload_id: u32,
-    record: identity::Caller,
-    server: OrigDstAddr,
-) -> Option<Origin> {
-    let (workload, known_path) = {
-        let tagger = shared
-            .tagger
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let workload = tagger
-            .registry
-            .name(WorkloadId(workload_id))
-            .cloned()
-            .unwrap_or_else(|| WorkloadName(format!("unknown-{workload_id}")));
-        (
-            workload,
-            tagger.path_of(CgroupId(record.cgroup_id)).cloned(),
-        )
-    };
-    let root = shared.cgroup_root.clone();
-    let identity = tokio::task::spawn_blocking(move || {
-        identity::resolve(&record, workload, known_path, &root)
-    })
-    .await
-    .ok()?;
-    debug!(pid = identity.pid, "origin found");
-    Some(Origin {
-        server,
-        workload: identity.workload.clone(),
-        identity: Some(identity),
-        netns: None,
-    })
 }
 
 /// Where to connect for the Unix socket `path` a client with process id `pid` asked for: the
@@ -735,6 +617,9 @@ pub enum SessionError {
     /// A socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// Reloaded masking rules could not be applied to the session.
+    #[error(transparent)]
+    Masks(#[from] masking::ResolveError),
 }
 
 /// The SASL offer without channel-binding mechanisms (when TLS is terminated on a hop, the

@@ -50,6 +50,8 @@ pub struct ProtoState {
     statement_cols: HashMap<String, Arc<[Column]>>,
     portal_cols: HashMap<String, Arc<[Column]>>,
     streaming: bool,
+    /// Extended-protocol messages were sent since the last Sync: the batch is open.
+    batch_open: bool,
 }
 
 impl ProtoState {
@@ -71,7 +73,19 @@ impl ProtoState {
             statement_cols: HashMap::new(),
             portal_cols: HashMap::new(),
             streaming: false,
+            batch_open: false,
         }
+    }
+
+    /// Whether an extended-protocol batch is open (messages sent since the last Sync): nothing
+    /// of pgwarden's own may be sent into it.
+    pub fn batch_open(&self) -> bool {
+        self.batch_open
+    }
+
+    /// Whether the reply the server owes next is that of pgwarden's own query.
+    pub fn resolving(&self) -> bool {
+        self.pending.front() == Some(&Pending::Resolve)
     }
 
     /// Marks a prepared statement as needing approval when executed.
@@ -255,6 +269,9 @@ pub enum Pending {
     Query,
     /// FunctionCallResponse, then ReadyForQuery.
     FunctionCall,
+    /// Results, then ReadyForQuery, of pgwarden's own query (resolving masked columns): the
+    /// client sees none of it.
+    Resolve,
 }
 
 /// What the server's reply means for the columns of the rows that follow.
@@ -269,6 +286,10 @@ pub enum ResultStart {
 impl ProtoState {
     /// The client sent a message that the server will answer.
     pub fn expect(&mut self, p: Pending) {
+        self.batch_open = !matches!(
+            p,
+            Pending::Sync | Pending::Query | Pending::FunctionCall | Pending::Resolve
+        );
         self.pending.push_back(p);
     }
 
@@ -369,7 +390,10 @@ impl ProtoState {
             b'Z' => {
                 self.streaming = false;
                 while let Some(p) = self.pending.pop_front() {
-                    if matches!(p, Pending::Sync | Pending::Query | Pending::FunctionCall) {
+                    if matches!(
+                        p,
+                        Pending::Sync | Pending::Query | Pending::FunctionCall | Pending::Resolve
+                    ) {
                         break;
                     }
                 }

@@ -10,6 +10,9 @@ use tokio::sync::oneshot;
 
 use crate::names::SessionId;
 
+mod record;
+pub use record::Recorder;
+
 /// An approval rule of a profile.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Rule {
@@ -184,10 +187,12 @@ struct State {
     grants: BTreeMap<u64, Grant>,
 }
 
-/// The agent's approval requests and grants.
+/// The agent's approval requests and grants. Every request, resolution and refused decision
+/// is recorded (and a request announced) by its [`Recorder`] as the state changes.
 #[derive(Default)]
 pub struct Approvals {
     state: Mutex<State>,
+    recorder: Recorder,
 }
 
 fn now() -> u64 {
@@ -197,6 +202,14 @@ fn now() -> u64 {
 }
 
 impl Approvals {
+    /// Approvals that record through `recorder`.
+    pub fn new(recorder: Recorder) -> Self {
+        Self {
+            state: Mutex::default(),
+            recorder,
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -245,11 +258,30 @@ impl Approvals {
                 reply: tx,
             },
         );
+        drop(st);
+        self.recorder.requested(&request);
         (request, rx)
     }
 
-    /// A person decides. Approving with `grant_for` opens a grant for the workload.
+    /// A person decides. Approving with `grant_for` opens a grant for the workload. The
+    /// decision, or its refusal, is recorded.
     pub fn decide(
+        &self,
+        id: u64,
+        caller: &Caller,
+        approve: bool,
+        grant_for: Option<Duration>,
+        comment: Option<String>,
+    ) -> Result<(Request, Resolution), DecideError> {
+        let decided = self.decide_unrecorded(id, caller, approve, grant_for, comment);
+        match &decided {
+            Ok((request, resolution)) => self.recorder.resolved(request, resolution),
+            Err(e) => self.recorder.refused(id, caller, e),
+        }
+        decided
+    }
+
+    fn decide_unrecorded(
         &self,
         id: u64,
         caller: &Caller,
@@ -307,10 +339,11 @@ impl Approvals {
         Ok((w.request, resolution))
     }
 
-    /// Ends a request without a decision (timeout, client gone, agent stopping).
+    /// Ends a request without a decision (timeout, client gone, agent stopping), recorded.
     pub fn end(&self, id: u64, resolution: Resolution) -> Option<Request> {
         let w = self.state().pending.remove(&id)?;
         let request = w.request.clone();
+        self.recorder.resolved(&request, &resolution);
         let _ = w.reply.send(resolution);
         Some(request)
     }

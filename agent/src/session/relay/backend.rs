@@ -1,0 +1,231 @@
+//! The server-to-client direction: results pass through the session's masks, pgwarden's own
+//! refusals take the place of the server's complaints about their markers, the replies to
+//! pgwarden's own queries are kept from the client, and finished statements get their
+//! `query.done` records.
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tracing::warn;
+
+use super::handshake::{error_message, text_row};
+use super::{Ctx, READ_CHUNK, ReadHalf, lock};
+use crate::session::SessionError;
+use crate::session::conn::write_batch;
+use crate::session::state::{InFlight, ResultStart, tag_rows};
+use crate::wire::backend::{self, Column};
+use crate::wire::{Frame, Side, WireError, next_frame};
+
+pub(super) async fn run(
+    ctx: &Ctx<'_>,
+    mut r: ReadHalf,
+    mut buf: BytesMut,
+) -> Result<(), SessionError> {
+    let mut out: Vec<Bytes> = Vec::with_capacity(64);
+    loop {
+        loop {
+            let frame = match next_frame(&mut buf, &ctx.limits, Side::Backend) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(super::server_error(ctx, e).await),
+            };
+            match on_frame(ctx, frame, &mut out) {
+                Ok(()) => {}
+                Err(Stop::Wire(e)) => return Err(super::server_error(ctx, e).await),
+                Err(Stop::Masks(e)) => {
+                    // What was already read goes out; nothing after the failed change does.
+                    let mut w = ctx.client_w.lock().await;
+                    write_batch(&mut *w, &mut out).await?;
+                    drop(w);
+                    warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, "ending session: the reloaded masking rules cannot be applied: {e}");
+                    ctx.fatal(
+                        "42501",
+                        &format!("pgwarden: {e}; the session ends (the reloaded masking rules cannot be applied)"),
+                    )
+                    .await;
+                    return Err(SessionError::Masks(e));
+                }
+            }
+        }
+        {
+            let mut w = ctx.client_w.lock().await;
+            write_batch(&mut *w, &mut out).await?;
+        }
+        buf.reserve(READ_CHUNK);
+        if r.read_buf(&mut buf).await? == 0 {
+            let mut w = ctx.client_w.lock().await;
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+    }
+}
+
+/// Why the backend direction stops.
+enum Stop {
+    Wire(WireError),
+    Masks(crate::session::masking::ResolveError),
+}
+
+impl From<WireError> for Stop {
+    fn from(e: WireError) -> Self {
+        Stop::Wire(e)
+    }
+}
+
+fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Stop> {
+    if matches!(frame.tag, b'T' | b'D' | b'C' | b'I' | b'E' | b'Z') && ctx.state().resolving() {
+        return own_reply(ctx, &frame);
+    }
+    match frame.tag {
+        b'D' => {
+            if let ResultStart::Columns(cols) = ctx.state().data_row() {
+                ctx.masking().result_columns(&cols);
+            }
+            out.push(ctx.masking().data_row(&frame).unwrap_or(frame.bytes));
+        }
+        b'd' => out.push(ctx.masking().copy_data(&frame).unwrap_or(frame.bytes)),
+        b'T' => {
+            let cols: Arc<[Column]> = backend::row_description(&frame)?.into();
+            if let ResultStart::Columns(cols) = ctx.state().row_description(cols) {
+                ctx.masking().result_columns(&cols);
+            }
+            out.push(frame.bytes);
+        }
+        b'C' => {
+            let tag = backend::command_complete(&frame)?;
+            let done = {
+                let mut st = ctx.state();
+                let done = st.finish(b'C', None, tag_rows(tag));
+                st.reply(b'C');
+                done
+            };
+            let pin = Arc::clone(&lock(&ctx.pin));
+            ctx.masking().command_complete(tag, &pin);
+            finished(ctx, done);
+            out.push(frame.bytes);
+        }
+        b'Z' => {
+            let status = backend::ready_for_query(&frame)?;
+            let done = {
+                let mut st = ctx.state();
+                let done = st.finish(b'Z', None, 0);
+                st.reply(b'Z');
+                st.ready(status);
+                done
+            };
+            finished(ctx, done);
+            out.push(frame.bytes);
+        }
+        b'E' | b'N' => {
+            let fields = backend::error_fields(&frame)?;
+            let replaced = if frame.tag == b'E' {
+                let field = |k: u8| fields.iter().find(|(c, _)| *c == k).map_or("", |(_, m)| *m);
+                let (code, message) = (field(b'C'), field(b'M'));
+                let mut st = ctx.state();
+                let ours = if st.has_markers() {
+                    st.replace_error(message)
+                } else {
+                    None
+                };
+                // A denial's record was written when it was decided; the server's own errors
+                // finish the statements they belong to.
+                let done = if ours.is_some() {
+                    Vec::new()
+                } else {
+                    st.finish(b'E', Some((code, message)), 0)
+                };
+                st.reply(b'E');
+                drop(st);
+                finished(ctx, done);
+                ours
+            } else {
+                None
+            };
+            match replaced {
+                Some(ours) => out.push(ours),
+                None => out.push(ctx.masking().error(&frame).unwrap_or(frame.bytes)),
+            }
+        }
+        b'K' => {
+            let (pid, key) = backend::backend_key(&frame)?;
+            ctx.env.registry.register_cancel(ctx.meta, pid, key);
+            out.push(frame.bytes);
+        }
+        b'S' => {
+            // A setting that changes how PostgreSQL reads text: later statements are refused
+            // (the policy denies the SETs it sees; this catches any other way, e.g. a role's
+            // default applied by ALTER ROLE ... SET).
+            ctx.parameter_status(&frame)?;
+            out.push(frame.bytes);
+        }
+        b'1' | b'2' | b'3' | b'n' | b'I' | b's' => {
+            let done = {
+                let mut st = ctx.state();
+                let done = if matches!(frame.tag, b'I' | b's') {
+                    st.finish(frame.tag, None, 0)
+                } else {
+                    Vec::new()
+                };
+                st.reply(frame.tag);
+                done
+            };
+            finished(ctx, done);
+            out.push(frame.bytes);
+        }
+        _ => out.push(frame.bytes),
+    }
+    Ok(())
+}
+
+/// A reply to pgwarden's own catalog query: kept from the client; at its ReadyForQuery the
+/// masks change, before any later result is read.
+fn own_reply(ctx: &Ctx<'_>, frame: &Frame) -> Result<(), Stop> {
+    // Lock order: `state` before `changes`; neither is held while the other is taken here.
+    match frame.tag {
+        b'D' => {
+            let row = text_row(frame)?;
+            if let Some(c) = lock(&ctx.changes).front_mut() {
+                c.rows.push(row);
+            }
+        }
+        b'E' => {
+            let message = error_message(frame)?;
+            if let Some(c) = lock(&ctx.changes).front_mut() {
+                c.error = Some(message);
+            }
+        }
+        b'Z' => {
+            let status = backend::ready_for_query(frame)?;
+            {
+                let mut st = ctx.state();
+                st.reply(b'Z');
+                st.ready(status);
+            }
+            let change = lock(&ctx.changes).pop_front();
+            if let Some(c) = change {
+                ctx.masking()
+                    .apply(c.change, &c.rows, c.error)
+                    .map_err(Stop::Masks)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `query.done` records for statements the server finished: rows, outcome, duration and
+/// what was masked. Written without holding up the result stream.
+fn finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
+    for f in done {
+        let elapsed = f.started.elapsed();
+        ctx.env.metrics.latency(elapsed);
+        let masked = ctx.masking().take_counts();
+        let total: u64 = masked.iter().map(|m| m.count).sum();
+        ctx.env.metrics.masked(&ctx.meta.workload.0, total);
+        if ctx.recorder.enabled() {
+            ctx.recorder
+                .journal()
+                .submit_prepared(ctx.recorder.done(&f, elapsed, masked));
+        }
+    }
+}

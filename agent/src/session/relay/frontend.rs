@@ -1,0 +1,401 @@
+//! The client-to-server direction: every statement (Query, Parse, FunctionCall) is decided
+//! before anything of it reaches the server, its record is committed before its batch is
+//! sent, and a refused one is replaced in place by a statement the server rejects (so the
+//! client sees pgwarden's error where PostgreSQL would have put one).
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tracing::warn;
+
+use super::hold::{self, Held, HeldKind};
+use super::{AuditItem, Ctx, READ_CHUNK, ReadHalf, RefuseAs, Resolving, WriteHalf, lock};
+use crate::audit::canon::Prepared;
+use crate::policy::{Context, Decision, Statement, StatementKind, Verdict};
+use crate::session::SessionError;
+use crate::session::conn::write_batch;
+use crate::session::recorder::Described;
+use crate::session::state::Pending;
+use crate::sqltext::Text;
+use crate::wire::encode;
+use crate::wire::frontend::{self, FrontendMsg};
+use crate::wire::{Frame, Side, WireError, next_frame};
+
+/// What the frontend direction does after a message.
+pub(super) enum Step {
+    Continue,
+    Terminate,
+    Hold(Held),
+}
+
+pub(super) async fn run(
+    ctx: &Ctx<'_>,
+    mut r: ReadHalf,
+    mut w: WriteHalf,
+    mut buf: BytesMut,
+) -> Result<(), SessionError> {
+    let mut out: Vec<Bytes> = Vec::with_capacity(16);
+    let mut audits: Vec<AuditItem> = Vec::new();
+    loop {
+        loop {
+            let frame = match next_frame(&mut buf, &ctx.limits, Side::Frontend) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(super::client_error(ctx, e).await),
+            };
+            match on_frame(ctx, frame, &mut out, &mut audits) {
+                Ok(Step::Continue) => {}
+                Ok(Step::Terminate) => {
+                    // Terminate: pass it on and stop reading.
+                    commit(ctx, &mut out, &mut audits).await;
+                    write_batch(&mut w, &mut out).await?;
+                    let _ = w.shutdown().await;
+                    return Ok(());
+                }
+                Ok(Step::Hold(held)) => {
+                    // Everything before the held message goes first; what follows waits.
+                    commit(ctx, &mut out, &mut audits).await;
+                    write_batch(&mut w, &mut out).await?;
+                    let Some(resolution) = hold::wait(ctx, &held, &mut r, &mut buf).await? else {
+                        let _ = w.shutdown().await;
+                        return Ok(());
+                    };
+                    hold::release(ctx, held, &resolution, &mut out, &mut audits);
+                }
+                Err(e) => return Err(super::client_error(ctx, e).await),
+            }
+        }
+        commit(ctx, &mut out, &mut audits).await;
+        write_batch(&mut w, &mut out).await?;
+        buf.reserve(READ_CHUNK.min(ctx.limits.frontend_large));
+        if r.read_buf(&mut buf).await? == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+    }
+}
+
+/// Commits the batch's audit records before the batch is sent. In strict mode they are on
+/// disk first; when the journal cannot be written, every statement of the batch is refused
+/// in place (SQLSTATE 58030) and nothing reaches the server.
+async fn commit(ctx: &Ctx<'_>, out: &mut [Bytes], items: &mut Vec<AuditItem>) {
+    if items.is_empty() {
+        return;
+    }
+    let journal = ctx.recorder.journal();
+    if !journal.is_strict() {
+        // Async mode: queued, never waited for (a full queue is counted in an audit.gap).
+        for i in items.drain(..) {
+            journal.submit_prepared(i.record);
+        }
+        return;
+    }
+    // Strict: on disk before the batch goes; several share one group commit.
+    let (records, frames): (Vec<Prepared>, Vec<Option<(usize, RefuseAs)>>) =
+        items.drain(..).map(|i| (i.record, i.frame)).unzip();
+    if let Err(e) = journal.append_all(records).await {
+        warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, "refusing statements: the audit journal cannot be written: {e}");
+        let message =
+            format!("pgwarden: the audit journal cannot be written ({e}); statement refused");
+        let mut st = ctx.state();
+        for (index, how) in frames.into_iter().flatten() {
+            let token = st.deny(super::error_bytes("58030", &message));
+            out[index] = match how {
+                RefuseAs::Query => encode::query(&token),
+                RefuseAs::Execute => encode::parse("pgwarden_refused", &token),
+            };
+        }
+    }
+}
+
+/// At the start of a batch, moves the session to the current policy version: decisions and
+/// masks of the batch follow it together. When the masks change, pgwarden's catalog query
+/// goes first, and the backend direction swaps the masks at its reply, before any result
+/// of what follows.
+fn follow_policy(ctx: &Ctx<'_>, out: &mut Vec<Bytes>) {
+    let latest = ctx.env.policy.current();
+    *lock(&ctx.pin) = Arc::clone(&latest);
+    let change = ctx.masking().follow(&latest, ctx.mask_rules(&latest));
+    if let Some(change) = change {
+        out.push(encode::query(&change.query));
+        // Queued before the server can answer: its reply is read only after this batch goes.
+        lock(&ctx.changes).push_back(Resolving {
+            change,
+            rows: Vec::new(),
+            error: None,
+        });
+        let mut st = ctx.state();
+        st.segment_sent();
+        st.expect(Pending::Resolve);
+    }
+}
+
+/// Handles one client frame, noting the audit records the batch must commit first.
+fn on_frame(
+    ctx: &Ctx<'_>,
+    frame: Frame,
+    out: &mut Vec<Bytes>,
+    audits: &mut Vec<AuditItem>,
+) -> Result<Step, WireError> {
+    let starts_batch = matches!(frame.tag, b'Q' | b'P' | b'F' | b'B' | b'D' | b'E' | b'C');
+    if starts_batch && !ctx.state().batch_open() {
+        follow_policy(ctx, out);
+    }
+    match frame.tag {
+        b'Q' | b'P' | b'F' => return statement(ctx, frame, out, audits),
+        b'B' => {
+            if let FrontendMsg::Bind {
+                portal,
+                statement,
+                result_formats,
+            } = frontend::decode(&frame)?
+            {
+                let mut st = ctx.state();
+                st.bound(portal, statement, result_formats);
+                st.expect(Pending::Bind);
+            }
+            out.push(frame.bytes);
+        }
+        b'C' => {
+            if let FrontendMsg::Close { kind, name } = frontend::decode(&frame)? {
+                if kind == b'S' {
+                    lock(&ctx.prepared).remove(name);
+                }
+                let mut st = ctx.state();
+                st.closed(kind, name);
+                st.expect(Pending::Close);
+            }
+            out.push(frame.bytes);
+        }
+        b'D' => {
+            if let FrontendMsg::Describe { kind, name } = frontend::decode(&frame)? {
+                let p = if kind == b'S' {
+                    Pending::DescribeStatement(name.to_owned())
+                } else {
+                    Pending::DescribePortal(name.to_owned())
+                };
+                ctx.state().expect(p);
+            }
+            out.push(frame.bytes);
+        }
+        b'E' => {
+            let portal = match frontend::decode(&frame)? {
+                FrontendMsg::Execute { portal, .. } => Some(portal.to_owned()),
+                _ => None,
+            };
+            if let Some(portal) = portal {
+                return Ok(execute(ctx, frame, portal, out, audits));
+            }
+            out.push(frame.bytes);
+        }
+        b'S' => {
+            let mut st = ctx.state();
+            st.segment_sent();
+            st.expect(Pending::Sync);
+            out.push(frame.bytes);
+        }
+        b'X' => {
+            out.push(frame.bytes);
+            return Ok(Step::Terminate);
+        }
+        _ => out.push(frame.bytes),
+    }
+    Ok(Step::Continue)
+}
+
+/// A Query, Parse or FunctionCall: decided, described from the decision, recorded, then
+/// sent, held or refused.
+fn statement(
+    ctx: &Ctx<'_>,
+    frame: Frame,
+    out: &mut Vec<Bytes>,
+    audits: &mut Vec<AuditItem>,
+) -> Result<Step, WireError> {
+    let (kind, sql, name, oid) = match frontend::decode(&frame)? {
+        FrontendMsg::Query(sql) => (StatementKind::Query, sql, "", 0),
+        FrontendMsg::Parse { name, sql } => (StatementKind::Parse, sql, name, 0),
+        FrontendMsg::FunctionCall { oid } => (StatementKind::FunctionCall, "", "", oid),
+        _ => (StatementKind::FunctionCall, "", "", 0),
+    };
+    // Read once: the policy's cache key and the journal's normalized text.
+    let text = (kind != StatementKind::FunctionCall).then(|| Text::of(sql));
+    let decision = decide(ctx, kind, sql, name, text.as_ref());
+    let desc = describe(ctx, sql, oid, text.as_ref(), &decision);
+    ctx.env
+        .metrics
+        .statement(&ctx.meta.workload.0, decision.verdict.name());
+    if let Verdict::Hold(rule) = &decision.verdict
+        && kind == StatementKind::Query
+    {
+        return Ok(Step::Hold(Held {
+            kind: HeldKind::Query,
+            rule: Arc::clone(rule),
+            sql: sql.to_owned(),
+            desc,
+            frame,
+        }));
+    }
+    let n = ctx.state().next_statement();
+    match &decision.verdict {
+        Verdict::Deny(d) => audits.push(AuditItem {
+            record: ctx
+                .recorder
+                .denied(&desc, &d.rule, d.sqlstate, &d.message(), n),
+            frame: None,
+        }),
+        // A Parse is recorded when its portals run.
+        _ if kind == StatementKind::Parse || !ctx.recorder.enabled() => {}
+        _ => audits.push(AuditItem {
+            record: ctx.recorder.allowed(&desc, n, None),
+            frame: Some((out.len(), RefuseAs::Query)),
+        }),
+    }
+    let denied = matches!(decision.verdict, Verdict::Deny(_));
+    if kind == StatementKind::Parse {
+        let mut prepared = lock(&ctx.prepared);
+        if denied {
+            prepared.remove(name);
+        } else {
+            prepared.insert(name.to_owned(), Arc::clone(&desc));
+        }
+    }
+    let mut st = ctx.state();
+    match decision.verdict {
+        Verdict::Allow => {
+            if kind == StatementKind::Parse {
+                st.parsed(name, sql);
+            }
+            out.push(frame.bytes.clone());
+        }
+        Verdict::Hold(rule) => {
+            // Extended protocol: the statement is prepared now and held when a portal of it
+            // is executed.
+            st.parsed(name, sql);
+            st.hold_statement(name, rule);
+            out.push(frame.bytes.clone());
+        }
+        Verdict::Deny(d) => {
+            let token = st.deny(super::error_bytes(d.sqlstate, &d.message()));
+            if kind == StatementKind::Parse {
+                st.closed(b'S', name);
+                out.push(encode::parse(name, &token));
+            } else {
+                out.push(encode::query(&token));
+            }
+        }
+    }
+    match kind {
+        StatementKind::Parse => st.expect(Pending::Parse),
+        StatementKind::Query => {
+            st.segment_sent();
+            st.expect(Pending::Query);
+            if !denied {
+                st.in_flight(n, true);
+            }
+        }
+        StatementKind::FunctionCall => {
+            st.segment_sent();
+            st.expect(Pending::FunctionCall);
+        }
+    }
+    Ok(Step::Continue)
+}
+
+/// The policy's decision on a statement, under the batch's policy version.
+fn decide(
+    ctx: &Ctx<'_>,
+    kind: StatementKind,
+    sql: &str,
+    name: &str,
+    text: Option<&Text>,
+) -> Decision {
+    let pin = Arc::clone(&lock(&ctx.pin));
+    let lexer = lock(&ctx.lexer_unsafe).clone();
+    let workload = &ctx.meta.workload.0;
+    let grant = |rule: &str| ctx.env.approvals.grant_for(workload, rule).map(|g| g.id);
+    let context = Context {
+        statement: Statement {
+            kind,
+            sql,
+            name,
+            shape: text.and_then(|t| t.shape.as_deref()),
+        },
+        lexer_unsafe: lexer.as_deref(),
+        grant: &grant,
+    };
+    lock(&ctx.policy).decide(&pin, &context)
+}
+
+/// How the journal describes a statement under its decision.
+fn describe(
+    ctx: &Ctx<'_>,
+    sql: &str,
+    oid: u32,
+    text: Option<&Text>,
+    decision: &Decision,
+) -> Arc<Described> {
+    match text {
+        // The policy read it: cached by normalized text.
+        Some(t) if decision.facts.is_some() => ctx.recorder.describe(sql, t, decision),
+        // Refused unread (a lexer-unsafe session, a workload without policy): the text alone.
+        Some(_) => ctx.recorder.describe_text(sql, decision),
+        None => ctx
+            .recorder
+            .describe_text(&format!("<fast-path function call, oid {oid}>"), decision),
+    }
+}
+
+/// An Execute: the decision was made at Parse; this records the access itself, or holds it
+/// when the statement needs approval and no grant is open.
+fn execute(
+    ctx: &Ctx<'_>,
+    frame: Frame,
+    portal: String,
+    out: &mut Vec<Bytes>,
+    audits: &mut Vec<AuditItem>,
+) -> Step {
+    let held = ctx.state().held_portal(&portal);
+    let desc = portal_description(ctx, &portal);
+    if let Some((rule, held_sql)) = held
+        && ctx
+            .env
+            .approvals
+            .grant_for(&ctx.meta.workload.0, &rule.id)
+            .is_none()
+    {
+        return Step::Hold(Held {
+            frame,
+            kind: HeldKind::Execute(portal),
+            rule,
+            sql: held_sql,
+            desc,
+        });
+    }
+    let n = ctx.state().next_statement();
+    if ctx.recorder.enabled() {
+        audits.push(AuditItem {
+            record: ctx.recorder.allowed(&desc, n, None),
+            frame: Some((out.len(), RefuseAs::Execute)),
+        });
+    }
+    let mut st = ctx.state();
+    st.expect(Pending::Execute(portal));
+    st.in_flight(n, false);
+    out.push(frame.bytes);
+    Step::Continue
+}
+
+/// The description of the statement behind `portal`.
+fn portal_description(ctx: &Ctx<'_>, portal: &str) -> Arc<Described> {
+    let (name, sql) = {
+        let st = ctx.state();
+        let Some(p) = st.portal(portal) else {
+            return ctx.recorder.describe_unknown("");
+        };
+        let name = p.statement.clone();
+        let sql = st.statement(&name).map(|s| s.to_string());
+        (name, sql)
+    };
+    let found = lock(&ctx.prepared).get(&name).cloned();
+    found.unwrap_or_else(|| ctx.recorder.describe_unknown(sql.as_deref().unwrap_or("")))
+}

@@ -1,0 +1,170 @@
+//! Statements held for just-in-time approval: the request (its text with card numbers
+//! masked), the wait (the client's further bytes kept, a client that leaves withdraws it),
+//! and the release: the statement sent on, or pgwarden's refusal in its place.
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt as _;
+use tracing::info;
+
+use super::{AuditItem, Ctx, ReadHalf, RefuseAs};
+use crate::session::SessionError;
+use crate::session::recorder::Described;
+use crate::session::state::Pending;
+use crate::wire::{Frame, encode};
+
+/// A message held for approval.
+pub(super) struct Held {
+    pub frame: Frame,
+    /// How it is recorded once released: a Query, or an Execute of `portal`.
+    pub kind: HeldKind,
+    pub rule: Arc<crate::approval::Rule>,
+    pub sql: String,
+    /// How the journal describes it.
+    pub desc: Arc<Described>,
+}
+
+pub(super) enum HeldKind {
+    Query,
+    Execute(String),
+}
+
+/// Waits for the decision on a held message. Bytes the client sends meanwhile are kept in
+/// `buf` (up to the statement limit); `None` when the client left (the request is withdrawn).
+pub(super) async fn wait(
+    ctx: &Ctx<'_>,
+    held: &Held,
+    r: &mut ReadHalf,
+    buf: &mut BytesMut,
+) -> Result<Option<crate::approval::Resolution>, SessionError> {
+    use crate::approval::Resolution;
+    let approvals = &ctx.env.approvals;
+    let who = ctx.meta.identity.as_ref();
+    let text = crate::mask::pan::mask_pans(held.sql.as_bytes(), crate::mask::Keep::First6Last4)
+        .map_or_else(
+            || held.sql.clone(),
+            |(m, _)| String::from_utf8_lossy(&m).into_owned(),
+        );
+    let (request, rx) = approvals.request(
+        (*held.rule).clone(),
+        &ctx.meta.workload.0,
+        ctx.meta.id,
+        &text,
+        who.map(|w| w.pid),
+        who.and_then(|w| w.exe.clone()),
+    );
+    info!(session = %ctx.meta.id, workload = %ctx.meta.workload, request = request.id, rule = %held.rule.id, "statement held for approval");
+    let timeout = tokio::time::sleep(held.rule.timeout);
+    tokio::pin!(rx, timeout);
+    loop {
+        tokio::select! {
+            decided = &mut rx => {
+                let resolution = decided.unwrap_or(Resolution::Withdrawn { reason: "the agent dropped the request".into() });
+                return Ok(Some(resolution));
+            }
+            () = &mut timeout => {
+                let resolution = Resolution::Expired;
+                approvals.end(request.id, resolution.clone());
+                return Ok(Some(resolution));
+            }
+            read = r.read_buf(buf), if buf.len() < ctx.limits.frontend_large => {
+                if read? == 0 {
+                    let resolution = Resolution::Withdrawn { reason: "the client disconnected".into() };
+                    approvals.end(request.id, resolution.clone());
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Sends a held message on, or pgwarden's refusal in its place, with its audit record.
+pub(super) fn release(
+    ctx: &Ctx<'_>,
+    held: Held,
+    resolution: &crate::approval::Resolution,
+    out: &mut Vec<Bytes>,
+    audits: &mut Vec<AuditItem>,
+) {
+    use crate::approval::Resolution;
+    let refusal = match resolution {
+        Resolution::Approved { .. } => None,
+        Resolution::Denied { by, comment } => Some((
+            "42501",
+            "approval.denied",
+            format!(
+                "pgwarden: approval.denied: {}: denied by {}{}",
+                held.rule.id,
+                by.user.clone().unwrap_or_else(|| format!("uid {}", by.uid)),
+                comment
+                    .as_ref()
+                    .map_or(String::new(), |c| format!(" ({c})"))
+            ),
+        )),
+        Resolution::Expired => Some((
+            "42501",
+            "approval.expired",
+            format!(
+                "pgwarden: approval.expired: {}: no decision within {}s",
+                held.rule.id,
+                held.rule.timeout.as_secs()
+            ),
+        )),
+        Resolution::Withdrawn { reason } => Some((
+            "57014",
+            "approval.withdrawn",
+            format!(
+                "canceling statement due to user request (pgwarden: approval request withdrawn: {reason})"
+            ),
+        )),
+    };
+    let n = ctx.state().next_statement();
+    let record = match &refusal {
+        None => ctx.recorder.allowed(&held.desc, n, Some(&held.rule.id)),
+        Some((code, rule, message)) => ctx.recorder.denied(&held.desc, rule, code, message, n),
+    };
+    let mut st = ctx.state();
+    match (held.kind, refusal) {
+        (HeldKind::Query, None) => {
+            audits.push(AuditItem {
+                record,
+                frame: Some((out.len(), RefuseAs::Query)),
+            });
+            out.push(held.frame.bytes);
+            st.segment_sent();
+            st.expect(Pending::Query);
+            st.in_flight(n, true);
+        }
+        (HeldKind::Query, Some((code, _, message))) => {
+            audits.push(AuditItem {
+                record,
+                frame: None,
+            });
+            let token = st.deny(super::error_bytes(code, &message));
+            out.push(encode::query(&token));
+            st.segment_sent();
+            st.expect(Pending::Query);
+        }
+        (HeldKind::Execute(portal), None) => {
+            audits.push(AuditItem {
+                record,
+                frame: Some((out.len(), RefuseAs::Execute)),
+            });
+            out.push(held.frame.bytes);
+            st.expect(Pending::Execute(portal));
+            st.in_flight(n, false);
+        }
+        (HeldKind::Execute(_), Some((code, _, message))) => {
+            audits.push(AuditItem {
+                record,
+                frame: None,
+            });
+            // A Parse the server rejects: it reports the error and skips to Sync, as it would
+            // for a failing Execute.
+            let token = st.deny(super::error_bytes(code, &message));
+            out.push(encode::parse("pgwarden_refused", &token));
+            st.expect(Pending::Parse);
+        }
+    }
+}
+

@@ -1,0 +1,285 @@
+//! The relay after startup: the client-to-server and server-to-client directions, each
+//! reading whole frames and writing batches of untouched frames without copying.
+//!
+//! One statement's path, in order: the client's frame is read ([`frontend`]), decided by the
+//! policy into one [`crate::policy::Decision`], described and recorded from that decision
+//! ([`crate::session::recorder`]), committed to the journal before the batch goes, and sent
+//! (or replaced by pgwarden's refusal); its results come back through the masks of the same
+//! policy version ([`backend`], [`crate::session::masking`]) and finish in `query.done`.
+//! Backpressure: a direction reads only after its last batch was written, and buffers hold
+//! at most one message over the last read.
+mod backend;
+mod frontend;
+mod handshake;
+mod hold;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tracing::warn;
+
+use super::conn::{Conn, ReadHalf, WriteHalf};
+use super::env::SessionEnv;
+use super::masking::{Change, Masking};
+use super::recorder::{self, Described, Recorder};
+use super::state::ProtoState;
+use super::{SessionError, SessionMeta};
+use crate::audit::canon::Prepared;
+use crate::audit::{Event, Outcome as AuditOutcome, Record};
+use crate::policy::{PolicySet, SessionPolicy};
+use crate::wire::encode::{self, ErrorFields};
+use crate::wire::{Frame, Limits, Side, WireError, backend as wire_backend, next_frame};
+
+/// How much to read at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A mask change on its way: the server's reply to its query, collected until ReadyForQuery.
+struct Resolving {
+    change: Change,
+    rows: Vec<Vec<Option<String>>>,
+    error: Option<String>,
+}
+
+struct Ctx<'a> {
+    env: &'a SessionEnv,
+    meta: &'a Arc<SessionMeta>,
+    state: Mutex<ProtoState>,
+    /// The policy version this batch is decided and masked under (moves at batch starts).
+    pin: Mutex<Arc<PolicySet>>,
+    policy: Mutex<SessionPolicy>,
+    masking: Mutex<Masking>,
+    /// Mask changes sent to the server, applied in order as their replies arrive.
+    changes: Mutex<VecDeque<Resolving>>,
+    recorder: Recorder,
+    limits: Limits,
+    client_w: tokio::sync::Mutex<WriteHalf>,
+    strip_plus: bool,
+    /// The description of each prepared statement, by name, for the records of its Executes.
+    prepared: Mutex<HashMap<String, Arc<Described>>>,
+    /// The server reported a setting under which PostgreSQL reads statement text differently
+    /// from pgwarden's parser (`standard_conforming_strings` off, an ASCII-unsafe client
+    /// encoding): every statement is refused from then on.
+    lexer_unsafe: Mutex<Option<String>>,
+}
+
+/// An audit record waiting to be committed before the batch it belongs to is sent.
+struct AuditItem {
+    record: Prepared,
+    /// The forwarded frame this record covers, and how to refuse it if the journal fails.
+    frame: Option<(usize, RefuseAs)>,
+}
+
+#[derive(Clone, Copy)]
+enum RefuseAs {
+    Query,
+    Execute,
+}
+
+impl Ctx<'_> {
+    fn state(&self) -> MutexGuard<'_, ProtoState> {
+        lock(&self.state)
+    }
+
+    fn masking(&self) -> MutexGuard<'_, Masking> {
+        lock(&self.masking)
+    }
+
+    /// A record about this session.
+    fn record(&self, event: Event) -> Record {
+        let m = self.meta;
+        let mut r = Record::new(event)
+            .session(m.id)
+            .workload(&m.workload)
+            .client(m.client.clone())
+            .server(m.server.clone())
+            .db(recorder::db(m));
+        if let Some(who) = &m.identity {
+            r = r.identity(who);
+        }
+        r
+    }
+
+    /// The workload's masking rules in `set`.
+    fn mask_rules(&self, set: &PolicySet) -> Option<Arc<crate::mask::MaskRules>> {
+        set.workloads
+            .get(&self.meta.workload.0)
+            .map(|c| Arc::clone(&c.profile.mask))
+    }
+
+    /// Notes a ParameterStatus from the server; `Some(reason)` when it makes the session's
+    /// statement text ambiguous to pgwarden's parser.
+    fn parameter_status(&self, frame: &Frame) -> Result<Option<String>, WireError> {
+        let (name, value) = wire_backend::parameter_status(frame)?;
+        if crate::policy::analyze::lexer_safe(name, value) {
+            return Ok(None);
+        }
+        let why = format!("the server reports {name} = {value}");
+        warn!(session = %self.meta.id, workload = %self.meta.workload, "{why}: PostgreSQL would read statement text differently from pgwarden's parser; refusing this session's statements");
+        *lock(&self.lexer_unsafe) = Some(why.clone());
+        Ok(Some(why))
+    }
+
+    /// Tells the client why the session ends, best effort.
+    async fn fatal(&self, code: &str, message: &str) {
+        let e = encode::error_response(&ErrorFields {
+            severity: "FATAL",
+            code,
+            message,
+            detail: None,
+            hint: None,
+        });
+        let mut w = self.client_w.lock().await;
+        let _ = w.write_all(&e).await;
+        let _ = w.flush().await;
+        let _ = w.shutdown().await;
+    }
+}
+
+/// Relays a session whose startup packet is `startup` until either side ends it.
+pub async fn run(
+    env: &SessionEnv,
+    meta: &Arc<SessionMeta>,
+    client: Conn,
+    upstream: Conn,
+    startup: Bytes,
+    rest: BytesMut,
+) -> Result<(), SessionError> {
+    let strip_plus = client.is_tls() || upstream.is_tls();
+    let (mut client_r, client_w) = client.split();
+    let (mut server_r, mut server_w) = upstream.split();
+    server_w.write_all(&startup).await?;
+    server_w.flush().await?;
+    let ctx = Ctx {
+        env,
+        meta,
+        state: Mutex::new(ProtoState::new(&meta.id.to_string())),
+        pin: Mutex::new(env.policy.current()),
+        policy: Mutex::new(SessionPolicy::new(&meta.workload.0, &meta.id.to_string())),
+        masking: Mutex::new(Masking::new(
+            meta.server.0.clone(),
+            meta.db.database.clone(),
+            Arc::clone(&env.hash_key),
+        )),
+        changes: Mutex::default(),
+        recorder: Recorder::new(&env.journal, meta),
+        limits: env.limits.wire(),
+        client_w: tokio::sync::Mutex::new(client_w),
+        strip_plus,
+        prepared: Mutex::default(),
+        lexer_unsafe: Mutex::new(None),
+    };
+    let mut client_buf = rest;
+    let mut server_buf = BytesMut::with_capacity(READ_CHUNK);
+    if !handshake::run(
+        &ctx,
+        &mut client_r,
+        &mut client_buf,
+        &mut server_r,
+        &mut server_buf,
+        &mut server_w,
+    )
+    .await?
+    {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    if let Err(e) = env.journal.append(ctx.record(Event::SessionStart)).await {
+        // Strict mode: no access without its record.
+        warn!(session = %meta.id, "session refused: the audit journal cannot be written: {e}");
+        ctx.fatal(
+            "58030",
+            &format!("pgwarden: the audit journal cannot be written ({e}); session refused"),
+        )
+        .await;
+        return Ok(());
+    }
+    let front = frontend::run(&ctx, client_r, server_w, client_buf);
+    let back = backend::run(&ctx, server_r, server_buf);
+    tokio::pin!(front, back);
+    let result = tokio::select! {
+        r = &mut front => match r {
+            // The client is done sending: the server finishes and closes.
+            Ok(()) => back.await,
+            Err(e) => Err(e),
+        },
+        r = &mut back => r,
+        () = env.terminated() => {
+            ctx.fatal("57P01", "terminating connection due to administrator command (pgwarden is stopping)").await;
+            Ok(())
+        }
+    };
+    let mut end = ctx.record(Event::SessionEnd).duration(started.elapsed());
+    end = match &result {
+        Ok(()) => end.outcome(AuditOutcome::Success),
+        Err(e) => end.outcome(AuditOutcome::Failure).error(e.to_string()),
+    };
+    let _ = env.journal.append(end).await;
+    result
+}
+
+/// Reads one frame from `r` into `buf`; `Ok(None)` at end of stream.
+async fn read_frame(
+    r: &mut ReadHalf,
+    buf: &mut BytesMut,
+    limits: &Limits,
+    side: Side,
+) -> Result<Option<Frame>, SessionError> {
+    loop {
+        match next_frame(buf, limits, side) {
+            Ok(Some(f)) => return Ok(Some(f)),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(if side == Side::Frontend {
+                    SessionError::Client(e)
+                } else {
+                    SessionError::Server(e)
+                });
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        if r.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// An ErrorResponse of pgwarden's own.
+fn error_bytes(code: &str, message: &str) -> Bytes {
+    encode::error_response(&ErrorFields {
+        severity: "ERROR",
+        code,
+        message,
+        detail: None,
+        hint: None,
+    })
+}
+
+fn wire_message(e: &WireError) -> (&'static str, String) {
+    match e {
+        WireError::TooLong { .. } => ("54000", format!("pgwarden: {e}")),
+        _ => ("08P01", format!("pgwarden: protocol violation: {e}")),
+    }
+}
+
+async fn client_error(ctx: &Ctx<'_>, e: WireError) -> SessionError {
+    let (code, message) = wire_message(&e);
+    warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, "ending session: client sent a bad message: {e}");
+    ctx.fatal(code, &message).await;
+    SessionError::Client(e)
+}
+
+async fn server_error(ctx: &Ctx<'_>, e: WireError) -> SessionError {
+    warn!(session = %ctx.meta.id, server = %ctx.meta.server.0, "ending session: the server sent a bad message: {e}");
+    ctx.fatal(
+        "08P01",
+        &format!("pgwarden: the server sent a bad message: {e}"),
+    )
+    .await;
+    SessionError::Server(e)
+}
