@@ -527,7 +527,7 @@ impl Shared {
                     .map(|(p, h)| format!("{}@{}", p.display(), &h[..12]))
                     .collect();
                 info!(version = set.version, trigger = why, files = ?files, "policy reloaded");
-                                let mut rec = crate::audit::Record::new(crate::audit::Event::PolicyReload)
+                let mut rec = crate::audit::Record::new(crate::audit::Event::PolicyReload)
                     .outcome(crate::audit::Outcome::Success)
                     .detail("version", set.version)
                     .detail("trigger", why)

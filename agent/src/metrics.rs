@@ -79,11 +79,7 @@ pub fn render(shared: &Shared) -> String {
         out,
         "# HELP pgwarden_sessions Live intercepted sessions.\n# TYPE pgwarden_sessions gauge"
     );
-    let _ = writeln!(
-        out,
-        "pgwarden_sessions {}",
-        shared.env.registry.len()
-    );
+    let _ = writeln!(out, "pgwarden_sessions {}", shared.env.registry.len());
     let _ = writeln!(
         out,
         "# HELP pgwarden_statements_total Statements by workload and decision.\n# TYPE pgwarden_statements_total counter"

@@ -197,6 +197,11 @@ impl Agent {
         })
     }
 
+    /// Where the daemon's stdout and stderr go.
+    pub fn log_path(&self) -> PathBuf {
+        self.tmp.path().join("agent.log")
+    }
+
     /// The daemon's stdout and stderr so far.
     pub fn log(&self) -> String {
         let path = self.tmp.path().join("agent.log");

@@ -377,3 +377,72 @@ fn inference_copy_and_error_detail() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&direct.stdout).trim(), w.pans[0]);
 }
+
+/// A reload that masks another column masks it in sessions already open (issue 17, defect b):
+/// one psql connection reads `cardholder` in the clear, the policy file gains a rule for it,
+/// and the same connection's next read is masked. PostgreSQL's table still holds the value.
+#[test]
+fn a_reload_masks_a_new_column_in_open_sessions() {
+    let w = world();
+    let policy = w.dir.path().join("mask-policy.yaml");
+    let reloaded = POLICY.replace(
+        "        public.customers.name: partial(1, 1)\n",
+        "        public.customers.name: partial(1, 1)\n        public.payments.cardholder: redact\n",
+    );
+    assert_ne!(reloaded, POLICY);
+    let staged = w.dir.path().join("reloaded.yaml");
+    std::fs::write(&staged, &reloaded).unwrap();
+    let log = w._agent.log_path();
+    // psql's `\!` runs in the middle of the session: swap the policy, then wait until the
+    // agent says it reloaded (polling its log, at most 10 s).
+    let swap = format!(
+        "cp {} {} && for i in $(seq 200); do grep -q 'policy reloaded' {} && exit 0; sleep 0.05; done; exit 1",
+        staged.display(),
+        policy.display(),
+        log.display()
+    );
+    let script = w.dir.path().join("reload.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "SELECT 'before', cardholder, pg_backend_pid() FROM payments WHERE id = 1;\n\\! {swap}\n\
+             SELECT 'after', cardholder, pg_backend_pid() FROM payments WHERE id = 1;\n\
+             SELECT 'again', cardholder, pg_backend_pid() FROM payments WHERE id = 2;\n"
+        ),
+    )
+    .unwrap();
+    let out = run_output(
+        in_cgroup(&w.analyst.path, pg_bin("psql").to_str().unwrap())
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-f"])
+            .arg(&script)
+            .arg(w.pg.url("127.0.0.1")),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the session failed: {}\n{stdout}\nagent:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        w._agent.log()
+    );
+    let rows: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('|').collect()).collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    // One connection throughout: the same backend answered all three.
+    assert!(
+        rows.iter().all(|r| r[2] == rows[0][2]),
+        "not one session: {stdout}"
+    );
+    assert_eq!(rows[0][..2], ["before", "holder"], "{stdout}");
+    for r in &rows[1..] {
+        assert_ne!(
+            r[1], "holder",
+            "the open session still shows the newly masked column: {stdout}"
+        );
+    }
+    assert!(w._agent.log().contains("policy reloaded"));
+    // Ground truth: the table is unchanged; only what the workload sees is masked.
+    assert_eq!(
+        w.pg.psql_direct("SELECT cardholder FROM payments WHERE id = 1")
+            .trim(),
+        "holder"
+    );
+}

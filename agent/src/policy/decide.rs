@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::Serialize;
 
 use super::analyze::{Access, Class, Facts, TableRef};
+use super::decision::Denied;
 use super::file::{Mode, PolicyFile};
 use crate::cgroup::glob_match;
-use super::decision::Denied;
 
 /// SQLSTATE insufficient_privilege: what every denial carries.
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";

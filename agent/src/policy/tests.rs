@@ -152,7 +152,11 @@ fn session_level_cases() {
         Some("role.change")
     );
     assert_eq!(
-        rule(&start(&hooks, "reader", Some("--session-authorization=postgres"))),
+        rule(&start(
+            &hooks,
+            "reader",
+            Some("--session-authorization=postgres")
+        )),
         Some("role.change")
     );
     assert_eq!(
@@ -170,10 +174,7 @@ fn session_level_cases() {
         Some("policy.none")
     );
     assert_eq!(
-        rule(
-            &open(&hooks, "stranger")
-                .statement(&q("SELECT 1"))
-        ),
+        rule(&open(&hooks, "stranger").statement(&q("SELECT 1"))),
         Some("workload.unknown")
     );
 }
@@ -336,4 +337,63 @@ fn literal_free_verdicts_are_shared_by_shape() {
         shaped("SELECT E'\\'' FROM payments LIMIT 1"),
         CacheHit::Miss
     );
+}
+
+/// Issue 17, defect (a): a fast-path call after a masked read is decided, and so recorded, on
+/// its own: not masked, no statement facts, and its own version's policy hash. (The relay
+/// once read these from the previous statement's decision.)
+#[test]
+fn a_fast_path_decision_carries_its_own_facts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nprofiles:\n  reader:\n    classes: [read, function-call]\n    allow_fastpath: true\n    tables:\n      public.payments: [read]\n    mask:\n      columns:\n        public.payments.card_number: pan\n",
+    )
+    .unwrap();
+    let mut config = Config::parse(Path::new("/x/pgwarden.yaml"), "").unwrap();
+    config.workloads.push(WorkloadConfig {
+        name: "reader".into(),
+        systemd_unit: vec![],
+        cgroup: vec![],
+        policy: Some(file),
+        profile: None,
+    });
+    let engine = Engine::new(&config, Path::new("/x/pgwarden.yaml")).unwrap();
+    let set = engine.current();
+    let mut s = SessionPolicy::new("reader", "1");
+    let decide = |s: &mut SessionPolicy, kind, sql| {
+        s.decide(
+            &set,
+            &Context {
+                statement: Statement {
+                    kind,
+                    sql,
+                    name: "",
+                    shape: None,
+                },
+                lexer_unsafe: None,
+                grant: &|_| None,
+            },
+        )
+    };
+    let read = decide(
+        &mut s,
+        StatementKind::Query,
+        "SELECT card_number FROM payments",
+    );
+    assert_eq!(read.verdict, Verdict::Allow);
+    assert!(read.masked());
+    assert_eq!(read.command(), "SELECT");
+    let call = decide(&mut s, StatementKind::FunctionCall, "");
+    assert_eq!(
+        call.verdict,
+        Verdict::Allow,
+        "the profile allows fast-path calls"
+    );
+    assert!(!call.masked(), "a fast-path call is not a masked read");
+    assert!(call.facts.is_none());
+    assert_eq!(call.command(), "");
+    assert_eq!(call.policy_hash, read.policy_hash);
+    assert_eq!(call.version, set.version);
 }

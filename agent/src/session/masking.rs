@@ -74,7 +74,11 @@ impl Masking {
 
     /// What must change for the session to mask as `rules` of `set` say. `None`: nothing (same
     /// version, or rules of the same content and no DDL since).
-    pub fn follow(&mut self, set: &Arc<PolicySet>, rules: Option<Arc<MaskRules>>) -> Option<Change> {
+    pub fn follow(
+        &mut self,
+        set: &Arc<PolicySet>,
+        rules: Option<Arc<MaskRules>>,
+    ) -> Option<Change> {
         if set.version == self.version && !self.stale {
             return None;
         }
@@ -88,7 +92,9 @@ impl Masking {
         let cached = match &rules {
             None => Some(Arc::new(Resolved::default())),
             Some(r) if r.columns.is_empty() => Some(Arc::new(Resolved::default())),
-            Some(r) => catalog_key(&self.server, &self.database, r).and_then(|k| set.catalog.get(&k)),
+            Some(r) => {
+                catalog_key(&self.server, &self.database, r).and_then(|k| set.catalog.get(&k))
+            }
         };
         let query = match (&cached, &rules) {
             (None, Some(r)) => r.catalog_query().unwrap_or_default(),
@@ -179,5 +185,66 @@ impl Masking {
             .as_mut()
             .map(MaskSession::take_counts)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::ColumnRule;
+
+    fn rules(columns: &[&str]) -> MaskRules {
+        MaskRules {
+            columns: columns
+                .iter()
+                .map(|c| {
+                    let mut p = c.split('.');
+                    ColumnRule {
+                        schema: p.next().unwrap().into(),
+                        table: p.next().unwrap().into(),
+                        column: p.next().unwrap().into(),
+                        method: crate::mask::Method::Redact,
+                    }
+                })
+                .collect(),
+            detect_pans: false,
+            allow_uses: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_catalog_is_keyed_by_what_the_rules_mask_not_where_they_live() {
+        let server = SockAddr::Unix("/run/postgresql/.s.PGSQL.5432".into());
+        let a = Arc::new(rules(&["public.payments.card_number"]));
+        let b = Arc::new(rules(&["public.payments.card_number"]));
+        let other = Arc::new(rules(&["public.customers.email"]));
+        // Same content in two allocations: one resolution serves both.
+        assert_ne!(Arc::as_ptr(&a), Arc::as_ptr(&b));
+        assert_eq!(
+            catalog_key(&server, "db", &a),
+            catalog_key(&server, "db", &b)
+        );
+        // Other columns, another database or server: never the same entry.
+        assert_ne!(
+            catalog_key(&server, "db", &a),
+            catalog_key(&server, "db", &other)
+        );
+        assert_ne!(
+            catalog_key(&server, "db", &a),
+            catalog_key(&server, "db2", &a)
+        );
+        let tcp = SockAddr::Inet("127.0.0.1:5432".parse().unwrap());
+        assert_ne!(catalog_key(&server, "db", &a), catalog_key(&tcp, "db", &a));
+        // A freed rule set's address reused by other rules cannot find the old resolution.
+        let addr = Arc::as_ptr(&a) as usize;
+        drop(a);
+        let reused = Arc::new(rules(&["public.customers.email"]));
+        if Arc::as_ptr(&reused) as usize == addr {
+            assert_ne!(
+                catalog_key(&server, "db", &reused),
+                catalog_key(&server, "db", &b)
+            );
+        }
+        assert_eq!(catalog_key(&server, "db", &rules(&[])), None);
     }
 }

@@ -28,12 +28,12 @@ pub use registry::Registry;
 
 use crate::config::SslMode;
 use crate::identity::Identity;
-use origin::Origin;
 use crate::names::{ClientAddr, ListenAddr, OrigDstAddr, SessionId, SockAddr, WorkloadName};
 use crate::netns::Netns;
 use crate::wire::encode::{self, ErrorFields};
 use crate::wire::startup::{self, Startup};
 use crate::wire::{WireError, backend};
+use origin::Origin;
 
 /// The StartupMessage parameters later layers and the audit need.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -474,29 +474,23 @@ async fn run(
         return;
     }
     let client_pid = origin.identity.as_ref().map(|i| i.pid);
-    let upstream = match connect_upstream(
-        &env,
-        &origin.server.0,
-        client_pid,
-        origin.netns.as_deref(),
-    )
-    .await
-    {
-        Ok(u) => u,
-        Err(e) => {
-            warn!(session = %id, server = %origin.server.0, "cannot reach the server: {e:#}");
-            refuse(
-                &mut conn,
-                "08006",
-                &format!(
-                    "pgwarden: cannot reach the server {}: {e:#}",
-                    origin.server.0
-                ),
-            )
-            .await;
-            return;
-        }
-    };
+    let upstream =
+        match connect_upstream(&env, &origin.server.0, client_pid, origin.netns.as_deref()).await {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(session = %id, server = %origin.server.0, "cannot reach the server: {e:#}");
+                refuse(
+                    &mut conn,
+                    "08006",
+                    &format!(
+                        "pgwarden: cannot reach the server {}: {e:#}",
+                        origin.server.0
+                    ),
+                )
+                .await;
+                return;
+            }
+        };
     let upstream_local = match &upstream {
         Conn::Plain(s) => s.local_addr().ok(),
         Conn::ClientTls(s) => s.get_ref().0.local_addr().ok(),

@@ -167,4 +167,3 @@ pub(super) fn release(
         }
     }
 }
-
