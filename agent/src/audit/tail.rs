@@ -473,7 +473,7 @@ mod tests {
     fn sample(dir: &Path, n: u64) -> PathBuf {
         let c = AuditConfig {
             path: dir.join("audit.jsonl"),
-            journald: crate::config::JournaldMirror::Off,
+            journald: crate::audit::JournaldMirror::Off,
             checkpoint_every: 0,
             checkpoint_seconds: 0,
             max_bytes: 4096,
