@@ -138,12 +138,6 @@ fn journal_path(
     })
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
 /// Runs one `audit` subcommand; `load` reads `--config` when it is given and needed.
 pub async fn run(cmd: AuditCommand, load: LoadConfig<'_>) -> anyhow::Result<()> {
     match cmd {
@@ -161,7 +155,7 @@ pub async fn run(cmd: AuditCommand, load: LoadConfig<'_>) -> anyhow::Result<()> 
         } => {
             let path = journal_path(load, file, config.as_ref())?;
             let since = since
-                .map(|s| tail::parse_since(&s, now_micros()))
+                .map(|s| tail::parse_since(&s, super::time::now_micros()))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
             let last = match (all, lines) {

@@ -22,7 +22,8 @@
 //! # let _ = seq; Ok(()) }
 //! ```
 //!
-//! The record format and the canonical form `hash` covers are in [`record`]; statement text
+//! The record format and the canonical form `hash` covers are in [`record`], its times in
+//! [`time`]; statement text
 //! and card-number scrubbing in [`redact`]; the chain checks in [`verify`]; the writer
 //! (group commit, recovery, rotation, checkpoints) in [`writer`]; the mirror in
 //! [`journald`]; `pgwarden audit tail|replay|verify` in [`tail`] and [`cmd`].
@@ -33,6 +34,7 @@ pub mod journald;
 pub mod record;
 pub mod redact;
 pub mod tail;
+pub mod time;
 pub mod verify;
 pub mod writer;
 

@@ -8,7 +8,8 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::record::{Decision, Event, Record, one_line, parse_time};
+use super::record::{Decision, Event, Record, one_line};
+use super::time::parse_time;
 use super::writer::rotated_files;
 
 /// Which records to show.
