@@ -271,7 +271,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             control,
         } => tag(&control, path, workload).await,
         Command::Policy(p) => policy(p),
-        Command::Audit(a) => crate::audit::cmd::run(a).await,
+        Command::Audit(a) => crate::audit::cmd::run(a, &|c| Ok(Config::load(c)?.audit)).await,
         Command::Detach {
             pin_dir,
             config,

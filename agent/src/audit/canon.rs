@@ -23,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::record::{Actor, Db, Decision, Endpoint, Event, Masked, Outcome, Record, Statement};
 use super::redact::scrub_pans_cow;
+use super::time::push_time;
 
 /// Writes `s` as a JSON string with `serde_json`'s escaping (the canonical form's).
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -419,33 +420,6 @@ pub fn statement_record(s: &SessionFields, f: &StatementFields<'_>) -> Prepared 
     }
 }
 
-/// `"2026-11-25T05:00:35.123456Z"` without formatting machinery.
-fn push_time(out: &mut Vec<u8>, t: SystemTime) {
-    let micros = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = super::record::civil_from_days(days);
-    let mut buf = *b"\"0000-00-00T00:00:00.000000Z\"";
-    let mut put = |at: usize, width: usize, mut v: i64| {
-        for i in (0..width).rev() {
-            buf[at + i] = b'0' + u8::try_from(v.rem_euclid(10)).unwrap_or(0);
-            v /= 10;
-        }
-    };
-    put(1, 4, y);
-    put(6, 2, m);
-    put(9, 2, d);
-    put(12, 2, sod / 3600);
-    put(15, 2, sod % 3600 / 60);
-    put(18, 2, sod % 60);
-    put(21, 6, frac);
-    out.extend_from_slice(&buf);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,24 +589,6 @@ mod tests {
             assert_eq!(
                 String::from_utf8(out).unwrap(),
                 serde_json::to_string(s).unwrap()
-            );
-        }
-    }
-
-    #[test]
-    fn times_format_like_the_records() {
-        for micros in [
-            0i64,
-            1_764_047_607_274_520,
-            951_782_400_000_001,
-            4_102_444_799_999_999,
-        ] {
-            let t = UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs());
-            let mut out = Vec::new();
-            push_time(&mut out, t);
-            assert_eq!(
-                String::from_utf8(out).unwrap(),
-                format!("\"{}\"", crate::audit::record::format_time(t))
             );
         }
     }

@@ -1,14 +1,18 @@
 //! `pgwarden audit …`: `tail`, `replay`, `verify`, and the hidden `write-sample` test aid.
 //! The journal is found with `--file`, else the `audit.path` of `--config`, else the default
-//! `/var/log/pgwarden/audit.jsonl`.
-use std::path::PathBuf;
+//! `/var/log/pgwarden/audit.jsonl`. Reading `--config` is the caller's ([`LoadConfig`]): the
+//! audit layer knows its own section, not the whole file.
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Subcommand;
 
 use super::tail::{self, Filter, Style, TailOptions};
-use super::{AuditConfig, AuditError, AuditMode, Journal, verify, writer};
-use crate::config::Config;
+use super::{AuditConfig, AuditError, AuditMode, Journal, JournaldMirror, verify, writer};
+
+/// Reads the `audit:` section of a configuration file (`--config`); called only when a command
+/// needs it.
+pub type LoadConfig<'a> = &'a (dyn Fn(&Path) -> anyhow::Result<AuditConfig> + Sync);
 
 /// The `audit` subcommands.
 #[derive(Debug, Subcommand)]
@@ -116,28 +120,26 @@ pub enum AuditCommand {
     },
 }
 
-fn audit_config(config: Option<&PathBuf>) -> anyhow::Result<AuditConfig> {
+fn audit_config(load: LoadConfig<'_>, config: Option<&PathBuf>) -> anyhow::Result<AuditConfig> {
     Ok(match config {
-        Some(c) => Config::load(c)?.audit,
+        Some(c) => load(c)?,
         None => AuditConfig::default(),
     })
 }
 
-fn journal_path(file: Option<PathBuf>, config: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+fn journal_path(
+    load: LoadConfig<'_>,
+    file: Option<PathBuf>,
+    config: Option<&PathBuf>,
+) -> anyhow::Result<PathBuf> {
     Ok(match file {
         Some(f) => f,
-        None => audit_config(config)?.path,
+        None => audit_config(load, config)?.path,
     })
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
-/// Runs one `audit` subcommand.
-pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+/// Runs one `audit` subcommand; `load` reads `--config` when it is given and needed.
+pub async fn run(cmd: AuditCommand, load: LoadConfig<'_>) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Tail {
             follow,
@@ -151,9 +153,9 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             file,
             config,
         } => {
-            let path = journal_path(file, config.as_ref())?;
+            let path = journal_path(load, file, config.as_ref())?;
             let since = since
-                .map(|s| tail::parse_since(&s, now_micros()))
+                .map(|s| tail::parse_since(&s, super::time::now_micros()))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
             let last = match (all, lines) {
@@ -188,7 +190,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             file,
             config,
         } => {
-            let path = journal_path(file, config.as_ref())?;
+            let path = journal_path(load, file, config.as_ref())?;
             let mut out = std::io::stdout().lock();
             let n = tail::replay(&path, &session, &mut out)?;
             anyhow::ensure!(
@@ -204,7 +206,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             json,
         } => {
             let paths = if paths.is_empty() {
-                let path = journal_path(None, config.as_ref())?;
+                let path = journal_path(load, None, config.as_ref())?;
                 let found = verify::default_paths(&path);
                 anyhow::ensure!(!found.is_empty(), "{}: no journal there", path.display());
                 found
@@ -242,13 +244,13 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             journald_socket,
             keep_literals,
         } => {
-            let mut cfg = audit_config(config.as_ref())?;
+            let mut cfg = audit_config(load, config.as_ref())?;
             cfg.journald = if journald {
-                crate::config::JournaldMirror::All
+                JournaldMirror::All
             } else if config.is_some() {
                 cfg.journald
             } else {
-                crate::config::JournaldMirror::Off
+                JournaldMirror::Off
             };
             if let Some(f) = file {
                 cfg.path = f;

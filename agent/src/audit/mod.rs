@@ -1,11 +1,12 @@
 //! The audit journal (PCI DSS Req 10): every session, statement, decision and approval as a
 //! hash-chained JSON line, fsynced, rotated, mirrored to journald, tailed and verified.
 //!
-//! Writing: open a [`Journal`] from the config's [`AuditConfig`], build records with
+//! Writing: open a [`Journal`] from its settings, an [`AuditConfig`] (the `audit:` section of
+//! the agent's configuration, defined in [`config`]), build records with
 //! [`Record::new`] and its builder methods, and `append` them:
 //!
 //! ```no_run
-//! # async fn example(cfg: &pgwarden::config::AuditConfig) -> Result<(), pgwarden::audit::AuditError> {
+//! # async fn example(cfg: &pgwarden::audit::AuditConfig) -> Result<(), pgwarden::audit::AuditError> {
 //! use pgwarden::audit::{Decision, Event, Journal, Record};
 //! let journal = Journal::open(cfg)?;
 //! let seq = journal
@@ -21,20 +22,23 @@
 //! # let _ = seq; Ok(()) }
 //! ```
 //!
-//! The record format and the canonical form `hash` covers are in [`record`]; statement text
+//! The record format and the canonical form `hash` covers are in [`record`], its times in
+//! [`time`]; statement text
 //! and card-number scrubbing in [`redact`]; the chain checks in [`verify`]; the writer
 //! (group commit, recovery, rotation, checkpoints) in [`writer`]; the mirror in
 //! [`journald`]; `pgwarden audit tail|replay|verify` in [`tail`] and [`cmd`].
 pub mod canon;
 pub mod cmd;
+pub mod config;
 pub mod journald;
 pub mod record;
 pub mod redact;
 pub mod tail;
+pub mod time;
 pub mod verify;
 pub mod writer;
 
-pub use crate::config::{AuditConfig, AuditMode};
+pub use config::{AuditConfig, AuditMode, JournaldMirror};
 pub use record::{
     Actor, Db, Decision, Endpoint, Event, GENESIS_HASH, Masked, Outcome, Record, Statement,
 };

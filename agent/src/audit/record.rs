@@ -20,12 +20,13 @@
 //! recomputes the canonical form from the parsed line, so key order on disk does not matter.
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::time::format_time;
 use crate::identity::Identity;
 use crate::names::{ClientAddr, OrigDstAddr, SockAddr};
 
@@ -794,154 +795,11 @@ fn write_string(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
-/// RFC 3339 UTC with microseconds: `2026-11-25T05:00:35.123456Z`. Times before 1970 are
-/// written as the epoch.
-pub fn format_time(t: SystemTime) -> String {
-    let micros = t
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    format_micros(micros)
-}
-
-/// [`format_time`] of microseconds since the epoch.
-pub fn format_micros(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-/// Microseconds since the epoch of an RFC 3339 time (`2026-11-25T05:00:35.123456Z`, any
-/// fraction length, `Z` or `±hh:mm`, `T` or space), or of a date alone (`2026-11-25`, UTC
-/// midnight).
-pub fn parse_time(s: &str) -> Option<i64> {
-    let s = s.trim();
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        (!part.is_empty() && part.bytes().all(|c| c.is_ascii_digit()))
-            .then(|| part.parse().ok())
-            .flatten()
-    };
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let days = days_from_civil(y, mo, d);
-    if b.len() == 10 {
-        return Some(days * 86_400_000_000);
-    }
-    if !matches!(b[10], b'T' | b't' | b' ') || b.len() < 19 || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut frac = 0i64;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        let digits = &s[start..i];
-        let six: String = digits
-            .chars()
-            .chain(std::iter::repeat('0'))
-            .take(6)
-            .collect();
-        frac = six.parse().ok()?;
-    }
-    let offset = match &s[i..] {
-        "Z" | "z" => 0,
-        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) && &tz[3..4] == ":" => {
-            let oh = num(i + 1..i + 3)?;
-            let om = num(i + 4..i + 6)?;
-            let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (oh * 3600 + om * 60)
-        }
-        _ => return None,
-    };
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset;
-    Some(secs * 1_000_000 + frac)
-}
-
-/// (year, month, day) of days since 1970-01-01 (proleptic Gregorian; H. Hinnant's algorithm).
-pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// Days since 1970-01-01 of a (year, month, day).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn time_is_rfc3339_utc_with_microseconds() {
-        let t = UNIX_EPOCH + Duration::from_micros(1_795_582_835_123_456);
-        assert_eq!(format_time(t), "2026-11-25T05:00:35.123456Z");
-        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
-        // Leap day, end of a century leap year.
-        assert_eq!(
-            format_micros(951_782_400_000_000),
-            "2000-02-29T00:00:00.000000Z"
-        );
-        for s in [
-            "2026-11-25T05:00:35.123456Z",
-            "1999-12-31T23:59:59.999999Z",
-            "2024-02-29T12:00:00.000001Z",
-        ] {
-            assert_eq!(format_micros(parse_time(s).unwrap()), s);
-        }
-        assert_eq!(
-            parse_time("2026-11-25T06:00:35.5+01:00"),
-            parse_time("2026-11-25T05:00:35.500000Z")
-        );
-        assert_eq!(parse_time("2026-11-25"), parse_time("2026-11-25T00:00:00Z"));
-        for bad in [
-            "",
-            "2026-13-01",
-            "2026-11-25T25:00:00Z",
-            "yesterday",
-            "2026-11-25T05:00:35",
-        ] {
-            assert_eq!(parse_time(bad), None, "{bad}");
-        }
-    }
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn canonical_form_sorts_keys_recursively_without_whitespace() {

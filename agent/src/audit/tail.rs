@@ -8,7 +8,8 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::record::{Decision, Event, Record, one_line, parse_time};
+use super::record::{Decision, Event, Record, one_line};
+use super::time::parse_time;
 use super::writer::rotated_files;
 
 /// Which records to show.
@@ -473,7 +474,7 @@ mod tests {
     fn sample(dir: &Path, n: u64) -> PathBuf {
         let c = AuditConfig {
             path: dir.join("audit.jsonl"),
-            journald: crate::config::JournaldMirror::Off,
+            journald: crate::audit::JournaldMirror::Off,
             checkpoint_every: 0,
             checkpoint_seconds: 0,
             max_bytes: 4096,

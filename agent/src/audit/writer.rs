@@ -30,9 +30,9 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::canon::{Prepared, Sealed};
+use super::config::{AuditConfig, AuditMode, JournaldMirror};
 use super::journald::{self, Journald};
 use super::record::{Event, GENESIS_HASH, Record, Statement, hash_value};
-use crate::config::{AuditConfig, AuditMode};
 
 /// Most records written (and fsynced) as one batch.
 const MAX_BATCH: usize = 4096;
@@ -105,7 +105,7 @@ pub struct AuditStatus {
     /// Failed writes (each failed batch counts once).
     pub write_errors: u64,
     /// Which records are mirrored to journald.
-    pub journald: crate::config::JournaldMirror,
+    pub journald: JournaldMirror,
     /// Records journald did not get (an absent socket counts once).
     pub journald_errors: u64,
     /// Records dropped because the async queue was full.
@@ -174,7 +174,7 @@ struct Shared {
     mode: AuditMode,
     capacity: usize,
     keep_literals: bool,
-    journald: crate::config::JournaldMirror,
+    journald: JournaldMirror,
     checkpoint_every: u64,
     queue: Mutex<Queue>,
     wake: Condvar,
@@ -544,7 +544,7 @@ impl Journal {
                     mode: AuditMode::Off,
                     capacity: 1,
                     keep_literals: cfg.keep_literals,
-                    journald: crate::config::JournaldMirror::Off,
+                    journald: JournaldMirror::Off,
                     checkpoint_every: 0,
                     queue: Mutex::new(Queue {
                         items: VecDeque::new(),
@@ -1529,7 +1529,7 @@ mod tests {
     fn cfg(dir: &Path) -> AuditConfig {
         AuditConfig {
             path: dir.join("audit.jsonl"),
-            journald: crate::config::JournaldMirror::Off,
+            journald: JournaldMirror::Off,
             checkpoint_every: 0,
             checkpoint_seconds: 0,
             ..AuditConfig::default()
@@ -2014,7 +2014,7 @@ mod tests {
         // Under /proc nothing can be created, not even by root.
         let c = AuditConfig {
             path: PathBuf::from("/proc/pgwarden-audit-test/audit.jsonl"),
-            journald: crate::config::JournaldMirror::Off,
+            journald: JournaldMirror::Off,
             ..AuditConfig::default()
         };
         let e = Journal::open(&c).err().expect("open must fail");
@@ -2023,7 +2023,7 @@ mod tests {
         if Path::new("/dev/full").exists() {
             let c = AuditConfig {
                 path: PathBuf::from("/dev/full"),
-                journald: crate::config::JournaldMirror::Off,
+                journald: JournaldMirror::Off,
                 checkpoint_seconds: 0,
                 ..AuditConfig::default()
             };
