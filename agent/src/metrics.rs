@@ -11,7 +11,22 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::daemon::Shared;
+/// The agent's state at a scrape, as the daemon reads it.
+pub struct Scrape {
+    /// Live sessions.
+    pub sessions: usize,
+    /// Statements waiting for approval.
+    pub approvals_pending: usize,
+    /// Open grants.
+    pub grants_open: usize,
+    /// The journal's counters: (name, help, value).
+    pub audit: Vec<(&'static str, &'static str, u64)>,
+    /// The kernel programs' counters, when loaded.
+    pub redirect: Option<Vec<(&'static str, u64)>>,
+}
+
+/// What renders the exposition text on each scrape.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Upper bounds of the statement latency histogram, seconds.
 const BUCKETS: [f64; 12] = [
@@ -72,14 +87,13 @@ impl Metrics {
 }
 
 /// The exposition text.
-pub fn render(shared: &Shared) -> String {
-    let m = &shared.env.metrics;
+pub fn render(m: &Metrics, scrape: &Scrape) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "# HELP pgwarden_sessions Live intercepted sessions.\n# TYPE pgwarden_sessions gauge"
     );
-    let _ = writeln!(out, "pgwarden_sessions {}", shared.env.registry.len());
+    let _ = writeln!(out, "pgwarden_sessions {}", scrape.sessions);
     let _ = writeln!(
         out,
         "# HELP pgwarden_statements_total Statements by workload and decision.\n# TYPE pgwarden_statements_total counter"
@@ -121,19 +135,15 @@ pub fn render(shared: &Shared) -> String {
     let _ = writeln!(
         out,
         "pgwarden_approvals_pending {}",
-        shared.env.approvals.pending().len()
+        scrape.approvals_pending
     );
     let _ = writeln!(
         out,
         "# HELP pgwarden_grants_open Open approval grants.\n# TYPE pgwarden_grants_open gauge"
     );
-    let _ = writeln!(
-        out,
-        "pgwarden_grants_open {}",
-        shared.env.approvals.grants().len()
-    );
-    if let Some(status) = shared.audit_status() {
-        for (name, help, value) in status {
+    let _ = writeln!(out, "pgwarden_grants_open {}", scrape.grants_open);
+    {
+        for (name, help, value) in &scrape.audit {
             let _ = writeln!(
                 out,
                 "# HELP pgwarden_audit_{name} {help}\n# TYPE pgwarden_audit_{name} gauge\npgwarden_audit_{name} {value}"
@@ -166,12 +176,12 @@ pub fn render(shared: &Shared) -> String {
         "pgwarden_statement_seconds_count {}",
         m.latency_count.load(Ordering::Relaxed)
     );
-    if let Some(r) = &shared.redirect {
+    if let Some(counters) = &scrape.redirect {
         let _ = writeln!(
             out,
             "# HELP pgwarden_redirect_total The kernel programs' counters.\n# TYPE pgwarden_redirect_total counter"
         );
-        for (name, v) in r.lock().unwrap_or_else(PoisonError::into_inner).counters() {
+        for (name, v) in counters {
             let _ = writeln!(out, "pgwarden_redirect_total{{event=\"{name}\"}} {v}");
         }
     }
@@ -185,7 +195,7 @@ fn escape(s: &str) -> String {
 }
 
 /// Serves `GET /metrics` on `listener` until the agent stops.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+pub async fn serve(render: Render, listener: TcpListener) {
     if let Ok(a) = listener.local_addr() {
         info!(listen = %a, "metrics endpoint ready");
     }
@@ -193,7 +203,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
-        let shared = Arc::clone(&shared);
+        let render = Arc::clone(&render);
         tokio::spawn(async move {
             let mut req = [0u8; 1024];
             let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut req)).await {
@@ -203,7 +213,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let head = String::from_utf8_lossy(&req[..n]);
             let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ")
             {
-                ("200 OK", render(&shared))
+                ("200 OK", render())
             } else {
                 ("404 Not Found", "not found\n".to_owned())
             };

@@ -80,7 +80,9 @@ fn top_level_modules_have_no_import_cycle() {
     let known: BTreeSet<String> = files.iter().filter_map(|f| module_of(&src, f)).collect();
     let mut edges: BTreeMap<String, BTreeMap<String, PathBuf>> = BTreeMap::new();
     for f in &files {
-        let Some(m) = module_of(&src, f) else { continue };
+        let Some(m) = module_of(&src, f) else {
+            continue;
+        };
         if test_file(f) {
             continue;
         }

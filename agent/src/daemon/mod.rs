@@ -7,17 +7,24 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
 use tokio::net::TcpListener;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::cgroup::{self, CgroupPath};
 use crate::config::Config;
 use crate::names::{CgroupId, SockAddr};
-use crate::redirect::{self, KernelConfig, Redirect};
+use crate::redirect::{KernelConfig, Redirect};
 use crate::session::{self, SessionEnv};
 use crate::tags::{TagSink, Tagger};
+
+mod listen;
+mod requests;
+mod systemd;
+mod watch;
+
+use listen::{accept_loop, accept_unix_loop, bind_unix, serve_namespaces};
+use systemd::{notify_systemd, watchdog_period};
+use watch::{rescan_loop, watch_attaches, watch_events, watch_policies};
 
 /// State shared by the listener, the sessions, the tag watcher and the control socket.
 /// Lock order, where two are held: `tagger` before `redirect`.
@@ -100,10 +107,21 @@ impl Shared {
         });
     }
 
+    /// What metrics show of the agent's state now.
+    fn scrape(&self) -> crate::metrics::Scrape {
+        crate::metrics::Scrape {
+            sessions: self.env.registry.len(),
+            approvals_pending: self.env.approvals.pending().len(),
+            grants_open: self.env.approvals.grants().len(),
+            audit: self.audit_status(),
+            redirect: self.redirect.as_ref().map(|r| lock(r).counters()),
+        }
+    }
+
     /// The journal's state for status and metrics: (name, help, value).
-    pub fn audit_status(&self) -> Option<Vec<(&'static str, &'static str, u64)>> {
+    fn audit_status(&self) -> Vec<(&'static str, &'static str, u64)> {
         let s = self.env.journal.status();
-        Some(vec![
+        vec![
             (
                 "last_seq",
                 "Sequence number of the last record written.",
@@ -130,7 +148,7 @@ impl Shared {
                 "Records dropped by a full async queue.",
                 s.dropped,
             ),
-        ])
+        ]
     }
 
     /// Walks the cgroup tree and brings the kernel's tags in line with it.
@@ -347,7 +365,10 @@ pub async fn run(
         tokio::spawn(watch_attaches(Arc::clone(&shared), events.attach));
     }
     tokio::spawn(rescan_loop(Arc::clone(&shared)));
-    tokio::spawn(control.serve(Arc::clone(&shared)));
+    let answering = Arc::clone(&shared);
+    tokio::spawn(control.serve(Arc::new(move |req, uid| {
+        requests::handle(&answering, req, uid)
+    })));
     for l in listeners {
         tokio::spawn(accept_loop(Arc::clone(&shared), l));
     }
@@ -363,7 +384,11 @@ pub async fn run(
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding metrics.listen {addr}"))?;
-        tokio::spawn(crate::metrics::serve(Arc::clone(&shared), l));
+        let scraped = Arc::clone(&shared);
+        tokio::spawn(crate::metrics::serve(
+            Arc::new(move || crate::metrics::render(&scraped.env.metrics, &scraped.scrape())),
+            l,
+        ));
     }
     let policies: Vec<String> = shared
         .env
@@ -474,44 +499,6 @@ async fn stop(shared: &Shared) {
     info!("pgwarden stopped; its programs stay attached (pgwarden detach removes them)");
 }
 
-/// Tells systemd (Type=notify) about state changes, when started by it.
-fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("sd_notify: {e}");
-            return;
-        }
-    };
-    // An abstract socket name starts with '@'.
-    let result = if let Some(name) = path.to_string_lossy().strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt as _;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), &path)
-    };
-    if let Err(e) = result {
-        warn!("sd_notify {state:?}: {e}");
-    }
-}
-
-/// Half the watchdog interval systemd asked for, if it did (and asked this process).
-fn watchdog_period() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        && pid != std::process::id()
-    {
-        return None;
-    }
-    Some(Duration::from_micros(usec / 2))
-}
-
 impl Shared {
     /// Re-reads the config's policy references and the policy files; swaps them in whole,
     /// or keeps the running ones and says why.
@@ -553,61 +540,6 @@ impl Shared {
     }
 }
 
-/// Watches the config file and every policy file (their directories, since editors replace
-/// files by renaming) and asks for a reload when one changes.
-fn watch_policies(
-    shared: &Shared,
-    tx: tokio::sync::mpsc::Sender<&'static str>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher as _;
-    let mut paths: Vec<PathBuf> = shared
-        .env
-        .policy
-        .current()
-        .files
-        .iter()
-        .map(|(p, _)| p.clone())
-        .collect();
-    paths.push(shared.config_path.clone());
-    let watched: Vec<PathBuf> = paths
-        .iter()
-        .filter_map(|p| std::fs::canonicalize(p).ok())
-        .collect();
-    let names: Vec<std::ffi::OsString> = watched
-        .iter()
-        .filter_map(|p| p.file_name().map(ToOwned::to_owned))
-        .collect();
-    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev
-            && !ev.kind.is_access()
-            && ev
-                .paths
-                .iter()
-                .any(|p| p.file_name().is_some_and(|n| names.contains(&n.to_owned())))
-        {
-            let _ = tx.try_send("file change");
-        }
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!("cannot watch policy files ({e}); reload with SIGHUP");
-            return None;
-        }
-    };
-    let mut dirs: Vec<PathBuf> = watched
-        .iter()
-        .filter_map(|p| p.parent().map(ToOwned::to_owned))
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in dirs {
-        if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
-            warn!(dir = %d.display(), "cannot watch ({e}); reload with SIGHUP");
-        }
-    }
-    Some(watcher)
-}
-
 /// The `hash` mask method's key: required when any profile uses it.
 fn load_hash_key(config: &Config, policy: &crate::policy::Engine) -> anyhow::Result<Vec<u8>> {
     let uses_hash = policy.current().workloads.values().any(|c| {
@@ -632,359 +564,5 @@ fn load_hash_key(config: &Config, policy: &crate::policy::Engine) -> anyhow::Res
             "a policy masks a column with `hash`: set mask.hash_key_file in the config (a file of at least 16 random bytes)"
         ),
         None => Ok(Vec::new()),
-    }
-}
-
-/// Binds the Unix listener: `@name` in the abstract namespace (no file, reachable from any
-/// mount namespace of this network namespace), else a path (a stale socket file is replaced;
-/// mode 0666, since tagged workloads of any uid land here and the record decides).
-fn bind_unix(name: &str) -> anyhow::Result<tokio::net::UnixListener> {
-    tokio::net::UnixListener::from_std(bind_unix_std(name)?)
-        .context("registering the Unix listener")
-}
-
-/// [`bind_unix`] without the runtime (a namespace's helper thread has none): non-blocking.
-fn bind_unix_std(name: &str) -> anyhow::Result<std::os::unix::net::UnixListener> {
-    use std::os::linux::net::SocketAddrExt as _;
-    let std_listener = if let Some(abstract_name) = name.strip_prefix('@') {
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .with_context(|| format!("listen.unix {name}"))?;
-        std::os::unix::net::UnixListener::bind_addr(&addr)
-            .with_context(|| format!("binding the Unix listener {name} (another agent there?)"))?
-    } else {
-        use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-        if std::fs::symlink_metadata(name).is_ok_and(|m| m.file_type().is_socket()) {
-            std::fs::remove_file(name).with_context(|| format!("removing the stale {name}"))?;
-        }
-        let l = std::os::unix::net::UnixListener::bind(name)
-            .with_context(|| format!("binding the Unix listener {name}"))?;
-        std::fs::set_permissions(name, std::fs::Permissions::from_mode(0o666))
-            .with_context(|| format!("chmod {name}"))?;
-        l
-    };
-    std_listener.set_nonblocking(true)?;
-    Ok(std_listener)
-}
-
-/// Opens listeners in every foreign network namespace a tagged process is in, and closes those
-/// of namespaces no tagged process is in any more (their live sessions carry on). A tagged
-/// connect from a namespace without its listener is refused: fail closed.
-async fn serve_namespaces(shared: &Arc<Shared>) {
-    let Some(_) = &shared.redirect else {
-        return;
-    };
-    // One pass at a time (start, rescans and attach events all call this): two passes would
-    // both see a new namespace unserved and race to bind in it.
-    let _one = shared.serving_namespaces.lock().await;
-    let dirs: Vec<PathBuf> = lock(&shared.tagger)
-        .tagged()
-        .map(|(_, tag)| tag.path.dir(&shared.cgroup_root))
-        .collect();
-    let found = tokio::task::spawn_blocking(move || {
-        let own = crate::netns::own().ok()?;
-        let pids = dirs.iter().flat_map(|d| crate::netns::procs_under(d));
-        Some(crate::netns::foreign(pids, own))
-    })
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or_default();
-    let gone: Vec<crate::netns::NetnsId> = lock(&shared.namespaces)
-        .keys()
-        .filter(|id| !found.contains_key(id))
-        .copied()
-        .collect();
-    for id in gone {
-        if let Some(served) = lock(&shared.namespaces).remove(&id) {
-            served.stop.send_replace(true);
-            info!(
-                netns = id.0,
-                "no tagged process left in the network namespace: its listeners are closed"
-            );
-        }
-    }
-    for (id, pid) in found {
-        if lock(&shared.namespaces).contains_key(&id) {
-            continue;
-        }
-        let config = (shared.config.listen.ipv4, shared.config.listen.ipv6);
-        let unix = shared.listen_unix.clone().filter(|_| {
-            shared
-                .redirect
-                .as_ref()
-                .is_some_and(|r| lock(r).unix_disabled.is_none())
-        });
-        let opened = tokio::task::spawn_blocking(move || open_in_namespace(id, pid, config, unix))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|r| r);
-        let (ns, tcp, unix) = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                warn!(
-                    netns = id.0,
-                    pid,
-                    "cannot serve a tagged workload's network namespace: {e}; its tagged connects are refused"
-                );
-                continue;
-            }
-        };
-        let ns = Arc::new(ns);
-        let (stop, _) = tokio::sync::watch::channel(false);
-        let mut listen = Vec::new();
-        for l in tcp {
-            match TcpListener::from_std(l) {
-                Ok(l) => {
-                    if let Ok(a) = l.local_addr() {
-                        listen.push(a.to_string());
-                    }
-                    tokio::spawn(accept_loop_in(
-                        Arc::clone(shared),
-                        l,
-                        Some(Arc::clone(&ns)),
-                        stop.subscribe(),
-                    ));
-                }
-                Err(e) => warn!(netns = id.0, "registering a namespace listener: {e}"),
-            }
-        }
-        if let Some((l, name)) = unix {
-            match tokio::net::UnixListener::from_std(l) {
-                Ok(l) => {
-                    listen.push(name.clone());
-                    tokio::spawn(accept_unix_loop_in(
-                        Arc::clone(shared),
-                        l,
-                        name,
-                        Some(Arc::clone(&ns)),
-                        stop.subscribe(),
-                    ));
-                }
-                Err(e) => warn!(netns = id.0, "registering a namespace listener: {e}"),
-            }
-        }
-        info!(netns = id.0, pid, listen = ?listen, "serving a tagged workload's network namespace");
-        lock(&shared.namespaces).insert(id, NsServed { ns, listen, stop });
-    }
-}
-
-type NsListeners = (
-    crate::netns::Netns,
-    Vec<std::net::TcpListener>,
-    Option<(std::os::unix::net::UnixListener, String)>,
-);
-
-/// Binds the agent's listen addresses (and its abstract Unix name) inside namespace `id`.
-/// A family the namespace cannot bind (no ::1, loopback down) is logged and left out: its
-/// tagged connects are then refused.
-fn open_in_namespace(
-    id: crate::netns::NetnsId,
-    pid: u32,
-    (v4, v6): (
-        Option<std::net::SocketAddrV4>,
-        Option<std::net::SocketAddrV6>,
-    ),
-    unix: Option<String>,
-) -> std::io::Result<NsListeners> {
-    let ns = crate::netns::Netns::open(id, pid)?;
-    let (tcp, unix) = ns.run(|| {
-        let mut tcp = Vec::new();
-        for addr in [v4.map(SocketAddr::V4), v6.map(SocketAddr::V6)]
-            .into_iter()
-            .flatten()
-        {
-            match std::net::TcpListener::bind(addr) {
-                Ok(l) => {
-                    l.set_nonblocking(true)?;
-                    tcp.push(l);
-                }
-                Err(e) => warn!(netns = id.0, %addr, "cannot listen in the namespace: {e}"),
-            }
-        }
-        // Only an abstract name is per network namespace; a path listener is one file, and
-        // the agent's own listener already serves every namespace that can see it.
-        let unix = match unix.filter(|n| n.starts_with('@')) {
-            Some(name) => Some((
-                bind_unix_std(&name).map_err(|e| std::io::Error::other(format!("{e:#}")))?,
-                name,
-            )),
-            None => None,
-        };
-        Ok((tcp, unix))
-    })?;
-    if tcp.is_empty() && unix.is_none() {
-        return Err(std::io::Error::other("nothing could be bound"));
-    }
-    Ok((ns, tcp, unix))
-}
-
-async fn accept_unix_loop(shared: Arc<Shared>, listener: tokio::net::UnixListener, name: String) {
-    let (_keep, stop) = tokio::sync::watch::channel(false);
-    accept_unix_loop_in(shared, listener, name, None, stop).await;
-}
-
-async fn accept_unix_loop_in(
-    shared: Arc<Shared>,
-    listener: tokio::net::UnixListener,
-    name: String,
-    netns: Option<Arc<crate::netns::Netns>>,
-    mut closed: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut stopping = shared.stopping.subscribe();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stopping.wait_for(|s| *s) => return,
-            _ = closed.wait_for(|s| *s) => return,
-        };
-        match accepted {
-            Ok((sock, _)) => match session::Accepted::unix(sock, &name, netns.clone()) {
-                Some(a) => {
-                    tokio::spawn(session::serve(Arc::clone(&shared.env), a));
-                }
-                None => warn!("an accepted Unix connection has no socket cookie: closed"),
-            },
-            Err(e) => {
-                error!("accept on {name} failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    let (_keep, stop) = tokio::sync::watch::channel(false);
-    accept_loop_in(shared, listener, None, stop).await;
-}
-
-async fn accept_loop_in(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    netns: Option<Arc<crate::netns::Netns>>,
-    mut closed: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut stopping = shared.stopping.subscribe();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stopping.wait_for(|s| *s) => return,
-            _ = closed.wait_for(|s| *s) => return,
-        };
-        match accepted {
-            Ok((sock, peer)) => {
-                if let Some(a) = session::Accepted::tcp(sock, peer, netns.clone()) {
-                    tokio::spawn(session::serve(Arc::clone(&shared.env), a));
-                }
-            }
-            Err(e) => {
-                // EMFILE and friends: back off rather than spin; other sessions carry on.
-                error!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn rescan_loop(shared: Arc<Shared>) {
-    let period = Duration::from_secs(shared.config.cgroups.rescan_seconds);
-    let mut tick = tokio::time::interval(period);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let s = Arc::clone(&shared);
-        match tokio::task::spawn_blocking(move || s.rescan()).await {
-            Ok(Ok(())) => debug!("cgroup rescan done"),
-            Ok(Err(e)) => error!("cgroup rescan failed: {e:#}"),
-            Err(e) => error!("cgroup rescan panicked: {e}"),
-        }
-        serve_namespaces(&shared).await;
-    }
-}
-
-/// Processes moved into cgroups: when one lands in a tagged cgroup from a network namespace
-/// the agent does not serve yet (a container starting), its listeners are opened now rather
-/// than at the next rescan. Bursts are handled once.
-#[expect(
-    deprecated,
-    reason = "AsyncFd::new is sound here: the RingBuf owns its map fd for as long as the AsyncFd \
-              holds it; the replacement, AsyncFd::register, is unsafe and unsafe is forbidden"
-)]
-async fn watch_attaches(shared: Arc<Shared>, events: RingBuf<MapData>) {
-    let mut fd = match AsyncFd::new(events) {
-        Ok(fd) => fd,
-        Err(e) => {
-            error!("cannot poll the cgroup attach ring buffer: {e}; relying on rescans");
-            return;
-        }
-    };
-    let Ok(own) = crate::netns::own() else {
-        return;
-    };
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!("cgroup attach ring buffer: {e}; relying on rescans");
-                return;
-            }
-        };
-        let mut new_namespace = false;
-        {
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                let Some(ev) = agent_common::AttachEvent::from_bytes(&item) else {
-                    continue;
-                };
-                if new_namespace {
-                    continue;
-                }
-                let Ok(ns) = crate::netns::of_pid(ev.pid) else {
-                    continue;
-                };
-                new_namespace = ns != own && !lock(&shared.namespaces).contains_key(&ns);
-            }
-        }
-        guard.clear_ready();
-        drop(guard);
-        if new_namespace {
-            serve_namespaces(&shared).await;
-        }
-    }
-}
-
-#[expect(
-    deprecated,
-    reason = "AsyncFd::new is sound here: the RingBuf owns its map fd for as long as the AsyncFd \
-              holds it; the replacement, AsyncFd::register, is unsafe and unsafe is forbidden"
-)]
-async fn watch_events(shared: Arc<Shared>, events: RingBuf<MapData>) {
-    let mut fd = match AsyncFd::new(events) {
-        Ok(fd) => fd,
-        Err(e) => {
-            error!("cannot poll the cgroup event ring buffer: {e}; relying on rescans");
-            return;
-        }
-    };
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!("cgroup event ring buffer: {e}; relying on rescans");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            let Some((id, path, sticky)) = redirect::decode_event(&item) else {
-                continue;
-            };
-            if sticky != 0 {
-                debug!(cgroup = %path, id = id.0, "kernel tagged a re-created cgroup at mkdir");
-            }
-            if let Err(e) = shared.created(id, path.clone()) {
-                error!(cgroup = %path, "tagging a new cgroup failed: {e:#}");
-            }
-        }
-        guard.clear_ready();
     }
 }
