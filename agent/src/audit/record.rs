@@ -1,34 +1,16 @@
-//! One audit record: the JSON-lines contract (field names, omitted empties), the builder
-//! callers use, and the canonical form its SHA-256 `hash` is computed over.
-//!
-//! # Canonical form
-//!
-//! `hash` is the lowercase hex SHA-256 of the record serialized to a `serde_json::Value`,
-//! with the top-level `hash` key removed, then written as:
-//!
-//! - objects: `{` keys sorted by their UTF-8 bytes (recursively, at every depth), each as
-//!   `"key":value`, separated by `,`, `}`;
-//! - arrays: `[` elements in order, separated by `,`, `]`;
-//! - strings: as `serde_json` writes them: `"` and `\` escaped, control characters as
-//!   `\b \f \n \r \t` or `\u00xx` (lowercase hex), everything else (including non-ASCII and `/`)
-//!   verbatim UTF-8;
-//! - numbers: integers in decimal, floats in `serde_json`'s shortest round-trip form;
-//! - `true`, `false`, `null`; no whitespace anywhere.
-//!
-//! Fields that are `None` or empty are not serialized, so they are not in the canonical form
-//! either. The stored line keeps the struct's field order for readability; verification
-//! recomputes the canonical form from the parsed line, so key order on disk does not matter.
+//! One audit record: the JSON-lines contract (field names, omitted empties) and the builder
+//! callers use. The canonical form its SHA-256 `hash` is computed over is
+//! [`super::canon::json`]'s; its time format is [`super::time`]'s.
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
-
+use super::canon::hash_value;
 use super::time::format_time;
 use crate::identity::Identity;
 use crate::names::{ClientAddr, OrigDstAddr, SockAddr};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// `prev_hash` of the first record ever written to a journal.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -727,78 +709,12 @@ pub fn one_line(text: &str, max: usize) -> String {
     out
 }
 
-/// Lowercase hex SHA-256 of the canonical form of `record` without its top-level `hash` key.
-pub fn hash_value(record: &Value) -> String {
-    let mut out = String::with_capacity(1024);
-    match record {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().filter(|k| *k != "hash").collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(&mut out, k);
-                out.push(':');
-                write_canonical(&mut out, &map[k]);
-            }
-            out.push('}');
-        }
-        other => write_canonical(&mut out, other),
-    }
-    hex::encode(Sha256::digest(out.as_bytes()))
-}
-
-/// The canonical form of `v` (see the module doc).
-pub fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(&mut out, v);
-    out
-}
-
-fn write_canonical(out: &mut String, v: &Value) {
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
-        Value::String(s) => write_string(out, s),
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(out, x);
-            }
-            out.push(']');
-        }
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(out, k);
-                out.push(':');
-                write_canonical(out, &m[k]);
-            }
-            out.push('}');
-        }
-    }
-}
-
-fn write_string(out: &mut String, s: &str) {
-    // serde_json's string escaping is the contract; serializing a &str cannot fail.
-    out.push_str(&serde_json::to_string(s).unwrap_or_default());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::canon::canonical_json;
     use serde_json::json;
+    use sha2::{Digest as _, Sha256};
     use std::time::UNIX_EPOCH;
 
     #[test]
