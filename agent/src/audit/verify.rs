@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::record::{GENESIS_HASH, hash_value};
+use super::canon::hash_value;
+use super::record::GENESIS_HASH;
 
 /// What kind of damage the first failure is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

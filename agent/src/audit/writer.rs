@@ -29,10 +29,11 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
+use super::canon::hash_value;
 use super::canon::{Prepared, Sealed};
 use super::config::{AuditConfig, AuditMode, JournaldMirror};
 use super::journald::{self, Journald};
-use super::record::{Event, GENESIS_HASH, Record, Statement, hash_value};
+use super::record::{Event, GENESIS_HASH, Record, Statement};
 
 /// Most records written (and fsynced) as one batch.
 const MAX_BATCH: usize = 4096;

@@ -1,0 +1,129 @@
+//! Records as canonical bytes, built where they happen and sealed by the writer.
+//!
+//! A [`Prepared`] record is its canonical form ([`json`]'s module doc) without
+//! `prev_hash`, `seq` and `hash`, plus the two byte offsets where the writer puts `prev_hash`
+//! and `seq` when it chains the record ([`Prepared::seal`]). Every record has an `event`
+//! (sorting before `prev_hash`) and a `time` (sorting after `seq`), so both offsets always fall
+//! between two entries.
+//!
+//! Two ways in: [`Prepared::from_record`] for any [`Record`] (through `serde_json::Value`: for
+//! the rare events), and [`statement_record`] for the per-statement events of a session
+//! (`query`, `query.done`, `query.denied`), which splices the session's fields serialized
+//! once ([`SessionFields`]) and the statement's serialized once per statement shape
+//! ([`statement_json`]) around the few fields that change ([`splice`]). A test holds the two
+//! to the same bytes.
+//!
+//! The stored line is the sealed canonical form with `,"hash":"…"` before its closing brace:
+//! verification recomputes the canonical form from the parsed line, so the position of `hash`
+//! does not matter to it.
+pub mod json;
+pub mod splice;
+#[cfg(test)]
+mod tests;
+
+use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
+
+pub use json::{canonical_json, hash_value, push_str, push_value};
+use json::{push_key, push_u64};
+pub use splice::{SessionFields, StatementFields, statement_json, statement_record};
+
+use super::record::{Event, Record};
+
+/// A record ready to be chained: canonical bytes without `prev_hash`, `seq` and `hash`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    /// What happened.
+    pub event: Event,
+    /// Whether it reports a refusal (journald priority 4).
+    pub denial: bool,
+    bytes: Vec<u8>,
+    at_prev: usize,
+    at_seq: usize,
+}
+
+/// A record once chained: its line (with `hash` and the newline), `seq` and `hash`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sealed {
+    /// The stored line, newline included.
+    pub line: Vec<u8>,
+    /// Its place in the chain.
+    pub seq: u64,
+    /// Its hash (lowercase hex).
+    pub hash: String,
+}
+
+impl Prepared {
+    /// Any record: card numbers scrubbed from its free-text fields, then serialized.
+    pub fn from_record(rec: &Record) -> Prepared {
+        let mut r = rec.clone();
+        r.scrub_pans();
+        let Ok(Value::Object(mut map)) = serde_json::to_value(&r) else {
+            // A Record always serializes to an object (string keys, no failing serializer).
+            unreachable!("a record serializes to a JSON object")
+        };
+        for k in ["seq", "prev_hash", "hash"] {
+            map.remove(k);
+        }
+        Self::from_map(r.event, r.is_denial(), &map)
+    }
+
+    fn from_map(event: Event, denial: bool, map: &Map<String, Value>) -> Prepared {
+        let mut keys: Vec<&String> = map.keys().collect();
+        keys.sort();
+        let mut bytes = Vec::with_capacity(512);
+        let (mut at_prev, mut at_seq) = (None, None);
+        bytes.push(b'{');
+        for (i, k) in keys.into_iter().enumerate() {
+            if i > 0 {
+                bytes.push(b',');
+            }
+            if at_prev.is_none() && k.as_str() > "prev_hash" {
+                at_prev = Some(bytes.len());
+            }
+            if at_seq.is_none() && k.as_str() > "seq" {
+                at_seq = Some(bytes.len());
+            }
+            push_str(&mut bytes, k);
+            bytes.push(b':');
+            push_value(&mut bytes, &map[k]);
+        }
+        bytes.push(b'}');
+        // `time` (after `seq`) is never absent from a record, so neither offset is.
+        let end = bytes.len() - 1;
+        Prepared {
+            event,
+            denial,
+            bytes,
+            at_prev: at_prev.unwrap_or(end),
+            at_seq: at_seq.unwrap_or(end),
+        }
+    }
+
+    /// Chains the record: `prev_hash` and `seq` put in place, the SHA-256 of that canonical
+    /// form computed, and the line written with `hash` last.
+    pub fn seal(&self, seq: u64, prev_hash: &str) -> Sealed {
+        let b = &self.bytes;
+        let mut line = Vec::with_capacity(b.len() + prev_hash.len() + 120);
+        line.extend_from_slice(&b[..self.at_prev]);
+        push_key(&mut line, "prev_hash");
+        push_str(&mut line, prev_hash);
+        line.push(b',');
+        line.extend_from_slice(&b[self.at_prev..self.at_seq]);
+        push_key(&mut line, "seq");
+        push_u64(&mut line, seq);
+        line.push(b',');
+        line.extend_from_slice(&b[self.at_seq..]);
+        let hash = hex::encode(Sha256::digest(&line));
+        line.pop();
+        line.extend_from_slice(b",\"hash\":\"");
+        line.extend_from_slice(hash.as_bytes());
+        line.extend_from_slice(b"\"}\n");
+        Sealed { line, seq, hash }
+    }
+
+    /// The canonical bytes without the chain fields (tests, sizes).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
