@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 
 use super::tail::{self, Filter, Style, TailOptions};
-use super::{AuditConfig, AuditError, AuditMode, Journal, JournaldMirror, verify, writer};
+use super::{AuditConfig, AuditError, AuditMode, Journal, JournaldMirror, sample, verify};
 
 /// Reads the `audit:` section of a configuration file (`--config`); called only when a command
 /// needs it.
@@ -279,7 +279,7 @@ pub async fn run(cmd: AuditCommand, load: LoadConfig<'_>) -> anyhow::Result<()> 
                 tasks.spawn(async move {
                     let mut dropped = 0u64;
                     for i in (start..start + count).filter(|i| i % appenders == a) {
-                        let rec = writer::sample_record(i, &workload, keep);
+                        let rec = sample::record(i, &workload, keep);
                         match journal.append(rec).await {
                             Ok(_) => {}
                             Err(AuditError::Dropped { .. }) => dropped += 1,

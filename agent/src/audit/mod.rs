@@ -30,9 +30,12 @@
 pub mod canon;
 pub mod cmd;
 pub mod config;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod journald;
 pub mod record;
 pub mod redact;
+pub mod sample;
 pub mod tail;
 pub mod time;
 pub mod verify;

@@ -473,16 +473,12 @@ mod tests {
 
     fn sample(dir: &Path, n: u64) -> PathBuf {
         let c = AuditConfig {
-            path: dir.join("audit.jsonl"),
-            journald: crate::audit::JournaldMirror::Off,
-            checkpoint_every: 0,
-            checkpoint_seconds: 0,
             max_bytes: 4096,
-            ..AuditConfig::default()
+            ..crate::audit::fixtures::config(dir)
         };
         let j = Journal::open(&c).unwrap();
         for i in 0..n {
-            j.append_blocking(crate::audit::writer::sample_record(
+            j.append_blocking(crate::audit::sample::record(
                 i,
                 if i < 10 { "a" } else { "b" },
                 false,
