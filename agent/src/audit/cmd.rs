@@ -2,6 +2,9 @@
 //! The journal is found with `--file`, else the `audit.path` of `--config`, else the default
 //! `/var/log/pgwarden/audit.jsonl`. Reading `--config` is the caller's ([`LoadConfig`]): the
 //! audit layer knows its own section, not the whole file.
+//!
+//! This is the CLI's side of the layer and reports as the CLI does, with `anyhow`; the errors
+//! it gets are typed ([`AuditError`], [`tail::SinceError`], `io::Error`).
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -156,8 +159,7 @@ pub async fn run(cmd: AuditCommand, load: LoadConfig<'_>) -> anyhow::Result<()> 
             let path = journal_path(load, file, config.as_ref())?;
             let since = since
                 .map(|s| tail::parse_since(&s, super::time::now_micros()))
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
+                .transpose()?;
             let last = match (all, lines) {
                 (true, _) => None,
                 (false, Some(n)) => Some(n),

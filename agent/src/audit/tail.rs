@@ -45,22 +45,35 @@ impl Filter {
     }
 }
 
+/// A `--since` that [`parse_since`] cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum SinceError {
+    /// Neither a time, a date, nor a number and a unit.
+    #[error("--since {0}: use an RFC 3339 time, a date, or e.g. 15m, 2h, 7d")]
+    Unreadable(String),
+    /// A number with a unit that is not one of `s`, `m`, `h`, `d`.
+    #[error("--since {0}: the unit is one of s, m, h, d")]
+    Unit(String),
+}
+
 /// `--since`: an RFC 3339 time, a date (`2026-11-25`, UTC), or a span ago (`90s`, `15m`,
 /// `2h`, `7d`). Returns microseconds since the epoch.
-pub fn parse_since(text: &str, now_micros: i64) -> Result<i64, String> {
+pub fn parse_since(text: &str, now_micros: i64) -> Result<i64, SinceError> {
     if let Some(t) = parse_time(text) {
         return Ok(t);
     }
-    let (num, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = num.parse().map_err(|_| {
-        format!("--since {text}: use an RFC 3339 time, a date, or e.g. 15m, 2h, 7d")
-    })?;
+    // The unit is the last character (split where it starts, whatever its width).
+    let at = text.char_indices().next_back().map_or(0, |(i, _)| i);
+    let (num, unit) = text.split_at(at);
+    let n: i64 = num
+        .parse()
+        .map_err(|_| SinceError::Unreadable(text.to_owned()))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => return Err(format!("--since {text}: the unit is one of s, m, h, d")),
+        _ => return Err(SinceError::Unit(text.to_owned())),
     };
     Ok(now_micros - secs * 1_000_000)
 }
@@ -583,8 +596,15 @@ mod tests {
             parse_since("2026-11-25", now).unwrap(),
             now - 5 * 3_600_000_000
         );
-        assert!(parse_since("soon", now).is_err());
-        assert!(parse_since("5y", now).is_err());
+        assert_eq!(
+            parse_since("soon", now).unwrap_err().to_string(),
+            "--since soon: use an RFC 3339 time, a date, or e.g. 15m, 2h, 7d"
+        );
+        assert_eq!(
+            parse_since("5y", now).unwrap_err().to_string(),
+            "--since 5y: the unit is one of s, m, h, d"
+        );
+        assert!(parse_since("5é", now).is_err());
     }
 
     #[test]

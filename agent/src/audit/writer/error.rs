@@ -31,9 +31,9 @@ pub enum AuditError {
         /// Records dropped so far.
         lost: u64,
     },
-    /// The record cannot be written as it is.
-    #[error("invalid audit record: {0}")]
-    Invalid(String),
+    /// The record's event is [`crate::audit::Event::Unknown`] (read side only): not written.
+    #[error("invalid audit record: unknown event")]
+    UnknownEvent,
     /// The journal was closed.
     #[error("the audit journal is closed")]
     Closed,

@@ -138,7 +138,7 @@ impl Shared {
         wake: bool,
     ) -> Result<u64, AuditError> {
         if rec.event == Event::Unknown {
-            return Err(AuditError::Invalid("unknown event".into()));
+            return Err(AuditError::UnknownEvent);
         }
         if self.mode == AuditMode::Off {
             return Ok(0);
