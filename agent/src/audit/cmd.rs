@@ -2,13 +2,16 @@
 //! The journal is found with `--file`, else the `audit.path` of `--config`, else the default
 //! `/var/log/pgwarden/audit.jsonl`. Reading `--config` is the caller's ([`LoadConfig`]): the
 //! audit layer knows its own section, not the whole file.
+//!
+//! This is the CLI's side of the layer and reports as the CLI does, with `anyhow`; the errors
+//! it gets are typed ([`AuditError`], [`tail::SinceError`], `io::Error`).
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Subcommand;
 
 use super::tail::{self, Filter, Style, TailOptions};
-use super::{AuditConfig, AuditError, AuditMode, Journal, JournaldMirror, verify, writer};
+use super::{AuditConfig, AuditError, AuditMode, Journal, JournaldMirror, sample, verify};
 
 /// Reads the `audit:` section of a configuration file (`--config`); called only when a command
 /// needs it.
@@ -156,8 +159,7 @@ pub async fn run(cmd: AuditCommand, load: LoadConfig<'_>) -> anyhow::Result<()> 
             let path = journal_path(load, file, config.as_ref())?;
             let since = since
                 .map(|s| tail::parse_since(&s, super::time::now_micros()))
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
+                .transpose()?;
             let last = match (all, lines) {
                 (true, _) => None,
                 (false, Some(n)) => Some(n),
@@ -279,7 +281,7 @@ pub async fn run(cmd: AuditCommand, load: LoadConfig<'_>) -> anyhow::Result<()> 
                 tasks.spawn(async move {
                     let mut dropped = 0u64;
                     for i in (start..start + count).filter(|i| i % appenders == a) {
-                        let rec = writer::sample_record(i, &workload, keep);
+                        let rec = sample::record(i, &workload, keep);
                         match journal.append(rec).await {
                             Ok(_) => {}
                             Err(AuditError::Dropped { .. }) => dropped += 1,

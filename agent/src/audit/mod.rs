@@ -22,17 +22,22 @@
 //! # let _ = seq; Ok(()) }
 //! ```
 //!
-//! The record format and the canonical form `hash` covers are in [`record`], its times in
-//! [`time`]; statement text
-//! and card-number scrubbing in [`redact`]; the chain checks in [`verify`]; the writer
-//! (group commit, recovery, rotation, checkpoints) in [`writer`]; the mirror in
-//! [`journald`]; `pgwarden audit tail|replay|verify` in [`tail`] and [`cmd`].
+//! The parts: the record format in [`record`]; the canonical bytes `hash` covers and the
+//! sealing in [`canon`]; record times in [`time`]; statement text and card-number scrubbing in
+//! [`redact`]; the writer (group commit, recovery, rotation, checkpoints) in [`writer`]; the
+//! mirror in [`journald`]; the chain checks in [`verify`]; `pgwarden audit
+//! tail|replay|verify|write-sample` in [`tail`], [`cmd`] and [`sample`]; the settings in
+//! [`config`]. The layer depends on nothing above it: the agent's configuration re-exports
+//! [`AuditConfig`], and the CLI hands [`cmd::run`] a reader for `--config`.
 pub mod canon;
 pub mod cmd;
 pub mod config;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod journald;
 pub mod record;
 pub mod redact;
+pub mod sample;
 pub mod tail;
 pub mod time;
 pub mod verify;

@@ -45,22 +45,35 @@ impl Filter {
     }
 }
 
+/// A `--since` that [`parse_since`] cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum SinceError {
+    /// Neither a time, a date, nor a number and a unit.
+    #[error("--since {0}: use an RFC 3339 time, a date, or e.g. 15m, 2h, 7d")]
+    Unreadable(String),
+    /// A number with a unit that is not one of `s`, `m`, `h`, `d`.
+    #[error("--since {0}: the unit is one of s, m, h, d")]
+    Unit(String),
+}
+
 /// `--since`: an RFC 3339 time, a date (`2026-11-25`, UTC), or a span ago (`90s`, `15m`,
 /// `2h`, `7d`). Returns microseconds since the epoch.
-pub fn parse_since(text: &str, now_micros: i64) -> Result<i64, String> {
+pub fn parse_since(text: &str, now_micros: i64) -> Result<i64, SinceError> {
     if let Some(t) = parse_time(text) {
         return Ok(t);
     }
-    let (num, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = num.parse().map_err(|_| {
-        format!("--since {text}: use an RFC 3339 time, a date, or e.g. 15m, 2h, 7d")
-    })?;
+    // The unit is the last character (split where it starts, whatever its width).
+    let at = text.char_indices().next_back().map_or(0, |(i, _)| i);
+    let (num, unit) = text.split_at(at);
+    let n: i64 = num
+        .parse()
+        .map_err(|_| SinceError::Unreadable(text.to_owned()))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => return Err(format!("--since {text}: the unit is one of s, m, h, d")),
+        _ => return Err(SinceError::Unit(text.to_owned())),
     };
     Ok(now_micros - secs * 1_000_000)
 }
@@ -467,134 +480,4 @@ pub fn replay(path: &Path, session: &str, out: &mut impl Write) -> io::Result<us
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::audit::{AuditConfig, Journal};
-
-    fn sample(dir: &Path, n: u64) -> PathBuf {
-        let c = AuditConfig {
-            path: dir.join("audit.jsonl"),
-            journald: crate::audit::JournaldMirror::Off,
-            checkpoint_every: 0,
-            checkpoint_seconds: 0,
-            max_bytes: 4096,
-            ..AuditConfig::default()
-        };
-        let j = Journal::open(&c).unwrap();
-        for i in 0..n {
-            j.append_blocking(crate::audit::writer::sample_record(
-                i,
-                if i < 10 { "a" } else { "b" },
-                false,
-            ))
-            .unwrap();
-        }
-        c.path
-    }
-
-    #[test]
-    fn tail_filters_and_reaches_into_rotated_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = sample(dir.path(), 40);
-        assert!(!rotated_files(&path).is_empty());
-        let run = |filter: Filter, last: Option<usize>, json: bool| {
-            let mut out = Vec::new();
-            tail(
-                &TailOptions {
-                    path: path.clone(),
-                    filter,
-                    last,
-                    follow: false,
-                    style: Style {
-                        json,
-                        colour: false,
-                    },
-                    poll: Duration::from_millis(10),
-                },
-                &mut out,
-            )
-            .unwrap();
-            String::from_utf8(out).unwrap()
-        };
-        let all = run(Filter::default(), None, true);
-        let seqs: Vec<u64> = all
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
-        assert_eq!(run(Filter::default(), Some(3), true).lines().count(), 3);
-        let denied = run(
-            Filter {
-                decision: Some("deny".into()),
-                workload: Some("a".into()),
-                ..Filter::default()
-            },
-            None,
-            false,
-        );
-        assert_eq!(denied.lines().count(), 2, "{denied}");
-        assert!(denied.contains("query.denied"), "{denied}");
-        assert!(denied.contains("class.write"), "{denied}");
-        assert!(
-            denied.contains("UPDATE payments SET card_number = $1 WHERE id = $2"),
-            "{denied}"
-        );
-        assert!(!denied.contains('\x1b'));
-        let one = run(
-            Filter {
-                session: Some(format!("{:016x}", 0x5a00_0000_0000_0001u64)),
-                ..Filter::default()
-            },
-            None,
-            true,
-        );
-        assert_eq!(one.lines().count(), 5);
-    }
-
-    #[test]
-    fn replay_lists_a_session_in_order_with_offsets() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = sample(dir.path(), 15);
-        let mut out = Vec::new();
-        let n = replay(
-            &path,
-            &format!("{:016x}", 0x5a00_0000_0000_0002u64),
-            &mut out,
-        )
-        .unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(n, 5, "{text}");
-        assert!(
-            text.contains("client  127.0.0.1:40000 -> server 127.0.0.1:5432"),
-            "{text}"
-        );
-        let pos = |s: &str| text.find(s).unwrap_or_else(|| panic!("{s} in {text}"));
-        assert!(pos("session.start") < pos("query ") && pos("query ") < pos("query.done"));
-        assert!(text.contains("+0.0"), "{text}");
-        assert!(text.contains("1 allowed, 1 denied, 0 held"), "{text}");
-        assert_eq!(replay(&path, "nope", &mut Vec::new()).unwrap(), 0);
-    }
-
-    #[test]
-    fn since_accepts_times_dates_and_spans() {
-        let now = parse_time("2026-11-25T05:00:00Z").unwrap();
-        assert_eq!(parse_since("15m", now).unwrap(), now - 900_000_000);
-        assert_eq!(
-            parse_since("2026-11-25", now).unwrap(),
-            now - 5 * 3_600_000_000
-        );
-        assert!(parse_since("soon", now).is_err());
-        assert!(parse_since("5y", now).is_err());
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(duration(120), "120us");
-        assert_eq!(duration(1500), "1.500ms");
-        assert_eq!(duration(2_345_000), "2.345s");
-    }
-}
+mod tests;

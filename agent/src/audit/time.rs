@@ -58,7 +58,10 @@ pub fn push_time(out: &mut Vec<u8>, t: SystemTime) {
 
 /// Microseconds since the epoch of an RFC 3339 time (`2026-11-25T05:00:35.123456Z`, any
 /// fraction length up to nanoseconds, `Z` or `±hh:mm`, `T` or space), or of a date alone
-/// (`2026-11-25`, UTC midnight).
+/// (`2026-11-25`, UTC midnight). Every time a record holds reads back as it was written; of
+/// what people type (`audit tail --since`), `jiff` also takes `hh:mm` without seconds and
+/// `±hh` offsets, and refuses impossible dates (`2026-02-31`) and more than nine fraction
+/// digits, which the hand-written parser before it rolled over or cut.
 pub fn parse_time(s: &str) -> Option<i64> {
     let s = s.trim();
     if let Ok(t) = s.parse::<Timestamp>() {

@@ -28,8 +28,8 @@ fn entry(out: &mut Vec<u8>, key: &str, v: &Value) {
 }
 
 impl SessionFields {
-    /// The session's fields (as [`Record`]'s builder would set them; `db`'s strings scrubbed
-    /// of card numbers as the journal scrubs them).
+    /// The session's fields (as [`crate::audit::Record`]'s builder would set them; `db`'s
+    /// strings scrubbed of card numbers as the journal scrubs them).
     pub fn new(
         session_id: &str,
         workload: &str,

@@ -1,134 +1,8 @@
-//! The journald mirror: every written record also goes to journald over its native protocol
-//! (one datagram to `/run/systemd/journal/socket`), so `journalctl -t pgwarden` shows it and
-//! a copy of each `hash` lives outside the journal file.
-//!
-//! Fields: `MESSAGE` (a one-line summary), `PRIORITY` (4 for denials and `audit.gap`, 6
-//! otherwise), `SYSLOG_IDENTIFIER=pgwarden`, and `PGWARDEN_<FIELD>` for each record field,
-//! nested objects flattened (`PGWARDEN_ACTOR_PID`, `PGWARDEN_DETAIL_LOST`), arrays as JSON
-//! text. Values holding a newline use the protocol's length-prefixed form.
-//!
-//! A record whose datagram would pass [`MAX_DATAGRAM`] is sent truncated: every value is cut
-//! to [`TRUNCATED_VALUE`] bytes and `PGWARDEN_TRUNCATED=1` is added (the file has it whole;
-//! `PGWARDEN_HASH` finds it). An absent socket is counted and logged once, then retried
-//! quietly every [`RETRY`]; other send failures (journald busy: the socket is non-blocking)
-//! are counted each time and logged with back-off. Nothing is dropped silently.
-use std::io;
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use tracing::{info, warn};
-
-use super::record::Event;
-
-/// Largest datagram sent (the kernel's default socket buffer allows about 208 KiB).
-pub const MAX_DATAGRAM: usize = 192 * 1024;
-/// Bytes kept of each value in a truncated record.
-pub const TRUNCATED_VALUE: usize = 2048;
-/// How often an absent journald is looked for again.
-pub const RETRY: Duration = Duration::from_secs(30);
-
-/// A connection-less sender to journald.
-pub struct Journald {
-    path: PathBuf,
-    socket: Option<UnixDatagram>,
-    absent_since: Option<Instant>,
-    errors: u64,
-    sent: u64,
-    encoder: Encoder,
-    datagram: Vec<u8>,
-}
-
-impl Journald {
-    /// A sender to the native socket at `path` (nothing is opened until the first send).
-    pub fn new(path: &Path) -> Self {
-        Self {
-            path: path.to_owned(),
-            socket: None,
-            absent_since: None,
-            errors: 0,
-            sent: 0,
-            encoder: Encoder::default(),
-            datagram: Vec::with_capacity(2048),
-        }
-    }
-
-    /// Records journald did not get (an absent socket counts once per absence).
-    pub fn errors(&self) -> u64 {
-        self.errors
-    }
-
-    /// Records sent.
-    pub fn sent(&self) -> u64 {
-        self.sent
-    }
-
-    /// Sends one journal line; failures are counted and logged here.
-    pub fn send(&mut self, line: &[u8], seq: u64, priority: u8) {
-        if self
-            .absent_since
-            .is_some_and(|since| since.elapsed() < RETRY)
-        {
-            return;
-        }
-        let mut payload = std::mem::take(&mut self.datagram);
-        let sent = if self.encoder.encode(line, priority, &mut payload) {
-            self.send_bytes(&payload)
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the journal line is not a JSON object",
-            ))
-        };
-        self.datagram = payload;
-        match sent {
-            Ok(()) => {
-                self.sent += 1;
-                if self.absent_since.take().is_some() {
-                    info!("journald reachable at {}", self.path.display());
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                if self.absent_since.is_none() {
-                    self.errors += 1;
-                    warn!(
-                        "journald socket {} is not there ({e}): audit records are not mirrored \
-                         to journald until it is (retrying every {}s)",
-                        self.path.display(),
-                        RETRY.as_secs()
-                    );
-                }
-                self.absent_since = Some(Instant::now());
-            }
-            Err(e) => {
-                self.errors += 1;
-                if self.errors == 1 || self.errors.is_power_of_two() {
-                    warn!(
-                        "journald did not take audit record seq {}: {e} ({} failed so far)",
-                        seq, self.errors
-                    );
-                }
-            }
-        }
-    }
-
-    fn send_bytes(&mut self, payload: &[u8]) -> io::Result<()> {
-        if self.socket.is_none() {
-            let s = UnixDatagram::unbound()?;
-            s.set_nonblocking(true)?;
-            self.socket = Some(s);
-        }
-        let Some(s) = &self.socket else {
-            return Err(io::Error::other("no socket"));
-        };
-        s.send_to(payload, &self.path).map(|_| ())
-    }
-}
+//! The native journal protocol, written from a stored journal line: `NAME=value\n` fields (or
+//! `NAME\n<u64 LE length>value\n` for values holding a newline), read off the line by a small
+//! JSON reader of what the writer writes.
+use super::{MAX_DATAGRAM, TRUNCATED_VALUE};
+use crate::audit::record::one_line;
 
 /// The leaves the one-line `MESSAGE` is made of, in the order it shows them.
 #[derive(Clone, Copy)]
@@ -177,7 +51,7 @@ fn part(name: &[u8]) -> Option<Part> {
 }
 
 /// Turns journal lines into datagrams in one pass over each line, with buffers kept from one
-/// record to the next: `MESSAGE` (as [`super::record::Record::summary`] writes it),
+/// record to the next: `MESSAGE` (as [`crate::audit::Record::summary`] writes it),
 /// `PRIORITY`, `SYSLOG_IDENTIFIER`, then `PGWARDEN_*` in the line's key order.
 #[derive(Default)]
 pub struct Encoder {
@@ -263,16 +137,13 @@ impl Encoder {
             }
         }
         let (sep, tail) = if let Some(t) = self.get(Part::Text) {
-            (": ", Some(super::record::one_line(t, 200)))
+            (": ", Some(one_line(t, 200)))
         } else if let Some(e) = self.get(Part::Error) {
-            (": ", Some(super::record::one_line(e, 200)))
+            (": ", Some(one_line(e, 200)))
         } else if let Some((a, b)) = self.detail {
             (
                 " ",
-                Some(super::record::one_line(
-                    &String::from_utf8_lossy(&line[a..b]),
-                    200,
-                )),
+                Some(one_line(&String::from_utf8_lossy(&line[a..b]), 200)),
             )
         } else {
             ("", None)
@@ -518,195 +389,5 @@ impl Reader<'_> {
         let h = self.b.get(self.i..self.i + 4)?;
         self.i += 4;
         u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
-    }
-}
-
-/// journald priority of an event: 4 (warning) for refusals and gaps, 6 (info) otherwise.
-pub fn priority(event: Event, denial: bool) -> u8 {
-    if denial || event == Event::AuditGap {
-        4
-    } else {
-        6
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::audit::canon::Prepared;
-    use crate::audit::record::{Actor, Decision, GENESIS_HASH, Record, Statement};
-
-    /// The datagram for a line (empty when it is not a JSON object).
-    fn encode(line: &[u8], priority: u8) -> Vec<u8> {
-        let mut out = Vec::new();
-        Encoder::default().encode(line, priority, &mut out);
-        out
-    }
-
-    fn line(r: &Record, seq: u64) -> Vec<u8> {
-        Prepared::from_record(r).seal(seq, GENESIS_HASH).line
-    }
-
-    /// The fields of a datagram, as journald reads them.
-    fn fields(line: &[u8], priority: u8) -> Option<Vec<(String, Vec<u8>)>> {
-        let d = encode(line, priority);
-        if d.is_empty() {
-            return None;
-        }
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < d.len() {
-            let end = i + d[i..]
-                .iter()
-                .position(|&c| c == b'=' || c == b'\n')
-                .unwrap();
-            let name = String::from_utf8(d[i..end].to_vec()).unwrap();
-            let (value, next) = if d[end] == b'=' {
-                let stop = end + 1 + d[end + 1..].iter().position(|&c| c == b'\n').unwrap();
-                (d[end + 1..stop].to_vec(), stop + 1)
-            } else {
-                let len = u64::from_le_bytes(d[end + 1..end + 9].try_into().unwrap()) as usize;
-                let v = d[end + 9..end + 9 + len].to_vec();
-                assert_eq!(d[end + 9 + len], b'\n');
-                (v, end + 10 + len)
-            };
-            out.push((name, value));
-            i = next;
-        }
-        Some(out)
-    }
-
-    fn get<'a>(f: &'a [(String, Vec<u8>)], n: &str) -> Option<&'a str> {
-        f.iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| std::str::from_utf8(v).unwrap())
-    }
-
-    #[test]
-    fn fields_are_flattened_upper_snake() {
-        let r = Record::new(Event::QueryDenied)
-            .workload("payments-mcp")
-            .actor(Actor {
-                pid: Some(7),
-                exe: Some("/usr/bin/python3".into()),
-                ..Actor::default()
-            })
-            .statement(Statement::from_sql("DROP TABLE t", false).objects(["public.t"]))
-            .decision(Decision::Deny)
-            .rule("class.ddl")
-            .detail("torn-bytes", 3);
-        let f = fields(&line(&r, 42), priority(r.event, r.is_denial())).unwrap();
-        assert_eq!(get(&f, "SYSLOG_IDENTIFIER"), Some("pgwarden"));
-        assert_eq!(get(&f, "PRIORITY"), Some("4"));
-        assert_eq!(get(&f, "PGWARDEN_SEQ"), Some("42"));
-        assert_eq!(get(&f, "PGWARDEN_EVENT"), Some("query.denied"));
-        assert_eq!(get(&f, "PGWARDEN_ACTOR_PID"), Some("7"));
-        assert_eq!(get(&f, "PGWARDEN_STATEMENT_TEXT"), Some("DROP TABLE t"));
-        assert_eq!(
-            get(&f, "PGWARDEN_STATEMENT_OBJECTS"),
-            Some("[\"public.t\"]")
-        );
-        assert_eq!(get(&f, "PGWARDEN_DETAIL_TORN_BYTES"), Some("3"));
-        assert_eq!(get(&f, "PGWARDEN_HASH").map(str::len), Some(64));
-        assert_eq!(get(&f, "PGWARDEN_PREV_HASH"), Some(GENESIS_HASH));
-        let mut seq_r = r.clone();
-        seq_r.seq = 42;
-        assert_eq!(get(&f, "MESSAGE").unwrap(), seq_r.summary());
-        let ok = Record::new(Event::Query).decision(Decision::Allow);
-        let f = fields(&line(&ok, 1), priority(ok.event, ok.is_denial())).unwrap();
-        assert_eq!(get(&f, "PRIORITY"), Some("6"));
-    }
-
-    #[test]
-    fn escapes_and_summaries_read_back() {
-        let r = Record::new(Event::AgentStart)
-            .error("quote \" backslash \\ tab\t uni \u{1} é ☃")
-            .detail(
-                "nested",
-                serde_json::json!({"a": [1, {"b": null}], "c": true}),
-            );
-        let f = fields(&line(&r, 3), 6).unwrap();
-        assert_eq!(
-            get(&f, "PGWARDEN_ERROR"),
-            Some("quote \" backslash \\ tab\t uni \u{1} é ☃")
-        );
-        assert_eq!(
-            get(&f, "PGWARDEN_DETAIL_NESTED_A"),
-            Some("[1,{\"b\":null}]")
-        );
-        assert_eq!(get(&f, "PGWARDEN_DETAIL_NESTED_C"), Some("true"));
-        let mut with_seq = r.clone();
-        with_seq.seq = 3;
-        assert_eq!(get(&f, "MESSAGE").unwrap(), with_seq.summary());
-        let d = Record::new(Event::AuditGap).detail("lost", 5);
-        let f = fields(&line(&d, 9), priority(d.event, d.is_denial())).unwrap();
-        assert_eq!(get(&f, "PRIORITY"), Some("4"));
-        let mut with_seq = d.clone();
-        with_seq.seq = 9;
-        assert_eq!(get(&f, "MESSAGE").unwrap(), with_seq.summary());
-        assert!(fields(b"not json", 6).is_none());
-    }
-
-    #[test]
-    fn newlines_use_the_length_prefixed_form() {
-        let mut r = Record::new(Event::Query).statement(Statement::from_sql("SELECT 1", true));
-        r.statement.as_mut().unwrap().text = "SELECT\n1".into();
-        let bytes = encode(&line(&r, 1), 6);
-        let needle = b"PGWARDEN_STATEMENT_TEXT\n\x08\0\0\0\0\0\0\0SELECT\n1\n";
-        assert!(bytes.windows(needle.len()).any(|w| w == needle));
-        assert!(bytes.starts_with(b"MESSAGE="));
-    }
-
-    #[test]
-    fn huge_records_are_truncated_and_flagged() {
-        let mut r = Record::new(Event::Query);
-        r.detail
-            .insert("big".into(), serde_json::Value::String("x".repeat(400_000)));
-        let bytes = encode(&line(&r, 1), 6);
-        assert!(bytes.len() <= MAX_DATAGRAM);
-        let f = fields(&line(&r, 1), 6).unwrap();
-        assert_eq!(get(&f, "PGWARDEN_TRUNCATED"), Some("1"));
-        assert_eq!(
-            get(&f, "PGWARDEN_DETAIL_BIG").map(str::len),
-            Some(TRUNCATED_VALUE)
-        );
-        assert_eq!(get(&f, "PGWARDEN_SEQ"), Some("1"));
-    }
-
-    #[test]
-    fn a_line_that_is_not_json_is_counted_not_sent() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.sock");
-        let server = UnixDatagram::bind(&path).unwrap();
-        server.set_nonblocking(true).unwrap();
-        let mut j = Journald::new(&path);
-        j.send(b"not json", 1, 6);
-        assert_eq!((j.errors(), j.sent()), (1, 0));
-        assert!(server.recv(&mut [0u8; 64]).is_err());
-    }
-
-    #[test]
-    fn an_absent_socket_is_counted_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut j = Journald::new(&dir.path().join("nope.sock"));
-        let l = line(&Record::new(Event::AgentStart), 1);
-        for _ in 0..5 {
-            j.send(&l, 1, 6);
-        }
-        assert_eq!((j.errors(), j.sent()), (1, 0));
-    }
-
-    #[test]
-    fn datagrams_reach_a_listening_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.sock");
-        let server = UnixDatagram::bind(&path).unwrap();
-        let mut j = Journald::new(&path);
-        j.send(&line(&Record::new(Event::AgentStart), 9), 9, 6);
-        let mut buf = vec![0u8; 65536];
-        let n = server.recv(&mut buf).unwrap();
-        let text = String::from_utf8_lossy(&buf[..n]);
-        assert!(text.contains("PGWARDEN_SEQ=9\n"), "{text}");
-        assert_eq!((j.errors(), j.sent()), (0, 1));
     }
 }

@@ -1,0 +1,483 @@
+//! Group commit: whoever holds the [`Writer`] (the writer thread, or an appender committing
+//! inline) takes a batch off the queue, chains it (`seq`, `prev_hash`, `hash`), writes it with
+//! one fsync and answers every appender of the batch; a failed batch goes back to the front of
+//! the queue, or fails its strict appenders.
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{error, info};
+
+use super::error::AuditError;
+use super::files::open_append;
+use super::queue::{Item, Shared, Waiter, answered, lock};
+use crate::audit::canon::{Prepared, Sealed};
+use crate::audit::config::AuditMode;
+use crate::audit::journald::{self, Journald};
+use crate::audit::record::{Event, Record};
+
+/// Most records written (and fsynced) as one batch.
+const MAX_BATCH: usize = 4096;
+
+/// With `fsync: true`, records nobody waits for (`query.done`, async mode) are written at once
+/// but fsynced with the next batch someone waits for, or after this.
+const LAZY_SYNC: Duration = Duration::from_millis(100);
+
+/// With `fsync: false`, written records are still fsynced this often (bounding what a power
+/// loss can take; an agent crash takes nothing that was written).
+const PERIODIC_SYNC: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// Commits what is queued (up to a batch) with the writer held: the writer thread does,
+    /// and inline appenders do. On failure, strict appenders hear it and the rest goes back to
+    /// the front of the queue, in order.
+    pub(super) fn commit_round(&self, w: &mut Writer, closing: bool, thread: bool) -> Round {
+        let batch: Vec<Item> = {
+            let mut q = lock(&self.queue);
+            self.queue_due_checkpoint(&mut q);
+            let n = q.items.len().min(MAX_BATCH);
+            let batch = q.items.drain(..n).collect();
+            if q.items.is_empty() {
+                q.oldest = None;
+            }
+            batch
+        };
+        if batch.is_empty() {
+            return Round::Empty;
+        }
+        w.last_batch = Instant::now();
+        // Someone waits (strict mode), or an fsync is due: this batch is fsynced, and with it
+        // everything written before. Only the writer thread does the due ones: an inline
+        // appender must not stall its sessions on the disk.
+        let sync = closing
+            || (thread && w.sync_due_in().is_some_and(|d| d.is_zero()))
+            || (w.fsync && batch.iter().any(|i| matches!(i, Item::Record(_, Some(_)))));
+        match w.commit_items(self, batch, sync) {
+            Ok(n) => {
+                w.after_commit(self, n);
+                Round::Done
+            }
+            Err((n, rest, e)) => {
+                w.after_commit(self, n);
+                w.failed(self, &e);
+                let back = match self.mode {
+                    AuditMode::Strict => {
+                        let err = AuditError::Write {
+                            path: w.path.clone(),
+                            source: Arc::new(e),
+                        };
+                        // Appenders hear it (and refuse their statements); records nobody
+                        // waits for (a gap sealing a tear, `query.done`) are tried again.
+                        let mut own = Vec::new();
+                        for item in rest {
+                            match item {
+                                Item::Record(_, Some(w)) => {
+                                    let _ = w.send(Err(err.clone()));
+                                }
+                                Item::Record(r, None) => own.push(Item::Record(r, None)),
+                                Item::Lost(n) => own.push(Item::Lost(n)),
+                                Item::Checkpoint => {
+                                    lock(&self.queue).checkpoint_queued = false;
+                                }
+                            }
+                        }
+                        own
+                    }
+                    // Kept, in order; the queue absorbs meanwhile, then drops.
+                    AuditMode::Async | AuditMode::Off => rest,
+                };
+                let mut q = lock(&self.queue);
+                for item in back.into_iter().rev() {
+                    q.items.push_front(item);
+                }
+                if !q.items.is_empty() {
+                    q.oldest.get_or_insert_with(Instant::now);
+                }
+                Round::Failed
+            }
+        }
+    }
+
+    /// Appends committed by the appender itself (strict, `fsync: false`): queued behind
+    /// what waits, then everything queued is written, in order. The first failure, if any.
+    pub(super) fn append_inline(&self, recs: Vec<Prepared>) -> Result<u64, AuditError> {
+        let mut waits = Vec::with_capacity(recs.len());
+        for rec in recs {
+            let (tx, rx) = oneshot::channel();
+            self.enqueue_as(rec, Some(tx), false)?;
+            waits.push(rx);
+        }
+        let mut last = 0;
+        for mut rx in waits {
+            let answer = loop {
+                if let Some(r) = answered(&mut rx) {
+                    break r;
+                }
+                // Not yet written: commit what is queued. The writer thread may be at it: then
+                // holding the writer means it is done, and the answer is there.
+                let mut w = lock(&self.writer);
+                if let Some(r) = answered(&mut rx) {
+                    break r;
+                }
+                self.commit_round(&mut w, false, false);
+            };
+            last = answer?;
+        }
+        Ok(last)
+    }
+}
+
+/// Where the chain stands.
+#[derive(Clone)]
+pub(super) struct Chain {
+    pub(super) next_seq: u64,
+    pub(super) prev_hash: String,
+    /// First seq and number of records since the last checkpoint.
+    pub(super) cp_first: Option<u64>,
+    pub(super) cp_count: u64,
+}
+
+impl Chain {
+    /// The chain resuming at `next_seq` after `prev_hash`.
+    pub(super) fn new(next_seq: u64, prev_hash: String) -> Chain {
+        Chain {
+            next_seq,
+            prev_hash,
+            cp_first: None,
+            cp_count: 0,
+        }
+    }
+}
+
+/// What a commit round found.
+pub(super) enum Round {
+    /// Nothing was queued.
+    Empty,
+    /// A batch was written.
+    Done,
+    /// A batch failed (its appenders heard it; the rest waits for a retry).
+    Failed,
+}
+
+/// The file and the chain: whoever holds it (under [`Shared::writer`]) writes.
+pub(super) struct Writer {
+    /// Held while the journal is open: one writer per chain.
+    pub(super) _lock: Option<nix::fcntl::Flock<File>>,
+    pub(super) path: PathBuf,
+    /// `None` after a rotation that could not create the new file.
+    pub(super) file: Option<File>,
+    /// Bytes in the current file, as far as we wrote them.
+    pub(super) size: u64,
+    pub(super) max_bytes: u64,
+    pub(super) keep_files: usize,
+    pub(super) fsync: bool,
+    pub(super) chain: Chain,
+    /// When the last batch was taken (the thread stays awake for lazy records while busy).
+    pub(super) last_batch: Instant,
+    /// When the oldest write not yet fsynced happened.
+    pub(super) unsynced: Option<Instant>,
+    pub(super) journald: Option<Journald>,
+    /// A failed write could not be cut back: the file may hold a torn line past `size`.
+    pub(super) suspect: bool,
+    pub(super) failing_since: Option<Instant>,
+    pub(super) failures_logged: u64,
+}
+
+impl Writer {
+    /// Publishes the committed records' results: waiters answered, status updated, lines
+    /// mirrored to journald.
+    pub(super) fn after_commit(&mut self, s: &Shared, committed: Vec<Committed>) {
+        if committed.is_empty() {
+            return;
+        }
+        if let Some(t) = self.failing_since.take() {
+            info!(
+                "audit journal {} writable again after {:.1}s",
+                self.path.display(),
+                t.elapsed().as_secs_f64()
+            );
+            self.failures_logged = 0;
+            *lock(&s.last_error) = None;
+        }
+        if committed.iter().any(|c| c.event == Event::AuditCheckpoint) {
+            let mut q = lock(&s.queue);
+            q.last_checkpoint = Instant::now();
+            q.checkpoint_queued = false;
+        }
+        let last = &committed[committed.len() - 1].sealed;
+        s.last_seq.store(last.seq, Ordering::Relaxed);
+        lock(&s.last_hash).clone_from(&last.hash);
+        s.records_written
+            .fetch_add(committed.len() as u64, Ordering::Relaxed);
+        let mut sent = Vec::with_capacity(committed.len());
+        for c in committed {
+            if let Some(w) = c.waiter {
+                let _ = w.send(Ok(c.sealed.seq));
+            }
+            if s.journald.mirrors(c.event) {
+                sent.push((c.sealed, journald::priority(c.event, c.denial)));
+            }
+        }
+        if let Some(j) = &mut self.journald {
+            for (sealed, priority) in &sent {
+                j.send(&sealed.line, sealed.seq, *priority);
+            }
+            s.journald_errors.store(j.errors(), Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn failed(&mut self, s: &Shared, e: &io::Error) {
+        s.write_errors.fetch_add(1, Ordering::Relaxed);
+        *lock(&s.last_error) = Some(e.to_string());
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        self.failures_logged += 1;
+        let n = self.failures_logged;
+        if n == 1 || n.is_power_of_two() {
+            error!(
+                "AUDIT JOURNAL {} CANNOT BE WRITTEN: {e} ({n} failed batch(es) in {:.1}s; {})",
+                self.path.display(),
+                since.elapsed().as_secs_f64(),
+                match s.mode {
+                    AuditMode::Strict => "statements are refused until it can",
+                    AuditMode::Async | AuditMode::Off => "records are queued, then dropped",
+                }
+            );
+        }
+    }
+
+    /// Chains, writes and fsyncs `items`, rotating as needed. On success, every record with
+    /// its waiter; on failure, those committed before the failing chunk, the items not
+    /// written (with their waiters, to fail or retry), and the error. The chain is rolled back
+    /// to the last committed record.
+    #[allow(
+        clippy::type_complexity,
+        reason = "a private result shape used in two places"
+    )]
+    pub(super) fn commit_items(
+        &mut self,
+        s: &Shared,
+        items: Vec<Item>,
+        sync: bool,
+    ) -> Result<Vec<Committed>, (Vec<Committed>, Vec<Item>, io::Error)> {
+        if self.suspect
+            && let Err(e) = self.reconcile(s)
+        {
+            return Err((Vec::new(), items, e));
+        }
+        let mut committed: Vec<Committed> = Vec::with_capacity(items.len());
+        let mut chunk: Vec<(Committed, Prepared, Kind)> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(items.len() * 768);
+        let mut chunk_chain = self.chain.clone();
+        let mut items = VecDeque::from(items);
+        // Items not written, in order, waiters attached again.
+        let unwritten = |chunk: Vec<(Committed, Prepared, Kind)>, items: VecDeque<Item>| {
+            chunk
+                .into_iter()
+                .map(|(c, p, k)| k.item(p, c.waiter))
+                .chain(items)
+                .collect::<Vec<Item>>()
+        };
+        while let Some(item) = items.pop_front() {
+            let before = self.chain.clone();
+            let (prepared, waiter, kind) = self.finalize(item);
+            let sealed = prepared.seal(self.chain.next_seq, &self.chain.prev_hash);
+            self.chain.prev_hash.clone_from(&sealed.hash);
+            self.chain.next_seq += 1;
+            let line_len = sealed.line.len() as u64;
+            let pending = self.size + buf.len() as u64;
+            let c = Committed {
+                event: prepared.event,
+                denial: prepared.denial,
+                sealed,
+                waiter,
+            };
+            if pending > 0 && pending + line_len > self.max_bytes {
+                // The file is complete and on disk before it is renamed.
+                if let Err(e) = self.flush(&buf, true) {
+                    self.chain = chunk_chain;
+                    chunk.push((c, prepared, kind));
+                    return Err((committed, unwritten(chunk, items), e));
+                }
+                committed.extend(chunk.drain(..).map(|(c, _, _)| c));
+                buf.clear();
+                if let Err(e) = self.rotate() {
+                    error!(
+                        "audit journal {}: rotation failed: {e}; still appending to it",
+                        self.path.display()
+                    );
+                }
+                chunk_chain = before;
+            }
+            buf.extend_from_slice(&c.sealed.line);
+            chunk.push((c, prepared, kind));
+        }
+        if let Err(e) = self.flush(&buf, sync) {
+            self.chain = chunk_chain;
+            return Err((committed, unwritten(chunk, VecDeque::new()), e));
+        }
+        committed.extend(chunk.into_iter().map(|(c, _, _)| c));
+        Ok(committed)
+    }
+
+    /// Turns an item into the record it stands for, with its waiter and what kind of item
+    /// it was (so that it can be queued again if the write fails), and keeps the checkpoint
+    /// count. Finalizing again (a retry) gives the same result: the seal is made anew.
+    fn finalize(&mut self, item: Item) -> (Prepared, Option<Waiter>, Kind) {
+        let seq = self.chain.next_seq;
+        let (rec, waiter, kind) = match item {
+            Item::Record(rec, waiter) => (*rec, waiter, Kind::Record),
+            Item::Checkpoint => {
+                let mut r =
+                    Record::new(Event::AuditCheckpoint).detail("records", self.chain.cp_count);
+                if let Some(first) = self.chain.cp_first {
+                    r = r.detail("first_seq", first).detail("last_seq", seq - 1);
+                }
+                (Prepared::from_record(&r), None, Kind::Checkpoint)
+            }
+            Item::Lost(n) => (
+                Prepared::from_record(
+                    &Record::new(Event::AuditGap)
+                        .detail("lost", n)
+                        .detail("reason", "async queue full"),
+                ),
+                None,
+                Kind::Lost(n),
+            ),
+        };
+        match rec.event {
+            Event::AuditCheckpoint => {
+                self.chain.cp_first = None;
+                self.chain.cp_count = 0;
+            }
+            _ => {
+                self.chain.cp_first.get_or_insert(seq);
+                self.chain.cp_count += 1;
+            }
+        }
+        (rec, waiter, kind)
+    }
+
+    /// Writes and fsyncs `buf` at the end of the current file; on failure, cuts the file back.
+    fn flush(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
+        if buf.is_empty() {
+            if sync
+                && self.unsynced.is_some()
+                && let Some(file) = &self.file
+            {
+                file.sync_data()?;
+                self.unsynced = None;
+            }
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let file = open_append(&self.path)?;
+            self.size = file.metadata()?.len();
+            self.file = Some(file);
+        }
+        let Some(file) = &mut self.file else {
+            return Err(io::Error::other("no journal file"));
+        };
+        let result = file
+            .write_all(buf)
+            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        match result {
+            Ok(()) => {
+                self.size += buf.len() as u64;
+                if sync {
+                    self.unsynced = None;
+                } else {
+                    self.unsynced.get_or_insert_with(Instant::now);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing of this batch was acknowledged: cut back what may have landed.
+                if file.set_len(self.size).is_err() {
+                    self.suspect = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// How long until written records must be fsynced (zero: now); `None` when everything
+    /// written is on disk.
+    pub(super) fn sync_due_in(&self) -> Option<Duration> {
+        let after = if self.fsync { LAZY_SYNC } else { PERIODIC_SYNC };
+        self.unsynced
+            .map(|since| after.saturating_sub(since.elapsed()))
+    }
+
+    /// Writes raw bytes (the newline that seals a torn line).
+    pub(super) fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Some(file) = &mut self.file else {
+            return Err(io::Error::other("no journal file"));
+        };
+        file.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// After a failed write that could not be cut back: if the file holds bytes past what we
+    /// wrote, put the next record on a fresh line and queue an `audit.gap` that names them.
+    fn reconcile(&mut self, s: &Shared) -> io::Result<()> {
+        let Some(file) = &mut self.file else {
+            return Ok(());
+        };
+        let len = file.metadata()?.len();
+        if len > self.size {
+            let mut last = [0u8];
+            let mut f = File::open(&self.path)?;
+            f.seek(SeekFrom::Start(len - 1))?;
+            f.read_exact(&mut last)?;
+            let torn = len - self.size;
+            self.size = len;
+            if last[0] != b'\n' {
+                self.write_raw(b"\n")?;
+            }
+            let gap = Record::new(Event::AuditGap)
+                .detail("torn_bytes", torn)
+                .detail("after_seq", self.chain.next_seq.checked_sub(1))
+                .detail("reason", "failed write could not be cut back");
+            let mut q = lock(&s.queue);
+            s.push(
+                &mut q,
+                Item::Record(Box::new(Prepared::from_record(&gap)), None),
+            );
+        }
+        self.suspect = false;
+        Ok(())
+    }
+}
+
+/// What a finalized record was queued as.
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    Record,
+    Checkpoint,
+    Lost(u64),
+}
+
+/// A record written in a batch, waiting for the batch's fsync to be answered.
+pub(super) struct Committed {
+    pub(super) event: Event,
+    pub(super) denial: bool,
+    pub(super) sealed: Sealed,
+    pub(super) waiter: Option<Waiter>,
+}
+
+impl Kind {
+    /// The queue item again, for a retry or to fail its waiter.
+    fn item(self, rec: Prepared, waiter: Option<Waiter>) -> Item {
+        match self {
+            Kind::Record => Item::Record(Box::new(rec), waiter),
+            Kind::Checkpoint => Item::Checkpoint,
+            Kind::Lost(n) => Item::Lost(n),
+        }
+    }
+}

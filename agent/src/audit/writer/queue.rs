@@ -1,0 +1,198 @@
+//! The queue between appenders and whoever writes: records (with their appender's waiter,
+//! when one waits), checkpoints and counts of dropped records, each holding the `seq` it gets.
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use super::commit::Writer;
+use super::error::AuditError;
+use crate::audit::canon::Prepared;
+use crate::audit::config::{AuditMode, JournaldMirror};
+use crate::audit::record::Event;
+
+pub(super) type Waiter = oneshot::Sender<Result<u64, AuditError>>;
+
+/// The answer a waiter got, if it got one (taking it).
+pub(super) fn answered(
+    rx: &mut oneshot::Receiver<Result<u64, AuditError>>,
+) -> Option<Result<u64, AuditError>> {
+    match rx.try_recv() {
+        Ok(r) => Some(r),
+        Err(oneshot::error::TryRecvError::Closed) => Some(Err(AuditError::Closed)),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+    }
+}
+
+pub(super) enum Item {
+    Record(Box<Prepared>, Option<Waiter>),
+    Checkpoint,
+    Lost(u64),
+}
+
+pub(super) struct Queue {
+    pub(super) items: VecDeque<Item>,
+    /// The `seq` the next queued item will get (async mode hands it out).
+    pub(super) next_seq: u64,
+    /// Records queued since the last checkpoint was queued.
+    pub(super) since_checkpoint: u64,
+    pub(super) checkpoint_queued: bool,
+    /// Dropped records not yet reported by an `audit.gap`.
+    pub(super) lost: u64,
+    pub(super) closing: bool,
+    /// The writer sleeps until woken (no records for a while): lazy records wake it.
+    pub(super) idle: bool,
+    /// When the oldest queued item was queued.
+    pub(super) oldest: Option<Instant>,
+    /// When the last checkpoint was written.
+    pub(super) last_checkpoint: Instant,
+}
+
+pub(super) struct Shared {
+    pub(super) path: PathBuf,
+    pub(super) mode: AuditMode,
+    pub(super) capacity: usize,
+    pub(super) keep_literals: bool,
+    pub(super) journald: JournaldMirror,
+    pub(super) checkpoint_every: u64,
+    pub(super) queue: Mutex<Queue>,
+    pub(super) wake: Condvar,
+    pub(super) last_seq: AtomicU64,
+    pub(super) records_written: AtomicU64,
+    pub(super) write_errors: AtomicU64,
+    pub(super) journald_errors: AtomicU64,
+    pub(super) dropped: AtomicU64,
+    pub(super) last_hash: Mutex<String>,
+    pub(super) last_error: Mutex<Option<String>>,
+    /// `audit.checkpoint` at least this often.
+    pub(super) checkpoint_interval: Option<Duration>,
+    /// The file and the chain. Whoever holds it writes: the writer thread, or (strict mode
+    /// without per-statement fsync) an appender committing inline. Taken before `queue`.
+    pub(super) writer: Mutex<Writer>,
+    /// Appenders commit their records themselves (strict, `fsync: false`): no thread hand-off
+    /// on a statement's path.
+    pub(super) inline: bool,
+}
+
+impl Queue {
+    /// An empty queue whose first item gets `next_seq`; `idle`: the writer sleeps until woken.
+    pub(super) fn new(next_seq: u64, idle: bool) -> Queue {
+        Queue {
+            items: VecDeque::new(),
+            next_seq,
+            since_checkpoint: 0,
+            checkpoint_queued: false,
+            lost: 0,
+            closing: false,
+            idle,
+            oldest: None,
+            last_checkpoint: Instant::now(),
+        }
+    }
+}
+
+/// Locks `m`; a lock poisoned by a panic is taken as it is, so the journal keeps going.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Queues one item, keeping the seq reservation and the count checkpoints in step.
+    pub(super) fn push(&self, q: &mut Queue, item: Item) -> u64 {
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        let counts = matches!(item, Item::Record(..));
+        if q.items.is_empty() {
+            q.oldest = Some(Instant::now());
+        }
+        q.items.push_back(item);
+        if counts && self.checkpoint_every > 0 {
+            q.since_checkpoint += 1;
+            if q.since_checkpoint >= self.checkpoint_every && !q.checkpoint_queued {
+                q.next_seq += 1;
+                q.items.push_back(Item::Checkpoint);
+                q.checkpoint_queued = true;
+                q.since_checkpoint = 0;
+            }
+        }
+        seq
+    }
+
+    /// Queues a record, or drops it (async mode, queue full). Without a waiter the writer is
+    /// only woken when it sleeps idle; a busy writer takes the record with its next batch.
+    pub(super) fn enqueue(&self, rec: Prepared, waiter: Option<Waiter>) -> Result<u64, AuditError> {
+        let wake = waiter.is_some();
+        self.enqueue_as(rec, waiter, wake)
+    }
+
+    /// [`Shared::enqueue`], waking the writer thread when `wake` or when it sleeps idle.
+    pub(super) fn enqueue_as(
+        &self,
+        rec: Prepared,
+        waiter: Option<Waiter>,
+        wake: bool,
+    ) -> Result<u64, AuditError> {
+        if rec.event == Event::Unknown {
+            return Err(AuditError::UnknownEvent);
+        }
+        if self.mode == AuditMode::Off {
+            return Ok(0);
+        }
+        let mut q = lock(&self.queue);
+        if q.closing {
+            return Err(AuditError::Closed);
+        }
+        if self.mode == AuditMode::Async && q.items.len() >= self.capacity {
+            q.lost += 1;
+            let lost = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if lost == 1 || lost.is_power_of_two() {
+                warn!(
+                    path = %self.path.display(),
+                    "audit queue full ({} records): {lost} record(s) dropped so far",
+                    self.capacity
+                );
+            }
+            return Err(AuditError::Dropped { lost });
+        }
+        if q.lost > 0 {
+            let lost = std::mem::take(&mut q.lost);
+            self.push(&mut q, Item::Lost(lost));
+        }
+        let wake = wake || q.idle;
+        let seq = self.push(&mut q, Item::Record(Box::new(rec), waiter));
+        drop(q);
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(seq)
+    }
+
+    /// Queues a checkpoint when one is due by time.
+    pub(super) fn queue_due_checkpoint(&self, q: &mut Queue) {
+        if let Some(i) = self.checkpoint_interval
+            && q.last_checkpoint.elapsed() >= i
+            && !q.checkpoint_queued
+            && !q.closing
+        {
+            q.checkpoint_queued = true;
+            q.since_checkpoint = 0;
+            q.next_seq += 1;
+            q.oldest.get_or_insert_with(Instant::now);
+            q.items.push_back(Item::Checkpoint);
+        }
+    }
+
+    pub(super) fn shut_down(&self, thread: &Mutex<Option<JoinHandle<()>>>) {
+        lock(&self.queue).closing = true;
+        self.wake.notify_all();
+        if let Some(t) = lock(thread).take() {
+            // The writer thread never panics on purpose; if it did, there is nothing to add.
+            let _ = t.join();
+        }
+    }
+}
