@@ -12,6 +12,8 @@ mod backend;
 mod frontend;
 mod handshake;
 mod hold;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
