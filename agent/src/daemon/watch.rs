@@ -82,90 +82,92 @@ pub(super) async fn rescan_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Processes moved into cgroups: when one lands in a tagged cgroup from a network namespace
-/// the agent does not serve yet (a container starting), its listeners are opened now rather
-/// than at the next rescan. Bursts are handled once.
+/// Reads a kernel ring buffer until it fails: each time it is readable, `item` sees every
+/// record waiting, then `after` runs once for the batch (bursts are handled once).
 #[expect(
     deprecated,
     reason = "AsyncFd::new is sound here: the RingBuf owns its map fd for as long as the AsyncFd \
               holds it; the replacement, AsyncFd::register, is unsafe and unsafe is forbidden"
 )]
-pub(super) async fn watch_attaches(shared: Arc<Shared>, events: RingBuf<MapData>) {
+async fn read_ring<S, F, A, Fut>(
+    what: &str,
+    events: RingBuf<MapData>,
+    mut state: S,
+    mut item: F,
+    mut after: A,
+) where
+    F: FnMut(&mut S, &[u8]),
+    A: FnMut(&mut S) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut fd = match AsyncFd::new(events) {
         Ok(fd) => fd,
         Err(e) => {
-            error!("cannot poll the cgroup attach ring buffer: {e}; relying on rescans");
+            error!("cannot poll the {what} ring buffer: {e}; relying on rescans");
             return;
         }
-    };
-    let Ok(own) = crate::netns::own() else {
-        return;
     };
     loop {
         let mut guard = match fd.readable_mut().await {
             Ok(g) => g,
             Err(e) => {
-                error!("cgroup attach ring buffer: {e}; relying on rescans");
+                error!("{what} ring buffer: {e}; relying on rescans");
                 return;
             }
         };
-        let mut new_namespace = false;
         {
             let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                let Some(ev) = agent_common::AttachEvent::from_bytes(&item) else {
-                    continue;
-                };
-                if new_namespace {
-                    continue;
-                }
-                let Ok(ns) = crate::netns::of_pid(ev.pid) else {
-                    continue;
-                };
-                new_namespace = ns != own && !lock(&shared.namespaces).contains_key(&ns);
+            while let Some(record) = ring.next() {
+                item(&mut state, &record);
             }
         }
         guard.clear_ready();
         drop(guard);
-        if new_namespace {
-            serve_namespaces(&shared).await;
-        }
+        after(&mut state).await;
     }
 }
 
-#[expect(
-    deprecated,
-    reason = "AsyncFd::new is sound here: the RingBuf owns its map fd for as long as the AsyncFd \
-              holds it; the replacement, AsyncFd::register, is unsafe and unsafe is forbidden"
-)]
-pub(super) async fn watch_events(shared: Arc<Shared>, events: RingBuf<MapData>) {
-    let mut fd = match AsyncFd::new(events) {
-        Ok(fd) => fd,
-        Err(e) => {
-            error!("cannot poll the cgroup event ring buffer: {e}; relying on rescans");
+/// Processes moved into cgroups: when one lands in a tagged cgroup from a network namespace
+/// the agent does not serve yet (a container starting), its listeners are opened now rather
+/// than at the next rescan.
+pub(super) async fn watch_attaches(shared: Arc<Shared>, events: RingBuf<MapData>) {
+    let Ok(own) = crate::netns::own() else {
+        return;
+    };
+    let seen = |new: &mut bool, record: &[u8]| {
+        let Some(ev) = agent_common::AttachEvent::from_bytes(record) else {
+            return;
+        };
+        if *new {
             return;
         }
+        if let Ok(ns) = crate::netns::of_pid(ev.pid) {
+            *new = ns != own && !lock(&shared.namespaces).contains_key(&ns);
+        }
     };
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!("cgroup event ring buffer: {e}; relying on rescans");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            let Some((id, path, sticky)) = redirect::decode_event(&item) else {
-                continue;
-            };
-            if sticky != 0 {
-                debug!(cgroup = %path, id = id.0, "kernel tagged a re-created cgroup at mkdir");
-            }
-            if let Err(e) = shared.created(id, path.clone()) {
-                error!(cgroup = %path, "tagging a new cgroup failed: {e:#}");
+    let serve = |new: &mut bool| {
+        let serve = std::mem::take(new);
+        let shared = Arc::clone(&shared);
+        async move {
+            if serve {
+                serve_namespaces(&shared).await;
             }
         }
-        guard.clear_ready();
-    }
+    };
+    read_ring("cgroup attach", events, false, seen, serve).await;
+}
+
+pub(super) async fn watch_events(shared: Arc<Shared>, events: RingBuf<MapData>) {
+    let created = |(): &mut (), record: &[u8]| {
+        let Some((id, path, sticky)) = redirect::decode_event(record) else {
+            return;
+        };
+        if sticky != 0 {
+            debug!(cgroup = %path, id = id.0, "kernel tagged a re-created cgroup at mkdir");
+        }
+        if let Err(e) = shared.created(id, path.clone()) {
+            error!(cgroup = %path, "tagging a new cgroup failed: {e:#}");
+        }
+    };
+    read_ring("cgroup event", events, (), created, |(): &mut ()| async {}).await;
 }
