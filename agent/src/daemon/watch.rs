@@ -157,6 +157,8 @@ pub(super) async fn watch_attaches(shared: Arc<Shared>, events: RingBuf<MapData>
     read_ring("cgroup attach", events, false, seen, serve).await;
 }
 
+/// Cgroups the kernel saw created: tagged at once (the kernel already tagged re-created unit
+/// cgroups it had marked sticky).
 pub(super) async fn watch_events(shared: Arc<Shared>, events: RingBuf<MapData>) {
     let created = |(): &mut (), record: &[u8]| {
         let Some((id, path, sticky)) = redirect::decode_event(record) else {
