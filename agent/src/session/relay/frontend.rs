@@ -112,7 +112,14 @@ async fn commit(ctx: &Ctx<'_>, out: &mut [Bytes], items: &mut Vec<AuditItem>) {
 /// masks of the batch follow it together. When the masks change, pgwarden's catalog query
 /// goes first, and the backend direction swaps the masks at its reply, before any result
 /// of what follows.
+///
+/// In a failed transaction (the server's last ReadyForQuery said `E`) the catalog query would
+/// fail, and nothing but transaction control runs there anyway: the session stays on its
+/// version, decisions and masks together, until the transaction ends.
 fn follow_policy(ctx: &Ctx<'_>, out: &mut Vec<Bytes>) {
+    if ctx.state().txn_status == b'E' {
+        return;
+    }
     let latest = ctx.env.policy.current();
     *lock(&ctx.pin) = Arc::clone(&latest);
     let change = ctx.masking().follow(&latest, ctx.mask_rules(&latest));

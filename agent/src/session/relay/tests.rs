@@ -122,12 +122,25 @@ async fn fake_server(mut s: UnixStream, log: Arc<Mutex<Vec<String>>>) {
                         detail: None,
                         hint: None,
                     }));
+                } else if sql == "SELECT fail" {
+                    out.put_slice(&encode::error_response(&encode::ErrorFields {
+                        severity: "ERROR",
+                        code: "22012",
+                        message: "division by zero",
+                        detail: None,
+                        hint: None,
+                    }));
+                    s.write_all(&out).await.unwrap();
+                    s.write_all(&encode::ready_for_query(b'E')).await.unwrap();
+                    continue;
                 } else if sql.is_empty() {
                     out.put_slice(&msg(b'I', |_| {}));
                 } else if sql.contains("card_number") {
                     out.put_slice(&row_description("card_number", CARD_OID, CARD_ATTNUM));
                     out.put_slice(&data_row(&[PAN]));
                     out.put_slice(&complete("SELECT 1"));
+                } else if sql == "ROLLBACK" {
+                    out.put_slice(&complete("ROLLBACK"));
                 } else {
                     out.put_slice(&complete("SELECT 0"));
                 }
@@ -182,7 +195,7 @@ struct Harness {
 const BASE_POLICY: &str = "version: 1
 profiles:
   analyst:
-    classes: [read, function-call]
+    classes: [read, transaction, function-call]
     allow_fastpath: true
     tables:
       public.payments: [read]
@@ -404,4 +417,33 @@ async fn a_fast_path_call_is_recorded_with_its_own_decision() {
         queries[1]
     );
     assert_eq!(queries[0]["policy_hash"], queries[1]["policy_hash"]);
+}
+
+/// A reload while the session's transaction has failed: the catalog query would fail there,
+/// so the session stays on its version until the transaction ends, then follows the reload.
+#[tokio::test]
+async fn a_reload_during_a_failed_transaction_applies_once_it_ends() {
+    let mut h = Harness::start(BASE_POLICY).await;
+    let failed = h.query("SELECT fail").await;
+    assert_eq!(failed.last().unwrap(), &(b'Z', vec![b'E']));
+    h.reload(&format!(
+        "{BASE_POLICY}    mask:\n      columns:\n        public.payments.card_number: pan\n"
+    ));
+    let rollback = h.query("ROLLBACK").await;
+    assert!(rollback.iter().all(|(t, _)| *t != b'E'), "{rollback:?}");
+    let log = h.server_log();
+    assert!(
+        log.iter().all(|q| !q.contains("resolving masked columns")),
+        "no catalog query inside the failed transaction: {log:?}"
+    );
+    let after = h.query("SELECT card_number FROM payments").await;
+    assert!(!text(&after).contains(PAN), "{}", text(&after));
+    let log = h.server_log();
+    let n = log.len();
+    assert!(log[n - 2].contains("resolving masked columns"), "{log:?}");
+    let records = h.finish().await;
+    assert!(
+        events(&records, "session.end")[0]["outcome"] == "success",
+        "{records:?}"
+    );
 }
