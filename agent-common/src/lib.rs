@@ -2,9 +2,11 @@
 //! Every map's name, key and value live here once, so the two sides cannot drift.
 #![no_std]
 // `aya::Pod` is an unsafe trait: implementing it is this crate's one use of `unsafe`, and it is
-// sound because every type below is `repr(C)`, `Copy`, has no padding holes left uninitialised
-// by the kernel side, and every bit pattern is valid.
+// sound because every type below is `repr(C)`, `Copy`, has no padding (the `IntoBytes` derive
+// proves it at compile time), and every bit pattern is valid (the `FromBytes` derive proves it).
 #![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `AF_INET`, as the kernel reports a socket's family.
 pub const AF_INET: u16 = 2;
@@ -74,7 +76,7 @@ pub const PG_SOCKET_PREFIX: &[u8; 9] = b".s.PGSQL.";
 
 /// Configuration written by the agent before it attaches anything.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentConfig {
     /// The interceptor's IPv4 listen address, network byte order as the kernel stores it.
     pub listen_v4: u32,
@@ -117,7 +119,9 @@ pub const CONFIG_HAS_UNIX: u16 = 4;
 /// address in IPv6 form (IPv4 as `::ffff:a.b.c.d`), so `prefix_len` is
 /// `16 + 96 + v4_prefix` for IPv4 CIDRs and `16 + v6_prefix` for IPv6 ones.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct DestKey {
     /// Destination port, network byte order.
     pub port: [u8; 2],
@@ -130,7 +134,9 @@ pub const DEST_PORT_BITS: u32 = 16;
 
 /// What a redirected connect() asked for, and who asked. Written by `connect4`/`connect6`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct ConnectRecord {
     /// Original destination address in IPv6 form (IPv4 as `::ffff:a.b.c.d`), network order.
     pub orig_addr: [u8; 16],
@@ -156,7 +162,7 @@ pub struct ConnectRecord {
 
 /// A NUL-padded Unix socket path (`sun_path`): the key of [`UNIX_INTERCEPT`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnixPath {
     /// The bytes; an abstract name starts with NUL.
     pub bytes: [u8; UNIX_PATH_LEN],
@@ -178,7 +184,7 @@ impl UnixPath {
 
 /// What a redirected Unix connect() asked for, and who asked. Written by `connect_unix`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnixConnectRecord {
     /// The `sun_path` the client connected to (abstract: leading NUL), NUL-padded.
     pub path: [u8; UNIX_PATH_LEN],
@@ -198,11 +204,14 @@ pub struct UnixConnectRecord {
     pub gid: u32,
     /// Command name of the calling thread, NUL-padded.
     pub comm: [u8; 16],
+    /// Always zero (explicit padding to the `u64` alignment: the record is 160 bytes, as it
+    /// was when this padding was implicit).
+    pub pad: u32,
 }
 
 /// Per-CPU scratch space of the Unix programs (too big for the 512-byte stack).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnixScratch {
     /// The record being built (its `path` holds the name being examined).
     pub record: UnixConnectRecord,
@@ -210,7 +219,9 @@ pub struct UnixScratch {
 
 /// Key of [`ORIGIN_BY_TUPLE`]: the connection as both ends see it, addresses in IPv6 form.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
 pub struct TupleKey {
     /// Client (connecting) address, IPv6 form, network order.
     pub client_addr: [u8; 16],
@@ -229,7 +240,7 @@ pub struct TupleKey {
 
 /// One cgroup2 directory creation, as seen by the `cgroup_mkdir` tracepoint.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CgroupEvent {
     /// The new cgroup's id.
     pub id: u64,
@@ -243,7 +254,9 @@ pub struct CgroupEvent {
 
 /// A process moved into a cgroup2 cgroup (`cgroup:cgroup_attach_task`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct AttachEvent {
     /// The destination cgroup's id.
     pub cgroup_id: u64,
@@ -272,7 +285,7 @@ impl AttachEvent {
 
 /// A NUL-padded cgroup path: the key of [`STICKY_PATHS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PathBuf {
     /// The bytes.
     pub bytes: [u8; CGROUP_PATH_LEN],
@@ -424,6 +437,24 @@ mod tests {
     fn name(s: &[u8]) -> ([u8; UNIX_PATH_LEN], usize) {
         let k = UnixPath::from_bytes(s).unwrap();
         (k.bytes, s.len())
+    }
+
+    /// The records' sizes as the kernel programs and the pins of a running agent have them: a
+    /// change here is a change of the kernel contract (a restarted agent cannot adopt the
+    /// previous run's maps), so it must be deliberate.
+    #[test]
+    fn record_sizes_are_the_contract() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<AgentConfig>(), 140);
+        assert_eq!(size_of::<DestKey>(), 18);
+        assert_eq!(size_of::<ConnectRecord>(), 64);
+        assert_eq!(size_of::<UnixPath>(), 108);
+        assert_eq!(size_of::<UnixConnectRecord>(), 160);
+        assert_eq!(size_of::<UnixScratch>(), 160);
+        assert_eq!(size_of::<TupleKey>(), 48);
+        assert_eq!(size_of::<CgroupEvent>(), 272);
+        assert_eq!(size_of::<AttachEvent>(), 16);
+        assert_eq!(size_of::<PathBuf>(), CGROUP_PATH_LEN);
     }
 
     #[test]
