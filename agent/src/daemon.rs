@@ -1126,7 +1126,7 @@ async fn watch_attaches(shared: Arc<Shared>, events: RingBuf<MapData>) {
         {
             let ring = guard.get_inner_mut();
             while let Some(item) = ring.next() {
-                let Some(ev) = agent_common::AttachEvent::from_bytes(&item) else {
+                let Some(ev) = redirect::decode_attach_event(&item) else {
                     continue;
                 };
                 if new_namespace {
