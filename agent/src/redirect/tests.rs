@@ -1,16 +1,20 @@
-//! The redirect's unit tests: keys, Unix rules, event decoding, and the Unix programs'
-//! relocation against this kernel's BTF.
+//! The redirect's unit tests: keys, Unix rules, event decoding, and the kernel contract (the
+//! embedded objects' maps against `agent_common::maps`, and the Unix programs' relocation).
 use std::path::{Path, PathBuf};
 
-use agent_common::maps as kernel_maps;
+use agent_common::maps::{self as kernel_maps, MapKind, MapSpec};
 use agent_common::{
     AttachEvent, CGROUP_PATH_LEN, CgroupEvent, PathBuf as KernelPath, UNIX_ALLOW_SOCKET,
     UNIX_MATCH_DIR, UNIX_MATCH_SOCKET,
 };
-use zerocopy::IntoBytes;
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+use zerocopy::little_endian::U32;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::preflight::unix_preflight;
-use super::{EBPF_UNIX_OBJECT, decode_attach_event, decode_event, tuple_key, unix_rules};
+use super::{
+    EBPF_OBJECT, EBPF_UNIX_OBJECT, decode_attach_event, decode_event, tuple_key, unix_rules,
+};
 use crate::btf::KernelBtf;
 use crate::names::CgroupId;
 
@@ -142,4 +146,98 @@ fn decodes_events() {
     };
     assert_eq!(decode_attach_event(attach.as_bytes()), Some(attach));
     assert_eq!(decode_attach_event(&attach.as_bytes()[..15]), None);
+}
+
+/// A legacy map definition as aya-ebpf writes it into an object's `maps` section
+/// (`struct bpf_map_def`, little endian: the objects are for bpfel).
+#[derive(FromBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct BpfMapDef {
+    map_type: U32,
+    key_size: U32,
+    value_size: U32,
+    max_entries: U32,
+    map_flags: U32,
+    id: U32,
+    pinning: U32,
+}
+
+/// The maps an object declares, as the kernel will be told them, by symbol name.
+fn maps_of(elf: &[u8]) -> Vec<MapSpec> {
+    let file = object::File::parse(elf).expect("the embedded object is an ELF file");
+    assert!(
+        file.section_by_name(".maps").is_none(),
+        "BTF-defined maps (.maps) are outside the contract this test checks"
+    );
+    let section = file.section_by_name("maps").expect("a maps section");
+    let data = section.data().unwrap();
+    let mut found: Vec<MapSpec> = file
+        .symbols()
+        .filter(|s| s.section_index() == Some(section.index()))
+        .map(|s| {
+            let name = s.name().unwrap();
+            let at = usize::try_from(s.address()).unwrap();
+            let (def, _) = BpfMapDef::read_from_prefix(&data[at..])
+                .unwrap_or_else(|_| panic!("{name}: a truncated map definition"));
+            assert_eq!(def.pinning.get(), 0, "{name}: the agent pins maps itself");
+            assert_eq!(def.id.get(), 0, "{name}");
+            let kind = [
+                MapKind::Hash,
+                MapKind::Array,
+                MapKind::PerCpuArray,
+                MapKind::LruHash,
+                MapKind::LpmTrie,
+                MapKind::RingBuf,
+            ]
+            .into_iter()
+            .find(|k| *k as u32 == def.map_type.get())
+            .unwrap_or_else(|| panic!("{name}: map type {} is not in the contract", def.map_type));
+            MapSpec {
+                name: String::leak(name.to_owned()),
+                kind,
+                key_size: def.key_size.get(),
+                value_size: def.value_size.get(),
+                max_entries: def.max_entries.get(),
+                flags: def.map_flags.get(),
+            }
+        })
+        .collect();
+    found.sort_by_key(|m| m.name);
+    found
+}
+
+/// Every map of both embedded objects is the one agent-common defines (name, type, key and
+/// value size, capacity, flags), and neither object has a map agent-common does not define:
+/// a struct or a capacity changed on one side only fails here.
+#[test]
+fn the_objects_maps_are_the_contract() {
+    for (object, elf, contract) in [
+        ("pgwarden", EBPF_OBJECT, &kernel_maps::ALL[..]),
+        (
+            "pgwarden-unix",
+            EBPF_UNIX_OBJECT,
+            &kernel_maps::UNIX_PROGRAMS[..],
+        ),
+    ] {
+        let found = maps_of(elf);
+        let mut want = contract.to_vec();
+        want.sort_by_key(|m| m.name);
+        for m in &found {
+            let Some(def) = contract.iter().find(|d| d.name == m.name) else {
+                panic!(
+                    "{object}: map {} is not defined in agent_common::maps: {m:?}",
+                    m.name
+                );
+            };
+            assert_eq!(def, m, "{object}: map {} differs from agent-common", m.name);
+        }
+        for d in &want {
+            assert!(
+                found.iter().any(|m| m.name == d.name),
+                "{object}: agent-common's map {} is missing from the object",
+                d.name
+            );
+        }
+        assert_eq!(found, want, "{object}");
+    }
 }
