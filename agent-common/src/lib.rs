@@ -1,10 +1,18 @@
-//! Types shared by pgwarden's kernel programs (`agent-ebpf`) and its user-space agent.
-//! Every map's name, key and value live here once, so the two sides cannot drift.
+//! Types shared by pgwarden's kernel programs (`agent-ebpf`) and its user-space agent: the
+//! records in the maps and ring buffers here, the maps themselves in [`maps`], the counters in
+//! [`counters`]. Each is defined once, so the two sides cannot drift.
 #![no_std]
 // `aya::Pod` is an unsafe trait: implementing it is this crate's one use of `unsafe`, and it is
-// sound because every type below is `repr(C)`, `Copy`, has no padding holes left uninitialised
-// by the kernel side, and every bit pattern is valid.
+// sound because every type below is `repr(C)`, `Copy`, has no padding (the `IntoBytes` derive
+// proves it at compile time), and every bit pattern is valid (the `FromBytes` derive proves it).
 #![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
+
+pub mod counters;
+pub mod maps;
+
+pub use counters::{COUNTER_NAMES, COUNTER_SLOTS, Counter};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `AF_INET`, as the kernel reports a socket's family.
 pub const AF_INET: u16 = 2;
@@ -13,59 +21,20 @@ pub const AF_INET6: u16 = 10;
 
 /// Longest cgroup path (relative to the cgroup2 root, with its leading `/`) the kernel side
 /// can match exactly. Longer paths are still tagged by the agent, just not re-tagged by the
-/// kernel on re-creation (see [`STICKY_PATHS`]).
+/// kernel on re-creation (see [`maps::STICKY_PATHS`]).
 pub const CGROUP_PATH_LEN: usize = 256;
 
 /// How many cgroup levels the connect hooks walk up looking for a tagged ancestor.
 pub const MAX_CGROUP_DEPTH: i32 = 32;
 
-/// Name of the single-entry `Array<AgentConfig>` map (index 0).
-pub const AGENT_CONFIG: &str = "AGENT_CONFIG";
-/// Name of the `HashMap<u64, u32>`: cgroup id (the cgroup2 directory's inode number, host
-/// order) -> workload id (host order, `>= 1`). A cgroup is tagged when it or an ancestor is in it.
-pub const TAGGED_CGROUPS: &str = "TAGGED_CGROUPS";
-/// Name of the `LpmTrie<DestKey, u32>` of intercepted destinations; value is unused (1).
-pub const INTERCEPT_DESTS: &str = "INTERCEPT_DESTS";
-/// Name of the `LruHashMap<u64, ConnectRecord>`: socket cookie (host order) of a redirected
-/// client socket -> what its connect() asked for and who asked. Lives until `sock_release`.
-pub const ORIGIN_BY_COOKIE: &str = "ORIGIN_BY_COOKIE";
-/// Name of the `LruHashMap<TupleKey, ConnectRecord>`: the redirected connection's 4-tuple as
-/// the interceptor sees it after accept() -> the record. The agent removes it on accept.
-pub const ORIGIN_BY_TUPLE: &str = "ORIGIN_BY_TUPLE";
-/// Name of the `HashMap<[u8; CGROUP_PATH_LEN], u32>`: NUL-padded cgroup path -> workload id.
-/// When a cgroup is created at a path in this map (a unit restarting), the kernel tags it at
-/// mkdir time, before any process can be moved in: no window in which it goes direct.
-pub const STICKY_PATHS: &str = "STICKY_PATHS";
-/// Name of the `RingBuf` of [`CgroupEvent`]s: every cgroup2 mkdir, for the agent to classify.
-pub const CGROUP_EVENTS: &str = "CGROUP_EVENTS";
-/// Name of the `RingBuf` of [`AttachEvent`]s: every process moved into a cgroup2 cgroup, so the
-/// agent can open listeners in a new container's network namespace at once.
-pub const ATTACH_EVENTS: &str = "ATTACH_EVENTS";
-/// Name of the `PerCpuArray<u64>` of counters, indexed by [`Counter`].
-pub const COUNTERS: &str = "COUNTERS";
-/// Name of the `PerCpuArray<PathBuf>` scratch buffer used by the mkdir tracepoint.
-pub const PATH_SCRATCH: &str = "PATH_SCRATCH";
-/// Name of the `LpmTrie<UnixPath, u32>` of Unix socket names with a rule, matched by byte
-/// prefix against the NUL-padded name a client connects to: `DIR/.s.PGSQL.` ->
-/// [`UNIX_MATCH_DIR`] (PostgreSQL sockets in that directory are redirected), `SOCKET\0` ->
-/// [`UNIX_MATCH_SOCKET`] (redirected) or [`UNIX_ALLOW_SOCKET`] (tagged workloads may connect
-/// to it directly). Tagged stream connects to any other name are refused.
-pub const UNIX_INTERCEPT: &str = "UNIX_INTERCEPT";
-/// Name of the `LruHashMap<u64, UnixConnectRecord>`: socket cookie (host order) of a tagged
-/// client's redirected Unix socket -> where its connect() was going and who asked. The agent
-/// finds it from the accepted socket's peer (sock_diag); `getpeername_unix` reads it too.
-/// LRU-bounded (no release hook runs for Unix sockets).
-pub const UNIX_ORIGIN_BY_COOKIE: &str = "UNIX_ORIGIN_BY_COOKIE";
-/// Name of the `PerCpuArray<UnixScratch>` scratch space of the Unix programs.
-pub const UNIX_SCRATCH: &str = "UNIX_SCRATCH";
-
 /// The longest `sun_path` of a `sockaddr_un`.
 pub const UNIX_PATH_LEN: usize = 108;
-/// [`UNIX_INTERCEPT`] value: the key is a directory; its `.s.PGSQL.*` sockets are intercepted.
+/// [`maps::UNIX_INTERCEPT`] value: the key is a directory; its `.s.PGSQL.*` sockets are
+/// intercepted.
 pub const UNIX_MATCH_DIR: u32 = 1;
-/// [`UNIX_INTERCEPT`] value: the key is one socket path.
+/// [`maps::UNIX_INTERCEPT`] value: the key is one socket path.
 pub const UNIX_MATCH_SOCKET: u32 = 2;
-/// [`UNIX_INTERCEPT`] value: tagged workloads may connect to this socket directly.
+/// [`maps::UNIX_INTERCEPT`] value: tagged workloads may connect to this socket directly.
 pub const UNIX_ALLOW_SOCKET: u32 = 3;
 /// `SOCK_STREAM`, as sock_addr programs see a socket's type.
 pub const SOCK_STREAM: u32 = 1;
@@ -74,7 +43,7 @@ pub const PG_SOCKET_PREFIX: &[u8; 9] = b".s.PGSQL.";
 
 /// Configuration written by the agent before it attaches anything.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentConfig {
     /// The interceptor's IPv4 listen address, network byte order as the kernel stores it.
     pub listen_v4: u32,
@@ -113,11 +82,13 @@ pub const CONFIG_HAS_V6: u16 = 2;
 /// The interceptor listens on its Unix socket: redirect intercepted Unix connects.
 pub const CONFIG_HAS_UNIX: u16 = 4;
 
-/// Key of [`INTERCEPT_DESTS`] (an LPM trie). The prefix covers the port first, then the
+/// Key of [`maps::INTERCEPT_DESTS`] (an LPM trie). The prefix covers the port first, then the
 /// address in IPv6 form (IPv4 as `::ffff:a.b.c.d`), so `prefix_len` is
 /// `16 + 96 + v4_prefix` for IPv4 CIDRs and `16 + v6_prefix` for IPv6 ones.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct DestKey {
     /// Destination port, network byte order.
     pub port: [u8; 2],
@@ -130,7 +101,9 @@ pub const DEST_PORT_BITS: u32 = 16;
 
 /// What a redirected connect() asked for, and who asked. Written by `connect4`/`connect6`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct ConnectRecord {
     /// Original destination address in IPv6 form (IPv4 as `::ffff:a.b.c.d`), network order.
     pub orig_addr: [u8; 16],
@@ -138,7 +111,7 @@ pub struct ConnectRecord {
     pub orig_port: u16,
     /// Family of the client's socket ([`AF_INET`] or [`AF_INET6`]).
     pub family: u16,
-    /// Workload id of the tag that matched (see [`TAGGED_CGROUPS`]).
+    /// Workload id of the tag that matched (see [`maps::TAGGED_CGROUPS`]).
     pub workload: u32,
     /// cgroup id of the calling process's cgroup2 cgroup.
     pub cgroup_id: u64,
@@ -154,9 +127,9 @@ pub struct ConnectRecord {
     pub comm: [u8; 16],
 }
 
-/// A NUL-padded Unix socket path (`sun_path`): the key of [`UNIX_INTERCEPT`].
+/// A NUL-padded Unix socket path (`sun_path`): the key of [`maps::UNIX_INTERCEPT`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnixPath {
     /// The bytes; an abstract name starts with NUL.
     pub bytes: [u8; UNIX_PATH_LEN],
@@ -178,7 +151,7 @@ impl UnixPath {
 
 /// What a redirected Unix connect() asked for, and who asked. Written by `connect_unix`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnixConnectRecord {
     /// The `sun_path` the client connected to (abstract: leading NUL), NUL-padded.
     pub path: [u8; UNIX_PATH_LEN],
@@ -186,7 +159,7 @@ pub struct UnixConnectRecord {
     pub path_len: u32,
     /// cgroup id of the calling process's cgroup2 cgroup.
     pub cgroup_id: u64,
-    /// Workload id of the tag that matched (see [`TAGGED_CGROUPS`]).
+    /// Workload id of the tag that matched (see [`maps::TAGGED_CGROUPS`]).
     pub workload: u32,
     /// Process id (tgid) of the caller.
     pub tgid: u32,
@@ -198,19 +171,24 @@ pub struct UnixConnectRecord {
     pub gid: u32,
     /// Command name of the calling thread, NUL-padded.
     pub comm: [u8; 16],
+    /// Always zero (explicit padding to the `u64` alignment: the record is 160 bytes, as it
+    /// was when this padding was implicit).
+    pub pad: u32,
 }
 
 /// Per-CPU scratch space of the Unix programs (too big for the 512-byte stack).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnixScratch {
     /// The record being built (its `path` holds the name being examined).
     pub record: UnixConnectRecord,
 }
 
-/// Key of [`ORIGIN_BY_TUPLE`]: the connection as both ends see it, addresses in IPv6 form.
+/// Key of [`maps::ORIGIN_BY_TUPLE`]: the connection as both ends see it, addresses in IPv6 form.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
 pub struct TupleKey {
     /// Client (connecting) address, IPv6 form, network order.
     pub client_addr: [u8; 16],
@@ -229,11 +207,11 @@ pub struct TupleKey {
 
 /// One cgroup2 directory creation, as seen by the `cgroup_mkdir` tracepoint.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CgroupEvent {
     /// The new cgroup's id.
     pub id: u64,
-    /// Workload id the kernel tagged it with from [`STICKY_PATHS`], 0 if none.
+    /// Workload id the kernel tagged it with from [`maps::STICKY_PATHS`], 0 if none.
     pub sticky_workload: u32,
     /// Length of `path` in bytes.
     pub path_len: u32,
@@ -243,7 +221,9 @@ pub struct CgroupEvent {
 
 /// A process moved into a cgroup2 cgroup (`cgroup:cgroup_attach_task`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub struct AttachEvent {
     /// The destination cgroup's id.
     pub cgroup_id: u64,
@@ -253,26 +233,9 @@ pub struct AttachEvent {
     pub pad: u32,
 }
 
-impl AttachEvent {
-    /// Reads an event from ring-buffer bytes (native order, as the kernel wrote them).
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        let id = b.get(0..8)?;
-        let pid = b.get(8..12)?;
-        let mut id8 = [0u8; 8];
-        id8.copy_from_slice(id);
-        let mut pid4 = [0u8; 4];
-        pid4.copy_from_slice(pid);
-        Some(Self {
-            cgroup_id: u64::from_ne_bytes(id8),
-            pid: u32::from_ne_bytes(pid4),
-            pad: 0,
-        })
-    }
-}
-
-/// A NUL-padded cgroup path: the key of [`STICKY_PATHS`].
+/// A NUL-padded cgroup path: the key of [`maps::STICKY_PATHS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PathBuf {
     /// The bytes.
     pub bytes: [u8; CGROUP_PATH_LEN],
@@ -296,57 +259,6 @@ impl PathBuf {
         Some(key)
     }
 }
-
-/// Indexes of [`COUNTERS`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// TCP connects from tagged cgroups to intercepted destinations, redirected.
-    Redirected = 0,
-    /// Connects refused because the record could not be stored (fail closed).
-    RefusedNoRecord = 1,
-    /// Connects to intercepted destinations from a tagged cgroup of a family the interceptor
-    /// does not listen on: refused (fail closed).
-    RefusedNoListener = 2,
-    /// Redirected sockets whose record could not be re-keyed by 4-tuple at TCP connect.
-    RekeyFailed = 3,
-    /// getpeername() answers rewritten to the original destination.
-    PeerRewritten = 4,
-    /// cgroups tagged by the kernel at mkdir from [`STICKY_PATHS`].
-    StickyTagged = 5,
-    /// cgroup events dropped because the ring buffer was full.
-    EventsDropped = 6,
-    /// Unix connects from tagged cgroups to intercepted socket names, redirected.
-    UnixRedirected = 7,
-    /// Tagged Unix connects refused: their record could not be stored, or no Unix listener.
-    UnixRefused = 8,
-    /// Tagged Unix stream connects to a name that is neither intercepted nor allowed (a link,
-    /// a bind mount, another directory, a relative or abstract name): refused.
-    UnixRefusedDirect = 9,
-    /// Tagged Unix stream connects to an allowed socket (`unix_allow`), left alone.
-    UnixAllowed = 10,
-    /// getpeername() answers on redirected Unix sockets rewritten to the original path.
-    UnixPeerRewritten = 11,
-}
-
-/// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 16;
-
-/// Counter names, indexed like [`Counter`], for status and metrics.
-pub const COUNTER_NAMES: [&str; 12] = [
-    "redirected",
-    "refused_no_record",
-    "refused_no_listener",
-    "rekey_failed",
-    "peer_rewritten",
-    "sticky_tagged",
-    "events_dropped",
-    "unix_redirected",
-    "unix_refused",
-    "unix_refused_direct",
-    "unix_allowed",
-    "unix_peer_rewritten",
-];
 
 /// Whether the last component of `path` (its first `len` bytes) is a PostgreSQL socket name.
 /// Written for the verifier: fixed bounds, no slices of variable length, no `Option` payloads
@@ -424,6 +336,24 @@ mod tests {
     fn name(s: &[u8]) -> ([u8; UNIX_PATH_LEN], usize) {
         let k = UnixPath::from_bytes(s).unwrap();
         (k.bytes, s.len())
+    }
+
+    /// The records' sizes as the kernel programs and the pins of a running agent have them: a
+    /// change here is a change of the kernel contract (a restarted agent cannot adopt the
+    /// previous run's maps), so it must be deliberate.
+    #[test]
+    fn record_sizes_are_the_contract() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<AgentConfig>(), 140);
+        assert_eq!(size_of::<DestKey>(), 18);
+        assert_eq!(size_of::<ConnectRecord>(), 64);
+        assert_eq!(size_of::<UnixPath>(), 108);
+        assert_eq!(size_of::<UnixConnectRecord>(), 160);
+        assert_eq!(size_of::<UnixScratch>(), 160);
+        assert_eq!(size_of::<TupleKey>(), 48);
+        assert_eq!(size_of::<CgroupEvent>(), 272);
+        assert_eq!(size_of::<AttachEvent>(), 16);
+        assert_eq!(size_of::<PathBuf>(), CGROUP_PATH_LEN);
     }
 
     #[test]

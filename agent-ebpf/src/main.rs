@@ -18,7 +18,7 @@ mod shared;
 
 use agent_common::{
     AF_INET, AF_INET6, AttachEvent, CGROUP_PATH_LEN, CONFIG_HAS_V4, CONFIG_HAS_V6, CgroupEvent,
-    ConnectRecord, Counter, DEST_PORT_BITS, DestKey, PathBuf, TupleKey, v4_mapped,
+    ConnectRecord, Counter, DEST_PORT_BITS, DestKey, PathBuf, TupleKey, maps, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -32,7 +32,10 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{SockAddrContext, SockContext, SockOpsContext, TracePointContext},
 };
-use shared::{AGENT_CONFIG, TAGGED_CGROUPS, count, tagged_workload};
+use shared::{
+    AGENT_CONFIG, TAGGED_CGROUPS, count, hash, lpm_trie, lru_hash, per_cpu_array, ring_buf,
+    tagged_workload,
+};
 
 const IPPROTO_TCP: u32 = 6;
 /// Return value of cgroup sock_addr programs that lets the call proceed.
@@ -40,35 +43,33 @@ const PROCEED: i32 = 1;
 /// Return value that fails the call with EPERM.
 const REFUSE: i32 = 0;
 
-/// [`DestKey`] prefix (port, then IPv6-form address; network order) -> 1.
+/// [`maps::INTERCEPT_DESTS`].
 #[map]
-static INTERCEPT_DESTS: LpmTrie<DestKey, u32> =
-    LpmTrie::with_max_entries(1_024, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+static INTERCEPT_DESTS: LpmTrie<DestKey, u32> = lpm_trie(maps::INTERCEPT_DESTS);
 
-/// Socket cookie (host order) of a redirected client socket -> its [`ConnectRecord`].
+/// [`maps::ORIGIN_BY_COOKIE`].
 #[map]
-static ORIGIN_BY_COOKIE: LruHashMap<u64, ConnectRecord> = LruHashMap::with_max_entries(65_536, 0);
+static ORIGIN_BY_COOKIE: LruHashMap<u64, ConnectRecord> = lru_hash(maps::ORIGIN_BY_COOKIE);
 
-/// [`TupleKey`] of the redirected connection -> its [`ConnectRecord`]; removed by the agent.
+/// [`maps::ORIGIN_BY_TUPLE`].
 #[map]
-static ORIGIN_BY_TUPLE: LruHashMap<TupleKey, ConnectRecord> =
-    LruHashMap::with_max_entries(65_536, 0);
+static ORIGIN_BY_TUPLE: LruHashMap<TupleKey, ConnectRecord> = lru_hash(maps::ORIGIN_BY_TUPLE);
 
-/// NUL-padded cgroup path -> workload id, for kernel-side tagging at mkdir.
+/// [`maps::STICKY_PATHS`].
 #[map]
-static STICKY_PATHS: HashMap<PathBuf, u32> = HashMap::with_max_entries(4_096, 0);
+static STICKY_PATHS: HashMap<PathBuf, u32> = hash(maps::STICKY_PATHS);
 
-/// [`AttachEvent`]s for the agent, one per process moved into a cgroup2 cgroup.
+/// [`maps::ATTACH_EVENTS`].
 #[map]
-static ATTACH_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+static ATTACH_EVENTS: RingBuf = ring_buf(maps::ATTACH_EVENTS);
 
-/// [`CgroupEvent`]s for the agent, one per cgroup2 mkdir.
+/// [`maps::CGROUP_EVENTS`].
 #[map]
-static CGROUP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static CGROUP_EVENTS: RingBuf = ring_buf(maps::CGROUP_EVENTS);
 
-/// Per-CPU scratch space for one [`CgroupEvent`] (too big for the 512-byte stack).
+/// [`maps::PATH_SCRATCH`].
 #[map]
-static PATH_SCRATCH: PerCpuArray<CgroupEvent> = PerCpuArray::with_max_entries(1, 0);
+static PATH_SCRATCH: PerCpuArray<CgroupEvent> = per_cpu_array(maps::PATH_SCRATCH);
 
 #[inline(always)]
 fn intercepted(addr: [u8; 16], port_be: u16) -> bool {

@@ -6,7 +6,8 @@
 #![allow(dead_code, reason = "each object uses part of what both share")]
 
 use agent_common::{
-    AgentConfig, COUNTER_SLOTS, Counter, MAX_CGROUP_DEPTH, UnixConnectRecord, UnixPath, UnixScratch,
+    AgentConfig, Counter, MAX_CGROUP_DEPTH, UnixConnectRecord, UnixPath, UnixScratch,
+    maps::{self, MapDef, MapKind},
 };
 use aya_ebpf::{
     helpers::{
@@ -14,34 +15,77 @@ use aya_ebpf::{
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     },
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
-/// Index 0: [`AgentConfig`], written by the agent before attaching.
-#[map]
-pub static AGENT_CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
+// Map statics from agent-common's definitions (`agent_common::maps`, where each map's key and
+// value are documented): a static's key and value types must be its definition's (a mismatch
+// does not compile), and its type, capacity and flags are the definition's. Its name must be the
+// definition's too: `#[map]` takes it from the static's identifier (the symbol needs a literal,
+// so it cannot come from the definition); the agent's test
+// `redirect::tests::the_objects_maps_are_the_contract` checks every map of both objects against
+// agent-common, names included.
 
-/// cgroup id (host order) -> workload id (host order, >= 1).
-#[map]
-pub static TAGGED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(65_536, 0);
+/// An `Array` as `def` defines it.
+pub const fn array<V>(def: MapDef<u32, V>) -> Array<V> {
+    assert!(matches!(def.kind, MapKind::Array));
+    Array::with_max_entries(def.max_entries, def.flags)
+}
 
-/// Per-CPU counters indexed by [`Counter`].
-#[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+/// A `HashMap` as `def` defines it.
+pub const fn hash<K, V>(def: MapDef<K, V>) -> HashMap<K, V> {
+    assert!(matches!(def.kind, MapKind::Hash));
+    HashMap::with_max_entries(def.max_entries, def.flags)
+}
 
-/// Prefix of a NUL-padded Unix socket name -> `UNIX_MATCH_*` (redirect) or `UNIX_ALLOW_SOCKET`.
-#[map]
-pub static UNIX_INTERCEPT: LpmTrie<UnixPath, u32> =
-    LpmTrie::with_max_entries(1_024, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+/// An `LruHashMap` as `def` defines it.
+pub const fn lru_hash<K, V>(def: MapDef<K, V>) -> LruHashMap<K, V> {
+    assert!(matches!(def.kind, MapKind::LruHash));
+    LruHashMap::with_max_entries(def.max_entries, def.flags)
+}
 
-/// Socket cookie (host order) of a redirected client Unix socket -> its record.
+/// An `LpmTrie` as `def` defines it.
+pub const fn lpm_trie<K, V>(def: MapDef<K, V>) -> LpmTrie<K, V> {
+    assert!(matches!(def.kind, MapKind::LpmTrie));
+    LpmTrie::with_max_entries(def.max_entries, def.flags)
+}
+
+/// A `PerCpuArray` as `def` defines it.
+pub const fn per_cpu_array<V>(def: MapDef<u32, V>) -> PerCpuArray<V> {
+    assert!(matches!(def.kind, MapKind::PerCpuArray));
+    PerCpuArray::with_max_entries(def.max_entries, def.flags)
+}
+
+/// A `RingBuf` as `def` defines it; `V` is the record type the programs output into it.
+pub const fn ring_buf<V>(def: MapDef<(), V>) -> RingBuf {
+    assert!(matches!(def.kind, MapKind::RingBuf));
+    RingBuf::with_byte_size(def.max_entries, def.flags)
+}
+
+/// [`maps::AGENT_CONFIG`].
+#[map]
+pub static AGENT_CONFIG: Array<AgentConfig> = array(maps::AGENT_CONFIG);
+
+/// [`maps::TAGGED_CGROUPS`].
+#[map]
+pub static TAGGED_CGROUPS: HashMap<u64, u32> = hash(maps::TAGGED_CGROUPS);
+
+/// [`maps::COUNTERS`].
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = per_cpu_array(maps::COUNTERS);
+
+/// [`maps::UNIX_INTERCEPT`].
+#[map]
+pub static UNIX_INTERCEPT: LpmTrie<UnixPath, u32> = lpm_trie(maps::UNIX_INTERCEPT);
+
+/// [`maps::UNIX_ORIGIN_BY_COOKIE`].
 #[map]
 pub static UNIX_ORIGIN_BY_COOKIE: LruHashMap<u64, UnixConnectRecord> =
-    LruHashMap::with_max_entries(65_536, 0);
+    lru_hash(maps::UNIX_ORIGIN_BY_COOKIE);
 
-/// Per-CPU scratch space for the Unix programs (a record and a key exceed the stack).
+/// [`maps::UNIX_SCRATCH`].
 #[map]
-pub static UNIX_SCRATCH: PerCpuArray<UnixScratch> = PerCpuArray::with_max_entries(1, 0);
+pub static UNIX_SCRATCH: PerCpuArray<UnixScratch> = per_cpu_array(maps::UNIX_SCRATCH);
 
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -228,6 +228,7 @@ mod tests {
             uid: 0,
             gid: 0,
             comm: [0; 16],
+            pad: 0,
         };
         let p = b"/run/postgresql/.s.PGSQL.5432";
         record.path[..p.len()].copy_from_slice(p);
