@@ -1,7 +1,6 @@
 //! The approval webhook: a JSON POST per held statement to `approvals.webhook`, retried with
 //! backoff. HTTP/1.1 by `reqwest`, over TCP or rustls (ring) checked against the system's root
 //! certificates; a failure is logged and audited, and the request still waits for a decision.
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Attempts before giving up.
@@ -111,8 +110,7 @@ impl Url {
 /// a change to the system's root certificates applies from the next one, as it did when the
 /// bundle was read by hand.
 fn client(url: &Url) -> Result<reqwest::Client, WebhookError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()?;
     let mut tls = if url.tls {
         use rustls_platform_verifier::BuilderVerifierExt as _;
