@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::cgroup::{CgroupPath, Found, glob_match, is_unit_name, systemd_unit};
+use crate::cgroup::{CgroupPath, Found, Glob, is_unit_name, systemd_unit};
 use crate::config::WorkloadConfig;
 use crate::names::{CgroupId, WorkloadId, WorkloadName};
 
@@ -57,24 +57,44 @@ impl Registry {
     }
 }
 
-/// The config's workload matchers.
+/// The config's workload matchers, compiled once.
 #[derive(Debug, Default)]
 pub struct Matchers {
-    workloads: Vec<(WorkloadName, Vec<String>, Vec<String>)>,
+    workloads: Vec<WorkloadMatchers>,
+}
+
+#[derive(Debug)]
+struct WorkloadMatchers {
+    name: WorkloadName,
+    /// `systemd_unit` globs, on the unit's name.
+    units: Vec<Glob>,
+    /// `cgroup` globs, on the path relative to the root (a leading `/` is dropped), with the
+    /// pattern as written for [`TagSource::Cgroup`].
+    cgroups: Vec<(Glob, String)>,
 }
 
 impl Matchers {
-    /// From the config's workloads, in order (the first match wins).
+    /// From the config's workloads, in order (the first match wins). A glob that does not
+    /// compile matches nothing (`Config::parse` refuses them, so only a hand-built config
+    /// has one).
     pub fn new(workloads: &[WorkloadConfig]) -> Self {
         Self {
             workloads: workloads
                 .iter()
-                .map(|w| {
-                    (
-                        WorkloadName(w.name.clone()),
-                        w.systemd_unit.clone(),
-                        w.cgroup.clone(),
-                    )
+                .map(|w| WorkloadMatchers {
+                    name: WorkloadName(w.name.clone()),
+                    units: w
+                        .systemd_unit
+                        .iter()
+                        .filter_map(|g| Glob::new(g).ok())
+                        .collect(),
+                    cgroups: w
+                        .cgroup
+                        .iter()
+                        .filter_map(|g| {
+                            Some((Glob::new(g.trim_start_matches('/')).ok()?, g.clone()))
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -82,25 +102,26 @@ impl Matchers {
 
     /// Workload names in config order.
     pub fn names(&self) -> impl Iterator<Item = &WorkloadName> {
-        self.workloads.iter().map(|(n, _, _)| n)
+        self.workloads.iter().map(|w| &w.name)
     }
 
     /// The workload whose config matchers select this cgroup itself. A unit glob selects the
     /// unit's own cgroup (its descendants are covered by the kernel's ancestor walk).
     pub fn config_match(&self, path: &CgroupPath) -> Option<(WorkloadName, TagSource)> {
         let name = path.name();
-        for (workload, units, globs) in &self.workloads {
+        for w in &self.workloads {
             if is_unit_name(name)
                 && systemd_unit(path) == Some(name)
-                && let Some(g) = units.iter().find(|g| glob_match(g, name))
+                && let Some(g) = w.units.iter().find(|g| g.is_match(name))
             {
-                return Some((workload.clone(), TagSource::SystemdUnit(g.clone())));
+                return Some((
+                    w.name.clone(),
+                    TagSource::SystemdUnit(g.as_str().to_owned()),
+                ));
             }
-            if let Some(g) = globs
-                .iter()
-                .find(|g| glob_match(g.trim_start_matches('/'), path.relative()))
+            if let Some((_, written)) = w.cgroups.iter().find(|(g, _)| g.is_match(path.relative()))
             {
-                return Some((workload.clone(), TagSource::Cgroup(g.clone())));
+                return Some((w.name.clone(), TagSource::Cgroup(written.clone())));
             }
         }
         None

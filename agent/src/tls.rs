@@ -1,49 +1,89 @@
 //! TLS on both hops: terminating clients that ask for it (rustls server), and connecting to
 //! the real server per `upstream.sslmode` (rustls client).
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, InvalidDnsNameError, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::config::{ClientTlsConfig, SslMode, UpstreamConfig};
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// Why a TLS side could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read.
+    #[error("reading {}", .0.display())]
+    Read(PathBuf, #[source] io::Error),
+    /// A certificate file that is not PEM.
+    #[error("{}: not PEM certificates", .0.display())]
+    NotPemCerts(PathBuf, #[source] io::Error),
+    /// A PEM file without a certificate.
+    #[error("{}: no certificate found", .0.display())]
+    NoCert(PathBuf),
+    /// A key file that is not PEM.
+    #[error("{}: not a PEM private key", .0.display())]
+    NotPemKey(PathBuf, #[source] io::Error),
+    /// A PEM file without a private key.
+    #[error("{}: no private key found", .0.display())]
+    NoKey(PathBuf),
+    /// The certificate and key do not go together (or are unusable).
+    #[error("client TLS certificate and key")]
+    CertAndKey(#[source] rustls::Error),
+    /// `verify-full` without `upstream.ca` (the config refuses it first).
+    #[error("upstream.ca is required for verify-full")]
+    NoCa,
+    /// A CA certificate rustls refuses.
+    #[error("{}: bad CA certificate", .0.display())]
+    BadCa(PathBuf, #[source] rustls::Error),
+    /// `upstream.server_name` is no DNS name or address.
+    #[error("bad upstream.server_name {0}")]
+    ServerName(String, #[source] InvalidDnsNameError),
+    /// rustls refused the protocol versions.
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The crypto provider of every TLS side of pgwarden: ring.
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::Read(path.to_owned(), e))
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
-        .with_context(|| format!("{}: not PEM certificates", path.display()))?;
+        .map_err(|e| TlsError::NotPemCerts(path.to_owned(), e))?;
     if certs.is_empty() {
-        bail!("{}: no certificate found", path.display());
+        return Err(TlsError::NoCert(path.to_owned()));
     }
     Ok(certs)
 }
 
-fn key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
-        .with_context(|| format!("{}: not a PEM private key", path.display()))?
-        .with_context(|| format!("{}: no private key found", path.display()))
+        .map_err(|e| TlsError::NotPemKey(path.to_owned(), e))?
+        .ok_or_else(|| TlsError::NoKey(path.to_owned()))
 }
 
 /// The acceptor for clients' TLS, from the configured certificate and key.
-pub fn acceptor(cfg: &ClientTlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+pub fn acceptor(cfg: &ClientTlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs(&cfg.cert)?, key(&cfg.key)?)
-        .context("client TLS certificate and key")?;
+        .map_err(TlsError::CertAndKey)?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// The connector toward the server, or `None` for `sslmode: disable`.
-pub fn connector(cfg: &UpstreamConfig) -> anyhow::Result<Option<tokio_rustls::TlsConnector>> {
+pub fn connector(cfg: &UpstreamConfig) -> Result<Option<tokio_rustls::TlsConnector>, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?;
     let config = match cfg.sslmode {
@@ -55,14 +95,11 @@ pub fn connector(cfg: &UpstreamConfig) -> anyhow::Result<Option<tokio_rustls::Tl
             .with_no_client_auth(),
         SslMode::VerifyFull => {
             let mut roots = rustls::RootCertStore::empty();
-            let ca = cfg
-                .ca
-                .as_deref()
-                .context("upstream.ca is required for verify-full")?;
+            let ca = cfg.ca.as_deref().ok_or(TlsError::NoCa)?;
             for c in certs(ca)? {
                 roots
                     .add(c)
-                    .with_context(|| format!("{}: bad CA certificate", ca.display()))?;
+                    .map_err(|e| TlsError::BadCa(ca.to_owned(), e))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -74,11 +111,9 @@ pub fn connector(cfg: &UpstreamConfig) -> anyhow::Result<Option<tokio_rustls::Tl
 pub fn server_name(
     cfg: &UpstreamConfig,
     addr: std::net::IpAddr,
-) -> anyhow::Result<ServerName<'static>> {
+) -> Result<ServerName<'static>, TlsError> {
     match &cfg.server_name {
-        Some(n) => {
-            ServerName::try_from(n.clone()).with_context(|| format!("bad upstream.server_name {n}"))
-        }
+        Some(n) => ServerName::try_from(n.clone()).map_err(|e| TlsError::ServerName(n.clone(), e)),
         None => Ok(ServerName::IpAddress(addr.into())),
     }
 }
@@ -130,5 +165,39 @@ impl ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let cfg = |cert: &Path, key: &Path| ClientTlsConfig {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        };
+        let e = acceptor(&cfg(&missing, &empty)).err().unwrap();
+        assert!(matches!(e, TlsError::Read(..)), "{e:?}");
+        assert_eq!(e.to_string(), format!("reading {}", missing.display()));
+        let e = acceptor(&cfg(&empty, &empty)).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: no certificate found", empty.display())
+        );
+        let upstream = UpstreamConfig {
+            sslmode: SslMode::VerifyFull,
+            ca: None,
+            server_name: Some("not a name".into()),
+            connect_timeout_seconds: 1,
+        };
+        assert!(matches!(connector(&upstream), Err(TlsError::NoCa)));
+        let e = server_name(&upstream, [127, 0, 0, 1].into()).unwrap_err();
+        assert_eq!(e.to_string(), "bad upstream.server_name not a name");
     }
 }

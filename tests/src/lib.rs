@@ -29,6 +29,7 @@ mod mcp;
 mod net;
 mod pg;
 mod process;
+mod wait;
 mod world;
 
 pub use agent::Agent;
@@ -43,6 +44,7 @@ pub use net::free_port;
 pub use pg::{HbaAuth, PG_SERVER_NAME, PgOptions};
 pub use pg::{PgServer, pg_bin};
 pub use process::{require_root, run_ok, run_output};
+pub use wait::{POLL, wait_for};
 pub use world::{World, tagged_world, world_with_workload};
 pub use world::{agent_config, allow_all_workload, world_with_config};
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use pgwarden_e2e::{
     Agent, PgServer, TestCgroup, free_port, in_cgroup, pg_bin, policy_path, require_root,
-    unique_name,
+    unique_name, wait_for,
 };
 use serde_json::Value;
 
@@ -183,9 +183,33 @@ fn approve_deny_and_expire() {
     assert!(started.elapsed() >= Duration::from_secs(5));
     assert_eq!(out.trim(), "alive");
     assert!(w.pending().is_empty());
-    // Each outcome is in the audit journal, with the approver and the comment.
-    std::thread::sleep(Duration::from_millis(300));
-    let recs = journal(&w);
+    // Each outcome is in the audit journal, with the approver and the comment. (Approval
+    // records are written as decisions happen, not before the client hears: wait for them.)
+    let recs = wait_for(
+        "every approval outcome's records in the journal",
+        Duration::from_secs(10),
+        || {
+            let recs = journal(&w);
+            let count = |e: &str| recs.iter().filter(|r| r["event"] == e).count();
+            let denied_by = |rule: &str| {
+                recs.iter()
+                    .any(|r| r["event"] == "query.denied" && r["rule"] == rule)
+            };
+            let log = w.agent.log();
+            if count("approval.requested") >= 3
+                && count("approval.granted") >= 1
+                && count("approval.denied") >= 1
+                && count("approval.expired") >= 1
+                && denied_by("approval.denied")
+                && denied_by("approval.expired")
+                && log.contains("Expired")
+            {
+                Ok(recs)
+            } else {
+                Err(format!("{recs:#?}\n--- agent log ---\n{log}"))
+            }
+        },
+    );
     let events = |e: &str| {
         recs.iter()
             .filter(|r| r["event"] == e)
@@ -261,12 +285,15 @@ fn grants_unauthorized_approvers_cancel_and_out_of_order() {
         1,
         "{status:#}"
     );
-    // After the grant expires, the rule holds again.
+    // After the grant expires, the rule holds again. A fixed wait on purpose: the 4 s grant
+    // must run out (what follows shows the rule holding again once it has).
     std::thread::sleep(Duration::from_secs(5));
     let child = w.psql(&["SELECT id FROM payments", "SELECT 'alive'"]);
     let id = w.wait_pending(1)[0]["id"].as_u64().unwrap().to_string();
 
-    // The client cancels while held: withdrawn, and the session stays usable.
+    // The client cancels while held: withdrawn, and the session stays usable. A fixed margin
+    // after the request appeared, so psql is surely waiting on its statement when SIGINT
+    // comes (psql shows nothing to poll for from here).
     std::thread::sleep(Duration::from_millis(200));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
@@ -285,16 +312,29 @@ fn grants_unauthorized_approvers_cancel_and_out_of_order() {
         "{err}"
     );
     assert!(w.pending().is_empty(), "request {id} was not withdrawn");
-    std::thread::sleep(Duration::from_millis(300));
-    let recs = journal(&w);
-    assert!(
-        recs.iter().any(|r| r["event"] == "approval.denied"
-            && r["rule"] == "approval.unauthorized"
-            && r["detail"]["caller_uid"] == 65534),
-        "the unauthorized attempt is not in the journal"
+    wait_for(
+        "the unauthorized attempt and the withdrawal in the journal",
+        Duration::from_secs(10),
+        || {
+            let recs = journal(&w);
+            let unauthorized = recs.iter().any(|r| {
+                r["event"] == "approval.denied"
+                    && r["rule"] == "approval.unauthorized"
+                    && r["detail"]["caller_uid"] == 65534
+            });
+            let withdrawn = recs.iter().any(|r| {
+                r["event"] == "approval.withdrawn"
+                    && r["detail"]["reason"] == "cancelled by the client"
+            });
+            if unauthorized && withdrawn {
+                Ok(())
+            } else {
+                Err(format!(
+                    "unauthorized: {unauthorized}, withdrawn: {withdrawn}\n{recs:#?}"
+                ))
+            }
+        },
     );
-    assert!(recs.iter().any(|r| r["event"] == "approval.withdrawn"
-        && r["detail"]["reason"] == "cancelled by the client"));
 
     // Two sessions held; approved out of order.
     let a = w.psql(&["SELECT id FROM payments WHERE id <= 110"]);
@@ -461,13 +501,21 @@ fn the_webhook_announces_held_statements_and_its_failure_is_audited() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(w.pending().len(), 1, "the request stopped waiting");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        journal(&w)
-            .iter()
-            .any(|r| r["event"] == "approval.requested"
-                && r["outcome"] == "failure"
-                && r["error"].as_str().is_some_and(|e| e.contains("webhook")))
+    wait_for(
+        "the webhook failure's record in the journal",
+        Duration::from_secs(10),
+        || {
+            let recs = journal(&w);
+            if recs.iter().any(|r| {
+                r["event"] == "approval.requested"
+                    && r["outcome"] == "failure"
+                    && r["error"].as_str().is_some_and(|e| e.contains("webhook"))
+            }) {
+                Ok(())
+            } else {
+                Err(format!("{recs:#?}"))
+            }
+        },
     );
     assert!(
         w.decide(&["approvals", "approve", &id.to_string()])

@@ -376,6 +376,8 @@ fn tail_follows_appends_and_rotation() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the last record");
     assert_eq!(seq_of(&first), 3);
+    // A fixed margin, not a wait for something: `tail -f` shows nothing when it starts
+    // following, and the appends below must come after it has.
     std::thread::sleep(Duration::from_millis(300));
     // Appends with rotations in between (4096-byte files), by another process.
     sample(dir.path(), 40, &["--start", "3", "--max-bytes", "4096"]);

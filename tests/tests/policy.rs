@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use pgwarden_e2e::{
     Agent, PgServer, TestCgroup, free_port, in_cgroup, pg_bin, policy_path, require_root,
-    run_output, unique_name,
+    run_output, unique_name, wait_for,
 };
 use serde_json::Value;
 
@@ -346,7 +346,34 @@ fn policy_reload_under_load_loses_no_session() {
             .unwrap();
         clients.push(child);
     }
-    std::thread::sleep(Duration::from_millis(800));
+    // Every client's session is open (or has been): the reload below happens under load.
+    let mut seen = std::collections::HashSet::new();
+    wait_for(
+        "a session for each of the 50 clients",
+        Duration::from_secs(20),
+        || {
+            let status = w.agent.status();
+            seen.extend(
+                status["sessions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s["identity"]["pid"].as_u64()),
+            );
+            let missing = clients
+                .iter()
+                .filter(|c| !seen.contains(&u64::from(c.id())))
+                .count();
+            if missing == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{missing} clients without a session yet; {} sessions open now",
+                    status["sessions"].as_array().map_or(0, Vec::len)
+                ))
+            }
+        },
+    );
     // Deny customers: the file watcher reloads.
     let changed = original.replace(
         "deny_tables: [public.secrets]",

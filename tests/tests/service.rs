@@ -56,6 +56,9 @@ fn a_crashed_agent_fails_closed_and_its_successor_adopts_the_pins() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // Fixed waits on purpose below: the client runs for a while with the agent up, then the
+    // count of connections is taken once the dead agent's have ended, and again after a window
+    // in which nothing may reach PostgreSQL.
     std::thread::sleep(Duration::from_secs(2));
 
     // Crash.

@@ -487,6 +487,8 @@ fn tagged_psql_over_the_socket_is_relayed_with_its_identity_and_untagged_goes_di
         .spawn()
         .expect("spawn psql");
     let untagged_pid = child.id();
+    // A fixed wait on purpose: the status is sampled while the untagged client is connected
+    // (its statement sleeps 1 s) to show that no session appears.
     sleep(Duration::from_millis(400));
     let status = r.agent.status();
     let out = child.wait_with_output().expect("wait psql");
@@ -1119,6 +1121,8 @@ fn a_killed_agent_fails_closed_on_the_socket_and_its_successor_adopts_the_pins()
 
     // Crash.
     agent.kill9();
+    // A margin for PostgreSQL to end the backends of the dead agent's relayed connections
+    // before they are counted (nothing marks that moment).
     sleep(Duration::from_millis(300));
     let conns = local_connections(&pg);
     let mut down_markers = Vec::new();

@@ -407,19 +407,13 @@ impl Approvals {
     }
 }
 
-/// Parses `90s`, `15m`, `2h`, `1d` or plain seconds.
+/// Parses `90s`, `15m`, `2h`, `1d`, `1h30m` (humantime's units) or plain seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().ok()?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return None,
-    };
-    Some(Duration::from_secs(secs))
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok().map(Duration::from_secs);
+    }
+    humantime::parse_duration(s).ok()
 }
 
 #[cfg(test)]
@@ -521,6 +515,11 @@ mod tests {
         assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
         assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration(" 90s "), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_duration("15x"), None);
+        assert_eq!(parse_duration(""), None);
     }
 }

@@ -135,7 +135,7 @@ pub(super) async fn watch_attaches(shared: Arc<Shared>, events: RingBuf<MapData>
         return;
     };
     let seen = |new: &mut bool, record: &[u8]| {
-        let Some(ev) = agent_common::AttachEvent::from_bytes(record) else {
+        let Some(ev) = redirect::decode_attach_event(record) else {
             return;
         };
         if *new {

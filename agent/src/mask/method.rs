@@ -35,14 +35,14 @@ impl Method {
     }
 
     /// Parses `pan`, `pan(last4)`, `partial(2, 4)`, `redact`, `null`, `hash`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, MethodError> {
         let s = s.trim();
         let (name, args) = match s.split_once('(') {
             Some((n, rest)) => (
                 n.trim(),
                 Some(
                     rest.strip_suffix(')')
-                        .ok_or_else(|| format!("`{s}`: missing `)`"))?,
+                        .ok_or_else(|| MethodError::Unclosed(s.to_owned()))?,
                 ),
             ),
             None => (s, None),
@@ -56,20 +56,34 @@ impl Method {
                     .split(',')
                     .map(|x| x.trim().parse::<usize>())
                     .collect::<Result<_, _>>()
-                    .map_err(|_| format!("`{s}`: partial(first, last) takes two numbers"))?;
+                    .map_err(|_| MethodError::PartialArgs(s.to_owned()))?;
                 match nums[..] {
                     [f, l] => Ok(Self::Partial(f, l)),
-                    _ => Err(format!("`{s}`: partial(first, last) takes two numbers")),
+                    _ => Err(MethodError::PartialArgs(s.to_owned())),
                 }
             }
             ("redact", None) => Ok(Self::Redact),
             ("null", None) => Ok(Self::Null),
             ("hash", None) => Ok(Self::Hash),
-            _ => Err(format!(
-                "unknown mask method `{s}` (pan, pan(last4), partial(first, last), redact, null, hash)"
-            )),
+            _ => Err(MethodError::Unknown(s.to_owned())),
         }
     }
+}
+
+/// A mask method as written that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MethodError {
+    /// `name(args` without its `)`.
+    #[error("`{0}`: missing `)`")]
+    Unclosed(String),
+    /// `partial` without exactly two numbers.
+    #[error("`{0}`: partial(first, last) takes two numbers")]
+    PartialArgs(String),
+    /// No such method.
+    #[error(
+        "unknown mask method `{0}` (pan, pan(last4), partial(first, last), redact, null, hash)"
+    )]
+    Unknown(String),
 }
 
 impl fmt::Display for Method {
@@ -199,7 +213,17 @@ mod tests {
             apply(&Method::Hash, b"a@example.com", b"other key").unwrap(),
             "keyed"
         );
-        assert!(Method::parse("partial(1)").is_err());
-        assert!(Method::parse("scramble").is_err());
+        assert_eq!(
+            Method::parse("partial(1)").unwrap_err().to_string(),
+            "`partial(1)`: partial(first, last) takes two numbers"
+        );
+        assert!(matches!(
+            Method::parse("scramble"),
+            Err(MethodError::Unknown(_))
+        ));
+        assert_eq!(
+            Method::parse("pan(last4").unwrap_err(),
+            MethodError::Unclosed("pan(last4".into())
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 
-pub use method::Method;
+pub use method::{Method, MethodError};
 pub use pan::Keep;
 
 use crate::wire::Frame;

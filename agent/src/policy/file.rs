@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::analyze::{Access, Class};
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Invalid};
+use crate::yaml_path;
 
 /// A policy file as written.
 #[derive(Debug, Deserialize)]
@@ -208,113 +209,124 @@ fn default_sleep() -> f64 {
 
 /// Reads a policy file and returns it with the SHA-256 of its bytes.
 pub fn load(path: &Path) -> Result<(PolicyFile, String), ConfigError> {
-    let err = |at, message: String| ConfigError {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
-        at,
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(None, e.to_string()))?;
-    let file: PolicyFile = serde_yaml_ng::from_str(&text).map_err(|e| {
-        let at = e.location().map(|l| (l.line(), l.column()));
-        let mut m = e.to_string();
-        if let Some(i) = m.find(" at line ") {
-            m.truncate(i);
-        }
-        err(at, m)
+        at: None,
+        message: e.to_string(),
     })?;
-    let locate = |needle: &str| {
-        text.lines()
-            .enumerate()
-            .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
-    };
-    if file.version != 1 {
-        return Err(err(
-            locate("version"),
-            format!(
-                "unsupported policy version {} (this pgwarden reads 1)",
-                file.version
-            ),
-        ));
-    }
-    for (name, p) in &file.profiles {
-        if let Some(parent) = &p.extends
-            && !file.profiles.contains_key(parent)
-        {
-            return Err(err(
-                locate(&format!("extends: {parent}")),
-                format!("profile `{name}` extends unknown profile `{parent}`"),
+    let file: PolicyFile =
+        serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::yaml(path, &e))?;
+    file.validate()
+        .map_err(|invalid| ConfigError::at_path(path, &text, invalid))?;
+    use sha2::Digest as _;
+    let hash = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    Ok((file, hash))
+}
+
+impl PolicyFile {
+    /// Semantic checks, each error pointing at the node it is about.
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.version != 1 {
+            return Err(Invalid::value(
+                yaml_path!["version"],
+                format!(
+                    "unsupported policy version {} (this pgwarden reads 1)",
+                    self.version
+                ),
             ));
         }
-        for t in p.tables.iter().flat_map(|t| t.keys()).chain(&p.deny_tables) {
-            if t.split('.').count() != 2 {
-                return Err(err(
-                    locate(t),
-                    format!("table `{t}`: write it as schema.table"),
+        for (name, p) in &self.profiles {
+            let at = |steps: crate::config::locate::Path| {
+                let mut path = yaml_path!["profiles", name.as_str()];
+                path.extend(steps);
+                path
+            };
+            if let Some(parent) = &p.extends
+                && !self.profiles.contains_key(parent)
+            {
+                return Err(Invalid::value(
+                    at(yaml_path!["extends"]),
+                    format!("profile `{name}` extends unknown profile `{parent}`"),
                 ));
             }
-        }
-        for (c, m) in p.mask.iter().flat_map(|m| &m.columns) {
-            if c.split('.').count() != 3 {
-                return Err(err(
-                    locate(c),
-                    format!("masked column `{c}`: write it as schema.table.column"),
-                ));
-            }
-            if let Err(e) = crate::mask::Method::parse(m) {
-                return Err(err(locate(c), e));
-            }
-        }
-        for r in &p.rules {
-            if r.action == Action::RequireApproval && r.approvers.is_empty() {
-                return Err(err(
-                    locate(&r.id),
-                    format!("rule `{}` requires approval but names no approvers", r.id),
-                ));
-            }
-            for t in &r.tables {
+            for t in p.tables.iter().flat_map(|t| t.keys()) {
                 if t.split('.').count() != 2 {
-                    return Err(err(
-                        locate(t),
-                        format!("rule `{}`: table `{t}`: write it as schema.table", r.id),
+                    return Err(Invalid::key(
+                        at(yaml_path!["tables", t.as_str()]),
+                        format!("table `{t}`: write it as schema.table"),
+                    ));
+                }
+            }
+            for (i, t) in p.deny_tables.iter().enumerate() {
+                if t.split('.').count() != 2 {
+                    return Err(Invalid::value(
+                        at(yaml_path!["deny_tables", i]),
+                        format!("table `{t}`: write it as schema.table"),
+                    ));
+                }
+            }
+            for (c, m) in p.mask.iter().flat_map(|m| &m.columns) {
+                let column = || at(yaml_path!["mask", "columns", c.as_str()]);
+                if c.split('.').count() != 3 {
+                    return Err(Invalid::key(
+                        column(),
+                        format!("masked column `{c}`: write it as schema.table.column"),
+                    ));
+                }
+                if let Err(e) = crate::mask::Method::parse(m) {
+                    return Err(Invalid::value(column(), e.to_string()));
+                }
+            }
+            for (i, r) in p.rules.iter().enumerate() {
+                if r.action == Action::RequireApproval && r.approvers.is_empty() {
+                    return Err(Invalid::value(
+                        at(yaml_path!["rules", i, "id"]),
+                        format!("rule `{}` requires approval but names no approvers", r.id),
+                    ));
+                }
+                for (j, t) in r.tables.iter().enumerate() {
+                    if t.split('.').count() != 2 {
+                        return Err(Invalid::value(
+                            at(yaml_path!["rules", i, "tables", j]),
+                            format!("rule `{}`: table `{t}`: write it as schema.table", r.id),
+                        ));
+                    }
+                }
+            }
+            for (i, c) in p.deny_columns.iter().enumerate() {
+                if c.split('.').count() != 3 {
+                    return Err(Invalid::value(
+                        at(yaml_path!["deny_columns", i]),
+                        format!("column `{c}`: write it as schema.table.column"),
                     ));
                 }
             }
         }
-        for c in &p.deny_columns {
-            if c.split('.').count() != 3 {
-                return Err(err(
-                    locate(c),
-                    format!("column `{c}`: write it as schema.table.column"),
+        for (i, t) in self.tests.iter().enumerate() {
+            if !self.profiles.contains_key(&t.profile) {
+                return Err(Invalid::value(
+                    yaml_path!["tests", i, "profile"],
+                    format!("test names unknown profile `{}`", t.profile),
                 ));
             }
         }
-    }
-    for t in &file.tests {
-        if !file.profiles.contains_key(&t.profile) {
-            return Err(err(
-                locate(&t.sql),
-                format!("test names unknown profile `{}`", t.profile),
-            ));
-        }
-    }
-    // Cycles in `extends`.
-    for name in file.profiles.keys() {
-        let mut seen = vec![name.as_str()];
-        let mut cur = name.as_str();
-        while let Some(parent) = file.profiles.get(cur).and_then(|p| p.extends.as_deref()) {
-            if seen.contains(&parent) {
-                return Err(err(
-                    locate(&format!("extends: {parent}")),
-                    format!("profile `{name}`: `extends` forms a cycle"),
-                ));
+        // Cycles in `extends`.
+        for name in self.profiles.keys() {
+            let mut seen = vec![name.as_str()];
+            let mut cur = name.as_str();
+            while let Some(parent) = self.profiles.get(cur).and_then(|p| p.extends.as_deref()) {
+                if seen.contains(&parent) {
+                    return Err(Invalid::value(
+                        yaml_path!["profiles", name.as_str(), "extends"],
+                        format!("profile `{name}`: `extends` forms a cycle"),
+                    ));
+                }
+                seen.push(parent);
+                cur = parent;
             }
-            seen.push(parent);
-            cur = parent;
         }
+        Ok(())
     }
-    use sha2::Digest as _;
-    let hash = hex::encode(sha2::Sha256::digest(text.as_bytes()));
-    Ok((file, hash))
 }
 
 /// A policy path from the config, relative to the config file's directory.
@@ -323,5 +335,68 @@ pub fn resolve_path(config_file: &Path, policy: &Path) -> PathBuf {
         policy.to_owned()
     } else {
         config_file.parent().unwrap_or(Path::new(".")).join(policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.yaml");
+        std::fs::write(&p, text).unwrap();
+        load(&p).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_point_at_their_node_not_at_a_comment() {
+        for (text, at, message) in [
+            (
+                "# extends: nope is what we test\nversion: 1\nprofiles:\n  r:\n    extends: nope\n",
+                "p.yaml:5:14: ",
+                "profile `r` extends unknown profile `nope`",
+            ),
+            (
+                "version: 1\nprofiles:\n  a: {extends: b}\n  b:\n    extends: a\n",
+                "p.yaml:3:16: ",
+                "profile `a`: `extends` forms a cycle",
+            ),
+            (
+                "# payments: [read]\nversion: 1\nprofiles:\n  r:\n    tables:\n      public.x: [read]\n      payments: [read]\n",
+                "p.yaml:7:7: ",
+                "table `payments`: write it as schema.table",
+            ),
+            (
+                "version: 1\nprofiles:\n  r:\n    deny_tables: [public.a, b]\n",
+                "p.yaml:4:29: ",
+                "table `b`: write it as schema.table",
+            ),
+            (
+                "version: 1\nprofiles:\n  r:\n    mask:\n      columns:\n        public.t.c: sparkle\n",
+                "p.yaml:6:21: ",
+                "sparkle",
+            ),
+            (
+                "version: 1\nprofiles:\n  r:\n    rules:\n      - {id: ok, action: deny}\n      - id: bulk # id: bulk\n        action: require_approval\n",
+                "p.yaml:6:13: ",
+                "rule `bulk` requires approval but names no approvers",
+            ),
+            (
+                // The statement text of the test also appears in a comment before it.
+                "version: 1\nprofiles:\n  r: {}\n# sql: SELECT 1\ntests:\n  - {profile: r, sql: SELECT 1, expect: allow}\n  - profile: q\n    sql: SELECT 1\n    expect: allow\n",
+                "p.yaml:7:14: ",
+                "test names unknown profile `q`",
+            ),
+            (
+                "# version: 1\nversion: 2\nprofiles: {}\n",
+                "p.yaml:2:10: ",
+                "unsupported policy version 2",
+            ),
+        ] {
+            let e = error_of(text);
+            assert!(e.contains(at), "{text:?} gave {e}");
+            assert!(e.contains(message), "{text:?} gave {e}");
+        }
     }
 }

@@ -1,0 +1,136 @@
+//! The config's own unit tests: defaults, overrides, and errors that name file:line:column.
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("pgwarden.yaml"), text)
+}
+
+#[test]
+fn audit_defaults_and_overrides() {
+    let c = parse("").unwrap();
+    let d = AuditConfig::default();
+    assert_eq!(c.audit.path, PathBuf::from("/var/log/pgwarden/audit.jsonl"));
+    assert_eq!(c.audit.mode, AuditMode::Strict);
+    assert_eq!(
+        (c.audit.queue, c.audit.max_bytes, c.audit.keep_files),
+        (10_000, 64 << 20, 10)
+    );
+    assert!(c.audit.fsync && c.audit.journald == JournaldMirror::All && !c.audit.keep_literals);
+    assert_eq!(
+        (c.audit.checkpoint_every, c.audit.checkpoint_seconds),
+        (1000, 300)
+    );
+    assert_eq!(c.audit.journald_socket, d.journald_socket);
+    // One key given: the others keep their defaults.
+    let c = parse("audit:\n  mode: async\n  path: /tmp/a.jsonl\n").unwrap();
+    assert_eq!(c.audit.mode, AuditMode::Async);
+    assert_eq!(c.audit.path, PathBuf::from("/tmp/a.jsonl"));
+    assert_eq!(c.audit.queue, d.queue);
+    assert!(c.audit.fsync && c.audit.journald == JournaldMirror::All);
+    for (text, want) in [
+        ("true", JournaldMirror::All),
+        ("false", JournaldMirror::Off),
+        ("events", JournaldMirror::Events),
+        ("off", JournaldMirror::Off),
+    ] {
+        let c = parse(&format!("audit:\n  journald: {text}\n")).unwrap();
+        assert_eq!(c.audit.journald, want, "{text}");
+    }
+    let e = parse("audit:\n  journald: some\n").unwrap_err().to_string();
+    assert!(e.contains("all, events, off"), "{e}");
+    let e = parse("audit:\n  mode: sometimes\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("pgwarden.yaml:2:"), "{e}");
+    let e = parse("audit:\n  max_bytes: 10\n").unwrap_err().to_string();
+    assert!(e.starts_with("pgwarden.yaml:2:3: "), "{e}");
+}
+
+#[test]
+fn defaults_from_an_empty_file() {
+    let c = parse("").unwrap();
+    assert_eq!(c.listen.ipv4.unwrap().to_string(), "127.0.0.1:15432");
+    assert_eq!(c.listen.ipv6.unwrap().to_string(), "[::1]:15432");
+    assert_eq!(c.intercept.len(), 1);
+    assert_eq!(c.intercept[0].text, "*:5432");
+    assert_eq!(
+        c.control.socket,
+        PathBuf::from("/run/pgwarden/control.sock")
+    );
+}
+
+#[test]
+fn full_example() {
+    let c = parse(
+        "listen:\n  ipv4: 127.0.0.1:16000\n  ipv6: null\nintercept:\n  - 127.0.0.1:5432\n  - 10.0.0.0/8:5432\n\
+         workloads:\n  - name: payments-mcp\n    systemd_unit: mcp-*.service\n    cgroup: [a/b, c/*]\n",
+    )
+    .unwrap();
+    assert!(c.listen.ipv6.is_none());
+    assert_eq!(c.intercept.len(), 2);
+    assert_eq!(c.workloads[0].systemd_unit, vec!["mcp-*.service"]);
+    assert_eq!(c.workloads[0].cgroup, vec!["a/b", "c/*"]);
+}
+
+#[test]
+fn errors_name_file_line_and_column() {
+    let e = parse("listen:\n  ipv4: 127.0.0.1:15432\nintercept:\n  - 127.0.0.1:notaport\n")
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.starts_with("pgwarden.yaml:4:"), "{text}");
+    assert!(text.contains("bad port"), "{text}");
+
+    let e = parse("listen:\n  ipv4: 127.0.0.1:1\n  bogus: 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("pgwarden.yaml:3:3: "), "{e}");
+    assert!(e.contains("unknown field `bogus`"), "{e}");
+
+    let e = parse("workloads:\n  - name: a\n  - name: a\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("pgwarden.yaml:3:5: "), "{e}");
+    assert!(e.contains("defined twice"), "{e}");
+
+    let e = parse("workloads: [\n").unwrap_err().to_string();
+    assert!(e.starts_with("pgwarden.yaml:2:"), "{e}");
+
+    let e = parse("workloads:\n  - name: 'bad name'\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("pgwarden.yaml:2:"), "{e}");
+}
+
+#[test]
+fn semantic_errors_point_at_their_node_not_at_a_comment() {
+    let err = |text: &str| parse(text).unwrap_err().to_string();
+    // The key also appears, earlier, in a comment and in another section.
+    let e = err(
+        "# max_bytes: keep it above 4096\nlimits:\n  message_bytes: 2048 # not max_bytes\naudit:\n  max_bytes: 10 # max_bytes\n",
+    );
+    assert!(e.starts_with("pgwarden.yaml:5:3: "), "{e}");
+    let e = err(
+        "# name: a\nworkloads:\n  - name: a   # name: a\n    cgroup: x\n  - cgroup: y\n    name: \"a\"\n",
+    );
+    assert!(e.starts_with("pgwarden.yaml:6:5: "), "{e}");
+    assert!(e.contains("workload `a` is defined twice"), "{e}");
+    // The offending element of a list, and a value given without a list.
+    let e = err("intercept_unix:\n  - /run/postgresql\n  - relative/dir\n");
+    assert!(e.starts_with("pgwarden.yaml:3:5: "), "{e}");
+    let e = err("workloads:\n  - name: a\n    systemd_unit: ''\n");
+    assert!(e.starts_with("pgwarden.yaml:3:19: "), "{e}");
+    assert!(e.contains("empty matcher"), "{e}");
+    let e = err("workloads:\n  - name: a\n    cgroup: [x, '']\n");
+    assert!(e.starts_with("pgwarden.yaml:3:17: "), "{e}");
+    // A check on a default points at the section it belongs in.
+    let e = err("# upstream\nupstream:\n  ca: null\n  sslmode: verify-full\n");
+    assert!(e.starts_with("pgwarden.yaml:4:3: "), "{e}");
+    let e = err("listen:\n  ipv4: null\n  ipv6: null\n");
+    assert!(e.starts_with("pgwarden.yaml:1:1: "), "{e}");
+    let e = err("limits:\n  statement_bytes: 2000\n  # message_bytes\n  result_bytes: 5\n");
+    assert!(e.starts_with("pgwarden.yaml:2:3: "), "{e}");
+    let e = err("cgroups: {rescan_seconds: 0}\n");
+    assert!(e.starts_with("pgwarden.yaml:1:11: "), "{e}");
+}
