@@ -19,6 +19,7 @@ use crate::tags::{TagSink, Tagger};
 
 mod listen;
 mod requests;
+mod snapshot;
 mod systemd;
 mod watch;
 
@@ -65,13 +66,6 @@ pub struct NsServed {
     pub listen: Vec<String>,
     /// Ends its accept loops.
     stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl serde::Serialize for NsServed {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serde_json::json!({ "netns": self.ns.id.0, "pid": self.ns.pid, "listen": self.listen })
-            .serialize(s)
-    }
 }
 
 /// Tag sink for listen-only mode: decisions are kept for status, nothing is in the kernel.
