@@ -101,50 +101,6 @@ impl Shared {
         });
     }
 
-    /// What metrics show of the agent's state now.
-    fn scrape(&self) -> crate::metrics::Scrape {
-        crate::metrics::Scrape {
-            sessions: self.env.registry.len(),
-            approvals_pending: self.env.approvals.pending().len(),
-            grants_open: self.env.approvals.grants().len(),
-            audit: self.audit_status(),
-            redirect: self.redirect.as_ref().map(|r| lock(r).counters()),
-        }
-    }
-
-    /// The journal's state for status and metrics: (name, help, value).
-    fn audit_status(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let s = self.env.journal.status();
-        vec![
-            (
-                "last_seq",
-                "Sequence number of the last record written.",
-                s.last_seq,
-            ),
-            (
-                "queue_depth",
-                "Records waiting to be written.",
-                u64::try_from(s.queue_depth).unwrap_or(u64::MAX),
-            ),
-            (
-                "records_written",
-                "Records written since start.",
-                s.records_written,
-            ),
-            ("write_errors", "Failed writes since start.", s.write_errors),
-            (
-                "journald_errors",
-                "Failed journald sends since start.",
-                s.journald_errors,
-            ),
-            (
-                "dropped",
-                "Records dropped by a full async queue.",
-                s.dropped,
-            ),
-        ]
-    }
-
     /// Walks the cgroup tree and brings the kernel's tags in line with it.
     pub fn rescan(&self) -> anyhow::Result<()> {
         let found = cgroup::walk(&self.cgroup_root);
@@ -380,7 +336,8 @@ pub async fn run(
             .with_context(|| format!("binding metrics.listen {addr}"))?;
         let scraped = Arc::clone(&shared);
         tokio::spawn(crate::metrics::serve(
-            Arc::new(move || crate::metrics::render(&scraped.env.metrics, &scraped.scrape())),
+            Arc::clone(&shared.env.metrics),
+            Arc::new(move || snapshot::status(&scraped)),
             l,
         ));
     }
