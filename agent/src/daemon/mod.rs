@@ -24,7 +24,8 @@ mod systemd;
 mod watch;
 
 use listen::{accept_loop, accept_unix_loop, bind_unix, serve_namespaces};
-use systemd::{notify_systemd, watchdog_period};
+use sd_notify::NotifyState;
+use systemd::watchdog_period;
 use watch::{rescan_loop, watch_attaches, watch_events, watch_policies};
 
 /// State shared by the listener, the sessions, the tag watcher and the control socket.
@@ -378,13 +379,16 @@ pub async fn run(
         .await
         .context("writing agent.start to the audit journal")?;
     info!(listen = ?listen, "pgwarden ready");
-    notify_systemd("READY=1\nSTATUS=attached, listening");
+    systemd::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("attached, listening"),
+    ]);
     if let Some(period) = watchdog_period() {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                notify_systemd("WATCHDOG=1");
+                systemd::notify(&[NotifyState::Watchdog]);
             }
         });
     }
@@ -415,7 +419,7 @@ pub async fn run(
 /// stay pinned), withdraw held statements, let running statements finish for the drain time,
 /// then close what is left with 57P01.
 async fn stop(shared: &Shared) {
-    notify_systemd("STOPPING=1");
+    systemd::notify(&[NotifyState::Stopping]);
     shared.stopping.send_replace(true);
     let reason = "pgwarden is stopping";
     shared.env.approvals.withdraw_all(reason);
