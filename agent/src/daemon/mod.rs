@@ -458,9 +458,7 @@ impl Shared {
     /// Re-reads the config's policy references and the policy files; swaps them in whole,
     /// or keeps the running ones and says why.
     pub fn reload(&self, why: &str) {
-        let result = Config::load(&self.config_path)
-            .map_err(|e| e.to_string())
-            .and_then(|c| self.env.policy.reload(&c).map_err(|e| e.to_string()));
+        let result = Config::load(&self.config_path).and_then(|c| self.env.policy.reload(&c));
         match result {
             Ok(set) => {
                 let files: Vec<String> = set
@@ -487,7 +485,7 @@ impl Shared {
                 self.audit_spawn(
                     crate::audit::Record::new(crate::audit::Event::PolicyReload)
                         .outcome(crate::audit::Outcome::Failure)
-                        .error(e.clone())
+                        .error(e.to_string())
                         .detail("trigger", why),
                 );
             }
