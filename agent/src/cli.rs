@@ -3,10 +3,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use serde_json::Value;
 
 use crate::config::Config;
 use crate::control::{self, Request};
+
+mod status;
 
 const DEFAULT_CONTROL: &str = "/run/pgwarden/control.sock";
 
@@ -257,11 +258,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             crate::daemon::run(loaded, config, !no_redirect, tcp_only).await
         }
         Command::Status { json, control } => {
-            let status = control::call(&control, &Request::Status).await?;
+            let s = control::status(&control).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                println!("{}", pretty(&s)?);
             } else {
-                print_status(&status);
+                print!("{}", status::render(&s));
             }
             Ok(())
         }
@@ -351,30 +352,11 @@ async fn tag(control: &Path, path: String, workload: String) -> anyhow::Result<(
 async fn approvals(cmd: ApprovalsCommand) -> anyhow::Result<()> {
     match cmd {
         ApprovalsCommand::List { json, control } => {
-            let r = control::call(&control, &Request::ApprovalsList).await?;
+            let a = control::approvals(&control).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-                return Ok(());
-            }
-            let pending = r["pending"].as_array().map_or(&[][..], Vec::as_slice);
-            if pending.is_empty() {
-                println!("no statement is waiting for approval");
-            }
-            for p in pending {
-                println!(
-                    "#{} rule={} workload={} session={} pid={} exe={} expires in {}s\n    {}",
-                    p["id"],
-                    str_of(&p["rule"]["id"]),
-                    str_of(&p["workload"]),
-                    str_of(&p["session"]),
-                    p["pid"],
-                    p["exe"].as_str().unwrap_or("?"),
-                    p["expires"]
-                        .as_u64()
-                        .unwrap_or(0)
-                        .saturating_sub(now_secs()),
-                    str_of(&p["statement"]),
-                );
+                println!("{}", pretty(&a)?);
+            } else {
+                print!("{}", status::render_pending(&a, now_secs()));
             }
             Ok(())
         }
@@ -435,17 +417,8 @@ async fn approvals(cmd: ApprovalsCommand) -> anyhow::Result<()> {
 async fn grants(cmd: GrantsCommand) -> anyhow::Result<()> {
     match cmd {
         GrantsCommand::List { control } => {
-            let r = control::call(&control, &Request::ApprovalsList).await?;
-            for g in r["grants"].as_array().into_iter().flatten() {
-                println!(
-                    "grant {} workload={} rule={} for {}s more, opened by {}",
-                    g["id"],
-                    str_of(&g["workload"]),
-                    str_of(&g["rule"]),
-                    g["until"].as_u64().unwrap_or(0).saturating_sub(now_secs()),
-                    g["by"]["user"].as_str().unwrap_or("?")
-                );
-            }
+            let a = control::approvals(&control).await?;
+            print!("{}", status::render_grants(&a, now_secs()));
             Ok(())
         }
         GrantsCommand::Revoke { id, control } => {
@@ -454,6 +427,11 @@ async fn grants(cmd: GrantsCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A reply as pretty JSON, its keys sorted (as the agent's replies always were).
+fn pretty(v: &impl serde::Serialize) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(&serde_json::to_value(v)?)?)
 }
 
 fn now_secs() -> u64 {
@@ -615,91 +593,4 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn print_status(s: &Value) {
-    let a = &s["agent"];
-    println!(
-        "pgwarden {} (pid {}, {} mode)",
-        a["version"].as_str().unwrap_or("?"),
-        a["pid"],
-        a["mode"].as_str().unwrap_or("?")
-    );
-    println!(
-        "cgroup2 root: {}",
-        s["cgroup2_root"].as_str().unwrap_or("?")
-    );
-    println!("listening:    {}", join(&s["listen"]));
-    println!("intercepting: {}", join(&s["intercept"]));
-    let u = &s["unix"];
-    println!(
-        "unix sockets: {}{}",
-        u["state"].as_str().unwrap_or("?"),
-        u["listen"]
-            .as_str()
-            .map(|l| format!(" via {l}"))
-            .unwrap_or_default()
-    );
-    if u["intercept"].is_array() {
-        println!("  intercept:  {}", join(&u["intercept"]));
-        println!("  allow:      {}", join(&u["allow"]));
-    }
-    if let Some(m) = u["missing"].as_str() {
-        println!("  missing:    {m}");
-    }
-    println!("attached:");
-    for p in s["attached"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<14} {:<22} {}",
-            str_of(&p["program"]),
-            str_of(&p["hook"]),
-            str_of(&p["target"])
-        );
-    }
-    if let Some(c) = s["counters"].as_object() {
-        let parts: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("counters:     {}", parts.join(" "));
-    }
-    println!("tagged cgroups:");
-    for t in s["tagged"].as_array().into_iter().flatten() {
-        let source = &t["source"];
-        let why = match source["pattern"].as_str() {
-            Some(p) => format!("{} {p}", str_of(&source["kind"])),
-            None => str_of(&source["kind"]).to_owned(),
-        };
-        println!(
-            "  {:<50} {:<20} ({why})",
-            str_of(&t["path"]),
-            str_of(&t["workload"])
-        );
-    }
-    let sessions = s["sessions"].as_array().map_or(&[][..], Vec::as_slice);
-    println!("sessions: {}", sessions.len());
-    for x in sessions {
-        let who = &x["identity"];
-        println!(
-            "  {} {:<16} pid={} uid={} exe={} cgroup={} {} -> {}",
-            str_of(&x["id"]),
-            str_of(&x["workload"]),
-            who["pid"],
-            who["uid"],
-            who["exe"].as_str().unwrap_or("?"),
-            who["cgroup"].as_str().unwrap_or("?"),
-            str_of(&x["client"]),
-            str_of(&x["server"]),
-        );
-    }
-}
-
-fn str_of(v: &Value) -> &str {
-    v.as_str().unwrap_or("?")
-}
-
-fn join(v: &Value) -> String {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|x| x.as_str().unwrap_or("?").to_owned())
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -4,15 +4,30 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::warn;
 
-/// What answers a request: `(request, caller uid) -> reply`, run on a blocking thread. The
+use crate::status::{Approvals, Status};
+
+/// What answers a request: `(request, caller uid) -> answer`, run on a blocking thread. The
 /// daemon supplies it; this module only speaks the socket protocol.
-pub type Handler = Arc<dyn Fn(Request, u32) -> anyhow::Result<Value> + Send + Sync>;
+pub type Handler = Arc<dyn Fn(Request, u32) -> anyhow::Result<Answer> + Send + Sync>;
+
+/// A request's result, serialized here into the reply.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    /// `status`.
+    Status(Box<Status>),
+    /// `approvals list`.
+    Approvals(Approvals),
+    /// Any other request's small result.
+    Json(Value),
+}
 
 /// A request from the CLI.
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,14 +77,14 @@ impl Request {
     }
 }
 
-/// The agent's reply.
+/// The agent's reply: `result` is an [`Answer`] as the agent sends it, read back as whatever
+/// type the caller expects (a [`Status`] for `status`).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Reply {
+pub struct Reply<T = Value> {
     /// Whether the request succeeded.
     pub ok: bool,
-    /// The result, when ok.
-    #[serde(default)]
-    pub result: Value,
+    /// The result, when ok (`null` otherwise; a missing `Option` reads as `None`).
+    pub result: Option<T>,
     /// What went wrong, when not.
     #[serde(default)]
     pub error: Option<String>,
@@ -139,7 +154,7 @@ async fn serve_one(handler: &Handler, stream: UnixStream) -> anyhow::Result<()> 
     reader.read_line(&mut line).await?;
     let fail = |error: String| Reply {
         ok: false,
-        result: Value::Null,
+        result: None,
         error: Some(error),
     };
     let reply = match serde_json::from_str::<Request>(&line) {
@@ -152,7 +167,7 @@ async fn serve_one(handler: &Handler, stream: UnixStream) -> anyhow::Result<()> 
             match tokio::task::spawn_blocking(move || handler(req, uid)).await {
                 Ok(Ok(result)) => Reply {
                     ok: true,
-                    result,
+                    result: Some(result),
                     error: None,
                 },
                 Ok(Err(e)) => fail(format!("{e:#}")),
@@ -169,6 +184,25 @@ async fn serve_one(handler: &Handler, stream: UnixStream) -> anyhow::Result<()> 
 
 /// Sends one request to the agent and returns its result.
 pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Value> {
+    Ok(call_as::<Value>(socket, req).await?.unwrap_or(Value::Null))
+}
+
+/// The agent's status snapshot.
+pub async fn status(socket: &Path) -> anyhow::Result<Status> {
+    call_as(socket, &Request::Status)
+        .await?
+        .context("the agent sent no status")
+}
+
+/// Held statements and open grants.
+pub async fn approvals(socket: &Path) -> anyhow::Result<Approvals> {
+    call_as(socket, &Request::ApprovalsList)
+        .await?
+        .context("the agent sent no approvals")
+}
+
+/// Sends one request to the agent and reads its result as a `T`.
+async fn call_as<T: DeserializeOwned>(socket: &Path, req: &Request) -> anyhow::Result<Option<T>> {
     let stream = UnixStream::connect(socket).await.with_context(|| {
         format!(
             "cannot reach the pgwarden agent at {} (is `pgwarden run` running? are you root?)",
@@ -181,7 +215,7 @@ pub async fn call(socket: &Path, req: &Request) -> anyhow::Result<Value> {
     write.write_all(&out).await?;
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
-    let reply: Reply = serde_json::from_str(&line).context("malformed reply from the agent")?;
+    let reply: Reply<T> = serde_json::from_str(&line).context("malformed reply from the agent")?;
     if reply.ok {
         Ok(reply.result)
     } else {

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod redirect;
 pub mod session;
 pub mod sqltext;
+pub mod status;
 pub mod tags;
 pub mod tls;
 pub mod unixdiag;

@@ -1,229 +1,306 @@
 //! Prometheus metrics (`metrics.listen` in the config): sessions, statements by decision and
 //! workload, masked values, approvals, audit queue and errors, statement latency, and the
-//! kernel programs' redirect counters. Text exposition format on `GET /metrics`.
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+//! kernel programs' redirect counters, in a `prometheus-client` registry served on `GET /metrics`.
+//!
+//! The sessions count statements, masked values and latency here as they go; everything else
+//! is read from the agent's [`Status`] snapshot at each scrape, so `/metrics` and
+//! `pgwarden status` cannot disagree.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
-use tracing::{info, warn};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
-/// The agent's state at a scrape, as the daemon reads it.
-pub struct Scrape {
-    /// Live sessions.
-    pub sessions: usize,
-    /// Statements waiting for approval.
-    pub approvals_pending: usize,
-    /// Open grants.
-    pub grants_open: usize,
-    /// The journal's counters: (name, help, value).
-    pub audit: Vec<(&'static str, &'static str, u64)>,
-    /// The kernel programs' counters, when loaded.
-    pub redirect: Option<Vec<(&'static str, u64)>>,
-}
+use crate::status::{Audit, Status};
 
-/// What renders the exposition text on each scrape.
-pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+mod serve;
+
+pub use serve::{Snapshot, serve};
 
 /// Upper bounds of the statement latency histogram, seconds.
 const BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0, 10.0,
 ];
 
-/// Counters the sessions update.
+/// Where the snapshot has one of the journal's gauges.
+type AuditField = fn(&Audit) -> u64;
+
+/// The journal's gauges: `pgwarden_audit_<name>`, help, and where the snapshot has it.
+const AUDIT: [(&str, &str, AuditField); 6] = [
+    (
+        "last_seq",
+        "Sequence number of the last record written",
+        |a| a.last_seq,
+    ),
+    ("queue_depth", "Records waiting to be written", |a| {
+        a.queue_depth
+    }),
+    ("records_written", "Records written since start", |a| {
+        a.records_written
+    }),
+    ("write_errors", "Failed writes since start", |a| {
+        a.write_errors
+    }),
+    (
+        "journald_errors",
+        "Failed journald sends since start",
+        |a| a.journald_errors,
+    ),
+    ("dropped", "Records dropped by a full async queue", |a| {
+        a.dropped
+    }),
+];
+
+/// The exposition format of a scrape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text 0.0.4: what a client that asks for nothing in particular gets.
+    Prometheus,
+    /// OpenMetrics 1.0 text, for a scraper that asks for it (`Accept`): counter families
+    /// are named without `_total` in `# TYPE`, samples keep it, and the body ends in `# EOF`.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Self::OpenMetrics,
+            _ => Self::Prometheus,
+        }
+    }
+
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatementLabels {
+    workload: String,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabels {
+    workload: String,
+}
+
+type U64Gauge = Gauge<u64, AtomicU64>;
+
+/// The gauges set from the snapshot at each scrape.
 #[derive(Default)]
+struct Gauges {
+    sessions: U64Gauge,
+    approvals_pending: U64Gauge,
+    grants_open: U64Gauge,
+    audit: [U64Gauge; AUDIT.len()],
+}
+
+impl Gauges {
+    fn set(&self, s: &Status) {
+        let n = |len: usize| u64::try_from(len).unwrap_or(u64::MAX);
+        self.sessions.set(n(s.sessions.len()));
+        self.approvals_pending.set(n(s.approvals.pending.len()));
+        self.grants_open.set(n(s.approvals.grants.len()));
+        for (g, (_, _, read)) in self.audit.iter().zip(AUDIT) {
+            g.set(read(&s.audit));
+        }
+    }
+}
+
+/// The kernel programs' counters as the last snapshot had them: `pgwarden_redirect_total`,
+/// absent when no programs are loaded. A collector, because they are counted in the kernel
+/// and only read here.
+#[derive(Debug, Default)]
+struct KernelCounters(Mutex<BTreeMap<String, u64>>);
+
+impl Collector for KernelCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if counters.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "pgwarden_redirect",
+            "The kernel programs' counters.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (event, v) in counters.iter() {
+            ConstCounter::new(*v).encode(family.encode_family(&[("event", event.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The agent's metrics: counters the sessions update, and the registry a scrape encodes.
 pub struct Metrics {
-    /// Workload -> decision -> count (looked up by `&str`: no allocation per statement).
-    statements: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
-    masked: Mutex<BTreeMap<String, u64>>,
-    latency: [AtomicU64; BUCKETS.len() + 1],
-    latency_sum_us: AtomicU64,
-    latency_count: AtomicU64,
+    registry: Registry,
+    statements: Family<StatementLabels, Counter>,
+    /// Workload -> (decision, its counter in `statements`): looked up by `&str`, so counting
+    /// a statement allocates nothing once its workload and decision were seen.
+    statement_counters: RwLock<HashMap<String, Vec<(&'static str, Counter)>>>,
+    masked: Family<WorkloadLabels, Counter>,
+    /// Workload -> its counter in `masked`, as `statement_counters`.
+    masked_counters: RwLock<HashMap<String, Counter>>,
+    latency: Histogram,
+    gauges: Gauges,
+    kernel: Arc<KernelCounters>,
+    /// Held from setting the gauges to the end of encoding: each scrape shows one snapshot.
+    scraping: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let statements = Family::<StatementLabels, Counter>::default();
+        let masked = Family::<WorkloadLabels, Counter>::default();
+        let latency = Histogram::new(BUCKETS);
+        let gauges = Gauges::default();
+        let kernel = Arc::new(KernelCounters::default());
+        // Help texts without the final full stop: the registry adds it.
+        let mut r = Registry::default();
+        r.register(
+            "pgwarden_sessions",
+            "Live intercepted sessions",
+            gauges.sessions.clone(),
+        );
+        r.register(
+            "pgwarden_statements",
+            "Statements by workload and decision",
+            statements.clone(),
+        );
+        r.register(
+            "pgwarden_masked_values",
+            "Values masked, by workload",
+            masked.clone(),
+        );
+        r.register(
+            "pgwarden_approvals_pending",
+            "Statements waiting for approval",
+            gauges.approvals_pending.clone(),
+        );
+        r.register(
+            "pgwarden_grants_open",
+            "Open approval grants",
+            gauges.grants_open.clone(),
+        );
+        for (g, (name, help, _)) in gauges.audit.iter().zip(AUDIT) {
+            r.register(format!("pgwarden_audit_{name}"), help, g.clone());
+        }
+        r.register_with_unit(
+            "pgwarden_statement",
+            "Time from a statement sent to the server to its ReadyForQuery",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        r.register_collector(Box::new(Arc::clone(&kernel)));
+        Self {
+            registry: r,
+            statements,
+            statement_counters: RwLock::default(),
+            masked,
+            masked_counters: RwLock::default(),
+            latency,
+            gauges,
+            kernel,
+            scraping: Mutex::new(()),
+        }
+    }
 }
 
 impl Metrics {
     /// A statement decision (`allow`, `deny`, `hold`, `mask`).
     pub fn statement(&self, workload: &str, decision: &'static str) {
-        let mut m = self
-            .statements
-            .lock()
+        {
+            let known = self
+                .statement_counters
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, c)) = known
+                .get(workload)
+                .and_then(|by| by.iter().find(|(d, _)| *d == decision))
+            {
+                c.inc();
+                return;
+            }
+        }
+        let c = self.statements.get_or_create_owned(&StatementLabels {
+            workload: workload.to_owned(),
+            decision,
+        });
+        c.inc();
+        let mut known = self
+            .statement_counters
+            .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(by) = m.get_mut(workload) {
-            *by.entry(decision).or_insert(0) += 1;
-        } else {
-            m.insert(workload.to_owned(), BTreeMap::from([(decision, 1)]));
+        let by = known.entry(workload.to_owned()).or_default();
+        if !by.iter().any(|(d, _)| *d == decision) {
+            by.push((decision, c));
         }
     }
 
     /// Values masked for a workload.
     pub fn masked(&self, workload: &str, n: u64) {
-        if n > 0 {
-            let mut m = self.masked.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(c) = m.get_mut(workload) {
-                *c += n;
-            } else {
-                m.insert(workload.to_owned(), n);
-            }
+        if n == 0 {
+            return;
         }
+        if let Some(c) = self
+            .masked_counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(workload)
+        {
+            c.inc_by(n);
+            return;
+        }
+        let c = self.masked.get_or_create_owned(&WorkloadLabels {
+            workload: workload.to_owned(),
+        });
+        c.inc_by(n);
+        self.masked_counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(workload.to_owned())
+            .or_insert(c);
     }
 
     /// A statement's time from sending to ReadyForQuery.
     pub fn latency(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|b| s <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.latency[i].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us.fetch_add(
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(d.as_secs_f64());
     }
-}
 
-/// The exposition text.
-pub fn render(m: &Metrics, scrape: &Scrape) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP pgwarden_sessions Live intercepted sessions.\n# TYPE pgwarden_sessions gauge"
-    );
-    let _ = writeln!(out, "pgwarden_sessions {}", scrape.sessions);
-    let _ = writeln!(
-        out,
-        "# HELP pgwarden_statements_total Statements by workload and decision.\n# TYPE pgwarden_statements_total counter"
-    );
-    for (w, by) in m
-        .statements
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-    {
-        for (d, n) in by {
-            let _ = writeln!(
-                out,
-                "pgwarden_statements_total{{workload=\"{}\",decision=\"{d}\"}} {n}",
-                escape(w)
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP pgwarden_masked_values_total Values masked, by workload.\n# TYPE pgwarden_masked_values_total counter"
-    );
-    for (w, n) in m
-        .masked
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-    {
-        let _ = writeln!(
-            out,
-            "pgwarden_masked_values_total{{workload=\"{}\"}} {n}",
-            escape(w)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP pgwarden_approvals_pending Statements waiting for approval.\n# TYPE pgwarden_approvals_pending gauge"
-    );
-    let _ = writeln!(
-        out,
-        "pgwarden_approvals_pending {}",
-        scrape.approvals_pending
-    );
-    let _ = writeln!(
-        out,
-        "# HELP pgwarden_grants_open Open approval grants.\n# TYPE pgwarden_grants_open gauge"
-    );
-    let _ = writeln!(out, "pgwarden_grants_open {}", scrape.grants_open);
-    {
-        for (name, help, value) in &scrape.audit {
-            let _ = writeln!(
-                out,
-                "# HELP pgwarden_audit_{name} {help}\n# TYPE pgwarden_audit_{name} gauge\npgwarden_audit_{name} {value}"
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP pgwarden_statement_seconds Time from a statement sent to the server to its ReadyForQuery.\n# TYPE pgwarden_statement_seconds histogram"
-    );
-    let mut cumulative = 0;
-    for (i, b) in BUCKETS.iter().enumerate() {
-        cumulative += m.latency[i].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "pgwarden_statement_seconds_bucket{{le=\"{b}\"}} {cumulative}"
-        );
-    }
-    cumulative += m.latency[BUCKETS.len()].load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "pgwarden_statement_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-    );
-    let sum = f64::from(
-        u32::try_from(m.latency_sum_us.load(Ordering::Relaxed) / 1000).unwrap_or(u32::MAX),
-    ) / 1000.0;
-    let _ = writeln!(out, "pgwarden_statement_seconds_sum {sum}");
-    let _ = writeln!(
-        out,
-        "pgwarden_statement_seconds_count {}",
-        m.latency_count.load(Ordering::Relaxed)
-    );
-    if let Some(counters) = &scrape.redirect {
-        let _ = writeln!(
-            out,
-            "# HELP pgwarden_redirect_total The kernel programs' counters.\n# TYPE pgwarden_redirect_total counter"
-        );
-        for (name, v) in counters {
-            let _ = writeln!(out, "pgwarden_redirect_total{{event=\"{name}\"}} {v}");
-        }
-    }
-    out
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Serves `GET /metrics` on `listener` until the agent stops.
-pub async fn serve(render: Render, listener: TcpListener) {
-    if let Ok(a) = listener.local_addr() {
-        info!(listen = %a, "metrics endpoint ready");
-    }
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let render = Arc::clone(&render);
-        tokio::spawn(async move {
-            let mut req = [0u8; 1024];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut req)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let head = String::from_utf8_lossy(&req[..n]);
-            let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ")
-            {
-                ("200 OK", render())
-            } else {
-                ("404 Not Found", "not found\n".to_owned())
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = sock.write_all(reply.as_bytes()).await {
-                warn!("metrics: {e}");
+    /// The exposition text for a scrape, its gauges read from `status`.
+    pub fn render(&self, status: &Status, format: Format) -> Result<String, std::fmt::Error> {
+        let _one = self.scraping.lock().unwrap_or_else(PoisonError::into_inner);
+        self.gauges.set(status);
+        status
+            .counters
+            .clone_into(&mut self.kernel.0.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut out = String::new();
+        match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
             }
-        });
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+            }
+        }
+        Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,11 +19,13 @@ use crate::tags::{TagSink, Tagger};
 
 mod listen;
 mod requests;
+mod snapshot;
 mod systemd;
 mod watch;
 
 use listen::{accept_loop, accept_unix_loop, bind_unix, serve_namespaces};
-use systemd::{notify_systemd, watchdog_period};
+use sd_notify::NotifyState;
+use systemd::watchdog_period;
 use watch::{rescan_loop, watch_attaches, watch_events, watch_policies};
 
 /// State shared by the listener, the sessions, the tag watcher and the control socket.
@@ -67,13 +69,6 @@ pub struct NsServed {
     stop: tokio::sync::watch::Sender<bool>,
 }
 
-impl serde::Serialize for NsServed {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serde_json::json!({ "netns": self.ns.id.0, "pid": self.ns.pid, "listen": self.listen })
-            .serialize(s)
-    }
-}
-
 /// Tag sink for listen-only mode: decisions are kept for status, nothing is in the kernel.
 struct NoKernel;
 
@@ -105,50 +100,6 @@ impl Shared {
                 error!("audit: {e}");
             }
         });
-    }
-
-    /// What metrics show of the agent's state now.
-    fn scrape(&self) -> crate::metrics::Scrape {
-        crate::metrics::Scrape {
-            sessions: self.env.registry.len(),
-            approvals_pending: self.env.approvals.pending().len(),
-            grants_open: self.env.approvals.grants().len(),
-            audit: self.audit_status(),
-            redirect: self.redirect.as_ref().map(|r| lock(r).counters()),
-        }
-    }
-
-    /// The journal's state for status and metrics: (name, help, value).
-    fn audit_status(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let s = self.env.journal.status();
-        vec![
-            (
-                "last_seq",
-                "Sequence number of the last record written.",
-                s.last_seq,
-            ),
-            (
-                "queue_depth",
-                "Records waiting to be written.",
-                u64::try_from(s.queue_depth).unwrap_or(u64::MAX),
-            ),
-            (
-                "records_written",
-                "Records written since start.",
-                s.records_written,
-            ),
-            ("write_errors", "Failed writes since start.", s.write_errors),
-            (
-                "journald_errors",
-                "Failed journald sends since start.",
-                s.journald_errors,
-            ),
-            (
-                "dropped",
-                "Records dropped by a full async queue.",
-                s.dropped,
-            ),
-        ]
     }
 
     /// Walks the cgroup tree and brings the kernel's tags in line with it.
@@ -386,7 +337,8 @@ pub async fn run(
             .with_context(|| format!("binding metrics.listen {addr}"))?;
         let scraped = Arc::clone(&shared);
         tokio::spawn(crate::metrics::serve(
-            Arc::new(move || crate::metrics::render(&scraped.env.metrics, &scraped.scrape())),
+            Arc::clone(&shared.env.metrics),
+            Arc::new(move || snapshot::status(&scraped)),
             l,
         ));
     }
@@ -427,13 +379,16 @@ pub async fn run(
         .await
         .context("writing agent.start to the audit journal")?;
     info!(listen = ?listen, "pgwarden ready");
-    notify_systemd("READY=1\nSTATUS=attached, listening");
+    systemd::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("attached, listening"),
+    ]);
     if let Some(period) = watchdog_period() {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                notify_systemd("WATCHDOG=1");
+                systemd::notify(&[NotifyState::Watchdog]);
             }
         });
     }
@@ -464,7 +419,7 @@ pub async fn run(
 /// stay pinned), withdraw held statements, let running statements finish for the drain time,
 /// then close what is left with 57P01.
 async fn stop(shared: &Shared) {
-    notify_systemd("STOPPING=1");
+    systemd::notify(&[NotifyState::Stopping]);
     shared.stopping.send_replace(true);
     let reason = "pgwarden is stopping";
     shared.env.approvals.withdraw_all(reason);
