@@ -191,38 +191,6 @@ impl Glob {
     }
 }
 
-/// Whether `text` matches the glob `pattern` (see [`Glob`]); a pattern that does not compile
-/// matches nothing. Compiled patterns are kept (up to [`GLOB_CACHE`] of them), so calling
-/// this per statement costs a lookup, not a compile; where patterns are known up front, hold
-/// [`Glob`]s instead.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    use std::collections::HashMap;
-    use std::sync::{PoisonError, RwLock};
-    static CACHE: RwLock<Option<HashMap<String, Option<Glob>>>> = RwLock::new(None);
-    if let Some(compiled) = CACHE
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_ref()
-        .and_then(|c| c.get(pattern))
-    {
-        return compiled.as_ref().is_some_and(|g| g.is_match(text));
-    }
-    let compiled = Glob::new(pattern).ok();
-    let hit = compiled.as_ref().is_some_and(|g| g.is_match(text));
-    let mut cache = CACHE.write().unwrap_or_else(PoisonError::into_inner);
-    let cache = cache.get_or_insert_with(HashMap::new);
-    if cache.len() >= GLOB_CACHE {
-        // Patterns come from the config and policies: this only happens after many reloads
-        // with new patterns. Start over rather than track ages.
-        cache.clear();
-    }
-    cache.insert(pattern.to_owned(), compiled);
-    hit
-}
-
-/// Most patterns [`glob_match`] keeps compiled.
-pub const GLOB_CACHE: usize = 4_096;
-
 /// The cgroup id of a cgroup2 directory: its inode number.
 pub fn cgroup_id(dir: &Path) -> Result<CgroupId, CgroupError> {
     fs::metadata(dir)
@@ -390,7 +358,7 @@ mod tests {
             ("dev-x\\x2dy.scope", "dev-x\\x2dy.scope", true),
         ];
         for (p, t, want) in cases {
-            assert_eq!(glob_match(p, t), want, "{p} vs {t}");
+            assert_eq!(Glob::new(p).unwrap().is_match(t), want, "{p} vs {t}");
             assert_eq!(Glob::new(p).unwrap().is_match(t), want, "{p} vs {t}");
         }
     }
@@ -402,8 +370,8 @@ mod tests {
         let pattern = "a*a*a*a*a*a*a*a*a*b";
         let text = "a".repeat(200);
         let started = std::time::Instant::now();
-        assert!(!glob_match(pattern, &text));
-        assert!(glob_match(pattern, &format!("{text}b")));
+        assert!(!Glob::new(pattern).unwrap().is_match(&text));
+        assert!(Glob::new(pattern).unwrap().is_match(&format!("{text}b")));
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }

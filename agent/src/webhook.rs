@@ -179,12 +179,6 @@ pub async fn send(url: &Url, body: Vec<u8>, timeout: Duration) -> Result<(), Web
     Err(last.unwrap_or(WebhookError::Timeout(timeout.as_secs())))
 }
 
-/// [`send`] with the error as one line of text (see [`WebhookError::chain`]), for callers
-/// that log and audit it as such.
-pub async fn post(url: &Url, body: Vec<u8>, timeout: Duration) -> Result<(), String> {
-    send(url, body, timeout).await.map_err(|e| e.chain())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,10 +126,10 @@ impl Recorder {
         );
         tokio::spawn(async move {
             let result = match crate::webhook::Url::parse(&url) {
-                Ok(u) => crate::webhook::post(&u, body, timeout).await,
-                Err(e) => Err(e.to_string()),
+                Ok(u) => crate::webhook::send(&u, body, timeout).await,
+                Err(e) => Err(e),
             };
-            if let Err(e) = result {
+            if let Err(e) = result.map_err(|e| e.chain()) {
                 warn!(request = id, webhook = %url, "approval webhook failed after {} attempts: {e}; the request still waits", crate::webhook::ATTEMPTS);
                 let rec = Record::new(Event::ApprovalRequested)
                     .session(session)

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::analyze::{Access, Class, Facts, TableRef};
 use super::decision::Denied;
 use super::file::{Mode, PolicyFile};
-use crate::cgroup::glob_match;
+use crate::cgroup::Glob;
 
 /// SQLSTATE insufficient_privilege: what every denial carries.
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
@@ -73,7 +73,8 @@ pub struct Profile {
     tables: Option<BTreeMap<(String, String), BTreeSet<Access>>>,
     deny_tables: HashSet<(String, String)>,
     deny_columns: Vec<(String, String, String)>,
-    functions_deny: Vec<String>,
+    #[serde(serialize_with = "glob_texts")]
+    functions_deny: Vec<Glob>,
     max_sleep: f64,
     search_path: Vec<String>,
     allow_search_path_change: bool,
@@ -86,6 +87,10 @@ pub struct Profile {
     pub mode: Mode,
     /// Handling of SQL that does not parse.
     pub unparsed: Mode,
+}
+
+fn glob_texts<S: serde::Serializer>(globs: &[Glob], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(globs.iter().map(Glob::as_str))
 }
 
 fn split2(s: &str) -> (String, String) {
@@ -114,6 +119,8 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
             .map(|s| (*s).to_owned())
             .filter(|f| !file.functions.allow.contains(f))
             .chain(file.functions.deny.iter().cloned())
+            // Validated when the file was loaded (`file::load`); the built-in list compiles.
+            .filter_map(|g| Glob::new(&g).ok())
             .collect(),
         max_sleep: file.functions.max_sleep_seconds,
         search_path: file.search_path.clone(),
@@ -467,8 +474,7 @@ impl Profile {
         }
         for func in &f.functions {
             let bare = func.name.as_str();
-            if let Some(g) = self.functions_deny.iter().find(|g| glob_match(g, bare)) {
-                let _ = g;
+            if self.functions_deny.iter().any(|g| g.is_match(bare)) {
                 return Some(deny(
                     "function.denied",
                     format!("function {bare} is not allowed"),

@@ -235,6 +235,19 @@ impl PolicyFile {
                 ),
             ));
         }
+        for (list, patterns) in [
+            ("deny", &self.functions.deny),
+            ("allow", &self.functions.allow),
+        ] {
+            for (i, g) in patterns.iter().enumerate() {
+                if let Err(e) = crate::cgroup::Glob::new(g) {
+                    return Err(Invalid::value(
+                        yaml_path!["functions", list, i],
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
         for (name, p) in &self.profiles {
             let at = |steps: crate::config::locate::Path| {
                 let mut path = yaml_path!["profiles", name.as_str()];
