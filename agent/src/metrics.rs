@@ -25,6 +25,14 @@ mod serve;
 
 pub use serve::{Snapshot, serve};
 
+/// The Prometheus endpoint (off unless `listen` is given).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of `GET /metrics`, e.g. `127.0.0.1:9187`.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// Upper bounds of the statement latency histogram, seconds.
 const BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0, 10.0,

@@ -8,7 +8,63 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, InvalidDnsNameError, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::config::{ClientTlsConfig, SslMode, UpstreamConfig};
+use serde::Deserialize;
+
+/// Certificate and key pgwarden presents to clients that ask for TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// TLS toward the real server, as libpq's `sslmode` means it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never.
+    Disable,
+    /// When the server offers it, without verifying the certificate.
+    #[default]
+    Prefer,
+    /// Always, without verifying the certificate.
+    Require,
+    /// Always, verifying the certificate chain against `ca` and the server's name or address.
+    VerifyFull,
+}
+
+/// The connection to the real server.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// TLS mode.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM CA certificates for `verify-full`.
+    pub ca: Option<PathBuf>,
+    /// Name to verify the server's certificate against (default: its address).
+    pub server_name: Option<String>,
+    /// Seconds to wait for the TCP connect.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            sslmode: SslMode::default(),
+            ca: None,
+            server_name: None,
+            connect_timeout_seconds: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> u64 {
+    10
+}
 
 /// Why a TLS side could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,9 @@ use tokio::sync::oneshot;
 
 use crate::names::SessionId;
 
+mod config;
 mod record;
+pub use config::ApprovalsConfig;
 pub use record::Recorder;
 
 /// An approval rule of a profile.

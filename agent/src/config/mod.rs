@@ -1,5 +1,6 @@
-//! The agent's YAML configuration: its schema and defaults here, the `audit:` section is
-//! the audit layer's own ([`crate::audit::AuditConfig`]), loading and the checks whose errors name file:line:column in [`load`].
+//! The agent's YAML configuration: its schema and defaults here, each layer's own section
+//! is that layer's (`audit:`, `approvals:`, `mask:`, `metrics:`, `tls:`/`upstream:`),
+//! re-exported here; loading and the checks whose errors name file:line:column in [`load`].
 use std::net::{SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 
@@ -11,7 +12,11 @@ use crate::dest::Destination;
 mod load;
 pub mod locate;
 
+pub use crate::approval::ApprovalsConfig;
 pub use crate::audit::{AuditConfig, AuditMode, JournaldMirror};
+pub use crate::mask::MaskConfig;
+pub use crate::metrics::MetricsConfig;
+pub use crate::tls::{ClientTlsConfig, SslMode, UpstreamConfig};
 pub use load::{ConfigError, Invalid, valid_workload_name};
 
 /// The whole configuration file.
@@ -101,38 +106,6 @@ impl RuntimeConfig {
     }
 }
 
-/// Where held statements are announced.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApprovalsConfig {
-    /// URL (http:// or https://) that receives a JSON POST for every held statement.
-    pub webhook: Option<String>,
-    /// Seconds per webhook attempt (three attempts, 1 s and 2 s apart).
-    #[serde(default = "default_webhook_timeout")]
-    pub webhook_timeout_seconds: u64,
-}
-
-impl Default for ApprovalsConfig {
-    fn default() -> Self {
-        Self {
-            webhook: None,
-            webhook_timeout_seconds: default_webhook_timeout(),
-        }
-    }
-}
-
-fn default_webhook_timeout() -> u64 {
-    5
-}
-
-/// The Prometheus endpoint (off unless `listen` is given).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Address of `GET /metrics`, e.g. `127.0.0.1:9187`.
-    pub listen: Option<std::net::SocketAddr>,
-}
-
 /// The kernel side's pins.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,125 +148,6 @@ impl Default for ShutdownConfig {
 
 fn default_drain() -> u64 {
     10
-}
-
-/// Masking settings of the host.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MaskConfig {
-    /// File holding the key of the `hash` method (any bytes; at least 16). Required when a
-    /// policy uses `hash`.
-    pub hash_key_file: Option<PathBuf>,
-}
-
-/// Certificate and key pgwarden presents to clients that ask for TLS.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientTlsConfig {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
-}
-
-/// TLS toward the real server, as libpq's `sslmode` means it.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Never.
-    Disable,
-    /// When the server offers it, without verifying the certificate.
-    #[default]
-    Prefer,
-    /// Always, without verifying the certificate.
-    Require,
-    /// Always, verifying the certificate chain against `ca` and the server's name or address.
-    VerifyFull,
-}
-
-/// The connection to the real server.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// TLS mode.
-    #[serde(default)]
-    pub sslmode: SslMode,
-    /// PEM CA certificates for `verify-full`.
-    pub ca: Option<PathBuf>,
-    /// Name to verify the server's certificate against (default: its address).
-    pub server_name: Option<String>,
-    /// Seconds to wait for the TCP connect.
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_seconds: u64,
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        Self {
-            sslmode: SslMode::default(),
-            ca: None,
-            server_name: None,
-            connect_timeout_seconds: default_connect_timeout(),
-        }
-    }
-}
-
-/// Maximum message sizes; a message over its limit ends the session with an error.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Any message not listed below, bytes.
-    #[serde(default = "default_message_bytes")]
-    pub message_bytes: usize,
-    /// Client messages carrying statements or data (Query, Parse, Bind, CopyData,
-    /// FunctionCall), bytes.
-    #[serde(default = "default_statement_bytes")]
-    pub statement_bytes: usize,
-    /// Server messages carrying data (DataRow, CopyData, FunctionCallResponse), bytes.
-    #[serde(default = "default_result_bytes")]
-    pub result_bytes: usize,
-    /// Seconds a client has to finish its startup (TLS handshake and StartupMessage).
-    #[serde(default = "default_startup_timeout")]
-    pub startup_timeout_seconds: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            message_bytes: default_message_bytes(),
-            statement_bytes: default_statement_bytes(),
-            result_bytes: default_result_bytes(),
-            startup_timeout_seconds: default_startup_timeout(),
-        }
-    }
-}
-
-impl LimitsConfig {
-    /// The wire layer's limits.
-    pub fn wire(&self) -> crate::wire::Limits {
-        crate::wire::Limits {
-            default: self.message_bytes,
-            frontend_large: self.statement_bytes,
-            backend_large: self.result_bytes,
-            startup: 10_000,
-        }
-    }
-}
-
-fn default_connect_timeout() -> u64 {
-    10
-}
-fn default_message_bytes() -> usize {
-    1 << 20
-}
-fn default_statement_bytes() -> usize {
-    64 << 20
-}
-fn default_result_bytes() -> usize {
-    1 << 30
-}
-fn default_startup_timeout() -> u64 {
-    30
 }
 
 /// The interceptor's listen addresses. Loopback by default: redirected connects land here.
@@ -420,26 +274,6 @@ impl Default for CgroupsConfig {
     }
 }
 
-/// Listen-only (development) mode.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenOnlyConfig {
-    /// The PostgreSQL server to relay to, `host:port`.
-    pub upstream: Option<String>,
-    /// Workload name given to listen-only sessions.
-    #[serde(default = "default_listen_only_workload")]
-    pub workload: String,
-}
-
-impl Default for ListenOnlyConfig {
-    fn default() -> Self {
-        Self {
-            upstream: None,
-            workload: default_listen_only_workload(),
-        }
-    }
-}
-
 fn default_listen_v4() -> Option<SocketAddrV4> {
     Some(SocketAddrV4::new([127, 0, 0, 1].into(), 15432))
 }
@@ -459,9 +293,6 @@ fn default_intercept() -> Vec<Destination> {
 }
 fn default_rescan() -> u64 {
     10
-}
-fn default_listen_only_workload() -> String {
-    "listen-only".into()
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -486,3 +317,85 @@ impl<'de> Deserialize<'de> for Destination {
 
 #[cfg(test)]
 mod tests;
+
+/// Maximum message sizes; a message over its limit ends the session with an error.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Any message not listed below, bytes.
+    #[serde(default = "default_message_bytes")]
+    pub message_bytes: usize,
+    /// Client messages carrying statements or data (Query, Parse, Bind, CopyData,
+    /// FunctionCall), bytes.
+    #[serde(default = "default_statement_bytes")]
+    pub statement_bytes: usize,
+    /// Server messages carrying data (DataRow, CopyData, FunctionCallResponse), bytes.
+    #[serde(default = "default_result_bytes")]
+    pub result_bytes: usize,
+    /// Seconds a client has to finish its startup (TLS handshake and StartupMessage).
+    #[serde(default = "default_startup_timeout")]
+    pub startup_timeout_seconds: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            message_bytes: default_message_bytes(),
+            statement_bytes: default_statement_bytes(),
+            result_bytes: default_result_bytes(),
+            startup_timeout_seconds: default_startup_timeout(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The wire layer's limits.
+    pub fn wire(&self) -> crate::wire::Limits {
+        crate::wire::Limits {
+            default: self.message_bytes,
+            frontend_large: self.statement_bytes,
+            backend_large: self.result_bytes,
+            startup: 10_000,
+        }
+    }
+}
+
+fn default_message_bytes() -> usize {
+    1 << 20
+}
+
+fn default_statement_bytes() -> usize {
+    64 << 20
+}
+
+fn default_result_bytes() -> usize {
+    1 << 30
+}
+
+fn default_startup_timeout() -> u64 {
+    30
+}
+
+/// Listen-only (development) mode.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenOnlyConfig {
+    /// The PostgreSQL server to relay to, `host:port`.
+    pub upstream: Option<String>,
+    /// Workload name given to listen-only sessions.
+    #[serde(default = "default_listen_only_workload")]
+    pub workload: String,
+}
+
+impl Default for ListenOnlyConfig {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            workload: default_listen_only_workload(),
+        }
+    }
+}
+
+fn default_listen_only_workload() -> String {
+    "listen-only".into()
+}

@@ -18,6 +18,15 @@ pub use pan::Keep;
 use crate::wire::Frame;
 use crate::wire::backend::{self, Column};
 
+/// Masking settings of the host.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    /// File holding the key of the `hash` method (any bytes; at least 16). Required when a
+    /// policy uses `hash`.
+    pub hash_key_file: Option<std::path::PathBuf>,
+}
+
 /// A masked column as a policy names it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ColumnRule {

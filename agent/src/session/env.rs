@@ -6,9 +6,10 @@ use super::origin::Origins;
 use super::registry::Registry;
 use crate::approval::Approvals;
 use crate::audit::Journal;
-use crate::config::{LimitsConfig, UpstreamConfig};
+use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 use crate::policy::Engine;
+use crate::tls::UpstreamConfig;
 
 /// A session's environment.
 pub struct SessionEnv {

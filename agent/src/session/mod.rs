@@ -26,10 +26,10 @@ pub use env::SessionEnv;
 pub use origin::Origins;
 pub use registry::Registry;
 
-use crate::config::SslMode;
 use crate::identity::Identity;
 use crate::names::{ClientAddr, ListenAddr, OrigDstAddr, SessionId, SockAddr, WorkloadName};
 use crate::netns::Netns;
+use crate::tls::SslMode;
 use crate::wire::encode::{self, ErrorFields};
 use crate::wire::startup::{self, Startup};
 use crate::wire::{WireError, backend};
