@@ -488,7 +488,15 @@ fn a_unix_socket_seen_through_another_mount_namespace_is_intercepted() {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net={}", r.ns.path().display()))
         .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind "$1" "$2" && echo 0 > "$0/cgroup.procs" && shift 2 && exec "$@""#)
+        // The agent opens its listeners in a namespace once the kernel reports the first tagged
+        // process there (milliseconds; a connect before that is refused, never direct): wait
+        // for its abstract socket to appear in this namespace, at most 10 s, then connect.
+        .arg(concat!(
+            r#"mount --bind "$1" "$2" && echo 0 > "$0/cgroup.procs" && "#,
+            r#"i=0; until grep -q '@pgwarden/' /proc/net/unix; do i=$((i+1)); "#,
+            r#"[ $i -gt 500 ] && echo 'the agent never listened in this namespace' >&2 && exit 3; "#,
+            r#"sleep 0.02; done; shift 2 && exec "$@""#
+        ))
         .arg(&r.cg.path)
         .arg(r.pg.dir.path())
         .arg(&view)
