@@ -98,13 +98,39 @@ impl TestNetns {
     /// kernel reports the move from the namespace: `nsenter --net=... sh -c 'echo 0 >
     /// CG/cgroup.procs && exec "$@"'`.
     fn command(&self, cg: Option<&TestCgroup>, program: &str) -> Command {
+        self.command_in(cg, program, false)
+    }
+
+    /// [`TestNetns::command`], tagged, that starts `program` only once the agent listens in
+    /// the namespace (its abstract socket is there, polled for at most 10 s). The agent opens
+    /// its listeners when the kernel reports the first tagged process in a namespace, within
+    /// milliseconds; a connect before that is refused, never direct (shown with the agent
+    /// down in `namespace_listeners_close_...`), and a test must not race it.
+    fn command_served(&self, cg: &TestCgroup, program: &str) -> Command {
+        self.command_in(Some(cg), program, true)
+    }
+
+    fn command_in(&self, cg: Option<&TestCgroup>, program: &str, wait: bool) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.path().display()));
+        let wait = if wait {
+            concat!(
+                r#"i=0; until grep -q '@pgwarden/' /proc/net/unix; do i=$((i+1)); "#,
+                r#"[ $i -gt 500 ] && echo 'the agent never listened in this namespace' >&2 && exit 3; "#,
+                r#"sleep 0.02; done; "#
+            )
+        } else {
+            ""
+        };
         match cg {
             Some(cg) => {
-                cmd.args(["sh", "-c", r#"echo 0 > "$0/cgroup.procs" && exec "$@""#])
-                    .arg(&cg.path)
-                    .arg(program);
+                cmd.args([
+                    "sh",
+                    "-c",
+                    &format!(r#"echo 0 > "$0/cgroup.procs" && {wait}exec "$@""#),
+                ])
+                .arg(&cg.path)
+                .arg(program);
             }
             None => {
                 cmd.arg(program);
@@ -206,10 +232,21 @@ impl Rig {
     }
 
     /// psql inside the namespace (tagged when `tagged`) to PostgreSQL's host-side address.
+    /// psql in the namespace; tagged, once the agent serves the namespace.
     fn psql(&self, tagged: bool, sql: &str) -> Output {
-        let mut cmd = self.ns.command(
+        self.psql_in(tagged, tagged, sql)
+    }
+
+    /// Tagged psql in the namespace at once, served or not.
+    fn psql_unserved(&self, sql: &str) -> Output {
+        self.psql_in(true, false, sql)
+    }
+
+    fn psql_in(&self, tagged: bool, wait: bool, sql: &str) -> Output {
+        let mut cmd = self.ns.command_in(
             tagged.then_some(&self.cg),
             &pgwarden_e2e::pg_bin("psql").to_string_lossy(),
+            wait,
         );
         cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-d"])
             .arg(self.pg.url(&self.ns.host_ip))
@@ -312,8 +349,8 @@ fn a_tagged_process_in_its_own_network_namespace_goes_through_pgwarden() {
         r.ctx()
     );
 
-    // Tagged: the first connect right after entering the cgroup from inside the namespace
-    // lands (the attach event opens the namespace's listener), under the reader policy.
+    // Tagged: entering the cgroup from inside the namespace makes the agent serve it (the
+    // kernel's attach event), and the connect lands, under the reader policy.
     let out = r.psql(
         true,
         "SELECT inet_client_addr(), card_number FROM payments ORDER BY id LIMIT 5",
@@ -404,7 +441,7 @@ fn psycopg_and_the_mcp_server_in_a_namespace_are_intercepted() {
                   with psycopg.connect(sys.argv[1]) as c:\n\
                   \x20   for row in c.execute('SELECT host(inet_client_addr()), card_number FROM payments ORDER BY id LIMIT 3'):\n\
                   \x20       print(row[0], row[1])\n";
-    let mut cmd = r.ns.command(Some(&r.cg), &python.to_string_lossy());
+    let mut cmd = r.ns.command_served(&r.cg, &python.to_string_lossy());
     cmd.args(["-c", script]).arg(&url);
     let out = run_output(&mut cmd);
     assert!(
@@ -430,7 +467,7 @@ fn psycopg_and_the_mcp_server_in_a_namespace_are_intercepted() {
         "{} is missing: run `cargo xtask setup`",
         server.display()
     );
-    let mut cmd = r.ns.command(Some(&r.cg), &node.to_string_lossy());
+    let mut cmd = r.ns.command_served(&r.cg, &node.to_string_lossy());
     cmd.arg(&server).arg(&url);
     let mut mcp = McpServer::spawn(cmd).unwrap();
     mcp.initialize("pgwarden-e2e-netns").unwrap();
@@ -556,7 +593,7 @@ fn namespace_listeners_close_with_the_namespace_and_survive_an_agent_restart() {
     // kill -9: tagged connects from the namespace are refused, never direct.
     r.agent.take().unwrap().kill9();
     let marker = format!("netns-down-marker-{}", std::process::id());
-    let out = r.psql(true, &format!("SELECT '{marker}'"));
+    let out = r.psql_unserved(&format!("SELECT '{marker}'"));
     assert!(
         !out.status.success(),
         "a tagged connect got through while the agent was down\n{}",
