@@ -42,7 +42,7 @@ const BUCKETS: [f64; 12] = [
 type AuditField = fn(&Audit) -> u64;
 
 /// The journal's gauges: `pgwarden_audit_<name>`, help, and where the snapshot has it.
-const AUDIT: [(&str, &str, AuditField); 6] = [
+const AUDIT: [(&str, &str, AuditField); 11] = [
     (
         "last_seq",
         "Sequence number of the last record written",
@@ -65,6 +65,25 @@ const AUDIT: [(&str, &str, AuditField); 6] = [
     ("dropped", "Records dropped by a full async queue", |a| {
         a.dropped
     }),
+    (
+        "reopens",
+        "Times the live journal file was found unlinked, renamed, replaced, truncated or changed",
+        |a| a.reopens,
+    ),
+    ("rotations", "Rotations since start", |a| a.rotations),
+    ("archived", "Rotated files compressed since start", |a| {
+        a.archived
+    }),
+    (
+        "retention_deleted_files",
+        "Rotated files deleted by the configured retention",
+        |a| a.retention_files,
+    ),
+    (
+        "free_bytes",
+        "Free bytes on the journal's file system when last looked at",
+        |a| a.free_bytes,
+    ),
 ];
 
 /// The exposition format of a scrape.

@@ -336,6 +336,34 @@ pub struct Audit {
     pub dropped: u64,
     /// The last write error, if the journal has not written successfully since.
     pub last_error: Option<String>,
+    /// Times the live file was found unlinked, renamed, replaced, truncated or with another
+    /// mode (each recorded by an `audit.reopen` or `audit.gap`).
+    #[serde(default)]
+    pub reopens: u64,
+    /// What was last found done to it.
+    #[serde(default)]
+    pub last_reopen: Option<String>,
+    /// Rotations since the agent started.
+    #[serde(default)]
+    pub rotations: u64,
+    /// Rotated files compressed since the agent started.
+    #[serde(default)]
+    pub archived: u64,
+    /// Compressions that failed.
+    #[serde(default)]
+    pub archive_errors: u64,
+    /// Rotated files deleted by the configured retention.
+    #[serde(default)]
+    pub retention_files: u64,
+    /// Records in them.
+    #[serde(default)]
+    pub retention_records: u64,
+    /// The last deletion.
+    #[serde(default)]
+    pub last_retention: Option<String>,
+    /// Free bytes on the journal's file system when last looked at.
+    #[serde(default)]
+    pub free_bytes: u64,
 }
 
 /// How durable an audit append is.

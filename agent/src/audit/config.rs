@@ -1,9 +1,11 @@
 //! The audit journal's settings, the `audit:` section of the agent's configuration: where the
-//! journal is, how durable an append is, rotation, checkpoints and the journald mirror.
+//! journal is, how durable an append is, rotation, compression, retention, the free-space
+//! floor, where the chain's head is kept, checkpoints and the journald mirror.
 //!
 //! The audit layer owns them so that it depends on nothing above it; the configuration file's
 //! schema (`config.rs`) re-exports them.
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
@@ -80,21 +82,65 @@ impl<'de> Deserialize<'de> for JournaldMirror {
     }
 }
 
-/// The audit journal: hash-chained JSON lines, rotated by size, mirrored to journald.
-/// Every key is optional (`#[serde(default)]` takes the missing ones from `Default`).
+/// Opt-in deletion of rotated files. Empty (the default): pgwarden never deletes a record.
+/// Each deletion first writes an `audit.retention` record (the files, their seq range, the
+/// last hash) and logs it; `pgwarden audit verify` then accepts a chain that starts there.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Rotated files kept at most (0: no limit).
+    pub max_files: usize,
+    /// Bytes of rotated files (as stored, compressed) kept at most (0: no limit).
+    pub max_bytes: u64,
+    /// Rotated files whose last write is older than this are deleted (`400d`, `13w`; none:
+    /// no limit). PCI DSS 10.5.1 asks for 12 months, three of them at hand.
+    #[serde(deserialize_with = "duration_opt")]
+    pub max_age: Option<Duration>,
+}
+
+impl RetentionConfig {
+    /// Whether any limit is set.
+    pub fn limited(&self) -> bool {
+        self.max_files > 0 || self.max_bytes > 0 || self.max_age.is_some()
+    }
+}
+
+fn duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| de::Error::custom(format!("`{text}`: {e} (e.g. 400d, 13w, 90d12h)")))
+}
+
+/// The audit journal: hash-chained JSON lines, rotated by size into zstd-compressed files
+/// named by their seq range, mirrored to journald. Every key is optional
+/// (`#[serde(default)]` takes the missing ones from `Default`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
-    /// The journal file; rotated files are `PATH.1` (newest) to `PATH.<keep_files>`.
+    /// The live journal file; rotated files are `PATH.<first seq>-<last seq>` (`.zst` once
+    /// compressed), next to it.
     pub path: PathBuf,
     /// `strict` (default), `async`, or `off`.
     pub mode: AuditMode,
     /// Records the `async` queue holds before it drops.
     pub queue: usize,
-    /// Size at which the file is rotated, bytes.
+    /// Size at which the live file is rotated, bytes.
     pub max_bytes: u64,
-    /// Rotated files kept (0: never delete any).
-    pub keep_files: usize,
+    /// Compress rotated files with zstd (default: true).
+    pub compress: bool,
+    /// Opt-in deletion of rotated files (default: none, ever).
+    pub retention: RetentionConfig,
+    /// Deprecated: `retention.max_files` (kept so that older configurations load).
+    pub keep_files: Option<usize>,
+    /// Free bytes the journal's file system must keep: below it, appends fail as on a full
+    /// disk (strict mode: statements are refused). Nothing is deleted to make room.
+    pub min_free_bytes: u64,
+    /// Where the chain's head (last seq and hash) is kept, outside the journal's directory,
+    /// so that seq and the chain go on even if the journal's directory is emptied.
+    pub state_dir: PathBuf,
     /// fsync after each batch (turning it off trades durability for speed).
     pub fsync: bool,
     /// Which records are mirrored to journald: `all` (default; also `true`), `events`
@@ -110,6 +156,24 @@ pub struct AuditConfig {
     pub keep_literals: bool,
 }
 
+impl AuditConfig {
+    /// Rotated files kept at most (`retention.max_files`, or the deprecated `keep_files`).
+    pub fn max_files(&self) -> usize {
+        match (self.retention.max_files, self.keep_files) {
+            (0, Some(n)) => n,
+            (n, _) => n,
+        }
+    }
+
+    /// The retention limits in force (the deprecated `keep_files` folded in).
+    pub fn retention(&self) -> RetentionConfig {
+        RetentionConfig {
+            max_files: self.max_files(),
+            ..self.retention.clone()
+        }
+    }
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
@@ -117,7 +181,11 @@ impl Default for AuditConfig {
             mode: AuditMode::Strict,
             queue: 10_000,
             max_bytes: 64 << 20,
-            keep_files: 10,
+            compress: true,
+            retention: RetentionConfig::default(),
+            keep_files: None,
+            min_free_bytes: 256 << 20,
+            state_dir: PathBuf::from("/var/lib/pgwarden"),
             fsync: true,
             journald: JournaldMirror::All,
             journald_socket: PathBuf::from("/run/systemd/journal/socket"),

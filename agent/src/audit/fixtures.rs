@@ -11,6 +11,7 @@ use super::{AuditConfig, JournaldMirror};
 pub(crate) fn config(dir: &Path) -> AuditConfig {
     AuditConfig {
         path: dir.join("audit.jsonl"),
+        state_dir: dir.join("state"),
         journald: JournaldMirror::Off,
         checkpoint_every: 0,
         checkpoint_seconds: 0,
@@ -20,7 +21,7 @@ pub(crate) fn config(dir: &Path) -> AuditConfig {
 
 /// The records of a file; every line must be one.
 pub(crate) fn lines(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
+    String::from_utf8(super::segments::read(p).unwrap())
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -29,8 +30,7 @@ pub(crate) fn lines(p: &Path) -> Vec<Value> {
 
 /// The records of a file, skipping lines that are not JSON.
 pub(crate) fn lines_lossy(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
-        .unwrap()
+    String::from_utf8_lossy(&super::segments::read(p).unwrap())
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()

@@ -38,6 +38,7 @@ pub mod journald;
 pub mod record;
 pub mod redact;
 pub mod sample;
+pub mod segments;
 pub mod tail;
 pub mod time;
 pub mod verify;
@@ -45,6 +46,7 @@ pub mod writer;
 
 pub use config::{AuditConfig, AuditMode, JournaldMirror};
 pub use record::{
-    Actor, Db, Decision, Endpoint, Event, GENESIS_HASH, Masked, Outcome, Record, Statement,
+    Actor, Db, Decision, Endpoint, Event, GENESIS_HASH, Masked, Outcome, RECORD_VERSION, Record,
+    Statement,
 };
 pub use writer::{AuditError, AuditStatus, Journal};

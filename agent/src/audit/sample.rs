@@ -8,13 +8,19 @@ use serde_json::json;
 use super::record::{Actor, Db, Decision, Event, Outcome, Record, Statement};
 
 /// A few sample records of a realistic session, for the hidden `audit write-sample` test
-/// aid: `session.start`, `query` (allow), `query.done`, `query.denied` (a card number in a
-/// literal), `session.end`, repeated; record `i` belongs to session `i / 5`.
+/// aid: `session.start` (with the identity), `query` (allow), `query.done`, `query.denied` (a
+/// card number in a literal), `session.end`, repeated; record `i` belongs to session `i / 5`.
+/// As the agent writes them: only `session.start` carries the identity.
 pub fn record(i: u64, workload: &str, keep_literals: bool) -> Record {
     let session = format!("{:016x}", 0x5a00_0000_0000_0000 + i / 5);
     let base = Record::new(Event::SessionStart)
         .session(&session)
-        .workload(workload)
+        .workload(workload);
+    match i % 5 {
+        0 => Record {
+            event: Event::SessionStart,
+            ..base
+        }
         .actor(Actor {
             cgroup: Some(format!("pgwarden-test/{workload}")),
             unit: None,
@@ -25,12 +31,8 @@ pub fn record(i: u64, workload: &str, keep_literals: bool) -> Record {
             comm: Some("python3".into()),
             netns: None,
             container: None,
-        });
-    match i % 5 {
-        0 => Record {
-            event: Event::SessionStart,
-            ..base
-        }
+        })
+        .policy_hash("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         .client(std::net::SocketAddr::from(([127, 0, 0, 1], 40000)))
         .server(std::net::SocketAddr::from(([127, 0, 0, 1], 5432)))
         .db(Db {
@@ -51,8 +53,7 @@ pub fn record(i: u64, workload: &str, keep_literals: bool) -> Record {
             .objects(["public.payments"]),
         )
         .decision(Decision::Allow)
-        .rule("read.payments")
-        .policy_hash("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+        .rule("read.payments"),
         2 => Record {
             event: Event::QueryDone,
             ..base

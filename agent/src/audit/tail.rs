@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::record::{Decision, Event, Record, one_line};
+use super::segments;
 use super::time::parse_time;
-use super::writer::rotated_files;
 
 /// Which records to show.
 #[derive(Clone, Debug, Default)]
@@ -78,16 +78,50 @@ pub fn parse_since(text: &str, now_micros: i64) -> Result<i64, SinceError> {
     Ok(now_micros - secs * 1_000_000)
 }
 
-/// The chain's files, oldest first: rotated siblings (highest number first), then `path`.
+/// The chain's files, oldest first: rotated files, then `path`.
 pub fn chain_paths(path: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = rotated_files(path).into_iter().rev().map(|x| x.1).collect();
-    v.push(path.to_owned());
-    v
+    segments::chain_paths(path)
+}
+
+/// The rotated files of `path`, newest first.
+fn rotated_newest_first(path: &Path) -> Vec<PathBuf> {
+    segments::rotated(path)
+        .into_iter()
+        .rev()
+        .map(|s| s.path)
+        .collect()
+}
+
+/// Who is behind each session, from the `session.start` records seen: the per-statement
+/// records carry only the session id (and workload), and lines for people show the process.
+#[derive(Default)]
+struct Sessions(std::collections::HashMap<String, super::record::Actor>);
+
+impl Sessions {
+    /// Learns from `recs`.
+    fn learn(&mut self, recs: &[(String, Record)]) {
+        for (_, r) in recs {
+            if let (Event::SessionStart, Some(id), Some(a)) = (r.event, &r.session_id, &r.actor) {
+                self.0.insert(id.clone(), a.clone());
+            }
+        }
+    }
+
+    /// `rec` with its session's actor, when it carries none.
+    fn fill(&self, rec: &Record) -> Option<Record> {
+        if rec.actor.is_some() {
+            return None;
+        }
+        let a = self.0.get(rec.session_id.as_deref()?)?;
+        let mut r = rec.clone();
+        r.actor = Some(a.clone());
+        Some(r)
+    }
 }
 
 /// The records of one file with their stored lines; lines that are not records are skipped.
 pub fn read_records(path: &Path) -> io::Result<Vec<(String, Record)>> {
-    match std::fs::read(path) {
+    match segments::read(path) {
         Ok(b) => Ok(parse_lines(&b)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
@@ -137,7 +171,7 @@ fn paint(colour: bool, code: &str, text: &str) -> String {
 pub fn render(rec: &Record, colour: bool) -> String {
     let event_colour = match rec.event {
         Event::QueryDenied | Event::ApprovalDenied => "31",
-        Event::AuditGap => "1;33",
+        Event::AuditGap | Event::AuditReopen | Event::AuditRetention => "1;33",
         Event::ApprovalRequested | Event::ApprovalExpired | Event::ApprovalWithdrawn => "33",
         Event::ApprovalGranted => "32",
         Event::SessionStart | Event::SessionEnd | Event::AgentStart | Event::AgentStop => "1",
@@ -270,15 +304,17 @@ pub fn tail(opts: &TailOptions, out: &mut dyn Write) -> io::Result<()> {
     let complete = text.iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1);
     let mut partial = text.split_off(complete);
     let mut last_seq = 0;
-    let keep = |recs: Vec<(String, Record)>, last_seq: &mut u64| -> Vec<(String, Record)> {
+    let mut sessions = Sessions::default();
+    let mut keep = |recs: Vec<(String, Record)>, last_seq: &mut u64| -> Vec<(String, Record)> {
         *last_seq = recs.iter().map(|r| r.1.seq).fold(*last_seq, u64::max);
+        sessions.learn(&recs);
         recs.into_iter()
             .filter(|(_, r)| opts.filter.matches(r))
             .collect()
     };
     let mut shown = keep(parse_lines(&text), &mut last_seq);
     // Older files, newest first, until we have enough.
-    for (_, rotated) in rotated_files(&opts.path) {
+    for rotated in rotated_newest_first(&opts.path) {
         if opts.last.is_some_and(|n| shown.len() >= n) {
             break;
         }
@@ -288,7 +324,12 @@ pub fn tail(opts: &TailOptions, out: &mut dyn Write) -> io::Result<()> {
     }
     let skip = opts.last.map_or(0, |n| shown.len().saturating_sub(n));
     for (line, rec) in &shown[skip..] {
-        if opts.style.print(out, line, rec).is_err() {
+        let filled = sessions.fill(rec);
+        if opts
+            .style
+            .print(out, line, filled.as_ref().unwrap_or(rec))
+            .is_err()
+        {
             return Ok(());
         }
     }
@@ -298,13 +339,20 @@ pub fn tail(opts: &TailOptions, out: &mut dyn Write) -> io::Result<()> {
     }
     // Prints the records past `last_seq` that pass the filter; false when the output went
     // away.
-    let emit = |recs: Vec<(String, Record)>, last_seq: &mut u64, out: &mut dyn Write| -> bool {
+    let mut emit = |recs: Vec<(String, Record)>, last_seq: &mut u64, out: &mut dyn Write| -> bool {
+        sessions.learn(&recs);
         for (line, rec) in recs {
             if rec.seq <= *last_seq {
                 continue;
             }
             *last_seq = rec.seq;
-            if opts.filter.matches(&rec) && opts.style.print(out, &line, &rec).is_err() {
+            let filled = sessions.fill(&rec);
+            if opts.filter.matches(&rec)
+                && opts
+                    .style
+                    .print(out, &line, filled.as_ref().unwrap_or(&rec))
+                    .is_err()
+            {
                 return false;
             }
         }
@@ -353,7 +401,7 @@ pub fn tail(opts: &TailOptions, out: &mut dyn Write) -> io::Result<()> {
                     let next = File::open(&opts.path).ok();
                     // ...the rotated files newer than it, oldest first...
                     let mut newer = Vec::new();
-                    for (_, p) in rotated_files(&opts.path) {
+                    for p in rotated_newest_first(&opts.path) {
                         let recs = read_records(&p)?;
                         let first = recs.first().map_or(u64::MAX, |r| r.1.seq);
                         newer.push(recs);

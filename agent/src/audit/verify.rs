@@ -14,8 +14,14 @@
 //!
 //! A tear is sealed when an `audit.gap` record with `detail.after_seq` equal to the last
 //! record before the tear follows it (the writer does this on open). The chain's first
-//! record must have `prev_hash` of 64 zeros when its `seq` is 1; a later first seq (older
-//! files rotated away) is a warning. Without a key, a chain proves order and completeness
+//! record must have `prev_hash` of 64 zeros when its `seq` is 1. Records may be missing where
+//! a record says so: `detail.missing` (`first_seq`, `last_seq`, `last_hash`) of an
+//! `audit.retention` (deleted by the configured retention), `audit.reopen` (the live file
+//! was deleted, moved or replaced, the directory emptied) or `audit.gap` (the file was cut):
+//! a chain that starts after seq 1, or jumps, where such a record accounts for the missing
+//! ones and the next record links to the `last_hash` it names, is reported as a warning.
+//! Anything else missing is a failure (`--partial` accepts a chain that starts later, for
+//! checking some of the files). Without a key, a chain proves order and completeness
 //! relative to a `hash` kept elsewhere (journald's `PGWARDEN_HASH`, `audit.checkpoint`s
 //! shipped off-host, `pgwarden status`): someone able to rewrite the whole file can recompute
 //! it, so compare [`Report::last_hash`] with such an anchor.
@@ -190,18 +196,53 @@ fn parse(line: &[u8]) -> Option<Parsed> {
     })
 }
 
-/// The configured journal and its rotated siblings, oldest first (the order does not
-/// matter to [`verify`]).
+/// The configured journal and its rotated files, oldest first (the order does not matter to
+/// [`verify`]).
 pub fn default_paths(path: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = super::writer::rotated_files(path)
-        .into_iter()
-        .rev()
-        .map(|(_, p)| p)
-        .collect();
-    if path.exists() {
-        v.push(path.to_owned());
+    super::segments::chain_paths(path)
+}
+
+/// A record saying that records `first..=last`, the last with hash `last_hash`, are not in
+/// the journal's files (`detail.missing` of `audit.retention`, `audit.reopen`, `audit.gap`).
+struct Missing {
+    first: u64,
+    last_hash: String,
+    /// The record that says so.
+    seq: u64,
+    event: String,
+    reason: String,
+}
+
+impl Missing {
+    fn of(r: &Parsed) -> Option<(u64, Missing)> {
+        let m = r.detail.get("missing")?;
+        let first = m.get("first_seq")?.as_u64()?;
+        let last = m.get("last_seq")?.as_u64()?;
+        let reason = r
+            .detail
+            .get("reason")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| r.detail.get("limits").map(|l| format!("retention: {l}")))
+            .unwrap_or_else(|| "no reason given".into());
+        Some((
+            last + 1,
+            Missing {
+                first,
+                last_hash: m.get("last_hash")?.as_str()?.to_owned(),
+                seq: r.seq,
+                event: r.event.clone(),
+                reason,
+            },
+        ))
     }
-    v
+
+    fn say(&self, from: u64, upto: u64) -> String {
+        format!(
+            "records {from}..={upto} are not in these files, as {} seq {} records ({})",
+            self.event, self.seq, self.reason
+        )
+    }
 }
 
 /// A run of lines that are not records, after the record `after` (seq, hash).
@@ -212,14 +253,21 @@ struct Tear {
 }
 
 /// Checks the chain formed by `paths` (in any order: files are ordered by their first seq;
-/// files without a record go last).
+/// files without a record go last). The chain must start at seq 1 or where a record says the
+/// earlier ones went (retention, a journal emptied behind the agent's back).
 pub fn verify<P: AsRef<Path>>(paths: &[P]) -> Report {
+    verify_with(paths, false)
+}
+
+/// [`verify`]; `partial`: the files are part of a chain, so a chain starting later than seq
+/// 1 with nothing to say why is a warning, not a failure.
+pub fn verify_with<P: AsRef<Path>>(paths: &[P], partial: bool) -> Report {
     let paths: Vec<PathBuf> = paths.iter().map(|p| p.as_ref().to_owned()).collect();
     let mut report = Report::default();
     // Read and parse everything.
     let mut files: Vec<(PathBuf, Vec<Entry>)> = Vec::new();
     for (i, p) in paths.iter().enumerate() {
-        let data = match std::fs::read(p) {
+        let data = match super::segments::read(p) {
             Ok(d) => d,
             Err(e) => {
                 report.failure = Some(Failure {
@@ -267,13 +315,26 @@ pub fn verify<P: AsRef<Path>>(paths: &[P]) -> Report {
     }
     let names = paths;
     let entries: Vec<Entry> = files.into_iter().flat_map(|(_, e)| e).collect();
-    // Where each seq appears (first time), for telling reordering from deletion.
+    // Where each seq appears (first time), for telling reordering from deletion; and what
+    // records say is missing, by the seq that follows the missing ones.
     let mut position: HashMap<u64, usize> = HashMap::new();
+    let mut missing: HashMap<u64, Missing> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         if let Some(r) = &e.rec {
             position.entry(r.seq).or_insert(i);
+            if r.computed == r.hash
+                && let Some((next, m)) = Missing::of(r)
+            {
+                missing.insert(next, m);
+            }
         }
     }
+    // The record that accounts for the records before `r` not being here, if one does.
+    let accounted = |r: &Parsed, from: u64| {
+        missing
+            .get(&r.seq)
+            .filter(|m| m.first <= from && m.last_hash == r.prev_hash)
+    };
     let fail = |report: &mut Report, kind, seq, e: &Entry, message: String| {
         report.failure = Some(Failure {
             kind,
@@ -372,15 +433,41 @@ pub fn verify<P: AsRef<Path>>(paths: &[P]) -> Report {
                     return report;
                 }
                 if r.seq > 1 {
+                    let message = if let Some(m) =
+                        missing.get(&r.seq).filter(|m| m.last_hash == r.prev_hash)
+                    {
+                        format!(
+                            "chain starts at seq {}: {}",
+                            r.seq,
+                            m.say(m.first, r.seq - 1)
+                        )
+                    } else if partial {
+                        format!(
+                            "chain starts at seq {} (earlier records are in files not given); \
+                             its link to them is not checked",
+                            r.seq
+                        )
+                    } else {
+                        fail(
+                            &mut report,
+                            Tamper::Deleted,
+                            1,
+                            e,
+                            format!(
+                                "chain starts at seq {}: seq 1..={} are missing and no \
+                                 audit.retention or audit.reopen accounts for them (--partial \
+                                 checks part of a chain)",
+                                r.seq,
+                                r.seq - 1
+                            ),
+                        );
+                        return report;
+                    };
                     report.warnings.push(Warning {
                         seq: Some(r.seq),
                         file: names[e.file].clone(),
                         line: e.line,
-                        message: format!(
-                            "chain starts at seq {} (earlier records are in files not given, \
-                             rotated away?); its link to them is not checked",
-                            r.seq
-                        ),
+                        message,
                     });
                 }
             }
@@ -401,6 +488,15 @@ pub fn verify<P: AsRef<Path>>(paths: &[P]) -> Report {
                         );
                         return report;
                     }
+                } else if r.seq > want
+                    && let Some(m) = accounted(r, want)
+                {
+                    report.warnings.push(Warning {
+                        seq: Some(r.seq),
+                        file: names[e.file].clone(),
+                        line: e.line,
+                        message: m.say(want, r.seq - 1),
+                    });
                 } else if r.seq > want {
                     let later = (want..r.seq).find_map(|s| position.get(&s).filter(|&&p| p > i));
                     if let Some(&p) = later {

@@ -14,9 +14,25 @@ fn audit_defaults_and_overrides() {
     assert_eq!(c.audit.path, PathBuf::from("/var/log/pgwarden/audit.jsonl"));
     assert_eq!(c.audit.mode, AuditMode::Strict);
     assert_eq!(
-        (c.audit.queue, c.audit.max_bytes, c.audit.keep_files),
-        (10_000, 64 << 20, 10)
+        (c.audit.queue, c.audit.max_bytes, c.audit.max_files()),
+        (10_000, 64 << 20, 0),
+        "by default nothing is ever deleted"
     );
+    assert!(c.audit.compress && !c.audit.retention().limited());
+    assert_eq!(c.audit.min_free_bytes, 256 << 20);
+    assert_eq!(c.audit.state_dir, PathBuf::from("/var/lib/pgwarden"));
+    let c = parse("audit:\n  retention:\n    max_age: 400d\n    max_bytes: 1000000\n").unwrap();
+    assert_eq!(
+        c.audit.retention.max_age,
+        Some(std::time::Duration::from_secs(400 * 86_400))
+    );
+    assert!(c.audit.retention().limited());
+    let c = parse("audit:\n  keep_files: 7\n").unwrap();
+    assert_eq!(c.audit.max_files(), 7, "the old key still limits the files");
+    let e = parse("audit:\n  retention:\n    max_age: soon\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`soon`"), "{e}");
     assert!(c.audit.fsync && c.audit.journald == JournaldMirror::All && !c.audit.keep_literals);
     assert_eq!(
         (c.audit.checkpoint_every, c.audit.checkpoint_seconds),

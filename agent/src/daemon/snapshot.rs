@@ -258,6 +258,15 @@ fn audit(s: &AuditStatus) -> status::Audit {
         journald_errors: s.journald_errors,
         dropped: s.dropped,
         last_error: s.last_error.clone(),
+        reopens: s.reopens,
+        last_reopen: s.last_reopen.clone(),
+        rotations: s.rotations,
+        archived: s.archived,
+        archive_errors: s.archive_errors,
+        retention_files: s.retention_files,
+        retention_records: s.retention_records,
+        last_retention: s.last_retention.clone(),
+        free_bytes: s.free_bytes,
     }
 }
 

@@ -3,6 +3,11 @@
 //! are masked) taken from its [`Decision`], and the `query`, `query.denied` and `query.done`
 //! records built from it. Descriptions are cached by normalized text per policy version:
 //! repeated queries, and queries differing only in literals, are described once.
+//!
+//! The records say only what they add (record contract v2): the identity is in the
+//! session's `session.start`, referred to by `session_id` (and `workload`); a statement's
+//! `policy_hash` appears when it is not the one `session.start` names (after a reload);
+//! `query.done` carries the outcome, referring to its `query` by `detail.statement_no`.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -45,12 +50,15 @@ pub struct Recorder {
     enabled: bool,
     /// The description of every statement when it does not.
     blank: Arc<Described>,
+    /// The policy hash `session.start` names.
+    start_policy: Option<Arc<str>>,
 }
 
 impl Recorder {
     /// The recorder of session `meta`.
-    pub fn new(journal: &Journal, meta: &SessionMeta) -> Self {
+    pub fn new(journal: &Journal, meta: &SessionMeta, start_policy: Option<Arc<str>>) -> Self {
         Self {
+            start_policy,
             journal: journal.clone(),
             fields: session_fields(meta),
             described: Mutex::default(),
@@ -61,6 +69,17 @@ impl Recorder {
                 masked: false,
             }),
         }
+    }
+
+    /// The policy hash the session started under (for `session.start`).
+    pub fn start_policy(&self) -> Option<&str> {
+        self.start_policy.as_deref()
+    }
+
+    /// `hash` when a statement record must name it: not the one `session.start` names.
+    fn policy_of<'a>(&self, hash: Option<&'a Arc<str>>) -> Option<&'a str> {
+        hash.filter(|h| Some(*h) != self.start_policy.as_ref())
+            .map(|h| &**h)
     }
 
     /// Whether statements are recorded.
@@ -148,7 +167,7 @@ impl Recorder {
             AuditDecision::Allow
         });
         f.statement = Some(&desc.statement);
-        f.policy_hash = desc.policy_hash.as_deref();
+        f.policy_hash = self.policy_of(desc.policy_hash.as_ref());
         f.rule = rule;
         canon::statement_record(&self.fields, &f)
     }
@@ -165,7 +184,7 @@ impl Recorder {
         let mut f = StatementFields::new(Event::QueryDenied, SystemTime::now(), n);
         f.decision = Some(AuditDecision::Deny);
         f.statement = Some(&desc.statement);
-        f.policy_hash = desc.policy_hash.as_deref();
+        f.policy_hash = self.policy_of(desc.policy_hash.as_ref());
         f.rule = Some(rule);
         f.outcome = Some(Outcome::Failure);
         f.sqlstate = Some(code);
@@ -199,21 +218,13 @@ impl Recorder {
     }
 }
 
-/// The fields every record of the session carries.
+/// The fields every statement record of the session carries.
 fn session_fields(m: &SessionMeta) -> SessionFields {
-    let actor = m.identity.as_ref().map(crate::audit::Actor::from);
     let workload = m
         .identity
         .as_ref()
         .map_or_else(|| m.workload.to_string(), |who| who.workload.to_string());
-    SessionFields::new(
-        &m.id.to_string(),
-        &workload,
-        actor.as_ref(),
-        m.client.clone().into(),
-        m.server.clone().into(),
-        &db(m),
-    )
+    SessionFields::new(&m.id.to_string(), &workload)
 }
 
 /// The session's database fields.

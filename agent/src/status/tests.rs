@@ -62,6 +62,9 @@ fn redirect() -> Value {
             "path": "/var/log/pgwarden/audit.jsonl", "mode": "strict", "last_seq": 12,
             "last_hash": "ab12", "queue_depth": 0, "records_written": 12, "write_errors": 0,
             "journald": "events", "journald_errors": 1, "dropped": 0, "last_error": null,
+            "reopens": 1, "last_reopen": "AUDIT JOURNAL … WAS UNLINKED", "rotations": 2,
+            "archived": 2, "archive_errors": 0, "retention_files": 0, "retention_records": 0,
+            "last_retention": null, "free_bytes": 1_000_000,
         },
         "policy": { "version": 2, "files": [{ "path": "/etc/pgwarden/svc.yaml", "sha256": "00ff" }] },
     })

@@ -8,62 +8,34 @@ use serde_json::Value;
 
 use super::Prepared;
 use super::json::{push_key, push_str, push_u64, push_value};
-use crate::audit::record::{Actor, Db, Decision, Endpoint, Event, Masked, Outcome, Statement};
+use crate::audit::record::{Decision, Event, Masked, Outcome, RECORD_VERSION, Statement};
 use crate::audit::redact::scrub_pans_cow;
 use crate::audit::time::push_time;
 
-/// The fields every record of a session carries, serialized once: `actor`, `client`, `db`
-/// (before `decision`), `server`, `session_id` (after `seq`), `workload` (last).
+/// The fields every statement record of a session carries, serialized once: `session_id`
+/// (after `seq`), `v` and `workload` (last). The session's identity (`actor`, `client`,
+/// `server`, `db`) is in its `session.start` only.
 #[derive(Clone, Debug, Default)]
 pub struct SessionFields {
-    head: Vec<u8>,
     mid: Vec<u8>,
     tail: Vec<u8>,
 }
 
-fn entry(out: &mut Vec<u8>, key: &str, v: &Value) {
-    push_key(out, key);
-    push_value(out, v);
-    out.push(b',');
-}
-
 impl SessionFields {
-    /// The session's fields (as [`crate::audit::Record`]'s builder would set them; `db`'s
-    /// strings scrubbed of card numbers as the journal scrubs them).
-    pub fn new(
-        session_id: &str,
-        workload: &str,
-        actor: Option<&Actor>,
-        client: Endpoint,
-        server: Endpoint,
-        db: &Db,
-    ) -> SessionFields {
-        let mut head = Vec::with_capacity(256);
-        if let Some(a) = actor {
-            entry(&mut head, "actor", &to(a));
-        }
-        entry(&mut head, "client", &to(&client));
-        let scrub = |s: &Option<String>| s.as_deref().map(|s| scrub_pans_cow(s).into_owned());
-        let db = Db {
-            user: scrub(&db.user),
-            database: scrub(&db.database),
-            application_name: scrub(&db.application_name),
-        };
-        entry(&mut head, "db", &to(&db));
-        let mut mid = Vec::with_capacity(96);
-        entry(&mut mid, "server", &to(&server));
+    /// The session's fields (as [`crate::audit::Record`]'s builder would set them).
+    pub fn new(session_id: &str, workload: &str) -> SessionFields {
+        let mut mid = Vec::with_capacity(32);
         push_key(&mut mid, "session_id");
         push_str(&mut mid, session_id);
         mid.push(b',');
-        let mut tail = Vec::with_capacity(32);
+        let mut tail = Vec::with_capacity(40);
+        push_key(&mut tail, "v");
+        push_u64(&mut tail, RECORD_VERSION);
+        tail.push(b',');
         push_key(&mut tail, "workload");
         push_str(&mut tail, workload);
-        SessionFields { head, mid, tail }
+        SessionFields { mid, tail }
     }
-}
-
-fn to<T: serde::Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// The canonical JSON of a record's `statement` object (serialize once per statement shape,
@@ -137,16 +109,14 @@ fn lower(o: Outcome) -> &'static str {
     }
 }
 
-/// A session's statement event, spliced from its parts in canonical key order: `actor`,
-/// `client`, `db`, `decision`, `detail`, `duration_us`, `error`, `event`, `masked`, `outcome`,
-/// `policy_hash`, (`prev_hash`), `rows`, `rule`, (`seq`), `server`, `session_id`, `sqlstate`,
-/// `statement`, `time`, `workload`.
+/// A session's statement event, spliced from its parts in canonical key order: `decision`,
+/// `detail`, `duration_us`, `error`, `event`, `masked`, `outcome`, `policy_hash`,
+/// (`prev_hash`), `rows`, `rule`, (`seq`), `session_id`, `sqlstate`, `statement`, `time`,
+/// `v`, `workload`.
 pub fn statement_record(s: &SessionFields, f: &StatementFields<'_>) -> Prepared {
-    let mut b = Vec::with_capacity(
-        s.head.len() + s.mid.len() + s.tail.len() + f.statement.map_or(0, <[u8]>::len) + 256,
-    );
+    let mut b =
+        Vec::with_capacity(s.mid.len() + s.tail.len() + f.statement.map_or(0, <[u8]>::len) + 256);
     b.push(b'{');
-    b.extend_from_slice(&s.head);
     if let Some(d) = f.decision {
         push_key(&mut b, "decision");
         push_str(&mut b, d.as_str());

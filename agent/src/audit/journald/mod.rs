@@ -148,7 +148,12 @@ impl Journald {
 
 /// journald priority of an event: 4 (warning) for refusals and gaps, 6 (info) otherwise.
 pub fn priority(event: Event, denial: bool) -> u8 {
-    if denial || event == Event::AuditGap {
+    if denial
+        || matches!(
+            event,
+            Event::AuditGap | Event::AuditReopen | Event::AuditRetention
+        )
+    {
         4
     } else {
         6

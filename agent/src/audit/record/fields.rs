@@ -58,6 +58,15 @@ pub enum Event {
     /// Periodic marker: how many records since the previous one.
     #[serde(rename = "audit.checkpoint")]
     AuditCheckpoint,
+    /// The live file was unlinked, renamed, replaced or had its mode changed behind the
+    /// writer's back, and was reopened (or created) at its path; `detail` says what happened
+    /// and, under `missing`, which records are not in the journal's files since.
+    #[serde(rename = "audit.reopen")]
+    AuditReopen,
+    /// Rotated files are about to be deleted by the configured retention; `detail` names them
+    /// and, under `missing`, their seq range and the last hash.
+    #[serde(rename = "audit.retention")]
+    AuditRetention,
     /// An event this version does not know (read side only; never written).
     #[serde(other, skip_serializing)]
     Unknown,
@@ -65,7 +74,7 @@ pub enum Event {
 
 impl Event {
     /// Every event this version writes, in the contract's order.
-    pub const ALL: [Event; 15] = [
+    pub const ALL: [Event; 17] = [
         Event::AgentStart,
         Event::AgentStop,
         Event::SessionStart,
@@ -81,6 +90,8 @@ impl Event {
         Event::PolicyReload,
         Event::AuditGap,
         Event::AuditCheckpoint,
+        Event::AuditReopen,
+        Event::AuditRetention,
     ];
 
     /// The name as stored, e.g. `query.denied`.
@@ -101,6 +112,8 @@ impl Event {
             Event::PolicyReload => "policy.reload",
             Event::AuditGap => "audit.gap",
             Event::AuditCheckpoint => "audit.checkpoint",
+            Event::AuditReopen => "audit.reopen",
+            Event::AuditRetention => "audit.retention",
             Event::Unknown => "unknown",
         }
     }

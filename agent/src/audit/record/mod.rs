@@ -17,6 +17,11 @@ use super::canon::hash_value;
 use super::time::format_time;
 use crate::identity::Identity;
 
+/// The record contract's version, in every record's `v`: 2 since the session's identity is
+/// in its `session.start` only (records without `v` are version 1). The hash covers every
+/// field either way, so journals of both verify alike.
+pub const RECORD_VERSION: u64 = 2;
+
 /// `prev_hash` of the first record ever written to a journal.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -81,6 +86,9 @@ pub struct Record {
     /// Extras, free JSON.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub detail: Map<String, Value>,
+    /// The record contract's version ([`RECORD_VERSION`]; absent: 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v: Option<u64>,
     /// `hash` of the previous record ([`GENESIS_HASH`] for the first).
     pub prev_hash: String,
     /// SHA-256 over the canonical form of this record without `hash` (see the module doc).
@@ -111,6 +119,7 @@ impl Record {
             duration_us: None,
             policy_hash: None,
             detail: Map::new(),
+            v: Some(RECORD_VERSION),
             prev_hash: String::new(),
             hash: String::new(),
         }

@@ -19,24 +19,21 @@ fn canonical_form_sorts_keys_recursively_without_whitespace() {
     assert_eq!(hash_value(&v), expect);
 }
 
-/// Golden: the exact canonical bytes and hash of a fixed record. If this changes, every
-/// existing journal stops verifying: change the contract deliberately or not at all.
+/// Golden: the exact canonical bytes and hash of a fixed record (contract v2: a statement
+/// record names its session, not the identity). If this changes, every existing journal
+/// stops verifying: change the contract deliberately or not at all. The hash was computed
+/// apart from pgwarden (Python's `json.dumps(sort_keys=True, separators=(',', ':'))` and
+/// `hashlib.sha256`).
 #[test]
 fn golden_record_hash() {
     let mut r = Record::new(Event::Query)
         .time(UNIX_EPOCH + Duration::from_micros(1_795_582_835_123_456))
         .session("00000000000000ab")
         .workload("payments-mcp")
-        .actor(Actor {
-            pid: Some(42),
-            exe: Some("/usr/bin/python3".into()),
-            ..Actor::default()
-        })
-        .client("127.0.0.1:40000".parse::<SocketAddr>().unwrap())
         .statement(Statement::from_sql("SELECT * FROM t WHERE id = 7", false).command("SELECT"))
         .decision(Decision::Allow)
         .rule("read.payments")
-        .detail("n", 1);
+        .detail("statement_no", 1);
     r.seq = 7;
     r.prev_hash = GENESIS_HASH.into();
     let v = serde_json::to_value(&r).unwrap();
@@ -45,17 +42,19 @@ fn golden_record_hash() {
     assert_eq!(
         canonical_json(&Value::Object(m)),
         concat!(
-            r#"{"actor":{"exe":"/usr/bin/python3","pid":42},"client":{"ip":"127.0.0.1","port":40000},"#,
-            r#""decision":"allow","detail":{"n":1},"event":"query","#,
+            r#"{"decision":"allow","detail":{"statement_no":1},"event":"query","#,
             r#""prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","#,
             r#""rule":"read.payments","seq":7,"session_id":"00000000000000ab","#,
             r#""statement":{"command":"SELECT","fingerprint":"#,
             r#""6f440f43f9aa279c","text":"SELECT * FROM t WHERE id = $1"},"#,
-            r#""time":"2026-11-25T05:00:35.123456Z","workload":"payments-mcp"}"#
+            r#""time":"2026-11-25T05:00:35.123456Z","v":2,"workload":"payments-mcp"}"#
         )
     );
     r.hash = r.compute_hash();
-    assert_eq!(r.hash.len(), 64);
+    assert_eq!(
+        r.hash,
+        "c4b324c606ee91f40c92fb5b689c1cb185e58f242407ad8f78d2acd92baef17e"
+    );
     // The hash does not depend on itself, nor on key order on disk.
     let line = serde_json::to_string(&r).unwrap();
     assert!(line.starts_with(r#"{"seq":7,"time":"#), "{line}");
@@ -65,12 +64,36 @@ fn golden_record_hash() {
     assert_eq!(parsed, r);
 }
 
+/// A record of contract v1 (no `v`; the identity in every record), as older versions wrote
+/// it, still verifies: the hash covers whatever fields a line has. Hash computed apart from
+/// pgwarden, as above.
+#[test]
+fn a_v1_record_still_verifies() {
+    let line = concat!(
+        r#"{"seq":7,"time":"2026-11-25T05:00:35.123456Z","event":"query","#,
+        r#""session_id":"00000000000000ab","workload":"payments-mcp","#,
+        r#""actor":{"pid":42,"exe":"/usr/bin/python3"},"client":{"ip":"127.0.0.1","port":40000},"#,
+        r#""statement":{"text":"SELECT * FROM t WHERE id = $1","fingerprint":"6f440f43f9aa279c","command":"SELECT"},"#,
+        r#""decision":"allow","rule":"read.payments","detail":{"n":1},"#,
+        r#""prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","#,
+        r#""hash":"efbb36343e23d876bd721b361279169821c9b3460b48186affe28c2634da3301"}"#
+    );
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(
+        hash_value(&v),
+        "efbb36343e23d876bd721b361279169821c9b3460b48186affe28c2634da3301"
+    );
+    let parsed: Record = serde_json::from_str(line).unwrap();
+    assert_eq!(parsed.v, None, "no `v`: version 1");
+    assert_eq!(parsed.compute_hash(), v["hash"].as_str().unwrap());
+}
+
 #[test]
 fn empty_fields_are_omitted() {
     let r = Record::new(Event::AgentStart);
     let v = serde_json::to_value(&r).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    let mut want = vec!["seq", "time", "event", "prev_hash", "hash"];
+    let mut want = vec!["seq", "time", "event", "prev_hash", "hash", "v"];
     want.sort_unstable();
     let mut keys = keys;
     keys.sort_unstable();

@@ -23,7 +23,7 @@ fn sample(dir: &Path, n: u64) -> PathBuf {
 fn tail_filters_and_reaches_into_rotated_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = sample(dir.path(), 40);
-    assert!(!rotated_files(&path).is_empty());
+    assert!(!segments::rotated(&path).is_empty());
     let run = |filter: Filter, last: Option<usize>, json: bool| {
         let mut out = Vec::new();
         tail(

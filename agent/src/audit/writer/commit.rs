@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
+use super::archive::Signal;
 use super::error::AuditError;
-use super::files::open_append;
+use super::head::Head;
 use super::queue::{Item, Shared, Waiter, answered, lock};
+use super::space::Space;
 use crate::audit::canon::{Prepared, Sealed};
 use crate::audit::config::AuditMode;
 use crate::audit::journald::{self, Journald};
@@ -174,7 +176,6 @@ pub(super) struct Writer {
     /// Bytes in the current file, as far as we wrote them.
     pub(super) size: u64,
     pub(super) max_bytes: u64,
-    pub(super) keep_files: usize,
     pub(super) fsync: bool,
     pub(super) chain: Chain,
     /// When the last batch was taken (the thread stays awake for lazy records while busy).
@@ -186,6 +187,18 @@ pub(super) struct Writer {
     pub(super) suspect: bool,
     pub(super) failing_since: Option<Instant>,
     pub(super) failures_logged: u64,
+    /// The live file's device and inode (`None`: not a regular file, not watched).
+    pub(super) ident: Option<(u64, u64)>,
+    /// Its mode when opened (permission bits).
+    pub(super) mode: u32,
+    /// The first seq written to the live file (`None`: none yet).
+    pub(super) file_first: Option<u64>,
+    /// The chain's head kept in the state directory.
+    pub(super) head: Option<Head>,
+    /// The free-space floor.
+    pub(super) space: Space,
+    /// Wakes the archiver after a rotation.
+    pub(super) archiver: Option<Arc<Signal>>,
 }
 
 impl Writer {
@@ -210,6 +223,11 @@ impl Writer {
             q.checkpoint_queued = false;
         }
         let last = &committed[committed.len() - 1].sealed;
+        if let Some(h) = &mut self.head
+            && let Err(e) = h.store(last.seq, &last.hash)
+        {
+            error!("audit journal: cannot store the chain's head: {e}");
+        }
         s.last_seq.store(last.seq, Ordering::Relaxed);
         lock(&s.last_hash).clone_from(&last.hash);
         s.records_written
@@ -264,16 +282,26 @@ impl Writer {
         items: Vec<Item>,
         sync: bool,
     ) -> Result<Vec<Committed>, (Vec<Committed>, Vec<Item>, io::Error)> {
+        let mut items = VecDeque::from(items);
+        match self.watch(s) {
+            // Strict mode: first, before what is written into the new file.
+            Ok(Some(note)) if s.mode == AuditMode::Strict => {
+                lock(&s.queue).next_seq += 1;
+                items.push_front(Item::Record(Box::new(note), None));
+            }
+            Ok(Some(note)) => s.queue_note(note),
+            Ok(None) => {}
+            Err(e) => return Err((Vec::new(), items.into(), e)),
+        }
         if self.suspect
             && let Err(e) = self.reconcile(s)
         {
-            return Err((Vec::new(), items, e));
+            return Err((Vec::new(), items.into(), e));
         }
         let mut committed: Vec<Committed> = Vec::with_capacity(items.len());
         let mut chunk: Vec<(Committed, Prepared, Kind)> = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(items.len() * 768);
         let mut chunk_chain = self.chain.clone();
-        let mut items = VecDeque::from(items);
         // Items not written, in order, waiters attached again.
         let unwritten = |chunk: Vec<(Committed, Prepared, Kind)>, items: VecDeque<Item>| {
             chunk
@@ -298,14 +326,14 @@ impl Writer {
             };
             if pending > 0 && pending + line_len > self.max_bytes {
                 // The file is complete and on disk before it is renamed.
-                if let Err(e) = self.flush(&buf, true) {
+                if let Err(e) = self.flush(s, &buf, true, &chunk_chain) {
                     self.chain = chunk_chain;
                     chunk.push((c, prepared, kind));
                     return Err((committed, unwritten(chunk, items), e));
                 }
                 committed.extend(chunk.drain(..).map(|(c, _, _)| c));
                 buf.clear();
-                if let Err(e) = self.rotate() {
+                if let Err(e) = self.rotate(s, before.next_seq - 1) {
                     error!(
                         "audit journal {}: rotation failed: {e}; still appending to it",
                         self.path.display()
@@ -316,7 +344,7 @@ impl Writer {
             buf.extend_from_slice(&c.sealed.line);
             chunk.push((c, prepared, kind));
         }
-        if let Err(e) = self.flush(&buf, sync) {
+        if let Err(e) = self.flush(s, &buf, sync, &chunk_chain) {
             self.chain = chunk_chain;
             return Err((committed, unwritten(chunk, VecDeque::new()), e));
         }
@@ -362,8 +390,11 @@ impl Writer {
         (rec, waiter, kind)
     }
 
-    /// Writes and fsyncs `buf` at the end of the current file; on failure, cuts the file back.
-    fn flush(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
+    /// Writes and fsyncs `buf` (records chained from `start`) at the end of the live file; on
+    /// failure, cuts the file back. Below the free-space floor nothing is written. If the file
+    /// lost its name meanwhile, the live file is created again and `buf` written there too,
+    /// after an `audit.reopen` queued first.
+    fn flush(&mut self, s: &Shared, buf: &[u8], sync: bool, start: &Chain) -> io::Result<()> {
         if buf.is_empty() {
             if sync
                 && self.unsynced.is_some()
@@ -375,10 +406,30 @@ impl Writer {
             return Ok(());
         }
         if self.file.is_none() {
-            let file = open_append(&self.path)?;
-            self.size = file.metadata()?.len();
-            self.file = Some(file);
+            self.open_live()?;
         }
+        if self.ident.is_some() {
+            self.space.check(&self.path, buf.len(), &s.free_bytes)?;
+        }
+        self.write_synced(buf, sync)?;
+        if self.orphaned()? {
+            let note = self.reopen(
+                s,
+                "unlinked during a write",
+                false,
+                Some((start.next_seq, &start.prev_hash)),
+            )?;
+            self.write_synced(buf, sync)?;
+            s.queue_note(note);
+        }
+        if self.file_first.is_none() {
+            self.file_first = Some(start.next_seq);
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` (and fsyncs it when `sync`), cutting the file back on failure.
+    fn write_synced(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
         let Some(file) = &mut self.file else {
             return Err(io::Error::other("no journal file"));
         };

@@ -1,13 +1,16 @@
-//! The journal's files: the lock that makes one writer per chain, opening for append
-//! (0600, the directory 0700), and rotation to `PATH.1`, `PATH.2`, ….
+//! The journal's files: the lock that makes one writer per chain, opening the live file for
+//! append (0600, the directory 0700), and rotation to `PATH.<first seq>-<last seq>`.
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use tracing::info;
 
 use super::commit::Writer;
+use super::queue::Shared;
+use crate::audit::segments::range_name;
 
 /// Creates the journal's directory (0700) when it does not exist.
 pub(super) fn create_dir(path: &Path) -> io::Result<()> {
@@ -59,71 +62,65 @@ pub(super) fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// `path.n`.
-pub fn rotated_name(path: &Path, n: usize) -> PathBuf {
+/// Where a file found at the journal's path that is not ours is moved, so that the chain
+/// never continues into someone else's bytes: `PATH.displaced-<unix micros>`.
+pub(super) fn displaced_name(path: &Path) -> PathBuf {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
     let mut s = path.as_os_str().to_owned();
-    s.push(format!(".{n}"));
+    s.push(format!(".displaced-{micros}"));
     PathBuf::from(s)
 }
 
-/// The rotated siblings of `path` that exist, as (n, path) sorted by n (1 = newest).
-pub fn rotated_files(path: &Path) -> Vec<(usize, PathBuf)> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Vec::new();
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let prefix = format!("{}.", name.to_string_lossy());
-    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let n = e
-                .file_name()
-                .to_str()?
-                .strip_prefix(&prefix)?
-                .parse()
-                .ok()?;
-            (n > 0).then(|| (n, rotated_name(path, n)))
-        })
-        .collect();
-    out.sort();
-    out
+/// fsyncs the directory of `path`, so that a rename or a new file in it survives a crash.
+pub(super) fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => File::open(".")?.sync_all(),
+    }
 }
 
 impl Writer {
-    /// `path` -> `path.1`, `path.1` -> `path.2`, …; the oldest beyond `keep_files` goes.
-    pub(super) fn rotate(&mut self) -> io::Result<()> {
-        let keep = self.keep_files;
-        let existing = rotated_files(&self.path);
-        // Those that would end up beyond `keep_files` after the shift go first.
-        for (n, p) in &existing {
-            if keep > 0 && *n >= keep {
-                std::fs::remove_file(p)?;
-            }
-        }
-        for (n, p) in existing.iter().rev() {
-            if keep == 0 || *n < keep {
-                std::fs::rename(p, rotated_name(&self.path, n + 1))?;
-            }
-        }
+    /// The live file, complete and on disk, becomes `PATH.<first>-<last>` (`last`: the last
+    /// seq written to it), and a fresh live file is opened. Nothing is deleted here: the
+    /// archiver compresses the rotated file and applies the opt-in retention.
+    pub(super) fn rotate(&mut self, s: &Shared, last: u64) -> io::Result<()> {
+        let first = self.file_first.unwrap_or(last + 1);
+        let to = range_name(&self.path, first, last, false);
+        std::fs::rename(&self.path, &to)?;
         self.file = None;
-        std::fs::rename(&self.path, rotated_name(&self.path, 1))?;
-        let file = open_append(&self.path)?;
-        self.size = 0;
-        self.file = Some(file);
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
-        }
+        self.ident = None;
+        self.file_first = None;
+        // The rename holds from here on even if opening the new file fails: the next batch
+        // opens it (`flush`).
+        sync_dir(&self.path)?;
+        self.open_live()?;
+        s.rotations.fetch_add(1, Ordering::Relaxed);
         info!(
-            "audit journal rotated: {} -> {}",
+            "audit journal rotated: {} -> {} (seq {first}..{last})",
             self.path.display(),
-            rotated_name(&self.path, 1).display()
+            to.display()
         );
+        if let Some(a) = &self.archiver {
+            a.wake();
+        }
         Ok(())
+    }
+
+    /// Opens (creating it, and its directory) the live file for appending, and takes note of
+    /// what it is: its identity and mode, for [`Writer::watch`]; its size.
+    pub(super) fn open_live(&mut self) -> io::Result<()> {
+        create_dir(&self.path)?;
+        let file = open_append(&self.path)?;
+        let meta = file.metadata()?;
+        self.size = meta.len();
+        self.ident = meta.is_file().then(|| (meta.dev(), meta.ino()));
+        self.mode = meta.mode() & 0o7777;
+        self.file = Some(file);
+        if self.size == 0 {
+            self.file_first = None;
+        }
+        sync_dir(&self.path)
     }
 }

@@ -11,25 +11,31 @@
 //! handed out stay exact.
 //!
 //! Files: `path` is appended to (created 0600, its directory 0700 if created); when a record
-//! would take it past `max_bytes` it becomes `path.1` (older ones shift to `.2` …, the oldest
-//! beyond `keep_files` is removed) and the chain continues in a fresh `path`. Do not point
-//! logrotate at these files: a `copytruncate` would cut the chain.
+//! would take it past `max_bytes` it is renamed `path.<first seq>-<last seq>` and the chain
+//! continues in a fresh `path`; the archiver compresses rotated files and applies the opt-in
+//! retention (nothing is deleted by default). What is done to the live file behind the
+//! writer's back is noticed and recorded (`watch`). Do not point logrotate at these files.
 //!
 //! This file is the public side ([`Journal`], [`AuditStatus`]); the parts, one role each:
 //! `error` ([`AuditError`]), `queue` (what appenders hand over), `commit` (group commit: chain,
-//! write, fsync, answer), `thread` (the writer thread), `files` (lock, open, rotation) and
-//! `recover` (where the chain resumes on open).
+//! write, fsync, answer), `thread` (the writer thread), `files` (lock, open, rotation),
+//! `watch` (the live file checked around each write), `space` (the free-space floor), `head`
+//! (the chain's head in the state directory), `recover` (where the chain resumes on open) and
+//! `archive` (compression and retention, on their own thread).
+mod archive;
 mod commit;
 mod error;
 mod files;
+mod head;
 mod queue;
 mod recover;
+mod space;
 #[cfg(test)]
 mod tests;
 mod thread;
+mod watch;
 
 use std::io;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -40,10 +46,12 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
+use archive::Signal;
 use commit::{Chain, Writer};
 pub use error::AuditError;
-pub use files::{rotated_files, rotated_name};
+use head::Head;
 use queue::{Item, Queue, Shared, lock};
+use space::Space;
 
 use super::canon::Prepared;
 use super::config::{AuditConfig, AuditMode, JournaldMirror};
@@ -51,7 +59,7 @@ use super::journald::Journald;
 use super::record::{Event, GENESIS_HASH, Record, Statement};
 
 /// What `pgwarden status` shows about the journal.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct AuditStatus {
     /// The journal file.
     pub path: PathBuf,
@@ -75,6 +83,25 @@ pub struct AuditStatus {
     pub dropped: u64,
     /// The last write error, if the journal has not written successfully since.
     pub last_error: Option<String>,
+    /// Times the live file was found unlinked, renamed, replaced, truncated or with another
+    /// mode (each wrote an `audit.reopen` or `audit.gap`).
+    pub reopens: u64,
+    /// What was last found done to it.
+    pub last_reopen: Option<String>,
+    /// Rotations since the journal was opened.
+    pub rotations: u64,
+    /// Rotated files compressed since the journal was opened.
+    pub archived: u64,
+    /// Compressions that failed (the file stays plain, tried again).
+    pub archive_errors: u64,
+    /// Rotated files deleted by the configured retention (each after an `audit.retention`).
+    pub retention_files: u64,
+    /// Records in them.
+    pub retention_records: u64,
+    /// The last deletion.
+    pub last_retention: Option<String>,
+    /// Free bytes on the journal's file system when last looked at (0: not looked at).
+    pub free_bytes: u64,
 }
 
 /// The audit journal. Cheap to clone; the last clone dropped (or [`Journal::close`]) drains
@@ -87,11 +114,24 @@ pub struct Journal {
 struct Handle {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The archiver: stopped before the writer (it may still append an `audit.retention`).
+    archiver: Mutex<Option<(Arc<Signal>, JoinHandle<()>)>>,
+}
+
+impl Handle {
+    fn close(&self) {
+        if let Some((signal, t)) = lock(&self.archiver).take() {
+            signal.stop();
+            // The archiver never panics on purpose; if it did, there is nothing to add.
+            let _ = t.join();
+        }
+        self.shared.shut_down(&self.thread);
+    }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.shared.shut_down(&self.thread);
+        self.close();
     }
 }
 
@@ -110,23 +150,22 @@ impl Journal {
         };
         files::create_dir(&path).map_err(open_err)?;
         let journal_lock = files::lock_journal(&path).map_err(open_err)?;
-        let recovered = recover::recover(&path).map_err(open_err)?;
-        let file = files::open_append(&path).map_err(open_err)?;
-        let meta = file.metadata().map_err(open_err)?;
-        if meta.is_file() && meta.mode() & 0o077 != 0 {
-            warn!(
-                "audit journal {} is readable by others (mode {:o}); it should be 0600",
-                path.display(),
-                meta.mode() & 0o777
-            );
-        }
+        let head_path = head::head_path(&cfg.state_dir, &path);
+        let recovered = recover::recover(&path, Head::load(&head_path)).map_err(open_err)?;
+        let head = Head::open(&head_path).map_err(|e| AuditError::Open {
+            path: head_path.clone(),
+            source: Arc::new(e),
+        })?;
+        let signal = Arc::new(Signal::new(archive::Settings {
+            compress: cfg.compress,
+            retention: cfg.retention(),
+        }));
         let mut writer = Writer {
             _lock: journal_lock,
             path: path.clone(),
-            file: Some(file),
-            size: meta.len(),
+            file: None,
+            size: 0,
             max_bytes: cfg.max_bytes,
-            keep_files: cfg.keep_files,
             fsync: cfg.fsync,
             chain: Chain::new(recovered.next_seq, recovered.prev_hash.clone()),
             last_batch: Instant::now(),
@@ -138,7 +177,22 @@ impl Journal {
             suspect: false,
             failing_since: None,
             failures_logged: 0,
+            ident: None,
+            mode: 0,
+            file_first: None,
+            head: Some(head),
+            space: Space::new(cfg.min_free_bytes),
+            archiver: Some(Arc::clone(&signal)),
         };
+        writer.open_live().map_err(open_err)?;
+        writer.file_first = recovered.file_first;
+        if writer.ident.is_some() && writer.mode & 0o077 != 0 {
+            warn!(
+                "audit journal {} is readable by others (mode {:o}); it should be 0600",
+                path.display(),
+                writer.mode
+            );
+        }
         let torn = recovered.torn;
         if let Some(torn) = &torn
             && torn.needs_newline
@@ -159,13 +213,25 @@ impl Journal {
             write_errors: AtomicU64::new(0),
             journald_errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            last_hash: Mutex::new(recovered.prev_hash),
+            last_hash: Mutex::new(recovered.prev_hash.clone()),
             last_error: Mutex::new(None),
+            reopens: AtomicU64::new(0),
+            last_reopen: Mutex::new(None),
+            rotations: AtomicU64::new(0),
+            archived: AtomicU64::new(0),
+            archive_errors: AtomicU64::new(0),
+            retention_files: AtomicU64::new(0),
+            retention_records: AtomicU64::new(0),
+            last_retention: Mutex::new(None),
+            free_bytes: AtomicU64::new(0),
             checkpoint_interval: (cfg.checkpoint_seconds > 0)
                 .then(|| Duration::from_secs(cfg.checkpoint_seconds)),
             writer: Mutex::new(writer),
             inline: cfg.mode == AuditMode::Strict && !cfg.fsync,
         });
+        // What recovery found is written before anything else: the tear sealed, the records
+        // missing from the files (the head in the state directory is ahead of them).
+        let mut notes = Vec::new();
         if let Some(torn) = torn {
             warn!(
                 "audit journal {}: {} torn byte(s) after seq {} ({}); sealing with audit.gap",
@@ -181,7 +247,35 @@ impl Journal {
             if let Some(f) = torn.file {
                 gap = gap.detail("file", f);
             }
-            let entries = vec![Item::Record(Box::new(Prepared::from_record(&gap)), None)];
+            notes.push(gap);
+        }
+        if let Some(files_end) = recovered.behind_head {
+            let last = recovered.next_seq - 1;
+            let say = format!(
+                "AUDIT JOURNAL {}: its files end at seq {files_end} but the chain's head is seq \
+                 {last}: records {}..={last} are not in the journal's files (deleted or moved \
+                 while the agent was not running?); the chain goes on from the head",
+                path.display(),
+                files_end + 1
+            );
+            error!("{say}");
+            shared.reopens.fetch_add(1, Ordering::Relaxed);
+            *lock(&shared.last_reopen) = Some(say);
+            let mut rec = Record::new(Event::AuditReopen)
+                .detail("reason", "files behind the head at start")
+                .detail("files_last_seq", files_end)
+                .detail("last_seq", last)
+                .detail("last_hash", &recovered.prev_hash);
+            if let Some(m) = watch::missing(files_end + 1, last, &recovered.prev_hash) {
+                rec = rec.detail("missing", m);
+            }
+            notes.push(rec);
+        }
+        if !notes.is_empty() {
+            let entries = notes
+                .iter()
+                .map(|r| Item::Record(Box::new(Prepared::from_record(r)), None))
+                .collect();
             let mut w = lock(&shared.writer);
             let n = w
                 .commit_items(&shared, entries, true)
@@ -196,6 +290,14 @@ impl Journal {
                 .spawn(move || thread::run(&shared))
                 .map_err(open_err)?
         };
+        let archiver = {
+            let shared = Arc::clone(&shared);
+            let signal = Arc::clone(&signal);
+            std::thread::Builder::new()
+                .name("pgwarden-archive".into())
+                .spawn(move || archive::run(&shared, &signal))
+                .map_err(open_err)?
+        };
         info!(
             path = %path.display(),
             mode = ?cfg.mode,
@@ -206,6 +308,7 @@ impl Journal {
             inner: Arc::new(Handle {
                 shared,
                 thread: Mutex::new(Some(thread)),
+                archiver: Mutex::new(Some((signal, archiver))),
             }),
         })
     }
@@ -234,6 +337,15 @@ impl Journal {
                     dropped: AtomicU64::new(0),
                     last_hash: Mutex::new(String::new()),
                     last_error: Mutex::new(None),
+                    reopens: AtomicU64::new(0),
+                    last_reopen: Mutex::new(None),
+                    rotations: AtomicU64::new(0),
+                    archived: AtomicU64::new(0),
+                    archive_errors: AtomicU64::new(0),
+                    retention_files: AtomicU64::new(0),
+                    retention_records: AtomicU64::new(0),
+                    last_retention: Mutex::new(None),
+                    free_bytes: AtomicU64::new(0),
                     checkpoint_interval: None,
                     // Never written to: nothing is queued in this mode.
                     writer: Mutex::new(Writer {
@@ -242,7 +354,6 @@ impl Journal {
                         file: None,
                         size: 0,
                         max_bytes: cfg.max_bytes,
-                        keep_files: cfg.keep_files,
                         fsync: false,
                         chain: Chain::new(1, GENESIS_HASH.into()),
                         last_batch: Instant::now(),
@@ -251,10 +362,17 @@ impl Journal {
                         suspect: false,
                         failing_since: None,
                         failures_logged: 0,
+                        ident: None,
+                        mode: 0,
+                        file_first: None,
+                        head: None,
+                        space: Space::new(0),
+                        archiver: None,
                     }),
                     inline: false,
                 }),
                 thread: Mutex::new(None),
+                archiver: Mutex::new(None),
             }),
         }
     }
@@ -381,6 +499,27 @@ impl Journal {
             journald_errors: s.journald_errors.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             last_error: lock(&s.last_error).clone(),
+            reopens: s.reopens.load(Ordering::Relaxed),
+            last_reopen: lock(&s.last_reopen).clone(),
+            rotations: s.rotations.load(Ordering::Relaxed),
+            archived: s.archived.load(Ordering::Relaxed),
+            archive_errors: s.archive_errors.load(Ordering::Relaxed),
+            retention_files: s.retention_files.load(Ordering::Relaxed),
+            retention_records: s.retention_records.load(Ordering::Relaxed),
+            last_retention: lock(&s.last_retention).clone(),
+            free_bytes: s.free_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Compresses the rotated files and applies the retention now, on this thread (the
+    /// archiver thread does so after each rotation anyway): for tests and tools that look
+    /// at the files next.
+    pub fn archive(&self) {
+        let signal = lock(&self.inner.archiver)
+            .as_ref()
+            .map(|a| Arc::clone(&a.0));
+        if let Some(signal) = signal {
+            archive::pass(&self.inner.shared, &signal);
         }
     }
 
@@ -388,6 +527,6 @@ impl Journal {
     /// until then (call it from `spawn_blocking` in async code). Later appends fail with
     /// [`AuditError::Closed`].
     pub fn close(&self) {
-        self.inner.shared.shut_down(&self.inner.thread);
+        self.inner.close();
     }
 }

@@ -69,6 +69,21 @@ pub(super) struct Shared {
     pub(super) dropped: AtomicU64,
     pub(super) last_hash: Mutex<String>,
     pub(super) last_error: Mutex<Option<String>>,
+    /// Times the live file was found unlinked, renamed, replaced, truncated or changed.
+    pub(super) reopens: AtomicU64,
+    /// What was last found done to it.
+    pub(super) last_reopen: Mutex<Option<String>>,
+    /// Rotations since the journal was opened.
+    pub(super) rotations: AtomicU64,
+    /// Rotated files compressed, and compressions that failed.
+    pub(super) archived: AtomicU64,
+    pub(super) archive_errors: AtomicU64,
+    /// Rotated files and records deleted by retention, and the last deletion.
+    pub(super) retention_files: AtomicU64,
+    pub(super) retention_records: AtomicU64,
+    pub(super) last_retention: Mutex<Option<String>>,
+    /// Free bytes on the journal's file system when last looked at (0: not looked at).
+    pub(super) free_bytes: AtomicU64,
     /// `audit.checkpoint` at least this often.
     pub(super) checkpoint_interval: Option<Duration>,
     /// The file and the chain. Whoever holds it writes: the writer thread, or (strict mode
@@ -185,6 +200,38 @@ impl Shared {
             q.oldest.get_or_insert_with(Instant::now);
             q.items.push_back(Item::Checkpoint);
         }
+    }
+
+    /// Queues a record the writer makes itself (what was done to the live file): in strict
+    /// mode as the very next record; in async mode behind what is queued, so that the `seq`s
+    /// handed out stay exact.
+    pub(super) fn queue_note(&self, note: Prepared) {
+        let mut q = lock(&self.queue);
+        let item = Item::Record(Box::new(note), None);
+        if self.mode == AuditMode::Strict {
+            q.next_seq += 1;
+            q.items.push_front(item);
+            q.oldest.get_or_insert_with(Instant::now);
+        } else {
+            self.push(&mut q, item);
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// Appends a record and waits until it is written (on disk when `fsync` is on), whatever
+    /// the mode: for records that must be in the journal before something is done (the
+    /// archiver's `audit.retention` before a deletion). For synchronous code only.
+    pub(super) fn append_wait(&self, rec: Prepared) -> Result<u64, AuditError> {
+        if self.mode == AuditMode::Off {
+            return Err(AuditError::Closed);
+        }
+        if self.inline {
+            return self.append_inline(vec![rec]);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(rec, Some(tx))?;
+        rx.blocking_recv().unwrap_or(Err(AuditError::Closed))
     }
 
     pub(super) fn shut_down(&self, thread: &Mutex<Option<JoinHandle<()>>>) {

@@ -134,7 +134,6 @@ fn inline_appenders_and_lazy_records_share_one_chain() {
     let c = AuditConfig {
         fsync: false,
         max_bytes: 64 * 1024,
-        keep_files: 0,
         ..cfg(dir.path())
     };
     let j = Journal::open(&c).unwrap();
@@ -201,68 +200,147 @@ fn a_lazy_record_left_alone_is_written_without_a_close() {
 }
 
 #[test]
-fn rotation_keeps_the_chain_and_the_newest_files() {
+fn retention_deletes_the_oldest_files_only_after_saying_so() {
     let dir = tempfile::tempdir().unwrap();
-    let c = AuditConfig {
+    let mut c = AuditConfig {
         max_bytes: 4096,
-        keep_files: 3,
         ..cfg(dir.path())
     };
+    c.retention.max_files = 3;
     let j = Journal::open(&c).unwrap();
     for i in 0..60 {
         j.append_blocking(sample_record(i, "w", false)).unwrap();
     }
+    j.archive();
+    let st = j.status();
     drop(j);
-    let rotated = rotated_files(&c.path);
+    let rotated = crate::audit::segments::rotated(&c.path);
     assert_eq!(
-        rotated.iter().map(|r| r.0).collect::<Vec<_>>(),
-        vec![1, 2, 3],
-        "keep_files bounds the rotated files"
+        rotated.len(),
+        3,
+        "max_files bounds the rotated files: {rotated:?}"
     );
-    for (_, p) in &rotated {
-        assert!(std::fs::metadata(p).unwrap().len() <= 4096);
+    for r in &rotated {
+        assert!(crate::audit::segments::is_compressed(&r.path), "{r:?}");
     }
-    // The chain runs through .3, .2, .1 and the current file without a break.
+    assert!(st.retention_files > 0 && st.retention_records > 0, "{st:?}");
+    // The chain runs through the kept files and the live one without a break, and starts
+    // where an audit.retention says the deleted ones ended.
     let files = chain_files(&c);
     let all: Vec<Value> = files.iter().flat_map(|p| lines(p)).collect();
     for w in all.windows(2) {
         assert_eq!(w[1]["prev_hash"], w[0]["hash"]);
     }
-    assert_eq!(all.last().unwrap()["seq"], 60);
-    // Given in any order, verify sorts them by first seq; the oldest start is a warning.
+    let first = all[0]["seq"].as_u64().unwrap();
+    assert!(first > 1);
+    let retention: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["event"] == "audit.retention")
+        .collect();
+    assert!(
+        retention.iter().any(|r| {
+            r["detail"]["missing"]["last_seq"].as_u64() == Some(first - 1)
+                && r["detail"]["missing"]["last_hash"] == all[0]["prev_hash"]
+        }),
+        "{retention:#?}"
+    );
+    // Given in any order, verify sorts them by first seq and accepts the recorded start.
     let mut shuffled = files.clone();
     shuffled.reverse();
     let report = verify::verify(&shuffled);
     assert!(report.ok(), "{report}");
-    assert!(report.first_seq.unwrap() > 1);
     assert!(
         report
             .warnings
             .iter()
-            .any(|w| w.message.contains("chain starts at seq")),
+            .any(|w| w.message.contains("audit.retention")),
         "{report}"
     );
+    // Without the record that says so, the same start is a deletion...
+    let kept: Vec<&PathBuf> = files.iter().skip(1).collect();
+    let report = verify::verify(&kept);
+    assert_eq!(
+        report.failure.as_ref().map(|f| f.kind),
+        Some(Tamper::Deleted),
+        "{report}"
+    );
+    // ...unless the files are known to be part of a chain.
+    assert!(verify::verify_with(&kept, true).ok());
 }
 
 #[test]
-fn keep_files_zero_keeps_every_rotated_file() {
+fn by_default_nothing_is_deleted_and_rotated_files_are_compressed() {
     let dir = tempfile::tempdir().unwrap();
     let c = AuditConfig {
         max_bytes: 4096,
-        keep_files: 0,
         ..cfg(dir.path())
     };
     let j = Journal::open(&c).unwrap();
     for i in 0..60 {
         j.append_blocking(sample_record(i, "w", false)).unwrap();
     }
+    j.archive();
     drop(j);
-    let rotated = rotated_files(&c.path);
+    let rotated = crate::audit::segments::rotated(&c.path);
     assert!(rotated.len() >= 5, "{rotated:?}");
-    assert_eq!(rotated.last().unwrap().0, rotated.len());
+    let mut next = 1;
+    for r in &rotated {
+        let crate::audit::segments::Place::Range {
+            first,
+            last,
+            compressed,
+        } = r.place
+        else {
+            panic!("{r:?}")
+        };
+        assert!(compressed, "{r:?}");
+        assert_eq!(first, next, "the names say the ranges, back to back");
+        let recs = lines(&r.path);
+        assert_eq!(recs[0]["seq"].as_u64(), Some(first));
+        assert_eq!(recs.last().unwrap()["seq"].as_u64(), Some(last));
+        next = last + 1;
+    }
     let report = verify::verify(&chain_files(&c));
     assert!(report.ok(), "{report}");
     assert_eq!((report.first_seq, report.last_seq), (Some(1), Some(60)));
+    assert!(report.warnings.is_empty(), "{report}");
+}
+
+#[test]
+fn files_rotated_by_older_versions_are_renamed_by_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = AuditConfig {
+        max_bytes: 4096,
+        compress: false,
+        ..cfg(dir.path())
+    };
+    let j = Journal::open(&c).unwrap();
+    for i in 0..30 {
+        j.append_blocking(sample_record(i, "w", false)).unwrap();
+    }
+    drop(j);
+    // As an older version named them: PATH.1 the newest.
+    let mut rotated = crate::audit::segments::rotated(&c.path);
+    rotated.reverse();
+    for (n, r) in rotated.iter().enumerate() {
+        std::fs::rename(&r.path, crate::audit::segments::legacy_name(&c.path, n + 1)).unwrap();
+    }
+    assert!(verify::verify(&chain_files(&c)).ok(), "old names verify");
+    let j = Journal::open(&c).unwrap();
+    j.archive();
+    j.append_blocking(Record::new(Event::AgentStart)).unwrap();
+    drop(j);
+    let after = crate::audit::segments::rotated(&c.path);
+    assert_eq!(after.len(), rotated.len());
+    assert!(
+        after
+            .iter()
+            .all(|r| matches!(r.place, crate::audit::segments::Place::Range { .. })),
+        "{after:?}"
+    );
+    let report = verify::verify(&chain_files(&c));
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.records, 31);
 }
 
 #[test]
@@ -274,7 +352,11 @@ fn an_empty_current_file_continues_from_the_newest_rotated_one() {
         j.append_blocking(sample_record(i, "w", false)).unwrap();
     }
     drop(j);
-    std::fs::rename(&c.path, rotated_name(&c.path, 1)).unwrap();
+    std::fs::rename(
+        &c.path,
+        crate::audit::segments::range_name(&c.path, 1, 3, false),
+    )
+    .unwrap();
     std::fs::File::create(&c.path).unwrap();
     let j = Journal::open(&c).unwrap();
     assert_eq!(

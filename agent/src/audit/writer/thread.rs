@@ -73,6 +73,11 @@ pub(super) fn run(s: &Shared) {
             q.closing
         };
         let mut w = lock(&s.writer);
+        if let Some(h) = &mut w.head
+            && let Err(e) = h.sync(closing)
+        {
+            error!("audit journal: cannot fsync the chain's head: {e}");
+        }
         match s.commit_round(&mut w, closing, true) {
             Round::Done => backoff = Duration::from_millis(50),
             Round::Empty => {

@@ -148,6 +148,15 @@ fn audit_writes_what_the_journal_writes() {
             journald_errors: 2,
             dropped: 0,
             last_error: Some("disk full".into()),
+            reopens: 4,
+            last_reopen: Some("unlinked".into()),
+            rotations: 5,
+            archived: 6,
+            archive_errors: 7,
+            retention_files: 8,
+            retention_records: 9,
+            last_retention: Some("seq 1..=9".into()),
+            free_bytes: 10,
         };
         assert_eq!(json(&super::audit(&s)), json(&s));
     }

@@ -93,16 +93,28 @@ impl Ctx<'_> {
     }
 
     /// A record about this session.
+    /// A record of the session: its id and workload (the identity is in `session.start`).
     fn record(&self, event: Event) -> Record {
+        Record::new(event)
+            .session(self.meta.id)
+            .workload(&self.meta.workload)
+    }
+
+    /// The `session.start` record: who (the process behind the connection), from where, to
+    /// which server and database, under which policy. The session's later records refer to
+    /// it by session id.
+    fn start_record(&self) -> Record {
         let m = self.meta;
-        let mut r = Record::new(event)
-            .session(m.id)
-            .workload(&m.workload)
+        let mut r = self
+            .record(Event::SessionStart)
             .client(m.client.clone())
             .server(m.server.clone())
             .db(recorder::db(m));
         if let Some(who) = &m.identity {
             r = r.identity(who);
+        }
+        if let Some(h) = self.recorder.start_policy() {
+            r = r.policy_hash(h);
         }
         r
     }
@@ -157,11 +169,16 @@ pub async fn run(
     let (mut server_r, mut server_w) = upstream.split();
     server_w.write_all(&startup).await?;
     server_w.flush().await?;
+    let pin = env.policy.current();
+    let start_policy = pin
+        .workloads
+        .get(&meta.workload.0)
+        .map(|c| Arc::clone(&c.hash));
     let ctx = Ctx {
         env,
         meta,
         state: Mutex::new(ProtoState::new(&meta.id.to_string())),
-        pin: Mutex::new(env.policy.current()),
+        pin: Mutex::new(pin),
         policy: Mutex::new(SessionPolicy::new(&meta.workload.0, &meta.id.to_string())),
         masking: Mutex::new(Masking::new(
             meta.server.0.clone(),
@@ -169,7 +186,7 @@ pub async fn run(
             Arc::clone(&env.hash_key),
         )),
         changes: Mutex::default(),
-        recorder: Recorder::new(&env.journal, meta),
+        recorder: Recorder::new(&env.journal, meta, start_policy),
         limits: env.limits.wire(),
         client_w: tokio::sync::Mutex::new(client_w),
         strip_plus,
@@ -191,7 +208,7 @@ pub async fn run(
         return Ok(());
     }
     let started = std::time::Instant::now();
-    if let Err(e) = env.journal.append(ctx.record(Event::SessionStart)).await {
+    if let Err(e) = env.journal.append(ctx.start_record()).await {
         // Strict mode: no access without its record.
         warn!(session = %meta.id, "session refused: the audit journal cannot be written: {e}");
         ctx.fatal(
