@@ -90,11 +90,13 @@ impl Agent {
         } else {
             format!("{config_yaml}\nbpf:\n  pin_dir: {}\n", pin_dir.display())
         };
-        // And its own audit journal, unless the test chose one.
+        // And its own audit journal (and the chain's head beside it, not in the host's
+        // /var/lib/pgwarden), unless the test chose one.
         if !config_yaml.starts_with("audit:") && !config_yaml.contains("\naudit:") {
             config_yaml.push_str(&format!(
-                "audit:\n  path: {}\n",
-                tmp.path().join("audit.jsonl").display()
+                "audit:\n  path: {}\n  state_dir: {}\n",
+                tmp.path().join("audit.jsonl").display(),
+                tmp.path().join("state").display()
             ));
         }
         fs::write(&config, &config_yaml)

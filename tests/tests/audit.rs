@@ -61,18 +61,61 @@ fn p(path: &Path) -> &str {
 fn sample(dir: &Path, count: u64, extra: &[&str]) -> PathBuf {
     let file = dir.join("audit.jsonl");
     let n = count.to_string();
-    let mut args = vec!["audit", "write-sample", "--file", p(&file), "--count", &n];
+    let state = dir.join("state");
+    let mut args = vec![
+        "audit",
+        "write-sample",
+        "--file",
+        p(&file),
+        "--state-dir",
+        p(&state),
+        "--count",
+        &n,
+    ];
     args.extend_from_slice(extra);
     ok(&args);
     file
 }
 
 fn records(file: &Path) -> Vec<Value> {
-    std::fs::read_to_string(file)
+    String::from_utf8(read_plain(file))
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// A journal file's bytes, decompressed by Debian's `zstd` (not pgwarden) when it is `.zst`.
+fn read_plain(file: &Path) -> Vec<u8> {
+    if file.extension().is_some_and(|e| e == "zst") {
+        let out = Command::new("zstd")
+            .arg("-dc")
+            .arg(file)
+            .output()
+            .expect("run zstd (cargo xtask setup installs it)");
+        assert!(out.status.success(), "zstd -dc {}", file.display());
+        out.stdout
+    } else {
+        std::fs::read(file).unwrap()
+    }
+}
+
+/// The rotated files next to `file` (`audit.jsonl.<first>-<last>[.zst]`).
+fn rotated(file: &Path) -> Vec<PathBuf> {
+    let prefix = format!("{}.", file.file_name().unwrap().to_string_lossy());
+    let mut v: Vec<PathBuf> = std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .strip_prefix(&prefix)
+                .is_some_and(|rest| rest.contains('-') && !rest.starts_with("displaced"))
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 #[test]
@@ -83,8 +126,9 @@ fn verify_tail_and_replay_a_rotated_journal() {
     std::fs::write(
         &config,
         format!(
-            "audit:\n  path: {}\n  max_bytes: 4096\n  keep_files: 20\n  journald: false\n  checkpoint_every: 0\n",
-            file.display()
+            "audit:\n  path: {}\n  state_dir: {}\n  max_bytes: 4096\n  journald: false\n  checkpoint_every: 0\n",
+            file.display(),
+            dir.path().join("state").display()
         ),
     )
     .unwrap();
@@ -107,8 +151,7 @@ fn verify_tail_and_replay_a_rotated_journal() {
         "--start",
         "25",
     ]);
-    let rotated = dir.path().join("audit.jsonl.1");
-    assert!(rotated.exists(), "4096-byte files rotate");
+    assert!(rotated(&file).len() > 1, "4096-byte files rotate");
 
     // verify with no paths: the configured file and its rotated siblings.
     let out = ok(&["audit", "verify", "--config", p(&config)]);
@@ -118,9 +161,17 @@ fn verify_tail_and_replay_a_rotated_journal() {
     assert_eq!(json["records"], 30);
     assert!(json["failure"].is_null());
 
-    // Never a card number on disk, literals replaced by placeholders.
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let body = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    // Never a card number on disk, literals replaced by placeholders; rotated files are
+    // compressed (read back by Debian's zstd).
+    assert!(
+        rotated(&file)
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "zst")),
+        "{:?}",
+        rotated(&file)
+    );
+    for p in rotated(&file).iter().chain([&file]) {
+        let body = String::from_utf8(read_plain(p)).unwrap();
         assert!(!body.contains("4111111111111111") && !body.contains("4111 1111 1111 1111"));
     }
 
@@ -381,7 +432,7 @@ fn tail_follows_appends_and_rotation() {
     std::thread::sleep(Duration::from_millis(300));
     // Appends with rotations in between (4096-byte files), by another process.
     sample(dir.path(), 40, &["--start", "3", "--max-bytes", "4096"]);
-    assert!(dir.path().join("audit.jsonl.2").exists(), "it rotated");
+    assert!(rotated(&file).len() >= 2, "it rotated");
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while seen.last() != Some(&43) {
@@ -438,7 +489,14 @@ fn records_are_mirrored_to_journald() {
     let denied = &entries[3];
     assert_eq!(denied["PGWARDEN_EVENT"], "query.denied");
     assert_eq!(denied["PRIORITY"], "4");
-    assert_eq!(denied["PGWARDEN_ACTOR_PID"], "4242");
+    // The identity is in the session's session.start, which the denial refers to.
+    assert_eq!(entries[0]["PGWARDEN_EVENT"], "session.start");
+    assert_eq!(entries[0]["PGWARDEN_ACTOR_PID"], "4242");
+    assert_eq!(
+        denied["PGWARDEN_SESSION_ID"],
+        entries[0]["PGWARDEN_SESSION_ID"]
+    );
+    assert!(denied["PGWARDEN_SESSION_ID"].is_string(), "{denied}");
     assert_eq!(denied["SYSLOG_IDENTIFIER"], "pgwarden");
     assert!(
         denied["MESSAGE"]

@@ -47,10 +47,11 @@ fn every_statement_has_one_record_with_the_real_identity() {
     let control = dir.path().join("c.sock");
     let cg = TestCgroup::create(&unique_name("pgw-e2e-audit"));
     let config = format!(
-        "mask:\n  hash_key_file: {}\naudit:\n  path: {}\n  mode: strict\nlisten:\n  ipv4: 127.0.0.1:{}\n  ipv6: null\ncontrol:\n  socket: {}\n\
+        "mask:\n  hash_key_file: {}\naudit:\n  path: {}\n  mode: strict\n  state_dir: {}\nlisten:\n  ipv4: 127.0.0.1:{}\n  ipv6: null\ncontrol:\n  socket: {}\n\
          intercept: [\"*:{}\"]\nworkloads:\n  - name: payments-mcp\n    cgroup: \"{}\"\n    policy: {}\n    profile: reader\n",
         key.display(),
         journal.display(),
+        dir.path().join("state").display(),
         free_port(),
         control.display(),
         pg.port,
@@ -86,7 +87,29 @@ fn every_statement_has_one_record_with_the_real_identity() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    let mine = |r: &&Value| r["actor"]["pid"].as_u64() == Some(u64::from(pid));
+    // The identity is in the session's session.start; its statements refer to it by id
+    // (record contract v2) and carry only what they add.
+    let starts: Vec<Value> = of("session.start")
+        .into_iter()
+        .filter(|r| r["actor"]["pid"].as_u64() == Some(u64::from(pid)))
+        .collect();
+    assert_eq!(starts.len(), 1, "{recs:#?}");
+    let start = &starts[0];
+    assert_eq!(start["workload"], "payments-mcp");
+    assert_eq!(start["actor"]["cgroup"], format!("/{}", cg.rel));
+    assert_eq!(
+        start["actor"]["exe"],
+        pg_bin("psql").canonicalize().unwrap().display().to_string()
+    );
+    assert_eq!(start["actor"]["uid"], 0);
+    assert_eq!(start["db"]["user"], "postgres");
+    assert_eq!(start["v"], 2);
+    assert!(
+        start["policy_hash"].as_str().is_some_and(|h| h.len() == 64),
+        "{start}"
+    );
+    let session = start["session_id"].clone();
+    let mine = |r: &&Value| r["session_id"] == session;
     let queries: Vec<Value> = of("query").into_iter().filter(|r| mine(&r)).collect();
     assert_eq!(queries.len(), 2, "{recs:#?}");
     assert_eq!(queries[0]["statement"]["command"], "SELECT");
@@ -107,17 +130,13 @@ fn every_statement_has_one_record_with_the_real_identity() {
     assert_eq!(denied[0]["sqlstate"], "42501");
     for r in queries.iter().chain(&denied) {
         assert_eq!(r["workload"], "payments-mcp");
-        assert_eq!(r["actor"]["cgroup"], format!("/{}", cg.rel));
-        assert_eq!(
-            r["actor"]["exe"],
-            pg_bin("psql").canonicalize().unwrap().display().to_string()
-        );
-        assert_eq!(r["actor"]["uid"], 0);
-        assert_eq!(r["db"]["user"], "postgres");
-        assert!(
-            r["policy_hash"].as_str().is_some_and(|h| h.len() == 64),
-            "{r}"
-        );
+        assert_eq!(r["v"], 2);
+        for repeated in ["actor", "client", "server", "db", "policy_hash"] {
+            assert!(
+                r[repeated].is_null(),
+                "{repeated} is in session.start only: {r}"
+            );
+        }
     }
     let done: Vec<Value> = of("query.done").into_iter().filter(|r| mine(&r)).collect();
     assert_eq!(done.len(), 2);
@@ -179,9 +198,10 @@ fn strict_mode_refuses_statements_when_the_journal_cannot_be_written() {
     let control = dir.path().join("c.sock");
     let cg = TestCgroup::create(&unique_name("pgw-e2e-full"));
     let config = format!(
-        "audit:\n  path: {}\n  mode: strict\n  journald: false\nlisten:\n  ipv4: 127.0.0.1:{}\n  ipv6: null\ncontrol:\n  socket: {}\n\
+        "audit:\n  path: {}\n  mode: strict\n  journald: false\n  min_free_bytes: 0\n  state_dir: {}\nlisten:\n  ipv4: 127.0.0.1:{}\n  ipv6: null\ncontrol:\n  socket: {}\n\
          intercept: [\"*:{}\"]\nworkloads:\n  - name: w\n    cgroup: \"{}\"\n    policy: {}\n    profile: allow-all\n",
         journal.display(),
+        dir.path().join("state").display(),
         free_port(),
         control.display(),
         pg.port,

@@ -16,8 +16,10 @@ use crate::cmd;
 /// `ip`, `setfattr`/`getfattr`, `ps`/`pgrep`, `openssl` for the certificates of the TLS tests, and
 /// `pgbouncer` (1.18), the peer `cargo xtask bench` measures pgwarden against, `util-linux`
 /// (`nsenter`, `unshare`) for the namespace tests, and `podman` with `runc` (crun refuses this
-/// hybrid cgroup layout) for the one test with a real container.
+/// hybrid cgroup layout) for the one test with a real container, and `zstd` (`zstdcat`) for
+/// reading the journal's compressed rotated files outside pgwarden.
 const DEBIAN_PACKAGES: &[&str] = &[
+    "zstd",
     "llvm-22-dev",
     "postgresql-15",
     "postgresql-client-15",

@@ -315,8 +315,13 @@ pub async fn run(cmd: AuditCommand, load: LoadConfig<'_>) -> anyhow::Result<()> 
             while let Some(r) = tasks.join_next().await {
                 dropped += r?.context("append")?;
             }
+            // Compressed and retained as the agent's archiver would have by now.
             let j = journal.clone();
-            tokio::task::spawn_blocking(move || j.close()).await?;
+            tokio::task::spawn_blocking(move || {
+                j.archive();
+                j.close();
+            })
+            .await?;
             let seconds = started.elapsed().as_secs_f64();
             let status = journal.status();
             let mut out = serde_json::to_value(&status)?;
