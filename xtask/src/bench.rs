@@ -9,6 +9,7 @@
 
 mod conns;
 mod costs;
+mod journal;
 mod pgbench;
 mod report;
 mod rig;
@@ -47,8 +48,12 @@ pub struct Args {
     /// Run this pgwarden binary instead of building target/release/pgwarden.
     #[arg(long)]
     pub pgwarden: Option<PathBuf>,
-    /// Only these sections (comma-separated: connect, pgbench, masking, memory, policy,
-    /// audit); the report
+    /// An older pgwarden binary the journal section measures too, beside the one under test
+    /// (journal bytes per statement, before and after).
+    #[arg(long, value_name = "BIN")]
+    pub before: Option<PathBuf>,
+    /// Only these sections (comma-separated: connect, pgbench, journal, masking, memory,
+    /// policy, audit); the report
     /// then says the run was partial. For iterating on one measurement; a full run refreshes
     /// BENCHMARKS.md.
     #[arg(long, value_delimiter = ',')]
@@ -80,6 +85,8 @@ pub struct Plan {
     pub json: PathBuf,
     /// The sections to run (keys of [`SECTIONS`]); all of them but in a partial run.
     pub sections: Vec<&'static str>,
+    /// The older binary the journal section measures too (`--before`).
+    pub before: Option<PathBuf>,
 }
 
 impl Plan {
@@ -100,6 +107,7 @@ impl Plan {
                 markdown: dir.join("BENCHMARKS.md"),
                 json: dir.join("results.json"),
                 sections: SECTIONS.iter().map(|s| s.0).collect(),
+                before: args.before.clone(),
             });
         }
         if args.seconds == 0 || args.rounds == 0 {
@@ -136,6 +144,9 @@ impl Plan {
         if modes.is_empty() {
             modes = QueryMode::ALL.to_vec();
         }
+        if args.before.is_some() && !sections.contains(&"journal") {
+            bail!("--before is measured by the journal section only: add it to --only");
+        }
         let (markdown, json) = if partial {
             let dir = root.join("target").join("bench-partial");
             (dir.join("BENCHMARKS.md"), dir.join("results.json"))
@@ -158,6 +169,7 @@ impl Plan {
             markdown,
             json,
             sections,
+            before: args.before.clone(),
         })
     }
 
@@ -193,6 +205,11 @@ const SECTIONS: &[(&str, &str, Measure)] = &[
     ("policy", "policy decisions", costs::policy),
     ("audit", "audit journal", costs::audit),
     ("pgbench", "pgbench -S", pgbench::matrix),
+    (
+        "journal",
+        "journal bytes per statement",
+        journal::bytes_per_statement,
+    ),
     ("masking", "masking throughput", scan::masking),
     ("memory", "agent memory", conns::idle_memory),
 ];
@@ -245,6 +262,11 @@ fn bench(plan: &Plan, args: &Args, interrupt: &Interrupt) -> Result<()> {
     };
     if !bin.is_file() {
         bail!("{} does not exist", bin.display());
+    }
+    if let Some(before) = &args.before
+        && !before.is_file()
+    {
+        bail!("--before {} does not exist", before.display());
     }
     interrupt.check()?;
 
@@ -358,6 +380,7 @@ mod tests {
             rounds: 3,
             smoke: true,
             pgwarden: None,
+            before: None,
             only: Vec::new(),
             modes: Vec::new(),
         })
@@ -377,6 +400,7 @@ mod tests {
             rounds: 2,
             smoke: false,
             pgwarden: None,
+            before: None,
             only: Vec::new(),
             modes: Vec::new(),
         })
@@ -391,6 +415,7 @@ mod tests {
                 rounds: 1,
                 smoke: false,
                 pgwarden: None,
+                before: None,
                 only: Vec::new(),
                 modes: Vec::new(),
             })

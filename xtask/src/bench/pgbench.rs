@@ -211,7 +211,7 @@ fn parse_log(text: &str) -> Result<Vec<u64>> {
 
 /// `tps = N (without initial connection time)` and `number of transactions actually processed:
 /// N` from pgbench's summary; fails on failed transactions.
-fn parse_summary(out: &str) -> Result<(f64, u64)> {
+pub fn parse_summary(out: &str) -> Result<(f64, u64)> {
     let tps = out
         .lines()
         .filter_map(|l| l.strip_prefix("tps = "))

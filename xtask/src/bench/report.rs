@@ -21,6 +21,7 @@ const ORDER: &[&str] = &[
     "memory",
     "policy",
     "audit",
+    "journal",
     "untagged_connect",
 ];
 
@@ -239,6 +240,7 @@ impl Report {
                 "scale": p.scale,
                 "payments_rows": p.payments_rows,
                 "idle_connections": p.idle_conns,
+                "before": p.before.as_ref().map(|b| b.display().to_string()),
             },
             "audit_included": self.audit_included,
             "notes": self.notes,
