@@ -233,17 +233,33 @@ fn seq_goes_on_when_the_journal_directory_was_emptied() {
 #[test]
 fn below_the_free_space_floor_appends_fail_and_nothing_is_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    for mode in [AuditMode::Strict] {
-        let c = AuditConfig {
-            mode,
-            min_free_bytes: u64::MAX / 2,
-            ..cfg(dir.path())
-        };
-        let j = Journal::open(&c).unwrap();
-        let e = j
-            .append_blocking(Record::new(Event::AgentStart))
-            .unwrap_err();
-        assert!(e.to_string().contains("audit.min_free_bytes"), "{e}");
-        assert!(j.status().free_bytes > 0);
-    }
+    let c = AuditConfig {
+        mode: AuditMode::Strict,
+        max_bytes: 4096,
+        ..cfg(dir.path())
+    };
+    let j = Journal::open(&c).unwrap();
+    append(&j, 0, 40);
+    drop(j);
+    let before = all(&c).len();
+    assert!(chain(&c).len() > 2);
+    let c = AuditConfig {
+        min_free_bytes: u64::MAX / 2,
+        retention: crate::audit::config::RetentionConfig {
+            max_files: 1,
+            ..Default::default()
+        },
+        ..c
+    };
+    let j = Journal::open(&c).unwrap();
+    let e = j
+        .append_blocking(Record::new(Event::AgentStart))
+        .unwrap_err();
+    assert!(e.to_string().contains("audit.min_free_bytes"), "{e}");
+    assert!(j.status().free_bytes > 0);
+    // Retention wants to delete (max_files: 1) but cannot write its record first.
+    j.archive();
+    assert_eq!(j.status().retention_files, 0);
+    drop(j);
+    assert_eq!(all(&c).len(), before, "nothing deleted");
 }
