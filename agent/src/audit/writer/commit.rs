@@ -224,7 +224,7 @@ impl Writer {
         }
         let last = &committed[committed.len() - 1].sealed;
         if let Some(h) = &mut self.head
-            && let Err(e) = h.store(last.seq, &last.hash)
+            && let Err(e) = h.note(last.seq, &last.hash)
         {
             error!("audit journal: cannot store the chain's head: {e}");
         }

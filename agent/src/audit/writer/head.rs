@@ -5,9 +5,11 @@
 //! start still continues the chain from there and says so in an `audit.reopen` record.
 //!
 //! The line has a fixed width and is written in place with one `pwrite`: the page cache has
-//! it at once (it survives the agent being killed), and it is fsynced with the journal's
-//! periodic syncs. A head older than the journal's tail (a power loss before that sync) is
-//! ignored: the journal's own tail wins.
+//! it at once (it survives the agent being killed). It is written at most once a millisecond
+//! by whoever commits (a batch within that only marks it pending), and the writer thread,
+//! which wakes every 2 ms while records flow, writes what is pending; it is fsynced once a
+//! second. A head older than the journal's tail (a kill within that millisecond, a power loss
+//! before the fsync) is ignored: the journal's own tail wins.
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
@@ -33,10 +35,16 @@ pub(super) struct Head {
     /// Stored since the last fsync.
     dirty: bool,
     synced: std::time::Instant,
+    /// A head not written yet (a commit within [`STORE_EVERY`] of the last write).
+    pending: Option<(u64, String)>,
+    stored: std::time::Instant,
 }
 
 /// How often a changed head is fsynced.
 const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often it is written at most by a commit.
+const STORE_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Head {
     /// Opens (creating it and the state directory, 0700) the head file at `path`.
@@ -59,6 +67,8 @@ impl Head {
             line: [b' '; WIDTH],
             dirty: false,
             synced: std::time::Instant::now(),
+            pending: None,
+            stored: std::time::Instant::now(),
         })
     }
 
@@ -85,8 +95,35 @@ impl Head {
         parsed
     }
 
+    /// Notes `seq` and `hash` as the head: written now, or left pending when the last write
+    /// is younger than [`STORE_EVERY`] (see the module doc).
+    pub(super) fn note(&mut self, seq: u64, hash: &str) -> io::Result<()> {
+        if self.stored.elapsed() < STORE_EVERY {
+            match &mut self.pending {
+                Some(p) => {
+                    p.0 = seq;
+                    p.1.clear();
+                    p.1.push_str(hash);
+                }
+                None => self.pending = Some((seq, hash.to_owned())),
+            }
+            return Ok(());
+        }
+        self.pending = None;
+        self.store(seq, hash)
+    }
+
+    /// Writes what [`Head::note`] left pending.
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        match self.pending.take() {
+            Some((seq, hash)) => self.store(seq, &hash),
+            None => Ok(()),
+        }
+    }
+
     /// Stores `seq` and `hash` as the head (in the page cache; see the module doc).
     pub(super) fn store(&mut self, seq: u64, hash: &str) -> io::Result<()> {
+        self.stored = std::time::Instant::now();
         let mut digits = itoa::Buffer::new();
         let d = digits.format(seq).as_bytes();
         self.line[..20].fill(b' ');
@@ -105,6 +142,7 @@ impl Head {
     /// fsyncs the head when it changed and the last fsync is [`SYNC_EVERY`] old (`now`: at
     /// once, when closing).
     pub(super) fn sync(&mut self, now: bool) -> io::Result<()> {
+        self.flush()?;
         if self.dirty && (now || self.synced.elapsed() >= SYNC_EVERY) {
             self.dirty = false;
             self.synced = std::time::Instant::now();
@@ -131,6 +169,11 @@ mod tests {
         h.store(7, &"cd".repeat(32)).unwrap();
         assert_eq!(Head::load(&p), Some((7, "cd".repeat(32))));
         assert_eq!(std::fs::metadata(&p).unwrap().len(), WIDTH as u64);
+        // Notes are written at once or left for a flush; after it, the last one is there.
+        h.note(8, &"ef".repeat(32)).unwrap();
+        h.note(9, &"01".repeat(32)).unwrap();
+        h.flush().unwrap();
+        assert_eq!(Head::load(&p), Some((9, "01".repeat(32))));
         std::fs::write(&p, b"garbage").unwrap();
         assert_eq!(Head::load(&p), None);
     }

@@ -124,8 +124,18 @@ fn a_file_put_in_its_place_is_moved_aside_not_written_into() {
     assert_eq!(recs.len(), 3, "{recs:#?}");
     let d = &recs[0]["detail"];
     assert_eq!(d["reason"], "unlinked and replaced");
-    let aside = PathBuf::from(d["displaced_to"].as_str().unwrap());
-    assert_eq!(std::fs::read(&aside).unwrap(), b"someone else's bytes\n");
+    let aside = PathBuf::from(
+        d["displaced_to"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{recs:#?}")),
+    );
+    let listing: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let kept = std::fs::read(&aside)
+        .unwrap_or_else(|e| panic!("{}: {e}; the directory holds {listing:?}", aside.display()));
+    assert_eq!(kept, b"someone else's bytes\n");
     assert!(verify::verify(&chain(&c)).ok());
 }
 
