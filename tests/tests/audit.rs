@@ -78,44 +78,19 @@ fn sample(dir: &Path, count: u64, extra: &[&str]) -> PathBuf {
 }
 
 fn records(file: &Path) -> Vec<Value> {
-    String::from_utf8(read_plain(file))
+    String::from_utf8(pgwarden_e2e::journal_bytes(file))
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
 
-/// A journal file's bytes, decompressed by Debian's `zstd` (not pgwarden) when it is `.zst`.
-fn read_plain(file: &Path) -> Vec<u8> {
-    if file.extension().is_some_and(|e| e == "zst") {
-        let out = Command::new("zstd")
-            .arg("-dc")
-            .arg(file)
-            .output()
-            .expect("run zstd (cargo xtask setup installs it)");
-        assert!(out.status.success(), "zstd -dc {}", file.display());
-        out.stdout
-    } else {
-        std::fs::read(file).unwrap()
-    }
-}
-
 /// The rotated files next to `file` (`audit.jsonl.<first>-<last>[.zst]`).
 fn rotated(file: &Path) -> Vec<PathBuf> {
-    let prefix = format!("{}.", file.file_name().unwrap().to_string_lossy());
-    let mut v: Vec<PathBuf> = std::fs::read_dir(file.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .strip_prefix(&prefix)
-                .is_some_and(|rest| rest.contains('-') && !rest.starts_with("displaced"))
-        })
-        .collect();
-    v.sort();
-    v
+    pgwarden_e2e::journal_files(file)
+        .into_iter()
+        .filter(|p| p != file)
+        .collect()
 }
 
 #[test]
@@ -171,7 +146,7 @@ fn verify_tail_and_replay_a_rotated_journal() {
         rotated(&file)
     );
     for p in rotated(&file).iter().chain([&file]) {
-        let body = String::from_utf8(read_plain(p)).unwrap();
+        let body = String::from_utf8(pgwarden_e2e::journal_bytes(p)).unwrap();
         assert!(!body.contains("4111111111111111") && !body.contains("4111 1111 1111 1111"));
     }
 

@@ -21,27 +21,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pgwarden_e2e::{
-    Agent, PgServer, TestCgroup, agent_config, allow_all_workload, in_cgroup, pg_bin, require_root,
-    run_ok, run_output, unique_name, wait_for,
+    Agent, PgServer, TestCgroup, agent_config, allow_all_workload, in_cgroup, journal_bytes,
+    journal_files, pg_bin, require_root, run_ok, run_output, unique_name, wait_for,
 };
 use serde_json::Value;
 
 const LOG_ALL: &str = "log_statement = 'all'";
-
-/// A journal file's bytes, decompressed by Debian's `zstd` when it is `.zst`.
-fn read_plain(file: &Path) -> Vec<u8> {
-    if file.extension().is_some_and(|e| e == "zst") {
-        let out = Command::new("zstd")
-            .arg("-dc")
-            .arg(file)
-            .output()
-            .expect("run zstd (cargo xtask setup installs it)");
-        assert!(out.status.success(), "zstd -dc {}", file.display());
-        out.stdout
-    } else {
-        std::fs::read(file).unwrap_or_default()
-    }
-}
 
 fn parse(bytes: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(bytes)
@@ -50,35 +35,11 @@ fn parse(bytes: &[u8]) -> Vec<Value> {
         .collect()
 }
 
-/// The journal's files next to `live` (rotated ones by range, and the live one).
-fn journal_files(live: &Path) -> Vec<PathBuf> {
-    let prefix = format!("{}.", live.file_name().unwrap().to_string_lossy());
-    let mut v: Vec<PathBuf> = std::fs::read_dir(live.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .strip_prefix(&prefix)
-                .is_some_and(|r| {
-                    let r = r.strip_suffix(".zst").unwrap_or(r);
-                    r.split_once('-').is_some_and(|(a, b)| {
-                        a.bytes().all(|c| c.is_ascii_digit())
-                            && b.bytes().all(|c| c.is_ascii_digit())
-                    })
-                })
-        })
-        .collect();
-    v.sort();
-    if live.exists() {
-        v.push(live.to_owned());
-    }
-    v
-}
-
 fn records_of(files: &[PathBuf]) -> Vec<Value> {
-    files.iter().flat_map(|f| parse(&read_plain(f))).collect()
+    files
+        .iter()
+        .flat_map(|f| parse(&journal_bytes(f)))
+        .collect()
 }
 
 /// `pgwarden audit verify` of the configured journal; its output.

@@ -83,7 +83,8 @@ fn place_of(suffix: &str) -> Option<Place> {
     })
 }
 
-fn dir_of(path: &Path) -> &Path {
+/// The directory `path` is in (`.` for a bare name).
+pub(crate) fn dir_of(path: &Path) -> &Path {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

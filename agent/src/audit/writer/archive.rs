@@ -138,10 +138,10 @@ pub(super) fn pass(s: &Shared, signal: &Signal) {
         }
         match compress(&seg.path, &to) {
             Ok(()) => {
-                s.archived.fetch_add(1, Ordering::Relaxed);
+                s.files.archived.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                s.archive_errors.fetch_add(1, Ordering::Relaxed);
+                s.files.archive_errors.fetch_add(1, Ordering::Relaxed);
                 error!(
                     "audit journal: cannot compress {}: {e}; it stays as it is (tried again \
                      later)",
@@ -198,14 +198,10 @@ fn seq_range(data: &[u8]) -> Option<(u64, u64)> {
 
 /// A `.zst.tmp` left by a crash goes.
 fn remove_strays(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    let Some(name) = path.file_name() else {
         return;
     };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    let dir = segments::dir_of(path);
     let prefix = format!("{}.", name.to_string_lossy());
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let n = e.file_name();
@@ -355,8 +351,11 @@ fn retain(s: &Shared, limits: &RetentionConfig) {
         }
     }
     let _ = sync_dir(&s.path);
-    s.retention_files.fetch_add(deleted, Ordering::Relaxed);
-    s.retention_records
+    s.files
+        .retention_files
+        .fetch_add(deleted, Ordering::Relaxed);
+    s.files
+        .retention_records
         .fetch_add(last.saturating_sub(first) + 1, Ordering::Relaxed);
     warn!(
         "audit retention ({}): deleted {deleted} file(s) holding seq {first}..={last}, last \
@@ -364,7 +363,7 @@ fn retain(s: &Shared, limits: &RetentionConfig) {
         why.join(", "),
         names.join(", ")
     );
-    *lock(&s.last_retention) = Some(format!(
+    *lock(&s.files.last_retention) = Some(format!(
         "seq {first}..={last} deleted (audit.retention seq {seq})"
     ));
 }

@@ -409,7 +409,8 @@ impl Writer {
             self.open_live()?;
         }
         if self.ident.is_some() {
-            self.space.check(&self.path, buf.len(), &s.free_bytes)?;
+            self.space
+                .check(&self.path, buf.len(), &s.files.free_bytes)?;
         }
         self.write_synced(buf, sync)?;
         if self.orphaned()? {

@@ -75,10 +75,7 @@ pub(super) fn displaced_name(path: &Path) -> PathBuf {
 
 /// fsyncs the directory of `path`, so that a rename or a new file in it survives a crash.
 pub(super) fn sync_dir(path: &Path) -> io::Result<()> {
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => File::open(".")?.sync_all(),
-    }
+    File::open(crate::audit::segments::dir_of(path))?.sync_all()
 }
 
 impl Writer {
@@ -96,7 +93,7 @@ impl Writer {
         // opens it (`flush`).
         sync_dir(&self.path)?;
         self.open_live()?;
-        s.rotations.fetch_add(1, Ordering::Relaxed);
+        s.files.rotations.fetch_add(1, Ordering::Relaxed);
         info!(
             "audit journal rotated: {} -> {} (seq {first}..{last})",
             self.path.display(),

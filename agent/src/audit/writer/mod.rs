@@ -50,7 +50,7 @@ use archive::Signal;
 use commit::{Chain, Writer};
 pub use error::AuditError;
 use head::Head;
-use queue::{Item, Queue, Shared, lock};
+use queue::{FileCounters, Item, Queue, Shared, lock};
 use space::Space;
 
 use super::canon::Prepared;
@@ -215,15 +215,7 @@ impl Journal {
             dropped: AtomicU64::new(0),
             last_hash: Mutex::new(recovered.prev_hash.clone()),
             last_error: Mutex::new(None),
-            reopens: AtomicU64::new(0),
-            last_reopen: Mutex::new(None),
-            rotations: AtomicU64::new(0),
-            archived: AtomicU64::new(0),
-            archive_errors: AtomicU64::new(0),
-            retention_files: AtomicU64::new(0),
-            retention_records: AtomicU64::new(0),
-            last_retention: Mutex::new(None),
-            free_bytes: AtomicU64::new(0),
+            files: FileCounters::default(),
             checkpoint_interval: (cfg.checkpoint_seconds > 0)
                 .then(|| Duration::from_secs(cfg.checkpoint_seconds)),
             writer: Mutex::new(writer),
@@ -259,8 +251,8 @@ impl Journal {
                 files_end + 1
             );
             error!("{say}");
-            shared.reopens.fetch_add(1, Ordering::Relaxed);
-            *lock(&shared.last_reopen) = Some(say);
+            shared.files.reopens.fetch_add(1, Ordering::Relaxed);
+            *lock(&shared.files.last_reopen) = Some(say);
             let mut rec = Record::new(Event::AuditReopen)
                 .detail("reason", "files behind the head at start")
                 .detail("files_last_seq", files_end)
@@ -337,15 +329,7 @@ impl Journal {
                     dropped: AtomicU64::new(0),
                     last_hash: Mutex::new(String::new()),
                     last_error: Mutex::new(None),
-                    reopens: AtomicU64::new(0),
-                    last_reopen: Mutex::new(None),
-                    rotations: AtomicU64::new(0),
-                    archived: AtomicU64::new(0),
-                    archive_errors: AtomicU64::new(0),
-                    retention_files: AtomicU64::new(0),
-                    retention_records: AtomicU64::new(0),
-                    last_retention: Mutex::new(None),
-                    free_bytes: AtomicU64::new(0),
+                    files: FileCounters::default(),
                     checkpoint_interval: None,
                     // Never written to: nothing is queued in this mode.
                     writer: Mutex::new(Writer {
@@ -499,15 +483,15 @@ impl Journal {
             journald_errors: s.journald_errors.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             last_error: lock(&s.last_error).clone(),
-            reopens: s.reopens.load(Ordering::Relaxed),
-            last_reopen: lock(&s.last_reopen).clone(),
-            rotations: s.rotations.load(Ordering::Relaxed),
-            archived: s.archived.load(Ordering::Relaxed),
-            archive_errors: s.archive_errors.load(Ordering::Relaxed),
-            retention_files: s.retention_files.load(Ordering::Relaxed),
-            retention_records: s.retention_records.load(Ordering::Relaxed),
-            last_retention: lock(&s.last_retention).clone(),
-            free_bytes: s.free_bytes.load(Ordering::Relaxed),
+            reopens: s.files.reopens.load(Ordering::Relaxed),
+            last_reopen: lock(&s.files.last_reopen).clone(),
+            rotations: s.files.rotations.load(Ordering::Relaxed),
+            archived: s.files.archived.load(Ordering::Relaxed),
+            archive_errors: s.files.archive_errors.load(Ordering::Relaxed),
+            retention_files: s.files.retention_files.load(Ordering::Relaxed),
+            retention_records: s.files.retention_records.load(Ordering::Relaxed),
+            last_retention: lock(&s.files.last_retention).clone(),
+            free_bytes: s.files.free_bytes.load(Ordering::Relaxed),
         }
     }
 

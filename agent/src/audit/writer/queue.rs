@@ -53,6 +53,26 @@ pub(super) struct Queue {
     pub(super) last_checkpoint: Instant,
 }
 
+/// What happened to the journal's files, for status and metrics.
+#[derive(Default)]
+pub(super) struct FileCounters {
+    /// Times the live file was found unlinked, renamed, replaced, truncated or changed.
+    pub(super) reopens: AtomicU64,
+    /// What was last found done to it.
+    pub(super) last_reopen: Mutex<Option<String>>,
+    /// Rotations since the journal was opened.
+    pub(super) rotations: AtomicU64,
+    /// Rotated files compressed, and compressions that failed.
+    pub(super) archived: AtomicU64,
+    pub(super) archive_errors: AtomicU64,
+    /// Rotated files and records deleted by retention, and the last deletion.
+    pub(super) retention_files: AtomicU64,
+    pub(super) retention_records: AtomicU64,
+    pub(super) last_retention: Mutex<Option<String>>,
+    /// Free bytes on the journal's file system when last looked at (0: not looked at).
+    pub(super) free_bytes: AtomicU64,
+}
+
 pub(super) struct Shared {
     pub(super) path: PathBuf,
     pub(super) mode: AuditMode,
@@ -69,21 +89,8 @@ pub(super) struct Shared {
     pub(super) dropped: AtomicU64,
     pub(super) last_hash: Mutex<String>,
     pub(super) last_error: Mutex<Option<String>>,
-    /// Times the live file was found unlinked, renamed, replaced, truncated or changed.
-    pub(super) reopens: AtomicU64,
-    /// What was last found done to it.
-    pub(super) last_reopen: Mutex<Option<String>>,
-    /// Rotations since the journal was opened.
-    pub(super) rotations: AtomicU64,
-    /// Rotated files compressed, and compressions that failed.
-    pub(super) archived: AtomicU64,
-    pub(super) archive_errors: AtomicU64,
-    /// Rotated files and records deleted by retention, and the last deletion.
-    pub(super) retention_files: AtomicU64,
-    pub(super) retention_records: AtomicU64,
-    pub(super) last_retention: Mutex<Option<String>>,
-    /// Free bytes on the journal's file system when last looked at (0: not looked at).
-    pub(super) free_bytes: AtomicU64,
+    /// What happened to the journal's files (status and metrics).
+    pub(super) files: FileCounters,
     /// `audit.checkpoint` at least this often.
     pub(super) checkpoint_interval: Option<Duration>,
     /// The file and the chain. Whoever holds it writes: the writer thread, or (strict mode

@@ -40,11 +40,8 @@ impl Space {
         }
         let bytes = bytes as u64;
         if self.checked.is_none_or(|t| t.elapsed() >= EVERY) || self.since + bytes >= BYTES {
-            let dir = match path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            let st = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
+            let st = nix::sys::statvfs::statvfs(crate::audit::segments::dir_of(path))
+                .map_err(io::Error::from)?;
             self.free = st.blocks_available().saturating_mul(st.fragment_size());
             free.store(self.free, Ordering::Relaxed);
             self.checked = Some(Instant::now());

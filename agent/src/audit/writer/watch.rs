@@ -227,8 +227,8 @@ impl Writer {
     /// Logs, counts and keeps for status what was done to the file.
     fn noted(&mut self, s: &Shared, say: String) {
         error!("{say}");
-        s.reopens.fetch_add(1, Ordering::Relaxed);
-        *lock(&s.last_reopen) = Some(say);
+        s.files.reopens.fetch_add(1, Ordering::Relaxed);
+        *lock(&s.files.last_reopen) = Some(say);
     }
 }
 
