@@ -63,13 +63,19 @@ pub(super) fn open_append(path: &Path) -> io::Result<File> {
 }
 
 /// Where a file found at the journal's path that is not ours is moved, so that the chain
-/// never continues into someone else's bytes: `PATH.displaced-<unix micros>`.
+/// never continues into someone else's bytes: `PATH.displaced-<unix seconds>s<micros>`. The
+/// `s` keeps the digits from reading as a card number, which the journal would mask in the
+/// record that names the file.
 pub(super) fn displaced_name(path: &Path) -> PathBuf {
-    let micros = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
+        .unwrap_or_default();
     let mut s = path.as_os_str().to_owned();
-    s.push(format!(".displaced-{micros}"));
+    s.push(format!(
+        ".displaced-{}s{:06}",
+        now.as_secs(),
+        now.subsec_micros()
+    ));
     PathBuf::from(s)
 }
 

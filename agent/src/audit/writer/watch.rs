@@ -3,7 +3,7 @@
 //!
 //! | found | what the writer does | record |
 //! |---|---|---|
-//! | the path is gone, or names another file | creates the live file again at the path (a non-empty stranger is moved to `PATH.displaced-<µs>` first) | `audit.reopen` |
+//! | the path is gone, or names another file | creates the live file again at the path (a non-empty stranger is moved to `PATH.displaced-<seconds>s<µs>` first) | `audit.reopen` |
 //! | the descriptor's file has no name left after a write | the same, and writes the batch again into the new file | `audit.reopen` |
 //! | the file is shorter than what was written | goes on after its last complete record | `audit.gap` |
 //! | the file is longer than what was written | puts the next record on a fresh line | `audit.gap` (as a torn write) |

@@ -273,3 +273,14 @@ fn below_the_free_space_floor_appends_fail_and_nothing_is_deleted() {
     drop(j);
     assert_eq!(all(&c).len(), before, "nothing deleted");
 }
+
+#[test]
+fn a_displaced_name_never_reads_as_a_card_number() {
+    // 4111111111111111 is a valid PAN: split as a displaced name splits its digits, the
+    // journal's scrubber must leave it alone, so the record names the real file.
+    let name = "/var/log/pgwarden/audit.jsonl.displaced-4111111111s111111";
+    assert_eq!(crate::audit::redact::scrub_pans_cow(name), name);
+    let made = super::super::files::displaced_name(std::path::Path::new("/x/audit.jsonl"));
+    let made = made.to_string_lossy();
+    assert_eq!(crate::audit::redact::scrub_pans_cow(&made), made);
+}
