@@ -483,7 +483,14 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             match (&outcome.denied, outcome.enforced) {
-                (None, _) => println!("decision: allow"),
+                (None, _) => match &outcome.hold {
+                    Some(h) => println!(
+                        "decision: hold for approval\nrule:     {}\napprovers: {}",
+                        h.id,
+                        h.approvers.join(", ")
+                    ),
+                    None => println!("decision: allow"),
+                },
                 (Some(d), true) => println!(
                     "decision: deny\nrule:     {}\nmessage:  {}",
                     d.rule,
@@ -494,6 +501,12 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
                     d.rule,
                     d.message()
                 ),
+            }
+            if let Some(g) = &outcome.guard {
+                println!(
+                    "limit:    at most {} rows changed ({}): counted by the server, undone and refused over it",
+                    g.max_rows, g.rule
+                );
             }
             println!("commands: {}", facts.commands.join(", "));
             let classes: Vec<&str> = facts.classes.iter().map(|c| c.name()).collect();

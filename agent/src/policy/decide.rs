@@ -83,6 +83,8 @@ pub struct Profile {
     pub mask: std::sync::Arc<crate::mask::MaskRules>,
     /// Conditional rules, in order.
     pub conditional: Vec<Conditional>,
+    /// `writes.max_rows`: the most rows one write may change.
+    pub write_limit: Option<u64>,
     /// Enforcement mode.
     pub mode: Mode,
     /// Handling of SQL that does not parse.
@@ -130,6 +132,7 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
         unparsed: file.unparsed,
         mask: std::sync::Arc::default(),
         conditional: Vec::new(),
+        write_limit: None,
     };
     let mut mask = crate::mask::MaskRules::default();
     // Parents first, children override.
@@ -157,12 +160,16 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
         p.allow_fastpath = spec.allow_fastpath.unwrap_or(p.allow_fastpath);
         p.mode = spec.mode.unwrap_or(p.mode);
         p.unparsed = spec.unparsed.unwrap_or(p.unparsed);
+        if let Some(w) = spec.writes {
+            p.write_limit = w.max_rows;
+        }
         for r in &spec.rules {
             p.conditional.push(Conditional {
                 action: r.action,
                 classes: r.classes.iter().copied().collect(),
                 tables: r.tables.iter().map(|t| split2(t)).collect(),
                 without_limit_at_most: r.without_limit_at_most,
+                max_rows: r.max_rows,
                 reason: r.reason.clone(),
                 approval: std::sync::Arc::new(crate::approval::Rule {
                     id: r.id.clone(),
@@ -213,6 +220,8 @@ pub struct Conditional {
     classes: BTreeSet<Class>,
     tables: Vec<(String, String)>,
     without_limit_at_most: Option<u64>,
+    /// A limit by effect instead of a refusal (`action: deny` with `max_rows`).
+    max_rows: Option<u64>,
     reason: Option<String>,
     /// The approval rule (id, approvers, timeout, grants).
     pub approval: std::sync::Arc<crate::approval::Rule>,
@@ -228,7 +237,24 @@ pub struct Outcome {
     pub enforced: bool,
     /// The approval rule holding the statement, when one applies (and nothing denies).
     pub hold: Option<std::sync::Arc<crate::approval::Rule>>,
+    /// The limit on the rows the statement may change, when it writes under one: it runs
+    /// where it can be undone, and is undone and refused when it changed more.
+    pub guard: Option<WriteGuard>,
 }
+
+/// A write's limit by effect: the rule and the most rows it lets one statement change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WriteGuard {
+    /// `write.rows` (the profile's `writes.max_rows`) or the id of a rule with `max_rows`.
+    pub rule: String,
+    /// The most rows allowed.
+    pub max_rows: u64,
+    /// Why, for the client.
+    pub reason: Option<String>,
+}
+
+/// The rule id of the profile's own write limit.
+pub const WRITE_ROWS: &str = "write.rows";
 
 impl Outcome {
     /// Allowed.
@@ -236,6 +262,7 @@ impl Outcome {
         denied: None,
         enforced: true,
         hold: None,
+        guard: None,
     };
 
     /// Whether the statement must be refused.
@@ -266,6 +293,7 @@ impl Profile {
                 )),
                 enforced: self.unparsed == Mode::Enforce && self.mode == Mode::Enforce,
                 hold: None,
+                guard: None,
             };
         }
         let enforced = self.mode == Mode::Enforce;
@@ -274,9 +302,27 @@ impl Profile {
                 denied: Some(d),
                 enforced,
                 hold: None,
+                guard: None,
+            };
+        }
+        let guard = if enforced { self.guard(facts) } else { None };
+        if let Some(g) = &guard
+            && facts.classes.contains(&Class::Transaction)
+        {
+            return Outcome {
+                denied: Some(deny(
+                    &g.rule,
+                    "a write with a row limit cannot share a Query message with BEGIN, COMMIT, ROLLBACK or SAVEPOINT (it runs in a transaction pgwarden can undo); send them as separate statements",
+                )),
+                enforced,
+                hold: None,
+                guard: None,
             };
         }
         for c in &self.conditional {
+            if c.max_rows.is_some() {
+                continue;
+            }
             if self.matches(c, facts) {
                 let id = &c.approval.id;
                 return match c.action {
@@ -289,12 +335,14 @@ impl Profile {
                         )),
                         enforced,
                         hold: None,
+                        guard: None,
                     },
                     // Audit-only profiles record, they do not hold.
                     super::file::Action::RequireApproval if enforced => Outcome {
                         denied: None,
                         enforced,
                         hold: Some(std::sync::Arc::clone(&c.approval)),
+                        guard,
                     },
                     super::file::Action::RequireApproval => Outcome::ALLOW,
                 };
@@ -304,7 +352,35 @@ impl Profile {
             denied: None,
             enforced,
             hold: None,
+            guard,
         }
+    }
+
+    /// The tightest row limit on a statement that changes rows (INSERT, UPDATE, DELETE,
+    /// MERGE, data-modifying CTEs, COPY FROM): the profile's `writes.max_rows` and every
+    /// matching rule with `max_rows`.
+    fn guard(&self, f: &Facts) -> Option<WriteGuard> {
+        let writes =
+            f.classes.contains(&Class::Write) || (f.classes.contains(&Class::Copy) && !f.copy_to);
+        if !writes {
+            return None;
+        }
+        let mut best = self.write_limit.map(|n| WriteGuard {
+            rule: WRITE_ROWS.to_owned(),
+            max_rows: n,
+            reason: None,
+        });
+        for c in &self.conditional {
+            let Some(n) = c.max_rows else { continue };
+            if self.matches(c, f) && best.as_ref().is_none_or(|b| n < b.max_rows) {
+                best = Some(WriteGuard {
+                    rule: c.approval.id.clone(),
+                    max_rows: n,
+                    reason: c.reason.clone(),
+                });
+            }
+        }
+        best
     }
 
     fn matches(&self, c: &Conditional, f: &Facts) -> bool {
@@ -333,6 +409,7 @@ impl Profile {
             denied,
             enforced: self.mode == Mode::Enforce,
             hold: None,
+            guard: None,
         }
     }
 

@@ -102,6 +102,8 @@ pub struct Decision {
     pub masks: Option<Arc<MaskRules>>,
     /// The open grant that let a held statement pass.
     pub grant: Option<u64>,
+    /// The statement's limit by effect on the rows it changes.
+    pub guard: Option<super::decide::WriteGuard>,
 }
 
 impl Decision {
@@ -198,6 +200,7 @@ impl SessionPolicy {
             version: set.version,
             masks: compiled.map(|c| Arc::clone(&c.profile.mask)),
             grant: None,
+            guard: None,
         };
         if let Some(why) = ctx.lexer_unsafe {
             decision.verdict = Verdict::Deny(lexer_refusal(why));
@@ -217,6 +220,7 @@ impl SessionPolicy {
             decision.facts = Some(decided);
             outcome
         };
+        decision.guard.clone_from(&outcome.guard);
         decision.verdict = self.verdict(outcome);
         if let Verdict::Hold(rule) = &decision.verdict
             && let Some(grant) = (ctx.grant)(&rule.id)
@@ -236,7 +240,7 @@ impl SessionPolicy {
             && let Some(o) = decided.facts.executes.iter().find_map(|n| {
                 self.prepared
                     .get(n)
-                    .filter(|o| o.denied.is_some() || o.hold.is_some())
+                    .filter(|o| o.denied.is_some() || o.hold.is_some() || o.guard.is_some())
             })
         {
             outcome = o.clone();
@@ -244,9 +248,10 @@ impl SessionPolicy {
         for name in &decided.facts.prepares {
             self.prepared.insert(name.clone(), outcome.clone());
         }
-        // PREPARE itself runs nothing: the hold applies when EXECUTE runs it.
+        // PREPARE itself runs nothing: the hold and the row limit apply when EXECUTE runs it.
         if !decided.facts.prepares.is_empty() && decided.facts.executes.is_empty() {
             outcome.hold = None;
+            outcome.guard = None;
         }
         outcome
     }

@@ -103,6 +103,20 @@ pub struct ProfileSpec {
     /// statement; added after the parent's.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// Limits on what a write may change, by effect (replaces the parent's when given).
+    #[serde(default)]
+    pub writes: Option<WritesSpec>,
+}
+
+/// A profile's write limits as written.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritesSpec {
+    /// The most rows one statement may insert, update or delete, over all tables, counted by
+    /// the server itself (triggers, cascades and data-modifying CTEs included); a statement
+    /// that changed more is undone and refused (`write.rows`).
+    #[serde(default)]
+    pub max_rows: Option<u64>,
 }
 
 /// What a conditional rule does when it matches.
@@ -132,6 +146,10 @@ pub struct RuleSpec {
     /// Matches queries without a LIMIT of at most this many rows.
     #[serde(default)]
     pub without_limit_at_most: Option<u64>,
+    /// With `action: deny`: not a refusal up front but a limit by effect: a matching write
+    /// that changed more rows than this is undone and refused under this rule's id.
+    #[serde(default)]
+    pub max_rows: Option<u64>,
     /// For `require_approval`: user names, `uid:N` or `group:NAME`.
     #[serde(default)]
     pub approvers: Vec<String>,
@@ -295,6 +313,15 @@ impl PolicyFile {
                     return Err(Invalid::value(
                         at(yaml_path!["rules", i, "id"]),
                         format!("rule `{}` requires approval but names no approvers", r.id),
+                    ));
+                }
+                if r.max_rows.is_some() && r.action != Action::Deny {
+                    return Err(Invalid::value(
+                        at(yaml_path!["rules", i, "max_rows"]),
+                        format!(
+                            "rule `{}`: max_rows limits writes by effect and goes with `action: deny`",
+                            r.id
+                        ),
                     ));
                 }
                 for (j, t) in r.tables.iter().enumerate() {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use self::analyze::Facts;
 use self::decide::{Outcome, Profile};
+pub use self::decide::{WRITE_ROWS, WriteGuard};
 pub use self::decision::{
     Context, Decision, Denied, SessionPolicy, Statement, StatementKind, Verdict, lexer_refusal,
     no_policy,

@@ -397,3 +397,91 @@ fn a_fast_path_decision_carries_its_own_facts() {
     assert_eq!(call.policy_hash, read.policy_hash);
     assert_eq!(call.version, set.version);
 }
+
+#[test]
+fn writes_carry_their_row_limit_and_prepare_hands_it_to_execute() {
+    let engine = engine();
+    let mut s = open(&engine, "writer");
+    let mut guard = |sql: &str| {
+        let ctx = Context {
+            statement: Statement {
+                kind: StatementKind::Query,
+                sql,
+                name: "",
+                shape: None,
+            },
+            lexer_unsafe: None,
+            grant: &|_| None,
+        };
+        s.policy
+            .decide(&s.engine.current(), &ctx)
+            .guard
+            .map(|g| (g.rule, g.max_rows))
+    };
+    let limit = Some((WRITE_ROWS.to_owned(), 100));
+    assert_eq!(guard("UPDATE payments SET amount = 1 WHERE id > 0"), limit);
+    assert_eq!(
+        guard("WITH d AS (DELETE FROM payments WHERE id > 0 RETURNING 1) SELECT count(*) FROM d"),
+        limit
+    );
+    assert_eq!(
+        guard("SELECT id FROM payments LIMIT 5"),
+        None,
+        "reads run as they are"
+    );
+    // PREPARE runs nothing; its EXECUTE is the write.
+    assert_eq!(
+        guard("PREPARE w AS UPDATE payments SET amount = 2 WHERE id > 0"),
+        None
+    );
+    assert_eq!(guard("EXECUTE w"), limit);
+    // The reader may not write at all; the limit is the writer's.
+    let mut r = open(&engine, "reader");
+    let v = r.statement(&Statement {
+        kind: StatementKind::Query,
+        sql: "UPDATE payments SET amount = 1 WHERE id = 1",
+        name: "",
+        shape: None,
+    });
+    assert_eq!(rule(&v), Some("class.write"));
+}
+
+#[test]
+fn a_rule_with_max_rows_tightens_the_limit_and_transaction_control_cannot_share_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\nprofiles:\n  w:\n    classes: [write, read, transaction]\n    writes: {max_rows: 50}\n    rules:\n      - {id: few-deletes, action: deny, classes: [write], tables: [public.t], max_rows: 3, reason: t is precious}\n",
+    )
+    .unwrap();
+    let (f, hash) = file::load(&path).unwrap();
+    let p = decide::compile(&f, &hash, "w").unwrap();
+    let limit = |sql: &str| {
+        let o = p.decide(&analyze::analyze(sql));
+        (
+            o.guard.map(|g| (g.rule, g.max_rows)),
+            o.denied.map(|d| d.rule),
+        )
+    };
+    assert_eq!(
+        limit("DELETE FROM t WHERE id > 0"),
+        (Some(("few-deletes".into(), 3)), None)
+    );
+    assert_eq!(
+        limit("DELETE FROM u WHERE id > 0"),
+        (Some((WRITE_ROWS.into(), 50)), None)
+    );
+    assert_eq!(
+        limit("BEGIN; DELETE FROM u WHERE id > 0; COMMIT"),
+        (None, Some(WRITE_ROWS.into()))
+    );
+    // max_rows belongs to deny rules.
+    std::fs::write(
+        &path,
+        "version: 1\nprofiles:\n  w:\n    rules:\n      - {id: x, action: require_approval, approvers: [root], max_rows: 3}\n",
+    )
+    .unwrap();
+    let e = file::load(&path).unwrap_err().to_string();
+    assert!(e.contains("max_rows limits writes by effect"), "{e}");
+}

@@ -206,6 +206,11 @@ impl Recorder {
         fields.rows = Some(f.rows);
         fields.duration_us = Some(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
         fields.masked = &masked;
+        if let Some(rule) = &f.undone_by {
+            // A write that ran over its row limit: undone, and refused by this rule.
+            fields.decision = Some(AuditDecision::Deny);
+            fields.rule = Some(rule);
+        }
         match &f.error {
             None => fields.outcome = Some(Outcome::Success),
             Some((code, message)) => {

@@ -47,6 +47,11 @@ pub struct ProtoState {
     statement_no: u64,
     /// Prepared statements whose execution needs approval.
     held: HashMap<String, Arc<crate::approval::Rule>>,
+    /// Prepared statements whose executions run under a row limit.
+    guarded: HashMap<String, crate::policy::WriteGuard>,
+    /// The server skips messages until a Sync not yet sent (an extended-protocol error came
+    /// after the last Sync sent).
+    skipping: bool,
     statement_cols: HashMap<String, Arc<[Column]>>,
     portal_cols: HashMap<String, Arc<[Column]>>,
     streaming: bool,
@@ -68,6 +73,8 @@ impl ProtoState {
             marker_prefix: marker_prefix.to_owned(),
             pending: VecDeque::new(),
             held: HashMap::new(),
+            guarded: HashMap::new(),
+            skipping: false,
             inflight: VecDeque::new(),
             statement_no: 0,
             statement_cols: HashMap::new(),
@@ -86,6 +93,46 @@ impl ProtoState {
     /// Whether the reply the server owes next is that of pgwarden's own query.
     pub fn resolving(&self) -> bool {
         self.pending.front() == Some(&Pending::Resolve)
+    }
+
+    /// The message of pgwarden's own the server answers next, if it is one.
+    pub fn own_front(&self) -> Option<Own> {
+        match self.pending.front() {
+            Some(Pending::Own(o)) => Some(*o),
+            _ => None,
+        }
+    }
+
+    /// Whether any message of pgwarden's own that brackets a guarded write (counting rows,
+    /// or the transaction around it) is still unanswered.
+    pub fn own_pending(&self) -> bool {
+        self.pending.iter().any(|p| {
+            matches!(
+                p,
+                Pending::Own(Own::Begin | Own::Parse | Own::Bind | Own::Rows { .. })
+            )
+        })
+    }
+
+    /// Whether the server has answered everything sent (the transaction status is current).
+    pub fn quiet(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Whether the server skips what is sent now (until a Sync not yet sent).
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
+    /// Marks a prepared statement as running under a row limit when executed.
+    pub fn guard_statement(&mut self, name: &str, guard: crate::policy::WriteGuard) {
+        self.guarded.insert(name.to_owned(), guard);
+    }
+
+    /// The row limit of the statement behind `portal`, if it runs under one.
+    pub fn guarded_portal(&self, portal: &str) -> Option<crate::policy::WriteGuard> {
+        let statement = &self.portals.get(portal)?.statement;
+        self.guarded.get(statement).cloned()
     }
 
     /// Marks a prepared statement as needing approval when executed.
@@ -109,6 +156,7 @@ impl ProtoState {
     /// A Parse was sent: `name` now holds `sql` (the unnamed one is replaced).
     pub fn parsed(&mut self, name: &str, sql: &str) {
         self.held.remove(name);
+        self.guarded.remove(name);
         self.statement_cols.remove(name);
         self.statements.insert(name.to_owned(), Arc::from(sql));
     }
@@ -140,6 +188,8 @@ impl ProtoState {
         if kind == b'S' {
             self.statements.remove(name);
             self.statement_cols.remove(name);
+            self.held.remove(name);
+            self.guarded.remove(name);
         } else {
             self.portals.remove(name);
             self.portal_cols.remove(name);
@@ -272,6 +322,57 @@ pub enum Pending {
     /// Results, then ReadyForQuery, of pgwarden's own query (resolving masked columns): the
     /// client sees none of it.
     Resolve,
+    /// A message of pgwarden's own around a guarded write: the client sees none of its reply
+    /// (except the ReadyForQuery of the transaction's end, which is the client's).
+    Own(Own),
+}
+
+/// pgwarden's own messages around a write that runs under a row limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Own {
+    /// BEGIN (a simple Query) before a guarded simple Query outside a transaction.
+    Begin,
+    /// Parse of the row-count statement (extended protocol).
+    Parse,
+    /// Bind of it.
+    Bind,
+    /// Close of it or its portals.
+    Close,
+    /// The count of rows changed in the transaction so far, before or after the write: a
+    /// simple Query, or an Execute.
+    Rows {
+        /// After the write (else before).
+        after: bool,
+        /// A simple Query (else an Execute).
+        simple: bool,
+    },
+    /// COMMIT or ROLLBACK of the transaction pgwarden began (a simple Query).
+    End,
+    /// A statement that fails, so the client's transaction or batch fails after a refused
+    /// write, as it would have after an error of the server's.
+    Abort {
+        /// A simple Query (else a Parse).
+        simple: bool,
+    },
+}
+
+impl Pending {
+    /// Whether the server answers it with a ReadyForQuery of its own.
+    fn ends_in_ready(&self) -> bool {
+        matches!(
+            self,
+            Pending::Sync
+                | Pending::Query
+                | Pending::FunctionCall
+                | Pending::Resolve
+                | Pending::Own(
+                    Own::Begin
+                        | Own::End
+                        | Own::Rows { simple: true, .. }
+                        | Own::Abort { simple: true }
+                )
+        )
+    }
 }
 
 /// What the server's reply means for the columns of the rows that follow.
@@ -286,10 +387,10 @@ pub enum ResultStart {
 impl ProtoState {
     /// The client sent a message that the server will answer.
     pub fn expect(&mut self, p: Pending) {
-        self.batch_open = !matches!(
-            p,
-            Pending::Sync | Pending::Query | Pending::FunctionCall | Pending::Resolve
-        );
+        self.batch_open = !p.ends_in_ready();
+        if p == Pending::Sync {
+            self.skipping = false;
+        }
         self.pending.push_back(p);
     }
 
@@ -358,9 +459,9 @@ impl ProtoState {
             b'1' | b'2' | b'3' | b'n' => {
                 if matches!(
                     (tag, self.pending.front()),
-                    (b'1', Some(Pending::Parse))
-                        | (b'2', Some(Pending::Bind))
-                        | (b'3', Some(Pending::Close))
+                    (b'1', Some(Pending::Parse | Pending::Own(Own::Parse)))
+                        | (b'2', Some(Pending::Bind | Pending::Own(Own::Bind)))
+                        | (b'3', Some(Pending::Close | Pending::Own(Own::Close)))
                         | (
                             b'n',
                             Some(Pending::DescribeStatement(_) | Pending::DescribePortal(_))
@@ -371,29 +472,29 @@ impl ProtoState {
             }
             b'C' | b'I' | b's' => {
                 self.streaming = false;
-                if matches!(self.pending.front(), Some(Pending::Execute(_))) {
+                if matches!(
+                    self.pending.front(),
+                    Some(Pending::Execute(_) | Pending::Own(Own::Rows { simple: false, .. }))
+                ) {
                     self.pending.pop_front();
                 }
             }
             b'E' => {
                 self.streaming = false;
                 // In the extended protocol the server skips everything up to Sync.
-                if !matches!(
-                    self.pending.front(),
-                    Some(Pending::Query | Pending::FunctionCall)
-                ) {
+                if !self.pending.front().is_some_and(Pending::ends_in_ready) {
                     while self.pending.front().is_some_and(|p| *p != Pending::Sync) {
                         self.pending.pop_front();
+                    }
+                    if self.pending.is_empty() {
+                        self.skipping = true;
                     }
                 }
             }
             b'Z' => {
                 self.streaming = false;
                 while let Some(p) = self.pending.pop_front() {
-                    if matches!(
-                        p,
-                        Pending::Sync | Pending::Query | Pending::FunctionCall | Pending::Resolve
-                    ) {
+                    if p.ends_in_ready() {
                         break;
                     }
                 }
@@ -483,6 +584,8 @@ pub struct InFlight {
     pub error: Option<(String, String)>,
     /// Whether it is a simple Query (results until ReadyForQuery) or an Execute.
     pub query: bool,
+    /// The rule that undid and refused it after it ran (a write over its row limit).
+    pub undone_by: Option<String>,
 }
 
 /// The row count a command tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`, `COPY 7`).
@@ -509,6 +612,7 @@ impl ProtoState {
             rows: 0,
             error: None,
             query,
+            undone_by: None,
         });
     }
 

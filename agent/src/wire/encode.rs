@@ -96,6 +96,41 @@ pub fn parse(name: &str, sql: &str) -> Bytes {
     .bytes
 }
 
+/// A Bind of statement `statement` to portal `portal`: no parameters, text results.
+pub fn bind(portal: &str, statement: &str) -> Bytes {
+    frame(b'B', |b| {
+        cstr(b, portal);
+        cstr(b, statement);
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
+    })
+    .bytes
+}
+
+/// An Execute of `portal`, all rows.
+pub fn execute(portal: &str) -> Bytes {
+    frame(b'E', |b| {
+        cstr(b, portal);
+        b.put_i32(0);
+    })
+    .bytes
+}
+
+/// A Close of a statement (`b'S'`) or portal (`b'P'`).
+pub fn close(kind: u8, name: &str) -> Bytes {
+    frame(b'C', |b| {
+        b.put_u8(kind);
+        cstr(b, name);
+    })
+    .bytes
+}
+
+/// A Flush.
+pub fn flush() -> Bytes {
+    frame(b'H', |_| {}).bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

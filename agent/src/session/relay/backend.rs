@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::warn;
 
 use super::handshake::{error_message, text_row};
-use super::{Ctx, READ_CHUNK, ReadHalf, lock};
+use super::{Ctx, READ_CHUNK, ReadHalf, WriteHalf, guard, lock};
 use crate::session::SessionError;
 use crate::session::conn::write_batch;
 use crate::session::state::{InFlight, ResultStart, tag_rows};
@@ -20,6 +20,7 @@ pub(super) async fn run(
     ctx: &Ctx<'_>,
     mut r: ReadHalf,
     mut buf: BytesMut,
+    server_w: &tokio::sync::Mutex<WriteHalf>,
 ) -> Result<(), SessionError> {
     let mut out: Vec<Bytes> = Vec::with_capacity(64);
     loop {
@@ -29,8 +30,19 @@ pub(super) async fn run(
                 Ok(None) => break,
                 Err(e) => return Err(super::server_error(ctx, e).await),
             };
+            let tag = frame.tag;
+            // Replies to pgwarden's own messages around a guarded write (asynchronous
+            // messages excepted: they are the client's).
+            let own = ctx.state().own_front();
+            if let Some(own) = own
+                && !matches!(tag, b'A' | b'S' | b'K')
+            {
+                guard::own_reply(ctx, own, &frame, &mut out);
+                continue;
+            }
+            let mark = out.len();
             match on_frame(ctx, frame, &mut out) {
-                Ok(()) => {}
+                Ok(()) => guard::client_output(ctx, &mut out, mark, tag),
                 Err(Stop::Wire(e)) => return Err(super::server_error(ctx, e).await),
                 Err(Stop::Masks(e)) => {
                     // What was already read goes out; nothing after the failed change does.
@@ -51,6 +63,14 @@ pub(super) async fn run(
             let mut w = ctx.client_w.lock().await;
             write_batch(&mut *w, &mut out).await?;
         }
+        if guard::open(ctx) {
+            // What a verdict sends the server goes before anything more of the client's: the
+            // barrier lifts only once it is written.
+            let mut w = server_w.lock().await;
+            let (mut to_server, _) = guard::take_to_server(ctx);
+            write_batch(&mut *w, &mut to_server).await?;
+        }
+        ctx.progress.notify_waiters();
         buf.reserve(READ_CHUNK);
         if r.read_buf(&mut buf).await? == 0 {
             let mut w = ctx.client_w.lock().await;
@@ -213,9 +233,19 @@ fn own_reply(ctx: &Ctx<'_>, frame: &Frame) -> Result<(), Stop> {
     Ok(())
 }
 
-/// `query.done` records for statements the server finished: rows, outcome, duration and
-/// what was masked. Written without holding up the result stream.
+/// `query.done` records for statements the server finished (kept back while a guarded
+/// write's verdict is open: it decides how they ended).
 fn finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
+    let done: Vec<InFlight> = done
+        .into_iter()
+        .filter_map(|f| guard::keep_finished(ctx, f))
+        .collect();
+    record_finished(ctx, done);
+}
+
+/// `query.done` records: rows, outcome, duration and what was masked. Written without
+/// holding up the result stream.
+pub(super) fn record_finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
     for f in done {
         let elapsed = f.started.elapsed();
         ctx.env.metrics.latency(elapsed);

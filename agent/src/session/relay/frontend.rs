@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::warn;
 
 use super::hold::{self, Held, HeldKind};
-use super::{AuditItem, Ctx, READ_CHUNK, ReadHalf, RefuseAs, Resolving, WriteHalf, lock};
+use super::{AuditItem, Ctx, READ_CHUNK, ReadHalf, RefuseAs, Resolving, WriteHalf, guard, lock};
 use crate::audit::canon::Prepared;
 use crate::policy::{Context, Decision, Statement, StatementKind, Verdict};
 use crate::session::SessionError;
@@ -26,12 +26,38 @@ pub(super) enum Step {
     Continue,
     Terminate,
     Hold(Held),
+    /// A simple Query that writes under a row limit: sent once the server answered
+    /// everything before it (so the transaction it runs in is known).
+    Guard(Guarded),
+}
+
+/// A simple Query that writes under a row limit, decided and described.
+pub(super) struct Guarded {
+    frame: Frame,
+    desc: Arc<Described>,
+    limit: crate::policy::WriteGuard,
+    /// A COPY FROM: the count after it waits for the end of the client's data.
+    copy: bool,
+}
+
+/// Sends what is ready: the batch's records committed, then the batch.
+async fn send(
+    ctx: &Ctx<'_>,
+    w: &tokio::sync::Mutex<WriteHalf>,
+    out: &mut Vec<Bytes>,
+    audits: &mut Vec<AuditItem>,
+) -> std::io::Result<()> {
+    commit(ctx, out, audits).await;
+    if out.is_empty() {
+        return Ok(());
+    }
+    write_batch(&mut *w.lock().await, out).await
 }
 
 pub(super) async fn run(
     ctx: &Ctx<'_>,
     mut r: ReadHalf,
-    mut w: WriteHalf,
+    w: &tokio::sync::Mutex<WriteHalf>,
     mut buf: BytesMut,
 ) -> Result<(), SessionError> {
     let mut out: Vec<Bytes> = Vec::with_capacity(16);
@@ -43,36 +69,69 @@ pub(super) async fn run(
                 Ok(None) => break,
                 Err(e) => return Err(super::client_error(ctx, e).await),
             };
+            // While a guarded write's rows are counted nothing more reaches the server but
+            // its COPY data: the verdict (and the undo) goes first.
+            if !matches!(frame.tag, b'd' | b'c' | b'f') && guard::open(ctx) {
+                send(ctx, w, &mut out, &mut audits).await?;
+                ctx.until(|c| !guard::open(c)).await;
+            }
             match on_frame(ctx, frame, &mut out, &mut audits) {
                 Ok(Step::Continue) => {}
                 Ok(Step::Terminate) => {
                     // Terminate: pass it on and stop reading.
-                    commit(ctx, &mut out, &mut audits).await;
-                    write_batch(&mut w, &mut out).await?;
-                    let _ = w.shutdown().await;
+                    send(ctx, w, &mut out, &mut audits).await?;
+                    let _ = w.lock().await.shutdown().await;
                     return Ok(());
                 }
                 Ok(Step::Hold(held)) => {
                     // Everything before the held message goes first; what follows waits.
-                    commit(ctx, &mut out, &mut audits).await;
-                    write_batch(&mut w, &mut out).await?;
+                    send(ctx, w, &mut out, &mut audits).await?;
                     let Some(resolution) = hold::wait(ctx, &held, &mut r, &mut buf).await? else {
-                        let _ = w.shutdown().await;
+                        let _ = w.lock().await.shutdown().await;
                         return Ok(());
                     };
                     hold::release(ctx, held, &resolution, &mut out, &mut audits);
                 }
+                Ok(Step::Guard(g)) => {
+                    send(ctx, w, &mut out, &mut audits).await?;
+                    ctx.until(|c| c.state().quiet()).await;
+                    guarded_query(ctx, g, &mut out, &mut audits);
+                }
                 Err(e) => return Err(super::client_error(ctx, e).await),
             }
         }
-        commit(ctx, &mut out, &mut audits).await;
-        write_batch(&mut w, &mut out).await?;
+        send(ctx, w, &mut out, &mut audits).await?;
         buf.reserve(READ_CHUNK.min(ctx.limits.frontend_large));
         if r.read_buf(&mut buf).await? == 0 {
-            let _ = w.shutdown().await;
+            let _ = w.lock().await.shutdown().await;
             return Ok(());
         }
     }
+}
+
+/// Sends a guarded simple Query, now that the server is quiet: in pgwarden's transaction
+/// when the client has none open, between the counts of rows changed.
+fn guarded_query(ctx: &Ctx<'_>, g: Guarded, out: &mut Vec<Bytes>, audits: &mut Vec<AuditItem>) {
+    let Guarded {
+        frame,
+        desc,
+        limit,
+        copy,
+    } = g;
+    guard::arm_query(ctx, limit, copy, out, |out| {
+        let n = ctx.state().next_statement();
+        if ctx.recorder.enabled() {
+            audits.push(AuditItem {
+                record: ctx.recorder.allowed(&desc, n, None),
+                frame: Some((out.len(), RefuseAs::Query)),
+            });
+        }
+        out.push(frame.bytes);
+        let mut st = ctx.state();
+        st.segment_sent();
+        st.expect(Pending::Query);
+        st.in_flight(n, true);
+    });
 }
 
 /// Commits the batch's audit records before the batch is sent. In strict mode they are on
@@ -205,6 +264,13 @@ fn on_frame(
             out.push(frame.bytes);
             return Ok(Step::Terminate);
         }
+        b'c' | b'f' => {
+            out.push(frame.bytes);
+            // The end of a guarded COPY FROM's data: now its rows can be counted.
+            if let Some(after) = lock(&ctx.guard).as_mut().and_then(|g| g.deferred.take()) {
+                out.push(after);
+            }
+        }
         _ => out.push(frame.bytes),
     }
     Ok(Step::Continue)
@@ -226,7 +292,15 @@ fn statement(
     };
     // Read once: the policy's cache key and the journal's normalized text.
     let text = (kind != StatementKind::FunctionCall).then(|| Text::of(sql));
-    let decision = decide(ctx, kind, sql, name, text.as_ref());
+    let mut decision = decide(ctx, kind, sql, name, text.as_ref());
+    if decision.guard.is_some() && kind == StatementKind::Query && ctx.state().batch_open() {
+        // Its transaction cannot be known or bracketed inside an unfinished batch.
+        decision.verdict = Verdict::Deny(crate::policy::Denied {
+            rule: decision.guard.as_ref().map_or_else(String::new, |g| g.rule.clone()),
+            reason: "a write with a row limit cannot be sent as a simple Query inside an unfinished extended-protocol batch (send Sync first)".into(),
+            sqlstate: "42501",
+        });
+    }
     let desc = describe(ctx, sql, oid, text.as_ref(), &decision);
     ctx.env
         .metrics
@@ -240,6 +314,22 @@ fn statement(
             sql: sql.to_owned(),
             desc,
             frame,
+        }));
+    }
+    if let (Verdict::Allow, Some(limit), StatementKind::Query) =
+        (&decision.verdict, &decision.guard, kind)
+    {
+        let copy = decision.facts.as_ref().is_some_and(|d| {
+            d.facts
+                .classes
+                .contains(&crate::policy::analyze::Class::Copy)
+                && !d.facts.copy_to
+        });
+        return Ok(Step::Guard(Guarded {
+            frame,
+            desc,
+            limit: limit.clone(),
+            copy,
         }));
     }
     let n = ctx.state().next_statement();
@@ -271,6 +361,9 @@ fn statement(
         Verdict::Allow => {
             if kind == StatementKind::Parse {
                 st.parsed(name, sql);
+                if let Some(limit) = decision.guard {
+                    st.guard_statement(name, limit);
+                }
             }
             out.push(frame.bytes.clone());
         }
@@ -279,6 +372,9 @@ fn statement(
             // is executed.
             st.parsed(name, sql);
             st.hold_statement(name, rule);
+            if let Some(limit) = decision.guard {
+                st.guard_statement(name, limit);
+            }
             out.push(frame.bytes.clone());
         }
         Verdict::Deny(d) => {
@@ -378,17 +474,28 @@ fn execute(
             desc,
         });
     }
-    let n = ctx.state().next_statement();
-    if ctx.recorder.enabled() {
-        audits.push(AuditItem {
-            record: ctx.recorder.allowed(&desc, n, None),
-            frame: Some((out.len(), RefuseAs::Execute)),
-        });
+    let limit = {
+        let st = ctx.state();
+        // A batch the server skips already runs nothing: there is nothing to count.
+        st.guarded_portal(&portal).filter(|_| !st.skipping())
+    };
+    let send = |out: &mut Vec<Bytes>| {
+        let n = ctx.state().next_statement();
+        if ctx.recorder.enabled() {
+            audits.push(AuditItem {
+                record: ctx.recorder.allowed(&desc, n, None),
+                frame: Some((out.len(), RefuseAs::Execute)),
+            });
+        }
+        let mut st = ctx.state();
+        st.expect(Pending::Execute(portal));
+        st.in_flight(n, false);
+        out.push(frame.bytes);
+    };
+    match limit {
+        Some(limit) => guard::arm_execute(ctx, limit, out, send),
+        None => send(out),
     }
-    let mut st = ctx.state();
-    st.expect(Pending::Execute(portal));
-    st.in_flight(n, false);
-    out.push(frame.bytes);
     Step::Continue
 }
 

@@ -10,6 +10,7 @@
 //! at most one message over the last read.
 mod backend;
 mod frontend;
+mod guard;
 mod handshake;
 mod hold;
 #[cfg(test)]
@@ -68,6 +69,12 @@ struct Ctx<'a> {
     /// from pgwarden's parser (`standard_conforming_strings` off, an ASCII-unsafe client
     /// encoding): every statement is refused from then on.
     lexer_unsafe: Mutex<Option<String>>,
+    /// The write whose rows are being counted, while its verdict is open.
+    guard: Mutex<Option<guard::Guard>>,
+    /// Numbers pgwarden's own prepared statements.
+    own_seq: std::sync::atomic::AtomicU64,
+    /// Woken when the server's replies moved on (a verdict, a quiet connection).
+    progress: tokio::sync::Notify,
 }
 
 /// An audit record waiting to be committed before the batch it belongs to is sent.
@@ -86,6 +93,17 @@ enum RefuseAs {
 impl Ctx<'_> {
     fn state(&self) -> MutexGuard<'_, ProtoState> {
         lock(&self.state)
+    }
+
+    /// Waits until `ready` holds; the backend direction wakes it as replies arrive.
+    async fn until(&self, ready: impl Fn(&Self) -> bool) {
+        loop {
+            let woken = self.progress.notified();
+            if ready(self) {
+                return;
+            }
+            woken.await;
+        }
     }
 
     fn masking(&self) -> MutexGuard<'_, Masking> {
@@ -192,6 +210,9 @@ pub async fn run(
         strip_plus,
         prepared: Mutex::default(),
         lexer_unsafe: Mutex::new(None),
+        guard: Mutex::new(None),
+        own_seq: std::sync::atomic::AtomicU64::new(1),
+        progress: tokio::sync::Notify::new(),
     };
     let mut client_buf = rest;
     let mut server_buf = BytesMut::with_capacity(READ_CHUNK);
@@ -218,8 +239,9 @@ pub async fn run(
         .await;
         return Ok(());
     }
-    let front = frontend::run(&ctx, client_r, server_w, client_buf);
-    let back = backend::run(&ctx, server_r, server_buf);
+    let server_w = tokio::sync::Mutex::new(server_w);
+    let front = frontend::run(&ctx, client_r, &server_w, client_buf);
+    let back = backend::run(&ctx, server_r, server_buf, &server_w);
     tokio::pin!(front, back);
     let result = tokio::select! {
         r = &mut front => match r {
