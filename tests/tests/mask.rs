@@ -446,3 +446,70 @@ fn a_reload_masks_a_new_column_in_open_sessions() {
         "holder"
     );
 }
+
+/// Messages that carry no result columns still carry text a workload can fill with card
+/// numbers: a NOTIFY payload (here its own, as another session's or a trigger's would be),
+/// a ParameterStatus the server echoes (application_name). Every byte the client receives is
+/// checked. A parenthesised masked column is the column itself: allowed, and masked.
+#[test]
+fn notifications_parameter_status_and_parenthesised_columns_are_masked() {
+    let w = world();
+    let dump = w.dir.path().join("received-async.bin");
+    let pan = &w.pans[4];
+    let steps = w.raw(
+        &w.analyst,
+        &serde_json::json!([
+            ["query", "LISTEN cards"],
+            ["query", format!("NOTIFY cards, 'card {pan} declined'")],
+            ["query", format!("SET application_name = '{pan}'")],
+            ["query", "SELECT (card_number) FROM payments ORDER BY id"],
+            [
+                "query",
+                "SELECT ((card_number)) AS c FROM payments ORDER BY id"
+            ],
+            ["query", "SELECT (card_number || '') FROM payments"],
+        ]),
+        &dump,
+    );
+    let types = |i: usize| -> Vec<String> {
+        steps[i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        types(1).contains(&"A".to_owned()),
+        "the notification arrived: {:?}",
+        steps[1]
+    );
+    assert!(
+        types(2).contains(&"S".to_owned()),
+        "application_name echoed: {:?}",
+        steps[2]
+    );
+    for i in [3, 4] {
+        let rows: Vec<&Value> = steps[i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["type"] == "D")
+            .collect();
+        assert_eq!(rows.len(), w.pans.len(), "step {i}: {:?}", steps[i]);
+        assert_eq!(rows[0]["values"][0], masked_shape(&w.pans[0]), "step {i}");
+    }
+    let refused = &steps[5][0];
+    assert_eq!(refused["type"], "E", "{refused}");
+    assert!(
+        refused["M"].as_str().unwrap().contains("mask.inference"),
+        "an expression in parentheses is still an expression: {refused}"
+    );
+    let bytes = std::fs::read(&dump).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains(&masked_shape(pan)),
+        "the masked payload reached the client"
+    );
+    w.assert_no_pan("asynchronous messages", &bytes);
+}

@@ -396,9 +396,27 @@ impl MaskSession {
 /// Masks PANs in the fields of an ErrorResponse or NoticeResponse (PostgreSQL echoes key
 /// values in DETAIL). `None` when nothing changes.
 pub fn error_fields(frame: &Frame) -> Option<Bytes> {
-    let (masked, _) = pan::mask_pans(frame.body(), Keep::First6Last4)?;
+    text_after(frame, 0)
+}
+
+/// Masks PANs in the text of a message from the server that carries no result columns:
+/// NotificationResponse (channel and payload, after the sender's process id),
+/// ParameterStatus (name and value), FunctionCallResponse (the result, after its length).
+/// The detector masks in place, so lengths and framing stay. `None` when nothing changes.
+pub fn message_text(frame: &Frame) -> Option<Bytes> {
+    let skip = match frame.tag {
+        b'A' | b'V' => 4,
+        _ => 0,
+    };
+    text_after(frame, skip)
+}
+
+/// Masks PANs in a frame's body from byte `skip` on (binary fields before it are kept).
+fn text_after(frame: &Frame, skip: usize) -> Option<Bytes> {
+    let body = frame.body();
+    let (masked, _) = pan::mask_pans(body.get(skip..)?, Keep::First6Last4)?;
     let mut b = BytesMut::with_capacity(frame.bytes.len());
-    b.put_slice(&frame.bytes[..5]);
+    b.put_slice(&frame.bytes[..5 + skip]);
     b.put_slice(&masked);
     Some(b.freeze())
 }
@@ -572,6 +590,30 @@ mod tests {
         };
         let fields = backend::error_fields(&f).unwrap();
         assert!(fields.contains(&(b'D', "Key (card_number)=(411111******1111) already exists.")));
+    }
+
+    #[test]
+    fn notifications_keep_their_sender_and_lose_their_pans() {
+        // Process id 0x31323334 is "1234" in ASCII: it must stay a process id, not digits.
+        let n = encode::frame(b'A', |b| {
+            b.put_u32(0x3132_3334);
+            encode::cstr(b, "cards");
+            encode::cstr(b, "4111111111111111 declined");
+        });
+        let masked = message_text(&n).unwrap();
+        assert_eq!(masked.len(), n.bytes.len(), "in place: framing stays");
+        assert_eq!(&masked[5..9], b"1234");
+        assert_eq!(&masked[9..], b"cards\0411111******1111 declined\0");
+        let s = encode::frame(b'S', |b| {
+            encode::cstr(b, "application_name");
+            encode::cstr(b, "4111111111111111");
+        });
+        assert!(message_text(&s).unwrap().ends_with(b"411111******1111\0"));
+        let clean = encode::frame(b'S', |b| {
+            encode::cstr(b, "TimeZone");
+            encode::cstr(b, "UTC");
+        });
+        assert_eq!(message_text(&clean), None);
     }
 
     #[test]

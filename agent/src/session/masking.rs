@@ -179,6 +179,16 @@ impl Masking {
         }
     }
 
+    /// A NotificationResponse, ParameterStatus or FunctionCallResponse; `Some` replaces it.
+    /// Whatever masks the workload has, no card number reaches it in these either.
+    pub fn message(&self, frame: &Frame) -> Option<Bytes> {
+        if self.rules.is_some() {
+            mask::message_text(frame)
+        } else {
+            None
+        }
+    }
+
     /// Values masked since the last call.
     pub fn take_counts(&mut self) -> Vec<MaskCount> {
         self.mask

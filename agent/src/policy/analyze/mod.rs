@@ -495,10 +495,17 @@ impl Visitor for Collector {
                     self.facts.wildcard = true
                 }
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }
-                    if !in_setop
-                        && matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) =>
+                    if !in_setop =>
                 {
-                    self.bare.insert(addr(e));
+                    // `(c)` is `c`: parentheses do not make an expression (PostgreSQL's parse
+                    // tree has none, and the column keeps its origin).
+                    let mut e = e;
+                    while let Expr::Nested(inner) = e {
+                        e = inner;
+                    }
+                    if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+                        self.bare.insert(addr(e));
+                    }
                 }
                 _ => {}
             }

@@ -176,7 +176,13 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
             // (the policy denies the SETs it sees; this catches any other way, e.g. a role's
             // default applied by ALTER ROLE ... SET).
             ctx.parameter_status(&frame)?;
-            out.push(frame.bytes);
+            out.push(ctx.masking().message(&frame).unwrap_or(frame.bytes));
+        }
+        // NOTIFY payloads (another session's, or a trigger's) go to a LISTENing workload.
+        b'A' => out.push(ctx.masking().message(&frame).unwrap_or(frame.bytes)),
+        b'V' => {
+            // A fast-path call's result (fast path is denied unless a profile allows it).
+            out.push(ctx.masking().message(&frame).unwrap_or(frame.bytes));
         }
         b'1' | b'2' | b'3' | b'n' | b'I' | b's' => {
             let done = {
