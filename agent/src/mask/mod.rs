@@ -603,7 +603,7 @@ mod tests {
         let masked = message_text(&n).unwrap();
         assert_eq!(masked.len(), n.bytes.len(), "in place: framing stays");
         assert_eq!(&masked[5..9], b"1234");
-        assert_eq!(&masked[9..], b"cards\0411111******1111 declined\0");
+        assert_eq!(&masked[9..], b"cards\x00411111******1111 declined\x00");
         let s = encode::frame(b'S', |b| {
             encode::cstr(b, "application_name");
             encode::cstr(b, "4111111111111111");
