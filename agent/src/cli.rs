@@ -508,6 +508,26 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
                     g.max_rows, g.rule
                 );
             }
+            for r in &outcome.reads {
+                let then = if r.deny {
+                    "the rest is cut off"
+                } else {
+                    "the rest waits for approval"
+                };
+                match (r.rows_over, r.budget) {
+                    (Some(n), _) => println!(
+                        "reads:    {}: the first {n} rows of a result stream, then {then}",
+                        r.rule.id
+                    ),
+                    (_, Some(b)) => println!(
+                        "reads:    {}: {} rows per {} for the workload (all sessions), then {then}",
+                        r.rule.id,
+                        b.rows,
+                        humantime::format_duration(b.per)
+                    ),
+                    _ => {}
+                }
+            }
             println!("commands: {}", facts.commands.join(", "));
             let classes: Vec<&str> = facts.classes.iter().map(|c| c.name()).collect();
             println!("classes:  {}", classes.join(", "));

@@ -5,6 +5,7 @@ pub mod approval;
 pub mod audit;
 pub mod bpfload;
 pub mod btf;
+pub mod budget;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

@@ -264,6 +264,7 @@ pub async fn run(
         )),
         metrics: Arc::default(),
         registry: Arc::new(session::Registry::new(now.as_secs())),
+        budgets: Arc::default(),
         origins: session::Origins {
             redirect: redirect.clone(),
             tagger: Arc::clone(&tagger),

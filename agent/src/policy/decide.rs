@@ -170,6 +170,13 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
                 tables: r.tables.iter().map(|t| split2(t)).collect(),
                 without_limit_at_most: r.without_limit_at_most,
                 max_rows: r.max_rows,
+                rows_over: r.rows_over,
+                budget: r.budget.as_ref().map(|b| Budget {
+                    rows: b.rows,
+                    // Validated when the file was loaded.
+                    per: humantime::parse_duration(&b.per)
+                        .unwrap_or(std::time::Duration::from_secs(3600)),
+                }),
                 reason: r.reason.clone(),
                 approval: std::sync::Arc::new(crate::approval::Rule {
                     id: r.id.clone(),
@@ -222,6 +229,10 @@ pub struct Conditional {
     without_limit_at_most: Option<u64>,
     /// A limit by effect instead of a refusal (`action: deny` with `max_rows`).
     max_rows: Option<u64>,
+    /// A limit by effect on the rows a result sends.
+    rows_over: Option<u64>,
+    /// A workload's read budget.
+    budget: Option<Budget>,
     reason: Option<String>,
     /// The approval rule (id, approvers, timeout, grants).
     pub approval: std::sync::Arc<crate::approval::Rule>,
@@ -240,6 +251,8 @@ pub struct Outcome {
     /// The limit on the rows the statement may change, when it writes under one: it runs
     /// where it can be undone, and is undone and refused when it changed more.
     pub guard: Option<WriteGuard>,
+    /// The limits on the rows the statement's results may send.
+    pub reads: Vec<ReadLimit>,
 }
 
 /// A write's limit by effect: the rule and the most rows it lets one statement change.
@@ -249,6 +262,40 @@ pub struct WriteGuard {
     pub rule: String,
     /// The most rows allowed.
     pub max_rows: u64,
+    /// Why, for the client.
+    pub reason: Option<String>,
+}
+
+/// A read budget: rows in a sliding window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Budget {
+    /// Rows allowed in the window.
+    pub rows: u64,
+    /// The window.
+    #[serde(with = "humantime_serde_secs")]
+    pub per: std::time::Duration,
+}
+
+mod humantime_serde_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+/// A read's limit by effect: counted on the rows actually sent to the workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReadLimit {
+    /// The rule: its id, approvers and timeout.
+    pub rule: std::sync::Arc<crate::approval::Rule>,
+    /// Cut off (else wait for a person).
+    pub deny: bool,
+    /// Rows that stream before the rest waits.
+    pub rows_over: Option<u64>,
+    /// The workload's budget under this rule.
+    pub budget: Option<Budget>,
     /// Why, for the client.
     pub reason: Option<String>,
 }
@@ -263,6 +310,7 @@ impl Outcome {
         enforced: true,
         hold: None,
         guard: None,
+        reads: Vec::new(),
     };
 
     /// Whether the statement must be refused.
@@ -294,6 +342,7 @@ impl Profile {
                 enforced: self.unparsed == Mode::Enforce && self.mode == Mode::Enforce,
                 hold: None,
                 guard: None,
+                reads: Vec::new(),
             };
         }
         let enforced = self.mode == Mode::Enforce;
@@ -303,9 +352,15 @@ impl Profile {
                 enforced,
                 hold: None,
                 guard: None,
+                reads: Vec::new(),
             };
         }
         let guard = if enforced { self.guard(facts) } else { None };
+        let reads = if enforced {
+            self.reads(facts)
+        } else {
+            Vec::new()
+        };
         if let Some(g) = &guard
             && facts.classes.contains(&Class::Transaction)
         {
@@ -317,10 +372,11 @@ impl Profile {
                 enforced,
                 hold: None,
                 guard: None,
+                reads: Vec::new(),
             };
         }
         for c in &self.conditional {
-            if c.max_rows.is_some() {
+            if c.max_rows.is_some() || c.rows_over.is_some() || c.budget.is_some() {
                 continue;
             }
             if self.matches(c, facts) {
@@ -336,6 +392,7 @@ impl Profile {
                         enforced,
                         hold: None,
                         guard: None,
+                        reads: Vec::new(),
                     },
                     // Audit-only profiles record, they do not hold.
                     super::file::Action::RequireApproval if enforced => Outcome {
@@ -343,6 +400,7 @@ impl Profile {
                         enforced,
                         hold: Some(std::sync::Arc::clone(&c.approval)),
                         guard,
+                        reads,
                     },
                     super::file::Action::RequireApproval => Outcome::ALLOW,
                 };
@@ -353,7 +411,23 @@ impl Profile {
             enforced,
             hold: None,
             guard,
+            reads,
         }
+    }
+
+    /// The read limits of every matching rule with `rows_over` or `budget`.
+    fn reads(&self, f: &Facts) -> Vec<ReadLimit> {
+        self.conditional
+            .iter()
+            .filter(|c| (c.rows_over.is_some() || c.budget.is_some()) && self.matches(c, f))
+            .map(|c| ReadLimit {
+                rule: std::sync::Arc::clone(&c.approval),
+                deny: c.action == super::file::Action::Deny,
+                rows_over: c.rows_over,
+                budget: c.budget,
+                reason: c.reason.clone(),
+            })
+            .collect()
     }
 
     /// The tightest row limit on a statement that changes rows (INSERT, UPDATE, DELETE,
@@ -410,6 +484,7 @@ impl Profile {
             enforced: self.mode == Mode::Enforce,
             hold: None,
             guard: None,
+            reads: Vec::new(),
         }
     }
 

@@ -104,6 +104,8 @@ pub struct Decision {
     pub grant: Option<u64>,
     /// The statement's limit by effect on the rows it changes.
     pub guard: Option<super::decide::WriteGuard>,
+    /// The limits on the rows its results send (counted as they are sent).
+    pub reads: Vec<super::decide::ReadLimit>,
 }
 
 impl Decision {
@@ -201,6 +203,7 @@ impl SessionPolicy {
             masks: compiled.map(|c| Arc::clone(&c.profile.mask)),
             grant: None,
             guard: None,
+            reads: Vec::new(),
         };
         if let Some(why) = ctx.lexer_unsafe {
             decision.verdict = Verdict::Deny(lexer_refusal(why));
@@ -221,6 +224,7 @@ impl SessionPolicy {
             outcome
         };
         decision.guard.clone_from(&outcome.guard);
+        decision.reads.clone_from(&outcome.reads);
         decision.verdict = self.verdict(outcome);
         if let Verdict::Hold(rule) = &decision.verdict
             && let Some(grant) = (ctx.grant)(&rule.id)
@@ -238,9 +242,12 @@ impl SessionPolicy {
         // EXECUTE inherits the outcome of its PREPARE (a denial, or a hold).
         if outcome.denied.is_none()
             && let Some(o) = decided.facts.executes.iter().find_map(|n| {
-                self.prepared
-                    .get(n)
-                    .filter(|o| o.denied.is_some() || o.hold.is_some() || o.guard.is_some())
+                self.prepared.get(n).filter(|o| {
+                    o.denied.is_some()
+                        || o.hold.is_some()
+                        || o.guard.is_some()
+                        || !o.reads.is_empty()
+                })
             })
         {
             outcome = o.clone();
@@ -252,6 +259,7 @@ impl SessionPolicy {
         if !decided.facts.prepares.is_empty() && decided.facts.executes.is_empty() {
             outcome.hold = None;
             outcome.guard = None;
+            outcome.reads.clear();
         }
         outcome
     }

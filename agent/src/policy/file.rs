@@ -150,6 +150,15 @@ pub struct RuleSpec {
     /// that changed more rows than this is undone and refused under this rule's id.
     #[serde(default)]
     pub max_rows: Option<u64>,
+    /// A limit by effect on reads: a matching statement's first this-many result rows stream,
+    /// then the rest waits for a person (`require_approval`) or is cut off (`deny`).
+    #[serde(default)]
+    pub rows_over: Option<u64>,
+    /// A read budget of the workload, over all its sessions: rows of matching results
+    /// actually sent, in a sliding window; past it, the result waits for a person
+    /// (`require_approval`) or is cut off (`deny`).
+    #[serde(default)]
+    pub budget: Option<BudgetSpec>,
     /// For `require_approval`: user names, `uid:N` or `group:NAME`.
     #[serde(default)]
     pub approvers: Vec<String>,
@@ -163,6 +172,16 @@ pub struct RuleSpec {
     /// Text for the client and the record.
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// A read budget as written: `{rows: 1000, per: 1h}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    /// Rows allowed in the window.
+    pub rows: u64,
+    /// The window, e.g. `1h`, `15m`.
+    pub per: String,
 }
 
 /// A profile's masking as written.
@@ -313,6 +332,28 @@ impl PolicyFile {
                     return Err(Invalid::value(
                         at(yaml_path!["rules", i, "id"]),
                         format!("rule `{}` requires approval but names no approvers", r.id),
+                    ));
+                }
+                let effects = [
+                    r.max_rows.is_some(),
+                    r.rows_over.is_some(),
+                    r.budget.is_some(),
+                ];
+                if effects.iter().filter(|e| **e).count() > 1 {
+                    return Err(Invalid::value(
+                        at(yaml_path!["rules", i, "id"]),
+                        format!(
+                            "rule `{}`: max_rows, rows_over and budget are separate limits; give each its own rule",
+                            r.id
+                        ),
+                    ));
+                }
+                if let Some(b) = &r.budget
+                    && let Err(e) = humantime::parse_duration(&b.per)
+                {
+                    return Err(Invalid::value(
+                        at(yaml_path!["rules", i, "budget", "per"]),
+                        format!("rule `{}`: budget.per `{}`: {e}", r.id, b.per),
                     ));
                 }
                 if r.max_rows.is_some() && r.action != Action::Deny {

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use self::analyze::Facts;
+pub use self::decide::{Budget, ReadLimit, WRITE_ROWS, WriteGuard};
 use self::decide::{Outcome, Profile};
-pub use self::decide::{WRITE_ROWS, WriteGuard};
 pub use self::decision::{
     Context, Decision, Denied, SessionPolicy, Statement, StatementKind, Verdict, lexer_refusal,
     no_policy,

@@ -25,6 +25,8 @@ pub struct SessionEnv {
     pub journal: Journal,
     /// Statements held for approval, and open grants.
     pub approvals: Arc<Approvals>,
+    /// Read budgets of every workload, shared by its sessions.
+    pub budgets: Arc<crate::budget::Budgets>,
     /// Prometheus counters.
     pub metrics: Arc<Metrics>,
     /// Live sessions and their cancel keys.

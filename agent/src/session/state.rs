@@ -49,6 +49,8 @@ pub struct ProtoState {
     held: HashMap<String, Arc<crate::approval::Rule>>,
     /// Prepared statements whose executions run under a row limit.
     guarded: HashMap<String, crate::policy::WriteGuard>,
+    /// Prepared statements whose results are counted against read limits.
+    read_limits: HashMap<String, Vec<crate::policy::ReadLimit>>,
     /// The server skips messages until a Sync not yet sent (an extended-protocol error came
     /// after the last Sync sent).
     skipping: bool,
@@ -74,6 +76,7 @@ impl ProtoState {
             pending: VecDeque::new(),
             held: HashMap::new(),
             guarded: HashMap::new(),
+            read_limits: HashMap::new(),
             skipping: false,
             inflight: VecDeque::new(),
             statement_no: 0,
@@ -129,6 +132,40 @@ impl ProtoState {
         self.guarded.insert(name.to_owned(), guard);
     }
 
+    /// Marks a prepared statement's results as counted against read limits.
+    pub fn limit_statement_reads(&mut self, name: &str, limits: Vec<crate::policy::ReadLimit>) {
+        self.read_limits.insert(name.to_owned(), limits);
+    }
+
+    /// The read limits of the statement behind `portal`, with its text.
+    pub fn portal_reads(&self, portal: &str) -> Option<ReadWatch> {
+        let statement = &self.portals.get(portal)?.statement;
+        let limits = self.read_limits.get(statement)?;
+        let sql = self
+            .statements
+            .get(statement)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""));
+        Some(ReadWatch::new(limits.clone(), sql))
+    }
+
+    /// Counts the statement sent last against `watch`.
+    pub fn watch_last(&mut self, watch: ReadWatch) {
+        if let Some(f) = self.inflight.back_mut() {
+            f.reads = Some(Box::new(watch));
+        }
+    }
+
+    /// The read watch of the statement whose results stream now.
+    pub fn watch_front(&mut self) -> Option<&mut ReadWatch> {
+        self.inflight.front_mut()?.reads.as_deref_mut()
+    }
+
+    /// The statement whose results stream now.
+    pub fn front_inflight(&mut self) -> Option<&mut InFlight> {
+        self.inflight.front_mut()
+    }
+
     /// The row limit of the statement behind `portal`, if it runs under one.
     pub fn guarded_portal(&self, portal: &str) -> Option<crate::policy::WriteGuard> {
         let statement = &self.portals.get(portal)?.statement;
@@ -157,6 +194,7 @@ impl ProtoState {
     pub fn parsed(&mut self, name: &str, sql: &str) {
         self.held.remove(name);
         self.guarded.remove(name);
+        self.read_limits.remove(name);
         self.statement_cols.remove(name);
         self.statements.insert(name.to_owned(), Arc::from(sql));
     }
@@ -190,6 +228,7 @@ impl ProtoState {
             self.statement_cols.remove(name);
             self.held.remove(name);
             self.guarded.remove(name);
+            self.read_limits.remove(name);
         } else {
             self.portals.remove(name);
             self.portal_cols.remove(name);
@@ -584,8 +623,40 @@ pub struct InFlight {
     pub error: Option<(String, String)>,
     /// Whether it is a simple Query (results until ReadyForQuery) or an Execute.
     pub query: bool,
-    /// The rule that undid and refused it after it ran (a write over its row limit).
+    /// The rule that undid and refused it after it ran (a write over its row limit), or cut
+    /// its result off (a read over its limit).
     pub undone_by: Option<String>,
+    /// The limits on the rows its results may send, and what was sent.
+    pub reads: Option<Box<ReadWatch>>,
+}
+
+/// A statement's results counted against its read limits as they are sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadWatch {
+    /// The limits.
+    pub limits: Vec<crate::policy::ReadLimit>,
+    /// Its text (for the approval request).
+    pub sql: Arc<str>,
+    /// Result rows sent to the client so far.
+    pub sent: u64,
+    /// Limits a person said yes to for this statement (by index).
+    pub passed: Vec<bool>,
+    /// Rows taken from each budget and not yet sent (by index).
+    pub reserved: Vec<u64>,
+}
+
+impl ReadWatch {
+    /// A watch over `limits`.
+    pub fn new(limits: Vec<crate::policy::ReadLimit>, sql: Arc<str>) -> Self {
+        let n = limits.len();
+        Self {
+            limits,
+            sql,
+            sent: 0,
+            passed: vec![false; n],
+            reserved: vec![0; n],
+        }
+    }
 }
 
 /// The row count a command tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`, `COPY 7`).
@@ -613,6 +684,7 @@ impl ProtoState {
             error: None,
             query,
             undone_by: None,
+            reads: None,
         });
     }
 
@@ -634,7 +706,9 @@ impl ProtoState {
             b'E' => {
                 let error = detail.map(|(c, m)| (c.to_owned(), m.to_owned()));
                 if front_query {
-                    if let Some(f) = self.inflight.front_mut() {
+                    if let Some(f) = self.inflight.front_mut()
+                        && f.undone_by.is_none()
+                    {
                         f.error = error;
                     }
                 } else {
@@ -648,6 +722,10 @@ impl ProtoState {
                         let Some(mut f) = self.inflight.pop_front() else {
                             break;
                         };
+                        if f.undone_by.is_some() {
+                            done.push(f);
+                            continue;
+                        }
                         f.error = Some(if i == 0 {
                             error.clone().unwrap_or_default()
                         } else {

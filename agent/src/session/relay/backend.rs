@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::warn;
 
 use super::handshake::{error_message, text_row};
-use super::{Ctx, READ_CHUNK, ReadHalf, WriteHalf, guard, lock};
+use super::{Ctx, READ_CHUNK, ReadHalf, WriteHalf, guard, lock, reads};
 use crate::session::SessionError;
 use crate::session::conn::write_batch;
 use crate::session::state::{InFlight, ResultStart, tag_rows};
@@ -23,6 +23,7 @@ pub(super) async fn run(
     server_w: &tokio::sync::Mutex<WriteHalf>,
 ) -> Result<(), SessionError> {
     let mut out: Vec<Bytes> = Vec::with_capacity(64);
+    let mut cut: Option<Cut> = None;
     loop {
         loop {
             let frame = match next_frame(&mut buf, &ctx.limits, Side::Backend) {
@@ -31,6 +32,36 @@ pub(super) async fn run(
                 Err(e) => return Err(super::server_error(ctx, e).await),
             };
             let tag = frame.tag;
+            if let Some(c) = &mut cut
+                && !matches!(tag, b'A' | b'S' | b'N' | b'K')
+                && ctx.state().own_front().is_none()
+            {
+                // The rest of a result that was cut off: kept from the client, its end
+                // replaced by pgwarden's error.
+                if tag != b'D' {
+                    let mut scratch = Vec::new();
+                    match on_frame(ctx, frame, &mut scratch) {
+                        Ok(()) | Err(Stop::Wait(..)) => {}
+                        Err(Stop::Wire(e)) => return Err(super::server_error(ctx, e).await),
+                        Err(Stop::Masks(e)) => return Err(SessionError::Masks(e)),
+                    }
+                    if matches!(tag, b'C' | b's' | b'E' | b'I')
+                        && let Some(e) = c.error.take()
+                    {
+                        out.push(e);
+                    }
+                    if tag == b'Z' {
+                        if let Some(e) = c.error.take() {
+                            out.push(e);
+                        }
+                        out.append(&mut scratch);
+                        cut = None;
+                    } else if !c.simple && c.error.is_none() {
+                        cut = None;
+                    }
+                }
+                continue;
+            }
             // Replies to pgwarden's own messages around a guarded write (asynchronous
             // messages excepted: they are the client's).
             let own = ctx.state().own_front();
@@ -43,6 +74,22 @@ pub(super) async fn run(
             let mark = out.len();
             match on_frame(ctx, frame, &mut out) {
                 Ok(()) => guard::client_output(ctx, &mut out, mark, tag),
+                Err(Stop::Wait(i, row)) => {
+                    // A read limit: what was sent so far goes out; the row waits.
+                    let mut w = ctx.client_w.lock().await;
+                    write_batch(&mut *w, &mut out).await?;
+                    drop(w);
+                    let simple = ctx.state().front_inflight().is_none_or(|f| f.query);
+                    match reads::wait(ctx, i).await {
+                        reads::Ruling::Go => out.push(row),
+                        reads::Ruling::Cut(error) => {
+                            cut = Some(Cut {
+                                error: Some(error),
+                                simple,
+                            });
+                        }
+                    }
+                }
                 Err(Stop::Wire(e)) => return Err(super::server_error(ctx, e).await),
                 Err(Stop::Masks(e)) => {
                     // What was already read goes out; nothing after the failed change does.
@@ -80,10 +127,20 @@ pub(super) async fn run(
     }
 }
 
-/// Why the backend direction stops.
+/// A result cut off at a read limit: the server's rest of it is dropped.
+struct Cut {
+    /// pgwarden's error, sent where the result would have ended.
+    error: Option<Bytes>,
+    /// A simple Query (dropped until its ReadyForQuery), else an Execute.
+    simple: bool,
+}
+
+/// Why the backend direction stops (or pauses).
 enum Stop {
     Wire(WireError),
     Masks(crate::session::masking::ResolveError),
+    /// A read limit of the streaming statement (by index) is reached at this row.
+    Wait(usize, Bytes),
 }
 
 impl From<WireError> for Stop {
@@ -101,7 +158,11 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
             if let ResultStart::Columns(cols) = ctx.state().data_row() {
                 ctx.masking().result_columns(&cols);
             }
-            out.push(ctx.masking().data_row(&frame).unwrap_or(frame.bytes));
+            let row = ctx.masking().data_row(&frame).unwrap_or(frame.bytes);
+            if let reads::RowStep::Wait(i) = reads::row(ctx) {
+                return Err(Stop::Wait(i, row));
+            }
+            out.push(row);
         }
         b'd' => out.push(ctx.masking().copy_data(&frame).unwrap_or(frame.bytes)),
         b'T' => {
@@ -169,6 +230,7 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
         b'K' => {
             let (pid, key) = backend::backend_key(&frame)?;
             ctx.env.registry.register_cancel(ctx.meta, pid, key);
+            *lock(&ctx.backend_key) = Some((pid, Bytes::copy_from_slice(key)));
             out.push(frame.bytes);
         }
         b'S' => {
@@ -242,6 +304,11 @@ fn own_reply(ctx: &Ctx<'_>, frame: &Frame) -> Result<(), Stop> {
 /// `query.done` records for statements the server finished (kept back while a guarded
 /// write's verdict is open: it decides how they ended).
 fn finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
+    for f in &done {
+        if let Some(w) = &f.reads {
+            reads::settle(ctx, w);
+        }
+    }
     let done: Vec<InFlight> = done
         .into_iter()
         .filter_map(|f| guard::keep_finished(ctx, f))

@@ -15,7 +15,7 @@ use crate::policy::{Context, Decision, Statement, StatementKind, Verdict};
 use crate::session::SessionError;
 use crate::session::conn::write_batch;
 use crate::session::recorder::Described;
-use crate::session::state::Pending;
+use crate::session::state::{Pending, ReadWatch};
 use crate::sqltext::Text;
 use crate::wire::encode;
 use crate::wire::frontend::{self, FrontendMsg};
@@ -38,6 +38,9 @@ pub(super) struct Guarded {
     limit: crate::policy::WriteGuard,
     /// A COPY FROM: the count after it waits for the end of the client's data.
     copy: bool,
+    /// Its read limits (a RETURNING result is counted too).
+    reads: Vec<crate::policy::ReadLimit>,
+    sql: Arc<str>,
 }
 
 /// Sends what is ready: the batch's records committed, then the batch.
@@ -117,6 +120,8 @@ fn guarded_query(ctx: &Ctx<'_>, g: Guarded, out: &mut Vec<Bytes>, audits: &mut V
         desc,
         limit,
         copy,
+        reads,
+        sql,
     } = g;
     guard::arm_query(ctx, limit, copy, out, |out| {
         let n = ctx.state().next_statement();
@@ -131,6 +136,9 @@ fn guarded_query(ctx: &Ctx<'_>, g: Guarded, out: &mut Vec<Bytes>, audits: &mut V
         st.segment_sent();
         st.expect(Pending::Query);
         st.in_flight(n, true);
+        if !reads.is_empty() {
+            st.watch_last(ReadWatch::new(reads, sql));
+        }
     });
 }
 
@@ -325,11 +333,14 @@ fn statement(
                 .contains(&crate::policy::analyze::Class::Copy)
                 && !d.facts.copy_to
         });
+        let sql = Arc::from(sql);
         return Ok(Step::Guard(Guarded {
             frame,
             desc,
             limit: limit.clone(),
             copy,
+            reads: decision.reads.clone(),
+            sql,
         }));
     }
     let n = ctx.state().next_statement();
@@ -356,6 +367,7 @@ fn statement(
             prepared.insert(name.to_owned(), Arc::clone(&desc));
         }
     }
+    let reads = decision.reads;
     let mut st = ctx.state();
     match decision.verdict {
         Verdict::Allow => {
@@ -363,6 +375,9 @@ fn statement(
                 st.parsed(name, sql);
                 if let Some(limit) = decision.guard {
                     st.guard_statement(name, limit);
+                }
+                if !reads.is_empty() {
+                    st.limit_statement_reads(name, reads.clone());
                 }
             }
             out.push(frame.bytes.clone());
@@ -374,6 +389,9 @@ fn statement(
             st.hold_statement(name, rule);
             if let Some(limit) = decision.guard {
                 st.guard_statement(name, limit);
+            }
+            if !reads.is_empty() {
+                st.limit_statement_reads(name, reads.clone());
             }
             out.push(frame.bytes.clone());
         }
@@ -394,6 +412,9 @@ fn statement(
             st.expect(Pending::Query);
             if !denied {
                 st.in_flight(n, true);
+                if !reads.is_empty() {
+                    st.watch_last(ReadWatch::new(reads, Arc::from(sql)));
+                }
             }
         }
         StatementKind::FunctionCall => {
@@ -488,8 +509,12 @@ fn execute(
             });
         }
         let mut st = ctx.state();
+        let watch = st.portal_reads(&portal);
         st.expect(Pending::Execute(portal));
         st.in_flight(n, false);
+        if let Some(w) = watch {
+            st.watch_last(w);
+        }
         out.push(frame.bytes);
     };
     match limit {

@@ -1,6 +1,6 @@
 //! Authentication, relayed message by message (the server asks, the client answers), then the
 //! resolution of the session's masked columns, then the server's ReadyForQuery to the client.
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt as _;
 use tracing::warn;
 
@@ -61,6 +61,7 @@ pub(super) async fn run(
             b'K' => {
                 let (pid, key) = backend::backend_key(&frame).map_err(SessionError::Server)?;
                 ctx.env.registry.register_cancel(ctx.meta, pid, key);
+                *super::lock(&ctx.backend_key) = Some((pid, Bytes::copy_from_slice(key)));
                 out.push(frame.bytes);
             }
             b'E' => {

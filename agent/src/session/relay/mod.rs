@@ -13,6 +13,7 @@ mod frontend;
 mod guard;
 mod handshake;
 mod hold;
+mod reads;
 #[cfg(test)]
 mod tests;
 
@@ -73,8 +74,13 @@ struct Ctx<'a> {
     guard: Mutex<Option<guard::Guard>>,
     /// Numbers pgwarden's own prepared statements.
     own_seq: std::sync::atomic::AtomicU64,
-    /// Woken when the server's replies moved on (a verdict, a quiet connection).
+    /// Woken when the server's replies moved on (a verdict, a quiet connection), or the
+    /// client stopped sending.
     progress: tokio::sync::Notify,
+    /// The server's BackendKeyData (to cancel a query whose result was cut off).
+    backend_key: Mutex<Option<(i32, Bytes)>>,
+    /// The client has stopped sending (it left, or sent Terminate).
+    client_done: std::sync::atomic::AtomicBool,
 }
 
 /// An audit record waiting to be committed before the batch it belongs to is sent.
@@ -213,6 +219,8 @@ pub async fn run(
         guard: Mutex::new(None),
         own_seq: std::sync::atomic::AtomicU64::new(1),
         progress: tokio::sync::Notify::new(),
+        backend_key: Mutex::new(None),
+        client_done: std::sync::atomic::AtomicBool::new(false),
     };
     let mut client_buf = rest;
     let mut server_buf = BytesMut::with_capacity(READ_CHUNK);
@@ -240,7 +248,13 @@ pub async fn run(
         return Ok(());
     }
     let server_w = tokio::sync::Mutex::new(server_w);
-    let front = frontend::run(&ctx, client_r, &server_w, client_buf);
+    let front = async {
+        let r = frontend::run(&ctx, client_r, &server_w, client_buf).await;
+        ctx.client_done
+            .store(true, std::sync::atomic::Ordering::Release);
+        ctx.progress.notify_waiters();
+        r
+    };
     let back = backend::run(&ctx, server_r, server_buf, &server_w);
     tokio::pin!(front, back);
     let result = tokio::select! {

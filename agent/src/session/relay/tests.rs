@@ -226,6 +226,7 @@ impl Harness {
             approvals: Arc::new(Approvals::default()),
             metrics: Arc::default(),
             registry: Arc::new(Registry::new(1)),
+            budgets: Arc::default(),
             origins: Origins {
                 redirect: None,
                 tagger: Arc::new(Mutex::new(Tagger::new(&config.workloads))),
