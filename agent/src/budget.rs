@@ -34,7 +34,7 @@ impl Window {
 }
 
 /// One budget's use, for status.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Use {
     /// Workload.
     pub workload: String,

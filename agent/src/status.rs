@@ -42,6 +42,9 @@ pub struct Status {
     pub sessions: Vec<Session>,
     /// Statements waiting for approval and open grants.
     pub approvals: Approvals,
+    /// Read budgets in use: rows sent in the window, per workload and rule.
+    #[serde(default)]
+    pub budgets: Vec<crate::budget::Use>,
     /// The audit journal.
     pub audit: Audit,
     /// The running policy.

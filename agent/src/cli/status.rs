@@ -75,6 +75,12 @@ fn write_status(out: &mut String, s: &Status) -> std::fmt::Result {
             x.server,
         )?;
     }
+    if !s.budgets.is_empty() {
+        writeln!(out, "read budgets (rows sent in the window):")?;
+        for b in &s.budgets {
+            writeln!(out, "  {:<20} {:<24} {}", b.workload, b.rule, b.used)?;
+        }
+    }
     Ok(())
 }
 

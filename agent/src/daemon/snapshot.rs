@@ -111,6 +111,7 @@ pub(super) fn status(shared: &Shared) -> Status {
         sticky_paths,
         sessions: shared.env.registry.list().iter().map(session).collect(),
         approvals: approvals(&shared.env.approvals),
+        budgets: shared.env.budgets.uses(),
         audit: audit(&shared.env.journal.status()),
         policy: status::Policy {
             version: policy.version,

@@ -17,7 +17,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a wait for an answer looks at the interrupt flag.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Rows the payments read shows (the policy lets a `reader` take up to 100 without approval).
+/// Rows the payments read shows (a `reader`'s result streams 100 rows without approval).
 const PAYMENTS_SHOWN: usize = 5;
 
 /// Where the steps run, and what they saw.
@@ -60,12 +60,13 @@ impl<'a> Scenario<'a> {
         Ok(())
     }
 
-    /// A read of every payment: the policy's `bulk-payments-read` rule holds it until a person
-    /// approves; the demo approves it as root with `pgwarden approvals approve`.
+    /// A read of every payment: after its first 100 rows the policy's `bulk-payments-read` rule
+    /// holds the rest of the result until a person approves; the demo approves it as root with
+    /// `pgwarden approvals approve`.
     fn bulk_read_approved(&mut self) -> Result<()> {
         let sql = "SELECT id, card_number, amount FROM payments ORDER BY id";
         self.step(
-            "a bulk read of payments (no LIMIT): needs a person's yes",
+            "a bulk read of payments: past 100 rows the result needs a person's yes",
             &format!("tools/call query {sql:?}"),
         );
         let id = self.send_query(sql)?;
@@ -84,7 +85,7 @@ impl<'a> Scenario<'a> {
         };
         let rid = request["id"].as_u64().unwrap_or(0).to_string();
         say(&format!(
-            "-> held by pgwarden (rule {}): request #{rid} from pid {} ({}); the MCP server waits",
+            "-> held by pgwarden mid-result (rule {}): request #{rid} from pid {} ({}); the MCP server waits",
             text(&request["rule"]["id"]),
             request["pid"],
             text(&request["exe"])
