@@ -28,6 +28,18 @@ profiles:
       public.payments: [read, write]
     writes:
       max_rows: 100
+  approved-writer:
+    classes: [read, write, transaction, session-set]
+    tables:
+      public.payments: [read, write]
+    writes:
+      max_rows: 100
+    rules:
+      - id: writes-need-a-yes
+        action: require_approval
+        classes: [write]
+        approvers: [root]
+        timeout_seconds: 30
 ";
 
 struct World {
@@ -35,6 +47,7 @@ struct World {
     agent: Agent,
     writer: TestCgroup,
     loader: TestCgroup,
+    approved: TestCgroup,
     dir: tempfile::TempDir,
 }
 
@@ -48,19 +61,23 @@ fn world() -> World {
     std::fs::write(&loader_policy, LOADER_POLICY).unwrap();
     let writer = TestCgroup::create(&unique_name("pgw-e2e-wlimit"));
     let loader = TestCgroup::create(&unique_name("pgw-e2e-wload"));
+    let approved = TestCgroup::create(&unique_name("pgw-e2e-wyes"));
     let listen = free_port();
     let key = dir.path().join("mask.key");
     std::fs::write(&key, b"0123456789abcdef-e2e-test-key").unwrap();
     let config = format!(
         "mask:\n  hash_key_file: {}\nlisten:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: \"[::1]:{listen}\"\ncontrol:\n  socket: {}\nintercept: [\"*:{}\"]\n\
          workloads:\n  - name: payments-writer\n    cgroup: \"{}\"\n    policy: {}\n    profile: writer\n\
-         \x20 - name: payments-loader\n    cgroup: \"{}\"\n    policy: {}\n    profile: loader\n",
+         \x20 - name: payments-loader\n    cgroup: \"{}\"\n    policy: {}\n    profile: loader\n\
+         \x20 - name: payments-approved\n    cgroup: \"{}\"\n    policy: {}\n    profile: approved-writer\n",
         key.display(),
         control.display(),
         pg.port,
         writer.rel,
         policy_path("pci-dss.yaml").display(),
         loader.rel,
+        loader_policy.display(),
+        approved.rel,
         loader_policy.display()
     );
     let agent = Agent::start(&config, &control);
@@ -69,6 +86,7 @@ fn world() -> World {
         agent,
         writer,
         loader,
+        approved,
         dir,
     }
 }
@@ -286,5 +304,64 @@ fn copy_from_over_the_limit_is_undone() {
     assert_eq!(
         w.direct("SELECT count(*) FROM payments WHERE merchant = 'copied'"),
         "50"
+    );
+}
+
+/// A person's yes to a held write does not lift its row limit: approved, it runs, is counted,
+/// and is undone over the limit.
+#[test]
+fn an_approved_write_is_still_limited_by_effect() {
+    let w = world();
+    let before = w.fingerprint();
+    let mut cmd = in_cgroup(&w.approved.path, pg_bin("psql").to_str().unwrap());
+    cmd.args(["-X", "-At", "-v", "VERBOSITY=verbose"])
+        .arg(w.pg.url("127.0.0.1"))
+        .args([
+            "-c",
+            "DELETE FROM payments WHERE id > 0",
+            "-c",
+            "SELECT 'alive'",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let id = loop {
+        let out = w.agent.cli(&["approvals", "list", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(id) = v["pending"][0]["id"].as_u64() {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never held\n{}",
+            w.agent.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = w.agent.cli(&["approvals", "approve", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stderr.contains("write.rows") && stderr.contains("300 rows"),
+        "{stderr}"
+    );
+    assert_eq!(stdout.trim(), "alive");
+    assert_eq!(
+        w.fingerprint(),
+        before,
+        "the approved DELETE of every row stood"
+    );
+    assert!(
+        w.ran("DELETE FROM payments WHERE id > 0") >= 1,
+        "it ran after the yes"
     );
 }

@@ -93,6 +93,13 @@ pub(super) async fn run(
                         let _ = w.lock().await.shutdown().await;
                         return Ok(());
                     };
+                    if held.guard.is_some()
+                        && matches!(resolution, crate::approval::Resolution::Approved { .. })
+                    {
+                        // A write under a row limit goes once the server is quiet (its
+                        // transaction must be known).
+                        ctx.until(|c| c.state().quiet()).await;
+                    }
                     hold::release(ctx, held, &resolution, &mut out, &mut audits);
                 }
                 Ok(Step::Guard(g)) => {
@@ -316,12 +323,21 @@ fn statement(
     if let Verdict::Hold(rule) = &decision.verdict
         && kind == StatementKind::Query
     {
+        let copy = decision.facts.as_ref().is_some_and(|d| {
+            d.facts
+                .classes
+                .contains(&crate::policy::analyze::Class::Copy)
+                && !d.facts.copy_to
+        });
         return Ok(Step::Hold(Held {
             kind: HeldKind::Query,
             rule: Arc::clone(rule),
             sql: sql.to_owned(),
             desc,
             frame,
+            guard: decision.guard.clone(),
+            copy,
+            reads: decision.reads.clone(),
         }));
     }
     if let (Verdict::Allow, Some(limit), StatementKind::Query) =
@@ -493,6 +509,9 @@ fn execute(
             rule,
             sql: held_sql,
             desc,
+            guard: None,
+            copy: false,
+            reads: Vec::new(),
         });
     }
     let limit = {

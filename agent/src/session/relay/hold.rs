@@ -10,7 +10,7 @@ use tracing::info;
 use super::{AuditItem, Ctx, ReadHalf, RefuseAs};
 use crate::session::SessionError;
 use crate::session::recorder::Described;
-use crate::session::state::Pending;
+use crate::session::state::{Pending, ReadWatch};
 use crate::wire::{Frame, encode};
 
 /// A message held for approval.
@@ -22,6 +22,12 @@ pub(super) struct Held {
     pub sql: String,
     /// How the journal describes it.
     pub desc: Arc<Described>,
+    /// A Query's row limit on what it writes (an Execute's is its statement's).
+    pub guard: Option<crate::policy::WriteGuard>,
+    /// A Query that is a COPY FROM.
+    pub copy: bool,
+    /// A Query's read limits (an Execute's are its statement's).
+    pub reads: Vec<crate::policy::ReadLimit>,
 }
 
 pub(super) enum HeldKind {
@@ -123,6 +129,57 @@ pub(super) fn release(
         None => ctx.recorder.allowed(&held.desc, n, Some(&held.rule.id)),
         Some((code, rule, message)) => ctx.recorder.denied(&held.desc, rule, code, message, n),
     };
+    // Approved, it runs under the same limits by effect as any statement.
+    let watch = |st: &mut crate::session::state::ProtoState, sql: &str| {
+        if !held.reads.is_empty() {
+            st.watch_last(ReadWatch::new(held.reads.clone(), Arc::from(sql)));
+        }
+    };
+    if refusal.is_none() {
+        match &held.kind {
+            HeldKind::Query if held.guard.is_some() => {
+                let limit = held.guard.clone().unwrap_or_else(|| unreachable!());
+                super::guard::arm_query(ctx, limit, held.copy, out, |out| {
+                    audits.push(AuditItem {
+                        record,
+                        frame: Some((out.len(), RefuseAs::Query)),
+                    });
+                    out.push(held.frame.bytes.clone());
+                    let mut st = ctx.state();
+                    st.segment_sent();
+                    st.expect(Pending::Query);
+                    st.in_flight(n, true);
+                    watch(&mut st, &held.sql);
+                });
+                return;
+            }
+            HeldKind::Execute(portal) => {
+                let (limit, reads) = {
+                    let st = ctx.state();
+                    (st.guarded_portal(portal), st.portal_reads(portal))
+                };
+                let push = |out: &mut Vec<Bytes>| {
+                    audits.push(AuditItem {
+                        record,
+                        frame: Some((out.len(), RefuseAs::Execute)),
+                    });
+                    out.push(held.frame.bytes.clone());
+                    let mut st = ctx.state();
+                    st.expect(Pending::Execute(portal.clone()));
+                    st.in_flight(n, false);
+                    if let Some(w) = reads {
+                        st.watch_last(w);
+                    }
+                };
+                match limit {
+                    Some(limit) => super::guard::arm_execute(ctx, limit, out, push),
+                    None => push(out),
+                }
+                return;
+            }
+            HeldKind::Query => {}
+        }
+    }
     let mut st = ctx.state();
     match (held.kind, refusal) {
         (HeldKind::Query, None) => {
@@ -130,10 +187,11 @@ pub(super) fn release(
                 record,
                 frame: Some((out.len(), RefuseAs::Query)),
             });
-            out.push(held.frame.bytes);
+            out.push(held.frame.bytes.clone());
             st.segment_sent();
             st.expect(Pending::Query);
             st.in_flight(n, true);
+            watch(&mut st, &held.sql);
         }
         (HeldKind::Query, Some((code, _, message))) => {
             audits.push(AuditItem {
@@ -145,15 +203,8 @@ pub(super) fn release(
             st.segment_sent();
             st.expect(Pending::Query);
         }
-        (HeldKind::Execute(portal), None) => {
-            audits.push(AuditItem {
-                record,
-                frame: Some((out.len(), RefuseAs::Execute)),
-            });
-            out.push(held.frame.bytes);
-            st.expect(Pending::Execute(portal));
-            st.in_flight(n, false);
-        }
+        // Sent above.
+        (HeldKind::Execute(_), None) => {}
         (HeldKind::Execute(_), Some((code, _, message))) => {
             audits.push(AuditItem {
                 record,
