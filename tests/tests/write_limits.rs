@@ -185,6 +185,21 @@ fn tautologies_run_and_are_undone_outside_and_inside_transactions() {
     }
     assert!(w.ran("ROLLBACK") >= TAUTOLOGIES.len(), "{}", w.pg.log());
 
+    // A superuser session that turns the server's counting off cannot write uncounted: the
+    // count comes back empty, and the write is refused and undone.
+    let (_, err) = w.session(
+        &w.writer,
+        &[
+            "SET track_counts = off",
+            "DELETE FROM payments WHERE id > 0",
+        ],
+    );
+    assert!(
+        err.contains("write.rows") && err.contains("track_counts is off"),
+        "{err}"
+    );
+    assert_eq!(w.fingerprint(), before, "an uncounted write stood");
+
     // Within the limit: committed, with its RETURNING rows.
     let (out, err) = w.session(
         &w.writer,

@@ -30,7 +30,10 @@ use crate::wire::{Frame, backend as wire_backend, encode};
 
 /// The rows changed in the current transaction so far, counted by the server. Qualified so
 /// that nothing the workload creates can stand in for it.
-pub(super) const ROWS_SQL: &str = "SELECT pg_catalog.sum(n_tup_ins OPERATOR(pg_catalog.+) n_tup_upd OPERATOR(pg_catalog.+) n_tup_del)::pg_catalog.int8 FROM pg_catalog.pg_stat_xact_user_tables /* pgwarden: rows changed */";
+/// NULL when the session does not count at all (`track_counts` off, which a superuser may set
+/// by SET, startup options or a role's default): then nothing can be counted, and the write
+/// is refused.
+pub(super) const ROWS_SQL: &str = "SELECT CASE WHEN pg_catalog.current_setting('track_counts')::pg_catalog.bool THEN COALESCE(pg_catalog.sum(n_tup_ins OPERATOR(pg_catalog.+) n_tup_upd OPERATOR(pg_catalog.+) n_tup_del), 0)::pg_catalog.int8 END FROM pg_catalog.pg_stat_xact_user_tables /* pgwarden: rows changed */";
 
 /// The statement that fails (a syntax error whatever the database holds), to fail the
 /// client's transaction or batch after a refused write.
@@ -243,14 +246,17 @@ pub(super) fn open(ctx: &Ctx<'_>) -> bool {
     lock(&ctx.guard).is_some()
 }
 
-/// The count a row-count reply carries.
-fn count(frame: &Frame) -> Option<u64> {
-    let row = super::handshake::text_row(frame).ok()?;
+/// The count a row-count reply carries, or why there is none.
+fn count(frame: &Frame) -> Result<u64, String> {
+    let row = super::handshake::text_row(frame).map_err(|e| e.to_string())?;
     match row.first() {
-        // No user table at all: nothing counted, nothing changed.
-        Some(None) => Some(0),
-        Some(Some(v)) => v.parse().ok(),
-        None => None,
+        Some(Some(v)) => v
+            .parse()
+            .map_err(|_| format!("the count {v:?} is not a number")),
+        Some(None) => {
+            Err("the server does not count rows in this session (track_counts is off)".into())
+        }
+        None => Err("the count came back empty".into()),
     }
 }
 
@@ -262,11 +268,12 @@ pub(super) fn own_reply(ctx: &Ctx<'_>, own: Own, frame: &Frame, out: &mut Vec<By
     match frame.tag {
         b'D' => {
             if let (Own::Rows { after, .. }, Some(g)) = (own, g.as_mut()) {
-                let n = count(frame);
-                if after {
-                    g.after = n;
-                } else {
-                    g.before = n;
+                match count(frame) {
+                    Ok(n) if after => g.after = Some(n),
+                    Ok(n) => g.before = Some(n),
+                    Err(why) => {
+                        g.own_error.get_or_insert(why);
+                    }
                 }
             }
         }
