@@ -22,6 +22,11 @@ struct World {
 }
 
 fn world() -> World {
+    world_with(None)
+}
+
+/// As [`world`], with `policy` (a profile named `reader`) instead of the shipped one.
+fn world_with(policy: Option<&str>) -> World {
     require_root();
     let pg = PgServer::start_configured("log_statement = 'all'\n", None);
     pg.psql_direct(
@@ -35,7 +40,14 @@ fn world() -> World {
     let reader = TestCgroup::create(&unique_name("pgw-e2e-rlimit"));
     let pager = TestCgroup::create(&unique_name("pgw-e2e-pager"));
     let listen = free_port();
-    let policy = policy_path("pci-dss.yaml");
+    let policy = match policy {
+        None => policy_path("pci-dss.yaml"),
+        Some(text) => {
+            let p = dir.path().join("policy.yaml");
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+    };
     let config = format!(
         "mask:\n  hash_key_file: {}\nlisten:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: null\ncontrol:\n  socket: {}\nintercept: [\"*:{}\"]\n\
          workloads:\n  - name: payments-reader\n    cgroup: \"{}\"\n    policy: {}\n    profile: reader\n\
@@ -236,4 +248,45 @@ fn pagination_across_sessions_cannot_escape_the_budget() {
     let (out, err) = finish(w.psql(&w.reader, &[&page(0)]));
     assert!(err.is_empty(), "{err}");
     assert_eq!(out.lines().count(), 100);
+}
+
+/// COPY TO STDOUT sends rows as CopyData: they count like result rows.
+#[test]
+fn copy_out_rows_count_too() {
+    let w = world_with(Some(
+        "version: 1
+profiles:
+  reader:
+    classes: [read, copy]
+    tables:
+      public.payments: [read]
+    rules:
+      - id: export-cap
+        action: deny
+        tables: [public.payments]
+        rows_over: 100
+        reason: exports stop at 100 rows
+",
+    ));
+    let (out, err) = finish(w.psql(
+        &w.reader,
+        &[
+            "COPY (SELECT id FROM payments ORDER BY id) TO STDOUT",
+            "SELECT 'alive'",
+        ],
+    ));
+    assert!(
+        err.contains(
+            "42501: pgwarden: export-cap: the result reached 100 rows (exports stop at 100 rows)"
+        ),
+        "{err}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.last(), Some(&"alive"), "{out}");
+    assert!(
+        lines.len() <= 101,
+        "at most 100 rows of the export arrived: {}",
+        lines.len()
+    );
+    assert!(!lines.contains(&"101"), "row 101 arrived");
 }

@@ -38,7 +38,7 @@ pub(super) async fn run(
             {
                 // The rest of a result that was cut off: kept from the client, its end
                 // replaced by pgwarden's error.
-                if tag != b'D' {
+                if !matches!(tag, b'D' | b'd') {
                     let mut scratch = Vec::new();
                     match on_frame(ctx, frame, &mut scratch) {
                         Ok(()) | Err(Stop::Wait(..)) => {}
@@ -164,7 +164,14 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
             }
             out.push(row);
         }
-        b'd' => out.push(ctx.masking().copy_data(&frame).unwrap_or(frame.bytes)),
+        b'd' => {
+            // COPY TO STDOUT: each CopyData is a row, counted like a DataRow.
+            let data = ctx.masking().copy_data(&frame).unwrap_or(frame.bytes);
+            if let reads::RowStep::Wait(i) = reads::row(ctx) {
+                return Err(Stop::Wait(i, data));
+            }
+            out.push(data);
+        }
         b'T' => {
             let cols: Arc<[Column]> = backend::row_description(&frame)?.into();
             if let ResultStart::Columns(cols) = ctx.state().row_description(cols) {
