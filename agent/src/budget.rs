@@ -7,7 +7,24 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use crate::policy::Budget;
+/// A read budget: rows in a sliding window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Budget {
+    /// Rows allowed in the window.
+    pub rows: u64,
+    /// The window.
+    #[serde(with = "humantime_serde_secs")]
+    pub per: std::time::Duration,
+}
+
+mod humantime_serde_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}
 
 /// Every workload's budgets.
 #[derive(Debug, Default)]

@@ -266,24 +266,7 @@ pub struct WriteGuard {
     pub reason: Option<String>,
 }
 
-/// A read budget: rows in a sliding window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Budget {
-    /// Rows allowed in the window.
-    pub rows: u64,
-    /// The window.
-    #[serde(with = "humantime_serde_secs")]
-    pub per: std::time::Duration,
-}
-
-mod humantime_serde_secs {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
-    }
-}
+pub use crate::budget::Budget;
 
 /// A read's limit by effect: counted on the rows actually sent to the workload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

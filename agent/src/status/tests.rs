@@ -58,6 +58,7 @@ fn redirect() -> Value {
                 "by": { "uid": 1001, "user": "alice", "groups": ["dba"] }, "comment": null,
             }],
         },
+        "budgets": [{ "workload": "svc", "rule": "payments-read-budget", "used": 640 }],
         "audit": {
             "path": "/var/log/pgwarden/audit.jsonl", "mode": "strict", "last_seq": 12,
             "last_hash": "ab12", "queue_depth": 0, "records_written": 12, "write_errors": 0,
