@@ -14,6 +14,7 @@ use serde_json::Value;
 const SEED: &str = "
 CREATE TABLE payments(id bigint primary key, card_number text, cardholder text, amount numeric, merchant text, created_at timestamptz default now());
 INSERT INTO payments SELECT i, '4111111111111111', 'holder ' || i, i * 10, 'm', now() FROM generate_series(1, 300) i;
+CREATE FUNCTION bump_over(floor bigint) RETURNS bigint LANGUAGE sql AS $$ WITH u AS (UPDATE payments SET amount = amount + 1 WHERE id > floor RETURNING 1) SELECT count(*) FROM u $$;
 ";
 
 /// The table's content in one value: a refused write must leave it exactly as it was.
@@ -199,6 +200,22 @@ fn tautologies_run_and_are_undone_outside_and_inside_transactions() {
         "{err}"
     );
     assert_eq!(w.fingerprint(), before, "an uncounted write stood");
+
+    // A write the statement's text does not show: a function that updates rows, called from
+    // a SELECT. Counted all the same; over the limit it is undone, within it it stands.
+    let (out, err) = w.session(&w.writer, &["SELECT bump_over(0)"]);
+    assert!(
+        err.contains("write.rows") && err.contains("300 rows"),
+        "{out}{err}"
+    );
+    assert_eq!(w.fingerprint(), before, "the function's writes stood");
+    let (out, err) = w.session(&w.writer, &["SELECT bump_over(295)"]);
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(out.trim(), "5");
+    assert_eq!(
+        w.direct("SELECT string_agg(amount::text, ',' ORDER BY id) FROM payments WHERE id > 295"),
+        "2961,2971,2981,2991,3001"
+    );
 
     // Within the limit: committed, with its RETURNING rows.
     let (out, err) = w.session(

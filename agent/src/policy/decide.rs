@@ -264,6 +264,9 @@ pub struct WriteGuard {
     pub max_rows: u64,
     /// Why, for the client.
     pub reason: Option<String>,
+    /// Hold the statement's results until the count (it writes itself); else only its end
+    /// waits (a read that calls functions that might write).
+    pub hold_results: bool,
 }
 
 pub use crate::budget::Budget;
@@ -281,6 +284,133 @@ pub struct ReadLimit {
     pub budget: Option<Budget>,
     /// Why, for the client.
     pub reason: Option<String>,
+}
+
+/// Built-in functions that change no rows, called unqualified or as `pg_catalog.name` (an
+/// unqualified name resolves to pg_catalog first). Any other function may write, so a
+/// statement calling it is counted under the profile's write limit.
+const READ_ONLY_BUILTINS: &[&str] = &[
+    "abs",
+    "age",
+    "array_agg",
+    "array_length",
+    "array_position",
+    "array_to_string",
+    "avg",
+    "bool_and",
+    "bool_or",
+    "btrim",
+    "cardinality",
+    "ceil",
+    "ceiling",
+    "char_length",
+    "clock_timestamp",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "count",
+    "cume_dist",
+    "current_setting",
+    "date_part",
+    "date_trunc",
+    "decode",
+    "dense_rank",
+    "encode",
+    "every",
+    "exp",
+    "extract",
+    "first_value",
+    "floor",
+    "format",
+    "gen_random_uuid",
+    "generate_series",
+    "greatest",
+    "initcap",
+    "json_agg",
+    "json_build_array",
+    "json_build_object",
+    "jsonb_agg",
+    "jsonb_array_elements",
+    "jsonb_array_length",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "jsonb_each",
+    "jsonb_extract_path",
+    "jsonb_extract_path_text",
+    "jsonb_object_agg",
+    "jsonb_typeof",
+    "json_each",
+    "lag",
+    "last_value",
+    "lead",
+    "least",
+    "left",
+    "length",
+    "ln",
+    "log",
+    "lower",
+    "lpad",
+    "ltrim",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "now",
+    "ntile",
+    "nullif",
+    "octet_length",
+    "percent_rank",
+    "pg_sleep",
+    "pg_typeof",
+    "position",
+    "power",
+    "quote_ident",
+    "quote_literal",
+    "random",
+    "rank",
+    "regexp_match",
+    "regexp_matches",
+    "regexp_replace",
+    "repeat",
+    "replace",
+    "reverse",
+    "right",
+    "round",
+    "row_number",
+    "row_to_json",
+    "rpad",
+    "rtrim",
+    "sha256",
+    "split_part",
+    "sqrt",
+    "starts_with",
+    "statement_timestamp",
+    "stddev",
+    "string_agg",
+    "strpos",
+    "substr",
+    "substring",
+    "sum",
+    "timeofday",
+    "to_char",
+    "to_date",
+    "to_json",
+    "to_jsonb",
+    "to_number",
+    "to_timestamp",
+    "transaction_timestamp",
+    "translate",
+    "trim",
+    "trunc",
+    "unnest",
+    "upper",
+    "variance",
+    "version",
+];
+
+fn read_only_builtin(f: &super::analyze::FuncRef) -> bool {
+    f.schema.as_deref().is_none_or(|s| s == "pg_catalog")
+        && READ_ONLY_BUILTINS.contains(&f.name.as_str())
 }
 
 /// The rule id of the profile's own write limit.
@@ -416,16 +546,22 @@ impl Profile {
     /// The tightest row limit on a statement that changes rows (INSERT, UPDATE, DELETE,
     /// MERGE, data-modifying CTEs, COPY FROM): the profile's `writes.max_rows` and every
     /// matching rule with `max_rows`.
+    ///
+    /// A statement that calls a function pgwarden does not know as a read-only built-in is
+    /// counted too (a function can write rows the statement's text does not show); its
+    /// results stream, and only its end waits for the count.
     fn guard(&self, f: &Facts) -> Option<WriteGuard> {
         let writes =
             f.classes.contains(&Class::Write) || (f.classes.contains(&Class::Copy) && !f.copy_to);
-        if !writes {
+        let calls = f.functions.iter().any(|func| !read_only_builtin(func));
+        if !writes && !calls {
             return None;
         }
         let mut best = self.write_limit.map(|n| WriteGuard {
             rule: WRITE_ROWS.to_owned(),
             max_rows: n,
             reason: None,
+            hold_results: writes,
         });
         for c in &self.conditional {
             let Some(n) = c.max_rows else { continue };
@@ -434,6 +570,7 @@ impl Profile {
                     rule: c.approval.id.clone(),
                     max_rows: n,
                     reason: c.reason.clone(),
+                    hold_results: writes,
                 });
             }
         }

@@ -429,7 +429,9 @@ pub(super) fn client_output(ctx: &Ctx<'_>, out: &mut Vec<Bytes>, mark: usize, ta
     let Some(guard) = g.as_mut() else {
         return;
     };
-    if guard.holding && tag != b'G' {
+    // A read guarded for the functions it calls streams its rows; only its end waits.
+    let held = guard.limit.hold_results || matches!(tag, b'C' | b's' | b'I' | b'Z');
+    if guard.holding && tag != b'G' && held {
         for b in out.drain(mark..) {
             guard.held_bytes += b.len();
             if guard.held_bytes > HELD_LIMIT {
