@@ -209,6 +209,21 @@ fn tautologies_run_and_are_undone_outside_and_inside_transactions() {
         "{out}{err}"
     );
     assert_eq!(w.fingerprint(), before, "the function's writes stood");
+    // The same function in a cursor runs at FETCH, not at DECLARE: FETCH is counted.
+    let (out, err) = w.session(
+        &w.writer,
+        &[
+            "BEGIN",
+            "DECLARE c CURSOR FOR SELECT bump_over(0)",
+            "FETCH ALL FROM c",
+            "COMMIT",
+        ],
+    );
+    assert!(
+        err.contains("write.rows") && err.contains("300 rows"),
+        "{out}{err}"
+    );
+    assert_eq!(w.fingerprint(), before, "the cursor's writes stood");
     let (out, err) = w.session(&w.writer, &["SELECT bump_over(295)"]);
     assert!(err.is_empty(), "{err}");
     assert_eq!(out.trim(), "5");

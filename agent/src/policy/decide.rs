@@ -553,7 +553,11 @@ impl Profile {
     fn guard(&self, f: &Facts) -> Option<WriteGuard> {
         let writes =
             f.classes.contains(&Class::Write) || (f.classes.contains(&Class::Copy) && !f.copy_to);
-        let calls = f.functions.iter().any(|func| !read_only_builtin(func));
+        // Functions the text calls; CALL; and FETCH, which runs a cursor's query (and the
+        // functions in it) after its DECLARE.
+        let calls = f.functions.iter().any(|func| !read_only_builtin(func))
+            || f.classes.contains(&Class::FunctionCall)
+            || f.commands.iter().any(|c| c == "FETCH/CLOSE");
         if !writes && !calls {
             return None;
         }
