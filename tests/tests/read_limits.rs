@@ -244,6 +244,28 @@ fn pagination_across_sessions_cannot_escape_the_budget() {
         "{err}"
     );
     assert_eq!(out.trim(), "alive", "not a row of the page arrived");
+    // A cursor is no way around it: its FETCHes count under its DECLARE's limits.
+    let child = w.psql(
+        &w.pager,
+        &[
+            "BEGIN",
+            "DECLARE c CURSOR FOR SELECT id FROM payments ORDER BY id",
+            "FETCH 50 FROM c",
+            "COMMIT",
+        ],
+    );
+    let request = w.wait_pending();
+    assert_eq!(request["rule"]["id"], "payments-read-budget", "{request}");
+    w.decide("deny", &request);
+    let (out, err) = finish(child);
+    assert!(
+        err.contains("approval.denied: payments-read-budget"),
+        "{err}"
+    );
+    assert!(
+        !out.lines().any(|l| l == "1"),
+        "a row of the cursor arrived: {out}"
+    );
     // Another workload has a budget of its own.
     let (out, err) = finish(w.psql(&w.reader, &[&page(0)]));
     assert!(err.is_empty(), "{err}");

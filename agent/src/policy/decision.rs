@@ -180,6 +180,9 @@ pub struct SessionPolicy {
     workload: String,
     session: String,
     prepared: HashMap<String, Outcome>,
+    /// The read limits of every cursor DECLAREd in the session: a FETCH, whose text names no
+    /// table, is counted under them (several cursors: under all of theirs).
+    cursor_reads: Vec<super::decide::ReadLimit>,
 }
 
 impl SessionPolicy {
@@ -189,6 +192,7 @@ impl SessionPolicy {
             workload: workload.to_owned(),
             session: session.to_owned(),
             prepared: HashMap::new(),
+            cursor_reads: Vec::new(),
         }
     }
 
@@ -254,6 +258,21 @@ impl SessionPolicy {
         }
         for name in &decided.facts.prepares {
             self.prepared.insert(name.clone(), outcome.clone());
+        }
+        let commands = &decided.facts.commands;
+        if commands.iter().any(|c| c == "DECLARE") {
+            for r in &outcome.reads {
+                if !self.cursor_reads.iter().any(|c| c.rule.id == r.rule.id) {
+                    self.cursor_reads.push(r.clone());
+                }
+            }
+        }
+        if commands.iter().any(|c| c == "FETCH/CLOSE") {
+            for r in &self.cursor_reads {
+                if !outcome.reads.iter().any(|o| o.rule.id == r.rule.id) {
+                    outcome.reads.push(r.clone());
+                }
+            }
         }
         // PREPARE itself runs nothing: the hold and the row limit apply when EXECUTE runs it.
         if !decided.facts.prepares.is_empty() && decided.facts.executes.is_empty() {
