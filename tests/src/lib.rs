@@ -30,6 +30,7 @@ mod mcp;
 mod net;
 mod pg;
 mod process;
+mod session;
 mod wait;
 mod world;
 
@@ -46,6 +47,7 @@ pub use net::free_port;
 pub use pg::{HbaAuth, PG_SERVER_NAME, PgOptions};
 pub use pg::{PgServer, pg_bin};
 pub use process::{require_root, run_ok, run_output};
+pub use session::{finish, pending_approvals, psql_session, psql_spawn, wait_pending};
 pub use wait::{POLL, wait_for};
 pub use world::{World, tagged_world, world_with_workload};
 pub use world::{agent_config, allow_all_workload, world_with_config};

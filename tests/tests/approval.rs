@@ -7,8 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pgwarden_e2e::{
-    Agent, PgServer, TestCgroup, free_port, in_cgroup, pg_bin, policy_path, require_root,
-    unique_name, wait_for,
+    Agent, PgServer, TestCgroup, finish, free_port, in_cgroup, pending_approvals, policy_path,
+    psql_spawn, require_root, unique_name, wait_for, wait_pending,
 };
 use serde_json::Value;
 
@@ -76,44 +76,16 @@ fn world_with(extra_yaml: &str) -> World {
 impl World {
     /// psql in the tagged cgroup running `statements` in one session, in the background.
     fn psql(&self, statements: &[&str]) -> Child {
-        let mut cmd = in_cgroup(&self.cg.path, pg_bin("psql").to_str().unwrap());
-        cmd.args(["-X", "-At", "-v", "VERBOSITY=verbose"])
-            .arg(self.pg.url("127.0.0.1"));
-        for s in statements {
-            cmd.args(["-c", s]);
-        }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        psql_spawn(&self.cg.path, &self.pg.url("127.0.0.1"), statements)
     }
 
     fn pending(&self) -> Vec<Value> {
-        let out = self.agent.cli(&["approvals", "list", "--json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["pending"].as_array().cloned().unwrap_or_default()
+        pending_approvals(&self.agent)
     }
 
     /// Waits until `n` requests are pending; returns them.
     fn wait_pending(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let p = self.pending();
-            if p.len() >= n {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{n} pending requests never appeared (have {p:?})\n{}",
-                self.agent.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_pending(&self.agent, n)
     }
 
     fn decide(&self, args: &[&str]) -> Output {
@@ -126,14 +98,6 @@ impl World {
 fn refused(r: &Value, rule: &str) -> bool {
     (r["event"] == "query.denied" || (r["event"] == "query.done" && r["decision"] == "deny"))
         && r["rule"] == rule
-}
-
-fn finish(child: Child) -> (String, String) {
-    let out = child.wait_with_output().unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 use pgwarden_e2e::{
-    Agent, PgServer, TestCgroup, free_port, in_cgroup, pg_bin, require_root, run_output,
-    unique_name,
+    Agent, PgServer, TestCgroup, free_port, in_cgroup, pg_bin, psql_session, require_root,
+    run_output, unique_name,
 };
 use serde_json::Value;
 
@@ -154,17 +154,7 @@ fn world() -> World {
 
 impl World {
     fn psql(&self, cg: &TestCgroup, statements: &[&str]) -> (String, String) {
-        let mut cmd = in_cgroup(&cg.path, pg_bin("psql").to_str().unwrap());
-        cmd.args(["-X", "-At", "-v", "VERBOSITY=verbose"])
-            .arg(self.pg.url("127.0.0.1"));
-        for s in statements {
-            cmd.args(["-c", s]);
-        }
-        let out = run_output(&mut cmd);
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        psql_session(&cg.path, &self.pg.url("127.0.0.1"), statements)
     }
 
     /// Fails if any seeded PAN appears in `bytes`, as digits or grouped by spaces or dashes.

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgwarden_e2e::{
-    Agent, PgServer, TestCgroup, free_port, in_cgroup, pg_bin, policy_path, require_root,
-    run_output, unique_name, wait_for,
+    Agent, PgServer, TestCgroup, free_port, in_cgroup, pg_bin, policy_path, psql_session,
+    require_root, run_output, unique_name, wait_for,
 };
 use serde_json::Value;
 
@@ -66,17 +66,7 @@ impl World {
     /// Runs the statements, each as its own Query message, in ONE psql session in `cg`;
     /// returns (stdout, stderr). Errors do not stop the session.
     fn session(&self, cg: &TestCgroup, statements: &[&str]) -> (String, String) {
-        let mut cmd = in_cgroup(&cg.path, pg_bin("psql").to_str().unwrap());
-        cmd.args(["-X", "-At", "-v", "VERBOSITY=verbose"])
-            .arg(self.pg.url("127.0.0.1"));
-        for s in statements {
-            cmd.args(["-c", s]);
-        }
-        let out = run_output(&mut cmd);
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        psql_session(&cg.path, &self.pg.url("127.0.0.1"), statements)
     }
 
     fn direct(&self, sql: &str) -> String {

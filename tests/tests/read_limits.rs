@@ -4,12 +4,12 @@
 //! denied: an error, and the query is cancelled on the server, as its log shows); a budget
 //! of 1,000 payments rows per hour holds however the reads are split across pages and
 //! sessions.
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use pgwarden_e2e::{
-    Agent, PgServer, TestCgroup, free_port, in_cgroup, pg_bin, policy_path, require_root,
-    unique_name,
+    Agent, PgServer, TestCgroup, finish, free_port, pending_approvals, policy_path, psql_spawn,
+    require_root, unique_name, wait_pending,
 };
 use serde_json::Value;
 
@@ -72,43 +72,16 @@ fn world_with(policy: Option<&str>) -> World {
 
 impl World {
     fn psql(&self, cg: &TestCgroup, statements: &[&str]) -> Child {
-        let mut cmd = in_cgroup(&cg.path, pg_bin("psql").to_str().unwrap());
-        cmd.args(["-X", "-At", "-v", "VERBOSITY=verbose"])
-            .arg(self.pg.url("127.0.0.1"));
-        for s in statements {
-            cmd.args(["-c", s]);
-        }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        psql_spawn(&cg.path, &self.pg.url("127.0.0.1"), statements)
     }
 
     fn pending(&self) -> Vec<Value> {
-        let out = self.agent.cli(&["approvals", "list", "--json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["pending"].as_array().cloned().unwrap_or_default()
+        pending_approvals(&self.agent)
     }
 
     /// Waits for one pending request; returns it.
     fn wait_pending(&self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(p) = self.pending().into_iter().next() {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no request appeared\n{}",
-                self.agent.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_pending(&self.agent, 1).remove(0)
     }
 
     fn decide(&self, verb: &str, request: &Value) {
@@ -124,14 +97,6 @@ impl World {
 
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-fn finish(child: Child) -> (String, String) {
-    let out = child.wait_with_output().unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

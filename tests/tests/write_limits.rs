@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use pgwarden_e2e::{
-    Agent, PgServer, TestCgroup, free_port, in_cgroup, pg_bin, policy_path, require_root, run_ok,
-    run_output, unique_name,
+    Agent, PgServer, TestCgroup, finish, free_port, in_cgroup, policy_path, psql_session,
+    psql_spawn, require_root, run_ok, unique_name, wait_pending,
 };
 use serde_json::Value;
 
@@ -96,17 +96,7 @@ impl World {
     /// Runs the statements, each as its own Query message, in one psql session in `cg`;
     /// returns (stdout, stderr). Errors do not stop the session.
     fn session(&self, cg: &TestCgroup, statements: &[&str]) -> (String, String) {
-        let mut cmd = in_cgroup(&cg.path, pg_bin("psql").to_str().unwrap());
-        cmd.args(["-X", "-At", "-v", "VERBOSITY=verbose"])
-            .arg(self.pg.url("127.0.0.1"));
-        for s in statements {
-            cmd.args(["-c", s]);
-        }
-        let out = run_output(&mut cmd);
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        psql_session(&cg.path, &self.pg.url("127.0.0.1"), statements)
     }
 
     fn direct(&self, sql: &str) -> String {
@@ -360,43 +350,19 @@ fn copy_from_over_the_limit_is_undone() {
 fn an_approved_write_is_still_limited_by_effect() {
     let w = world();
     let before = w.fingerprint();
-    let mut cmd = in_cgroup(&w.approved.path, pg_bin("psql").to_str().unwrap());
-    cmd.args(["-X", "-At", "-v", "VERBOSITY=verbose"])
-        .arg(w.pg.url("127.0.0.1"))
-        .args([
-            "-c",
-            "DELETE FROM payments WHERE id > 0",
-            "-c",
-            "SELECT 'alive'",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let id = loop {
-        let out = w.agent.cli(&["approvals", "list", "--json"]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if let Some(id) = v["pending"][0]["id"].as_u64() {
-            break id;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never held\n{}",
-            w.agent.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let child = psql_spawn(
+        &w.approved.path,
+        &w.pg.url("127.0.0.1"),
+        &["DELETE FROM payments WHERE id > 0", "SELECT 'alive'"],
+    );
+    let id = wait_pending(&w.agent, 1)[0]["id"].as_u64().unwrap();
     let out = w.agent.cli(&["approvals", "approve", &id.to_string()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = finish(child);
     assert!(
         stderr.contains("write.rows") && stderr.contains("300 rows"),
         "{stderr}"

@@ -267,6 +267,8 @@ pub struct WriteGuard {
     /// Hold the statement's results until the count (it writes itself); else only its end
     /// waits (a read that calls functions that might write).
     pub hold_results: bool,
+    /// A COPY FROM: the count after it waits for the end of the client's data.
+    pub copy_in: bool,
 }
 
 pub use crate::budget::Budget;
@@ -551,8 +553,8 @@ impl Profile {
     /// counted too (a function can write rows the statement's text does not show); its
     /// results stream, and only its end waits for the count.
     fn guard(&self, f: &Facts) -> Option<WriteGuard> {
-        let writes =
-            f.classes.contains(&Class::Write) || (f.classes.contains(&Class::Copy) && !f.copy_to);
+        let copy_in = f.classes.contains(&Class::Copy) && !f.copy_to;
+        let writes = f.classes.contains(&Class::Write) || copy_in;
         // Functions the text calls; CALL; and FETCH, which runs a cursor's query (and the
         // functions in it) after its DECLARE.
         let calls = f.functions.iter().any(|func| !read_only_builtin(func))
@@ -566,6 +568,7 @@ impl Profile {
             max_rows: n,
             reason: None,
             hold_results: writes,
+            copy_in,
         });
         for c in &self.conditional {
             let Some(n) = c.max_rows else { continue };
@@ -575,6 +578,7 @@ impl Profile {
                     max_rows: n,
                     reason: c.reason.clone(),
                     hold_results: writes,
+                    copy_in,
                 });
             }
         }

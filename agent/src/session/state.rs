@@ -117,6 +117,11 @@ impl ProtoState {
         })
     }
 
+    /// Whether any message of pgwarden's own is still unanswered.
+    pub fn has_own(&self) -> bool {
+        self.pending.iter().any(|p| matches!(p, Pending::Own(_)))
+    }
+
     /// Whether the server has answered everything sent (the transaction status is current).
     pub fn quiet(&self) -> bool {
         self.pending.is_empty()

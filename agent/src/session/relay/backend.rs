@@ -64,7 +64,8 @@ pub(super) async fn run(
             }
             // Replies to pgwarden's own messages around a guarded write (asynchronous
             // messages excepted: they are the client's).
-            let own = ctx.state().own_front();
+            let guarding = guard::guarding(ctx);
+            let own = guarding.then(|| ctx.state().own_front()).flatten();
             if let Some(own) = own
                 && !matches!(tag, b'A' | b'S' | b'K')
             {
@@ -73,7 +74,8 @@ pub(super) async fn run(
             }
             let mark = out.len();
             match on_frame(ctx, frame, &mut out) {
-                Ok(()) => guard::client_output(ctx, &mut out, mark, tag),
+                Ok(()) if guarding => guard::client_output(ctx, &mut out, mark, tag),
+                Ok(()) => {}
                 Err(Stop::Wait(i, row)) => {
                     // A read limit: what was sent so far goes out; the row waits.
                     let mut w = ctx.client_w.lock().await;
@@ -110,12 +112,14 @@ pub(super) async fn run(
             let mut w = ctx.client_w.lock().await;
             write_batch(&mut *w, &mut out).await?;
         }
-        if guard::open(ctx) {
+        if guard::guarding(ctx) {
             // What a verdict sends the server goes before anything more of the client's: the
             // barrier lifts only once it is written.
             let mut w = server_w.lock().await;
-            let (mut to_server, _) = guard::take_to_server(ctx);
+            let mut to_server = guard::take_to_server(ctx);
             write_batch(&mut *w, &mut to_server).await?;
+            drop(w);
+            guard::settle(ctx);
         }
         ctx.progress.notify_waiters();
         buf.reserve(READ_CHUNK);
@@ -155,11 +159,17 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
     }
     match frame.tag {
         b'D' => {
-            if let ResultStart::Columns(cols) = ctx.state().data_row() {
+            // One look at the session state: the result's columns, and the row's count
+            // against the statement's read limits.
+            let (start, step) = {
+                let mut st = ctx.state();
+                (st.data_row(), reads::row(ctx, &mut st))
+            };
+            if let ResultStart::Columns(cols) = start {
                 ctx.masking().result_columns(&cols);
             }
             let row = ctx.masking().data_row(&frame).unwrap_or(frame.bytes);
-            if let reads::RowStep::Wait(i) = reads::row(ctx) {
+            if let reads::RowStep::Wait(i) = step {
                 return Err(Stop::Wait(i, row));
             }
             out.push(row);
@@ -167,7 +177,7 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
         b'd' => {
             // COPY TO STDOUT: each CopyData is a row, counted like a DataRow.
             let data = ctx.masking().copy_data(&frame).unwrap_or(frame.bytes);
-            if let reads::RowStep::Wait(i) = reads::row(ctx) {
+            if let reads::RowStep::Wait(i) = reads::row(ctx, &mut ctx.state()) {
                 return Err(Stop::Wait(i, data));
             }
             out.push(data);

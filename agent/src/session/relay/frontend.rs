@@ -36,8 +36,6 @@ pub(super) struct Guarded {
     frame: Frame,
     desc: Arc<Described>,
     limit: crate::policy::WriteGuard,
-    /// A COPY FROM: the count after it waits for the end of the client's data.
-    copy: bool,
     /// Its read limits (a RETURNING result is counted too).
     reads: Vec<crate::policy::ReadLimit>,
     sql: Arc<str>,
@@ -126,11 +124,10 @@ fn guarded_query(ctx: &Ctx<'_>, g: Guarded, out: &mut Vec<Bytes>, audits: &mut V
         frame,
         desc,
         limit,
-        copy,
         reads,
         sql,
     } = g;
-    guard::arm_query(ctx, limit, copy, out, |out| {
+    guard::arm_query(ctx, limit, out, |out| {
         let n = ctx.state().next_statement();
         if ctx.recorder.enabled() {
             audits.push(AuditItem {
@@ -323,12 +320,6 @@ fn statement(
     if let Verdict::Hold(rule) = &decision.verdict
         && kind == StatementKind::Query
     {
-        let copy = decision.facts.as_ref().is_some_and(|d| {
-            d.facts
-                .classes
-                .contains(&crate::policy::analyze::Class::Copy)
-                && !d.facts.copy_to
-        });
         return Ok(Step::Hold(Held {
             kind: HeldKind::Query,
             rule: Arc::clone(rule),
@@ -336,25 +327,17 @@ fn statement(
             desc,
             frame,
             guard: decision.guard.clone(),
-            copy,
             reads: decision.reads.clone(),
         }));
     }
     if let (Verdict::Allow, Some(limit), StatementKind::Query) =
         (&decision.verdict, &decision.guard, kind)
     {
-        let copy = decision.facts.as_ref().is_some_and(|d| {
-            d.facts
-                .classes
-                .contains(&crate::policy::analyze::Class::Copy)
-                && !d.facts.copy_to
-        });
         let sql = Arc::from(sql);
         return Ok(Step::Guard(Guarded {
             frame,
             desc,
             limit: limit.clone(),
-            copy,
             reads: decision.reads.clone(),
             sql,
         }));
@@ -510,7 +493,6 @@ fn execute(
             sql: held_sql,
             desc,
             guard: None,
-            copy: false,
             reads: Vec::new(),
         });
     }

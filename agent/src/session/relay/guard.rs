@@ -20,6 +20,8 @@
 //! While the verdict is open nothing else of the client's reaches the server (COPY data
 //! excepted), and the statement's results are held (at most [`HELD_LIMIT`] bytes), so a
 //! refused write shows the client only pgwarden's error.
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use tracing::warn;
 
@@ -153,7 +155,6 @@ impl Guard {
 pub(super) fn arm_query(
     ctx: &Ctx<'_>,
     limit: WriteGuard,
-    copy: bool,
     out: &mut Vec<Bytes>,
     push: impl FnOnce(&mut Vec<Bytes>),
 ) -> bool {
@@ -165,6 +166,7 @@ pub(super) fn arm_query(
     let began = status == b'I';
     {
         let mut st = ctx.state();
+        ctx.guarding.store(true, Ordering::SeqCst);
         if began {
             out.push(encode::query("BEGIN"));
             st.segment_sent();
@@ -183,7 +185,7 @@ pub(super) fn arm_query(
     {
         let mut st = ctx.state();
         let after = encode::query(ROWS_SQL);
-        if copy {
+        if guard.limit.copy_in {
             guard.deferred = Some(after);
         } else {
             out.push(after);
@@ -213,6 +215,7 @@ pub(super) fn arm_execute(
     let (stmt, before, after) = names(n);
     {
         let mut st = ctx.state();
+        ctx.guarding.store(true, Ordering::SeqCst);
         out.push(encode::parse(&stmt, ROWS_SQL));
         st.expect(Pending::Own(Own::Parse));
         out.push(encode::bind(&before, &stmt));
@@ -243,7 +246,22 @@ pub(super) fn arm_execute(
 
 /// Whether a guard's verdict is still open (the frontend sends nothing but COPY data then).
 pub(super) fn open(ctx: &Ctx<'_>) -> bool {
-    lock(&ctx.guard).is_some()
+    // An open guard implies `guarding`: most frames pay only the atomic load.
+    guarding(ctx) && lock(&ctx.guard).is_some()
+}
+
+/// Whether replies may belong to pgwarden's own messages (see `Ctx::guarding`).
+pub(super) fn guarding(ctx: &Ctx<'_>) -> bool {
+    ctx.guarding.load(Ordering::SeqCst)
+}
+
+/// At the end of a batch of replies: stops looking for pgwarden's own replies once no guard
+/// is open and none is unanswered (lock order: guard, then state).
+pub(super) fn settle(ctx: &Ctx<'_>) {
+    let g = lock(&ctx.guard);
+    if g.is_none() && !ctx.state().has_own() {
+        ctx.guarding.store(false, Ordering::SeqCst);
+    }
 }
 
 /// The count a row-count reply carries, or why there is none.
@@ -342,7 +360,7 @@ pub(super) fn own_reply(ctx: &Ctx<'_>, own: Own, frame: &Frame, out: &mut Vec<By
                 (Own::End | Own::Abort { .. }, guard) => {
                     // The end of the client's statement: its ReadyForQuery.
                     if let Some(guard) = guard {
-                        record(ctx, std::mem::take(&mut guard.finished));
+                        super::backend::record_finished(ctx, std::mem::take(&mut guard.finished));
                     }
                     out.push(frame.bytes.clone());
                     *g = None;
@@ -417,7 +435,7 @@ fn verdict(ctx: &Ctx<'_>, g: &mut Guard, out: &mut Vec<Bytes>) {
     }
     drop(st);
     if !(g.simple && g.ending) {
-        record(ctx, std::mem::take(&mut g.finished));
+        super::backend::record_finished(ctx, std::mem::take(&mut g.finished));
     }
 }
 
@@ -464,27 +482,19 @@ pub(super) fn keep_finished(ctx: &Ctx<'_>, f: InFlight) -> Option<InFlight> {
     }
 }
 
-fn record(ctx: &Ctx<'_>, done: Vec<InFlight>) {
-    super::backend::record_finished(ctx, done);
-}
-
-/// What the backend direction must send the server after a batch of replies, and whether the
-/// barrier lifts with it (the verdict is in and nothing more of pgwarden's is awaited).
-pub(super) fn take_to_server(ctx: &Ctx<'_>) -> (Vec<Bytes>, bool) {
+/// What the backend direction must send the server after a batch of replies; the barrier
+/// lifts with it when nothing more of pgwarden's is awaited first.
+pub(super) fn take_to_server(ctx: &Ctx<'_>) -> Vec<Bytes> {
     let mut g = lock(&ctx.guard);
-    let Some(guard) = g.as_mut() else {
-        return (Vec::new(), false);
+    let Some(guard) = g.as_mut().filter(|g| g.decided) else {
+        return Vec::new();
     };
-    if !guard.decided {
-        return (Vec::new(), false);
-    }
     let bytes = std::mem::take(&mut guard.to_server);
     // An extended-protocol abort needs no answer before the client goes on (the server
     // skips to the client's Sync); a verdict that let the write stand lifts the barrier too.
     // A transaction pgwarden ends, or a simple abort, lifts it at its ReadyForQuery.
-    let lift = !(guard.simple && guard.ending);
-    if lift {
+    if !(guard.simple && guard.ending) {
         *g = None;
     }
-    (bytes, lift)
+    bytes
 }

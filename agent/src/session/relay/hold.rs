@@ -24,8 +24,6 @@ pub(super) struct Held {
     pub desc: Arc<Described>,
     /// A Query's row limit on what it writes (an Execute's is its statement's).
     pub guard: Option<crate::policy::WriteGuard>,
-    /// A Query that is a COPY FROM.
-    pub copy: bool,
     /// A Query's read limits (an Execute's are its statement's).
     pub reads: Vec<crate::policy::ReadLimit>,
 }
@@ -139,7 +137,7 @@ pub(super) fn release(
         match &held.kind {
             HeldKind::Query if held.guard.is_some() => {
                 let limit = held.guard.clone().unwrap_or_else(|| unreachable!());
-                super::guard::arm_query(ctx, limit, held.copy, out, |out| {
+                super::guard::arm_query(ctx, limit, out, |out| {
                     audits.push(AuditItem {
                         record,
                         frame: Some((out.len(), RefuseAs::Query)),

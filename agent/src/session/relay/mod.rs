@@ -72,6 +72,10 @@ struct Ctx<'a> {
     lexer_unsafe: Mutex<Option<String>>,
     /// The write whose rows are being counted, while its verdict is open.
     guard: Mutex<Option<guard::Guard>>,
+    /// A guard is open or pgwarden's own messages around one are unanswered: only then does
+    /// the backend direction look for them (set with the messages, under the state lock;
+    /// cleared by the backend once neither holds), so other replies pay one atomic load.
+    guarding: std::sync::atomic::AtomicBool,
     /// Numbers pgwarden's own prepared statements.
     own_seq: std::sync::atomic::AtomicU64,
     /// Woken when the server's replies moved on (a verdict, a quiet connection), or the
@@ -217,6 +221,7 @@ pub async fn run(
         prepared: Mutex::default(),
         lexer_unsafe: Mutex::new(None),
         guard: Mutex::new(None),
+        guarding: std::sync::atomic::AtomicBool::new(false),
         own_seq: std::sync::atomic::AtomicU64::new(1),
         progress: tokio::sync::Notify::new(),
         backend_key: Mutex::new(None),

@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt as _;
 use tracing::{info, warn};
 
 use super::{Ctx, lock};
+use crate::session::state::ProtoState;
 
 /// Rows taken from a budget at a time (given back when the statement ends unsent).
 const BUDGET_BLOCK: u64 = 32;
@@ -25,9 +26,9 @@ pub(super) enum RowStep {
     Wait(usize),
 }
 
-/// Counts the next result row of the streaming statement against its limits.
-pub(super) fn row(ctx: &Ctx<'_>) -> RowStep {
-    let mut st = ctx.state();
+/// Counts the next result row of the streaming statement against its limits (the caller
+/// holds the session state, so a row costs no lock of its own).
+pub(super) fn row(ctx: &Ctx<'_>, st: &mut ProtoState) -> RowStep {
     let Some(w) = st.watch_front() else {
         return RowStep::Send;
     };
