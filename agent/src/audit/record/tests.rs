@@ -132,6 +132,19 @@ fn scrubbing_reaches_every_free_text_field() {
 }
 
 #[test]
+fn chain_hashes_in_details_are_not_taken_for_card_numbers() {
+    // A real chain hash from a test run: `7894828481985` is a Luhn-valid 13-digit run.
+    let hash = "90b755de64b7894828481985ab0b291d31d63a490e982d68bb00779018561e76";
+    let mut r = Record::new(Event::AuditGap)
+        .detail("missing", json!({"last_hash": hash}))
+        .detail("note", format!("after {hash}"));
+    r.scrub_pans();
+    assert_eq!(r.detail["missing"]["last_hash"], hash);
+    // The same digits in free text are still masked.
+    assert!(!r.detail["note"].as_str().unwrap().contains("7894828481985"));
+}
+
+#[test]
 fn ipv4_mapped_addresses_are_stored_as_ipv4() {
     let e = Endpoint::from("[::ffff:10.0.0.1]:5432".parse::<SocketAddr>().unwrap());
     assert_eq!(e.to_string(), "10.0.0.1:5432");
