@@ -100,7 +100,7 @@ pub enum AuditCommand {
         /// Durability mode.
         #[arg(long, value_parser = ["strict", "async"])]
         mode: Option<String>,
-        /// fsync each batch (`true`) or only every second (`false`); default: the config's.
+        /// fsync each batch (`true`) or every `fsync_interval` (`false`); default: the config's.
         #[arg(long)]
         fsync: Option<bool>,
         /// Appenders writing at once (the records are shared out among them).

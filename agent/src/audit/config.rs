@@ -16,8 +16,9 @@ use super::record::Event;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuditMode {
-    /// The record is on disk (fsynced) before the statement proceeds; a journal that cannot be
-    /// written makes `append` fail, and the statement is refused.
+    /// The record is in the journal (written to the file, and fsynced too with `fsync: true`)
+    /// before the statement proceeds; a journal that cannot be written makes `append` fail,
+    /// and the statement is refused.
     #[default]
     Strict,
     /// The record is queued; a full queue drops records and counts them in an `audit.gap`.
@@ -32,12 +33,12 @@ pub enum AuditMode {
 #[serde(rename_all = "lowercase")]
 pub enum JournaldMirror {
     /// Every record.
-    #[default]
     All,
     /// Every record but `query` and `query.done` (journald spends tens of microseconds of CPU
     /// on each entry: at thousands of statements per second, ship the file instead). Denials,
     /// approvals, sessions, reloads, gaps and checkpoints (whose hashes anchor the chain) still
-    /// go.
+    /// go. The default.
+    #[default]
     Events,
     /// None.
     Off,
@@ -105,6 +106,18 @@ impl RetentionConfig {
     }
 }
 
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    let parsed = humantime::parse_duration(&text)
+        .map_err(|e| de::Error::custom(format!("`{text}`: {e} (e.g. 100ms, 1s)")))?;
+    if parsed.is_zero() || parsed > Duration::from_secs(60) {
+        return Err(de::Error::custom(format!(
+            "`{text}`: the group fsync interval must be more than 0 and at most 60s"
+        )));
+    }
+    Ok(parsed)
+}
+
 fn duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let Some(text) = Option::<String>::deserialize(d)? else {
         return Ok(None);
@@ -141,10 +154,17 @@ pub struct AuditConfig {
     /// Where the chain's head (last seq and hash) is kept, outside the journal's directory,
     /// so that seq and the chain go on even if the journal's directory is emptied.
     pub state_dir: PathBuf,
-    /// fsync after each batch (turning it off trades durability for speed).
+    /// fsync each batch before its statements are forwarded (`true`: survives a power loss,
+    /// at the cost of the disk's flush per batch). Default `false`: each record is written to
+    /// the file (the page cache) before its statement is forwarded, which survives an agent
+    /// crash, and fsynced within `fsync_interval` (a kernel crash or power loss can take that
+    /// much).
     pub fsync: bool,
-    /// Which records are mirrored to journald: `all` (default; also `true`), `events`
-    /// (everything but the per-statement `query` and `query.done`), `off` (also `false`).
+    /// With `fsync: false`, how often written records are fsynced (group fsync), e.g. `100ms`.
+    #[serde(deserialize_with = "duration")]
+    pub fsync_interval: Duration,
+    /// Which records are mirrored to journald: `events` (default: everything but the
+    /// per-statement `query` and `query.done`), `all` (also `true`), `off` (also `false`).
     pub journald: JournaldMirror,
     /// journald's native socket.
     pub journald_socket: PathBuf,
@@ -186,8 +206,9 @@ impl Default for AuditConfig {
             keep_files: None,
             min_free_bytes: 256 << 20,
             state_dir: PathBuf::from("/var/lib/pgwarden"),
-            fsync: true,
-            journald: JournaldMirror::All,
+            fsync: false,
+            fsync_interval: Duration::from_millis(100),
+            journald: JournaldMirror::Events,
             journald_socket: PathBuf::from("/run/systemd/journal/socket"),
             checkpoint_every: 1000,
             checkpoint_seconds: 300,

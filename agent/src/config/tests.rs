@@ -33,7 +33,13 @@ fn audit_defaults_and_overrides() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`soon`"), "{e}");
-    assert!(c.audit.fsync && c.audit.journald == JournaldMirror::All && !c.audit.keep_literals);
+    // The shipped defaults: written before the statement goes, group fsync every 100 ms,
+    // events (not statements) mirrored to journald.
+    assert!(!c.audit.fsync && c.audit.journald == JournaldMirror::Events && !c.audit.keep_literals);
+    assert_eq!(
+        c.audit.fsync_interval,
+        std::time::Duration::from_millis(100)
+    );
     assert_eq!(
         (c.audit.checkpoint_every, c.audit.checkpoint_seconds),
         (1000, 300)
@@ -44,7 +50,19 @@ fn audit_defaults_and_overrides() {
     assert_eq!(c.audit.mode, AuditMode::Async);
     assert_eq!(c.audit.path, PathBuf::from("/tmp/a.jsonl"));
     assert_eq!(c.audit.queue, d.queue);
-    assert!(c.audit.fsync && c.audit.journald == JournaldMirror::All);
+    assert!(!c.audit.fsync && c.audit.journald == JournaldMirror::Events);
+    let c = parse("audit:\n  fsync: true\n  fsync_interval: 250ms\n").unwrap();
+    assert!(c.audit.fsync);
+    assert_eq!(
+        c.audit.fsync_interval,
+        std::time::Duration::from_millis(250)
+    );
+    for bad in ["0s", "2m", "often"] {
+        let e = parse(&format!("audit:\n  fsync_interval: {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("`{bad}`")), "{e}");
+    }
     for (text, want) in [
         ("true", JournaldMirror::All),
         ("false", JournaldMirror::Off),

@@ -30,10 +30,6 @@ const MAX_BATCH: usize = 4096;
 /// but fsynced with the next batch someone waits for, or after this.
 const LAZY_SYNC: Duration = Duration::from_millis(100);
 
-/// With `fsync: false`, written records are still fsynced this often (bounding what a power
-/// loss can take; an agent crash takes nothing that was written).
-const PERIODIC_SYNC: Duration = Duration::from_secs(1);
-
 impl Shared {
     /// Commits what is queued (up to a batch) with the writer held: the writer thread does,
     /// and inline appenders do. On failure, strict appenders hear it and the rest goes back to
@@ -177,6 +173,9 @@ pub(super) struct Writer {
     pub(super) size: u64,
     pub(super) max_bytes: u64,
     pub(super) fsync: bool,
+    /// With `fsync: false`, written records are fsynced this often (bounding what a power loss
+    /// can take; an agent crash takes nothing that was written).
+    pub(super) fsync_interval: Duration,
     pub(super) chain: Chain,
     /// When the last batch was taken (the thread stays awake for lazy records while busy).
     pub(super) last_batch: Instant,
@@ -460,7 +459,11 @@ impl Writer {
     /// How long until written records must be fsynced (zero: now); `None` when everything
     /// written is on disk.
     pub(super) fn sync_due_in(&self) -> Option<Duration> {
-        let after = if self.fsync { LAZY_SYNC } else { PERIODIC_SYNC };
+        let after = if self.fsync {
+            LAZY_SYNC
+        } else {
+            self.fsync_interval
+        };
         self.unsynced
             .map(|since| after.saturating_sub(since.elapsed()))
     }

@@ -3,7 +3,8 @@
 //! every appender of the batch (group commit). Also recovery of the chain on open (sealing a
 //! torn tail with `audit.gap`), rotation by size, checkpoints and the journald mirror.
 //!
-//! Durability: in `strict` mode [`Journal::append`] resolves once the record is fsynced and
+//! Durability: in `strict` mode [`Journal::append`] resolves once the record is written (with
+//! `fsync: true`, once it is fsynced; else the writer thread fsyncs every `fsync_interval`) and
 //! fails when it cannot be written (the caller refuses the statement). In `async` mode it
 //! resolves once the record is queued, with the `seq` it will get; a full queue drops records,
 //! counts them, and an `audit.gap` record with `{"lost": N}` follows once there is room.
@@ -167,6 +168,7 @@ impl Journal {
             size: 0,
             max_bytes: cfg.max_bytes,
             fsync: cfg.fsync,
+            fsync_interval: cfg.fsync_interval,
             chain: Chain::new(recovered.next_seq, recovered.prev_hash.clone()),
             last_batch: Instant::now(),
             unsynced: None,
@@ -339,6 +341,7 @@ impl Journal {
                         size: 0,
                         max_bytes: cfg.max_bytes,
                         fsync: false,
+                        fsync_interval: cfg.fsync_interval,
                         chain: Chain::new(1, GENESIS_HASH.into()),
                         last_batch: Instant::now(),
                         unsynced: None,
