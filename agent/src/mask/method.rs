@@ -3,7 +3,7 @@ use std::fmt;
 
 use hmac::{Hmac, Mac as _};
 
-use super::pan::{Keep, mask_pans};
+use super::pan::{Keep, mask_pans, mask_pans_in_place};
 
 /// How a masked column's values are rewritten.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +134,52 @@ pub fn apply(method: &Method, value: &[u8], key: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Applies `method` to a textual value in place when it keeps the value's length (`pan`
+/// always; `partial` on ASCII text): `Some(changed)`; `None` when the method must re-encode
+/// (the caller falls back to [`apply`]).
+pub fn apply_in_place(method: &Method, buf: &mut [u8]) -> Option<bool> {
+    match method {
+        Method::Pan(keep) => Some(if mask_pans_in_place(buf, *keep) > 0 {
+            true
+        } else {
+            mask_all_digits_in_place(buf, *keep)
+        }),
+        Method::Partial(first, last) if buf.is_ascii() => {
+            let n = buf.len();
+            let mut changed = false;
+            for (i, b) in buf.iter_mut().enumerate() {
+                if i >= *first && i + last < n && *b != b'*' {
+                    *b = b'*';
+                    changed = true;
+                }
+            }
+            Some(changed)
+        }
+        Method::Partial(..) | Method::Redact | Method::Null | Method::Hash => None,
+    }
+}
+
+/// [`mask_all_digits`] in place; whether a digit was masked.
+fn mask_all_digits_in_place(buf: &mut [u8], keep: Keep) -> bool {
+    let total = buf.iter().filter(|b| b.is_ascii_digit()).count();
+    let head = if keep == Keep::First6Last4 && total >= 13 {
+        6
+    } else {
+        0
+    };
+    let tail = if total >= 8 { 4 } else { 0 };
+    let mut seen = 0;
+    let mut changed = false;
+    for b in buf.iter_mut().filter(|b| b.is_ascii_digit()) {
+        seen += 1;
+        if seen > head && seen <= total - tail {
+            *b = b'*';
+            changed = true;
+        }
+    }
+    changed
+}
+
 /// For `pan` on a value that is not a recognisable card number: every digit but the visible
 /// ones becomes `*` (fail closed: a malformed or unusual PAN is still hidden).
 fn mask_all_digits(value: &[u8], keep: Keep) -> Vec<u8> {
@@ -212,6 +258,31 @@ mod tests {
             h1,
             apply(&Method::Hash, b"a@example.com", b"other key").unwrap(),
             "keyed"
+        );
+        // In place, the same bytes (and `None` where the length changes).
+        for (m, v) in [
+            ("pan", &b"4111 1111 1111 1111"[..]),
+            ("pan(last4)", b"4111111111111111"),
+            ("pan", b"1234567890123456"),
+            ("pan", b"12345"),
+            ("partial(2, 3)", b"alice@example.com"),
+            ("partial(2, 3)", b"abc"),
+        ] {
+            let m = Method::parse(m).unwrap();
+            let mut buf = v.to_vec();
+            let changed = apply_in_place(&m, &mut buf).unwrap();
+            let want = apply(&m, v, k).unwrap();
+            assert_eq!(buf, want, "{m} {v:?}");
+            assert_eq!(changed, want != v, "{m} {v:?}");
+        }
+        assert_eq!(apply_in_place(&Method::Redact, &mut b"x".to_vec()), None);
+        assert_eq!(apply_in_place(&Method::Hash, &mut b"x".to_vec()), None);
+        assert_eq!(
+            apply_in_place(
+                &Method::parse("partial(1, 1)").unwrap(),
+                &mut "zürich".as_bytes().to_vec()
+            ),
+            None
         );
         assert_eq!(
             Method::parse("partial(1)").unwrap_err().to_string(),

@@ -279,6 +279,9 @@ impl MaskSession {
             return None;
         }
         let ranges = backend::data_row(frame).ok()?;
+        if let Some(done) = self.data_row_in_place(frame, &ranges) {
+            return done;
+        }
         let body = frame.body();
         let mut out: Option<BytesMut> = None;
         for (i, r) in ranges.iter().enumerate() {
@@ -341,6 +344,74 @@ impl MaskSession {
         let len = i32::try_from(b.len() - 1).unwrap_or(i32::MAX);
         b[1..5].copy_from_slice(&len.to_be_bytes());
         Some(b.freeze())
+    }
+
+    /// [`MaskSession::data_row`] when every change it can make keeps each value's length
+    /// (the `pan` and ASCII `partial` methods, the detector on text): the row is copied once,
+    /// only if something changes, and masked where it lies, without re-encoding. `None`: a
+    /// value must change length (or become NULL); the caller rebuilds the row.
+    fn data_row_in_place(
+        &mut self,
+        frame: &Frame,
+        ranges: &[Option<std::ops::Range<usize>>],
+    ) -> Option<Option<Bytes>> {
+        let body = frame.body();
+        let same_length = ranges.iter().enumerate().all(|(i, r)| {
+            let Some(r) = r else { return true };
+            match self.plan.get(i) {
+                Some(Some(p)) => {
+                    let text = !p.binary || TEXT_TYPES.contains(&p.type_oid);
+                    let method = &self.rules.columns[p.rule].method;
+                    text && match method {
+                        Method::Pan(_) => true,
+                        Method::Partial(..) => body[r.clone()].is_ascii(),
+                        Method::Redact | Method::Null | Method::Hash => false,
+                    }
+                }
+                _ => {
+                    let (binary, type_oid) = self.formats.get(i).copied().unwrap_or((false, 0));
+                    !(self.rules.detect_pans && binary && (type_oid == INT8 || type_oid == NUMERIC))
+                }
+            }
+        });
+        if !same_length {
+            return None;
+        }
+        let mut row: Option<BytesMut> = None;
+        let mut changed = false;
+        for (i, r) in ranges.iter().enumerate() {
+            let Some(r) = r else { continue };
+            if let Some(Some(p)) = self.plan.get(i) {
+                let rule = p.rule;
+                let b = row.get_or_insert_with(|| BytesMut::from(&frame.bytes[..]));
+                let value = &mut b[5 + r.start..5 + r.end];
+                if method::apply_in_place(&self.rules.columns[rule].method, value) == Some(true) {
+                    self.count_rule(rule);
+                    changed = true;
+                }
+            } else if self.rules.detect_pans {
+                let found = match &mut row {
+                    Some(b) => {
+                        pan::mask_pans_in_place(&mut b[5 + r.start..5 + r.end], Keep::First6Last4)
+                    }
+                    None => match pan::first_pan(&body[r.clone()]) {
+                        Some(at) => {
+                            let b = row.insert(BytesMut::from(&frame.bytes[..]));
+                            pan::mask_pans_in_place_from(
+                                &mut b[5 + r.start..5 + r.end],
+                                at,
+                                Keep::First6Last4,
+                            )
+                        }
+                        None => 0,
+                    },
+                };
+                self.detected += found as u64;
+                changed |= found > 0;
+            }
+        }
+        // A masked column whose value had nothing to hide (no digit): the copy goes.
+        Some(row.filter(|_| changed).map(BytesMut::freeze))
     }
 
     fn apply_rule(

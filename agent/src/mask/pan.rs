@@ -61,74 +61,142 @@ pub fn issuer(digits: &[u8]) -> bool {
         || ((p2 == 50 || (56..=69).contains(&p2)) && (12..=19).contains(&len))
 }
 
-/// Masks every PAN inside `text`; `None` when there is none (the common case, no allocation).
-/// Returns the masked copy and how many PANs were masked.
-pub fn mask_pans(text: &[u8], keep: Keep) -> Option<(Vec<u8>, usize)> {
-    // Fast path: fewer than 13 digits in total cannot hold a PAN.
-    if text.iter().filter(|b| b.is_ascii_digit()).take(13).count() < 13 {
-        return None;
-    }
-    let mut out: Option<Vec<u8>> = None;
-    let mut found = 0;
-    let mut i = 0;
-    while i < text.len() {
-        if !text[i].is_ascii_digit() || (i > 0 && text[i - 1].is_ascii_digit()) {
-            i += 1;
-            continue;
+/// Whether `text` holds at least 13 ASCII digits, the fewest a PAN has. Branch-free over
+/// 32-byte blocks, so the compiler turns it into vector compares and adds (the common case:
+/// a value without a PAN is rejected here at memory speed).
+fn enough_digits(text: &[u8]) -> bool {
+    let mut n = 0usize;
+    let mut blocks = text.chunks_exact(32);
+    for block in &mut blocks {
+        n += block
+            .iter()
+            .map(|&b| u8::from(b.wrapping_sub(b'0') < 10))
+            .sum::<u8>() as usize;
+        if n >= 13 {
+            return true;
         }
+    }
+    n += blocks
+        .remainder()
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .count();
+    n >= 13
+}
+
+/// The next PAN in `text` at or after `from`: its digits' positions in `positions[..n]`, and
+/// `n`; `None` when there is none. Reads only; the callers mask.
+fn next_pan(text: &[u8], mut i: usize, positions: &mut [usize; 20]) -> Option<usize> {
+    let mut digits = [0u8; 19];
+    while i < text.len() {
+        // To the start of the next run of digits.
+        i += text[i..].iter().position(u8::is_ascii_digit)?;
         // A run of digits with single separators, starting at i.
-        let mut positions: Vec<usize> = Vec::with_capacity(19);
+        let mut len = 0;
         let mut j = i;
-        while j < text.len() && positions.len() <= 19 {
+        while j < text.len() && len <= 19 {
             if text[j].is_ascii_digit() {
-                positions.push(j);
+                positions[len] = j;
+                len += 1;
                 j += 1;
             } else if (text[j] == b' ' || text[j] == b'-')
                 && j + 1 < text.len()
                 && text[j + 1].is_ascii_digit()
-                && !positions.is_empty()
+                && len > 0
             {
                 j += 1;
             } else {
                 break;
             }
         }
+        let run = &positions[..len];
         // Try the longest PAN first, then shorter ones at the same start: a PAN followed by
         // more digits after a separator ("4111 1111 1111 1111 2024") is still found.
-        let mut matched = None;
-        let max = positions.len().min(19);
-        let mut n = max;
+        let mut n = len.min(19);
         while n >= 13 {
-            let end = positions[n - 1];
-            let next_is_digit_glued = positions.get(n).is_some_and(|&p| p == end + 1);
+            let end = run[n - 1];
+            let next_is_digit_glued = run.get(n).is_some_and(|&p| p == end + 1);
             if !next_is_digit_glued {
-                let digits: Vec<u8> = positions[..n].iter().map(|&p| text[p]).collect();
-                if luhn(&digits) && issuer(&digits) {
-                    matched = Some(n);
-                    break;
+                for (d, &p) in digits.iter_mut().zip(&run[..n]) {
+                    *d = text[p];
+                }
+                if luhn(&digits[..n]) && issuer(&digits[..n]) {
+                    return Some(n);
                 }
             }
             n -= 1;
         }
-        match matched {
-            Some(n) => {
-                let buf = out.get_or_insert_with(|| text.to_vec());
-                let visible_head = match keep {
-                    Keep::First6Last4 => 6,
-                    Keep::Last4 => 0,
-                };
-                for (k, &p) in positions[..n].iter().enumerate() {
-                    if k >= visible_head && k < n - 4 {
-                        buf[p] = b'*';
-                    }
-                }
-                found += 1;
-                i = positions[n - 1] + 1;
-            }
-            None => i = positions.last().map_or(i + 1, |&p| p + 1),
+        // Past the run, and past any digits glued to where it was cut (a run longer than 19
+        // digits holds no PAN).
+        i = run.last().map_or(i + 1, |&p| p + 1);
+        while i < text.len() && text[i].is_ascii_digit() {
+            i += 1;
         }
     }
+    None
+}
+
+/// Masks the digits of one found PAN (`positions` of its `n` digits) in `buf`.
+fn mask_at(buf: &mut [u8], positions: &[usize], keep: Keep) {
+    let n = positions.len();
+    let visible_head = match keep {
+        Keep::First6Last4 => 6,
+        Keep::Last4 => 0,
+    };
+    for &p in &positions[visible_head.min(n)..n.saturating_sub(4)] {
+        buf[p] = b'*';
+    }
+}
+
+/// Masks every PAN inside `text`; `None` when there is none (the common case, no allocation).
+/// Returns the masked copy and how many PANs were masked.
+pub fn mask_pans(text: &[u8], keep: Keep) -> Option<(Vec<u8>, usize)> {
+    if !enough_digits(text) {
+        return None;
+    }
+    let mut positions = [0usize; 20];
+    let mut out: Option<Vec<u8>> = None;
+    let mut found = 0;
+    let mut i = 0;
+    // Scanning the original is scanning the copy: masked digits lie behind `i`.
+    while let Some(n) = next_pan(text, i, &mut positions) {
+        let buf = out.get_or_insert_with(|| text.to_vec());
+        mask_at(buf, &positions[..n], keep);
+        found += 1;
+        i = positions[n - 1] + 1;
+    }
     out.map(|o| (o, found))
+}
+
+/// Where the first PAN of `text` starts, if it holds one (reads only: a caller that masks in
+/// place copies the value only then, and masks from there).
+pub fn first_pan(text: &[u8]) -> Option<usize> {
+    if !enough_digits(text) {
+        return None;
+    }
+    let mut positions = [0usize; 20];
+    next_pan(text, 0, &mut positions).map(|_| positions[0])
+}
+
+/// [`mask_pans`] in place: the PANs of `buf` masked where they are; how many.
+pub fn mask_pans_in_place(buf: &mut [u8], keep: Keep) -> usize {
+    if !enough_digits(buf) {
+        return 0;
+    }
+    mask_pans_in_place_from(buf, 0, keep)
+}
+
+/// [`mask_pans_in_place`] from `from` on (where [`first_pan`] found the first one).
+pub fn mask_pans_in_place_from(buf: &mut [u8], from: usize, keep: Keep) -> usize {
+    let mut positions = [0usize; 20];
+    let mut found = 0;
+    let mut i = from;
+    while let Some(n) = next_pan(buf, i, &mut positions) {
+        mask_at(buf, &positions[..n], keep);
+        found += 1;
+        i = positions[n - 1] + 1;
+    }
+    found
 }
 
 #[cfg(test)]
