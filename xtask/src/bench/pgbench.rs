@@ -48,10 +48,10 @@ pub enum Side {
     Direct,
     PgBouncer,
     /// pgwarden through the eBPF redirect, derived pci-dss `reader`, masking, audit as
-    /// installed (strict, fsync per statement, every record to journald).
+    /// installed (strict: written before forwarding, group fsync every 100 ms, journald
+    /// `events`).
     PgwardenPci,
-    /// The same, audit tuned for rate (written before forwarding, fsync every second,
-    /// journald `events`).
+    /// The same with the opt-in `fsync: true` (fsynced before forwarding).
     PgwardenTuned,
     /// pgwarden through the eBPF redirect, allow-all, no audit.
     PgwardenRelay,
@@ -102,7 +102,7 @@ impl Side {
             Side::Direct => "direct",
             Side::PgBouncer => "PgBouncer (session)",
             Side::PgwardenPci => "pgwarden pci-dss, audit as installed",
-            Side::PgwardenTuned => "pgwarden pci-dss, audit tuned",
+            Side::PgwardenTuned => "pgwarden pci-dss, fsync per statement",
             Side::PgwardenRelay => "pgwarden allow-all",
             Side::DirectUnix => "direct, Unix socket",
             Side::PgwardenRelayUnix => "pgwarden allow-all, Unix socket",
@@ -362,7 +362,33 @@ fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32)
     };
     let cpu_before = proxy.map(cpu_seconds).transpose()?;
     let journald_before = journald.map(cpu_seconds).transpose()?;
+    // For profiling by hand: `PGWARDEN_BENCH_PERF=DIR` records each proxy with `perf`.
+    let perf = match (std::env::var_os("PGWARDEN_BENCH_PERF"), proxy) {
+        (Some(dir), Some(pid)) => Some(
+            Command::new("perf")
+                .args(["record", "-F", "2000", "-g", "-p", &pid.to_string(), "-o"])
+                .arg(std::path::Path::new(&dir).join(format!(
+                    "{}-{clients}-{}-{round}.data",
+                    mode.arg(),
+                    side.key()
+                )))
+                // The bench blocks SIGINT and SIGTERM (children inherit that): perf stops
+                // when its `sleep` does, a little before pgbench.
+                .args([
+                    "--",
+                    "sleep",
+                    &rig.plan.seconds.saturating_sub(1).max(1).to_string(),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        ),
+        _ => None,
+    };
     let out = cmd::output(&mut command)?;
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+    }
     let cpu_after = proxy.map(cpu_seconds).transpose()?;
     let journald_after = journald.map(cpu_seconds).transpose()?;
     let stdout = String::from_utf8_lossy(&out.stdout);

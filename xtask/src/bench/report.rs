@@ -186,13 +186,13 @@ impl Report {
                at run time: the pgbench tables added to its allowed tables; masks, \
                `detect_pans` and the approval rule kept), scans result rows for masking (column \
                rules and the PAN detector on every text field), and journals every statement \
-               with the installed defaults: `audit: {{mode: strict, fsync: true, journald: all}}` \
-               (the record fsynced before the statement is forwarded, every record mirrored to \
-               journald). The journald's own CPU is shown beside pgwarden's.\n\
-             - **pgwarden pci-dss, audit tuned**: the same policy and masking, with the journal \
-               set for statement rates: `audit: {{mode: strict, fsync: false, journald: events}}` \
-               (each record written to the file before its statement is forwarded, fsynced \
-               within a second; journald gets all but `query` and `query.done`).\n\
+               with the installed defaults: `audit: {{mode: strict, fsync: false, fsync_interval: \
+               100ms, journald: events}}` (each record written to the file before its statement \
+               is forwarded, fsynced within 100 ms; journald gets all but `query` and \
+               `query.done`). The journald's own CPU is shown beside pgwarden's.\n\
+             - **pgwarden pci-dss, fsync per statement**: the same policy and masking with the \
+               opt-in `audit: {{fsync: true}}` (each record fsynced, with group commit, before \
+               its statement is forwarded; journald `events`).\n\
              - **pgwarden allow-all**: the same path under `policies/allow-all.yaml` (profile \
                `allow-all`, statements still parsed and checked against the always-denied \
                rules, no masks) and `audit: {{mode: off}}`: the cost of the redirect and the \

@@ -305,11 +305,10 @@ fn stop_child(child: &mut Child, grace: Duration) {
 /// Which of the two agents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Which {
-    /// policies/pci-dss.yaml (derived), masking on, audit as installed: strict with an fsync
-    /// before each statement goes, every record mirrored to journald.
+    /// policies/pci-dss.yaml (derived), masking on, audit as installed: strict (written before
+    /// the statement goes), group fsync every 100 ms, journald mirror `events`.
     Policy,
-    /// The same policy, audit tuned for statement rates: strict (written before the statement
-    /// goes) with `fsync: false` (fsynced every second), journald mirror `events`.
+    /// The same policy with the opt-in `fsync: true`: fsynced before the statement goes.
     Tuned,
     /// policies/allow-all.yaml, no audit: the relay's own cost.
     Relay,
@@ -770,8 +769,8 @@ impl Rig {
                     "mask:\n  hash_key_file: {}\n",
                     d.join("etc").join("hash.key").display()
                 );
-                // The installed default: strict (fsynced before the statement goes), mirrored
-                // to journald.
+                // The installed defaults: strict (written before the statement goes), group
+                // fsync every 100 ms, events mirrored to journald.
                 yaml += &format!(
                     "audit:\n  mode: strict\n  path: {}\n",
                     self.audit_path.display()
@@ -791,7 +790,7 @@ impl Rig {
                     d.join("etc").join("hash.key").display()
                 );
                 yaml += &format!(
-                    "audit:\n  mode: strict\n  fsync: false\n  journald: events\n  path: {}\n",
+                    "audit:\n  mode: strict\n  fsync: true\n  journald: events\n  path: {}\n",
                     self.tuned_audit_path().display()
                 );
             }
@@ -904,17 +903,16 @@ impl Rig {
             ));
         } else if policy_ran {
             notes.push(format!(
-                "Audit included: the pci-dss agent ran with `audit: {{mode: strict}}` (each \
-                 statement's record fsynced before the statement is forwarded; {journald}) and \
-                 wrote {records} journal lines."
+                "Audit included: the pci-dss agent ran with the installed `audit:` defaults \
+                 (each statement's record written before the statement is forwarded, group \
+                 fsync every 100 ms, events {journald}) and wrote {records} journal lines."
             ));
         }
         if self.ran.contains(&Which::Tuned) {
             notes.push(format!(
-                "The tuned pci-dss agent ran with `audit: {{mode: strict, fsync: false, journald: \
-             events}}`: each statement's record is written to the journal file before the \
-             statement is forwarded (an agent crash loses nothing), fsynced within a second, and \
-             only non-statement events go to journald; it wrote {} journal lines.",
+                "The fsync-per-statement pci-dss agent ran with `audit: {{mode: strict, fsync: \
+             true, journald: events}}`: each statement's record is fsynced (group commit) before \
+             the statement is forwarded; it wrote {} journal lines.",
                 lines_in(&self.tuned_audit_path())
             ));
         }
