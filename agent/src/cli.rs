@@ -65,6 +65,9 @@ enum Command {
     /// Open grants: list, revoke.
     #[command(subcommand)]
     Grants(GrantsCommand),
+    /// Approvers of the HTTP API and page: add (prints their token once), list, remove.
+    #[command(subcommand)]
+    Approvers(ApproversCommand),
     /// Detach the kernel programs and remove their pinned state: the only way to stop
     /// interception (the agent must be stopped first).
     Detach {
@@ -131,6 +134,68 @@ enum ApprovalsCommand {
         control: PathBuf,
     },
 }
+
+#[derive(Subcommand)]
+enum ApproversCommand {
+    /// Add an approver: their new token is printed once (alone on stdout), only its hash is
+    /// kept. A rule names them `user:NAME`, or one of their groups `group:G`.
+    Add {
+        /// Approver name (letters, digits, `._@-`).
+        name: String,
+        /// A group they belong to (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        at: ApproversAt,
+    },
+    /// The approvers and their groups.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: ApproversAt,
+    },
+    /// Remove an approver: their token stops working at their next request.
+    Remove {
+        /// Approver name.
+        name: String,
+        #[command(flatten)]
+        at: ApproversAt,
+    },
+}
+
+/// Where the approvers file is.
+#[derive(clap::Args)]
+struct ApproversAt {
+    /// The approvers file (default: the config's `approvals.http.approvers_file`, else
+    /// `<audit.state_dir>/approvers.json`).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// The agent's configuration file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+impl ApproversAt {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(f) = &self.file {
+            return Ok(f.clone());
+        }
+        if !self.config.exists() && self.config == Path::new(DEFAULT_CONFIG) {
+            return Ok(crate::approval::approvers::default_file(Path::new(
+                "/var/lib/pgwarden",
+            )));
+        }
+        let c = Config::load(&self.config)?;
+        Ok(match &c.approvals.http {
+            Some(h) => h.approvers_file(&c.audit.state_dir),
+            None => crate::approval::approvers::default_file(&c.audit.state_dir),
+        })
+    }
+}
+
+const DEFAULT_CONFIG: &str = "/etc/pgwarden/pgwarden.yaml";
 
 #[derive(Subcommand)]
 enum GrantsCommand {
@@ -305,6 +370,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Approvals(a) => approvals(a).await,
         Command::Grants(g) => grants(g).await,
+        Command::Approvers(a) => approvers(a),
         Command::Untag { path, control } => {
             let r = control::call(&control, &Request::Untag { path }).await?;
             println!("untagged {}", r["path"].as_str().unwrap_or("?"));
@@ -409,6 +475,54 @@ async fn approvals(cmd: ApprovalsCommand) -> anyhow::Result<()> {
             )
             .await?;
             println!("denied request {id}");
+            Ok(())
+        }
+    }
+}
+
+fn approvers(cmd: ApproversCommand) -> anyhow::Result<()> {
+    use crate::approval::approvers;
+    match cmd {
+        ApproversCommand::Add { name, groups, at } => {
+            let path = at.path()?;
+            let token = approvers::add(&path, &name, &groups)?;
+            eprintln!(
+                "approver {name} added{} to {}; their token follows, shown this once:",
+                if groups.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (groups: {})", groups.join(", "))
+                },
+                path.display()
+            );
+            println!("{token}");
+            Ok(())
+        }
+        ApproversCommand::List { json, at } => {
+            let list = approvers::list(&at.path()?)?;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|a| serde_json::json!({"name": a.name, "groups": a.groups, "created": a.created}))
+                    .collect();
+                println!("{}", pretty(&v)?);
+            } else if list.is_empty() {
+                println!("no approvers: add one with `pgwarden approvers add NAME --group G`");
+            } else {
+                for a in list {
+                    println!("{:<24} {:<24} {}", a.name, a.groups.join(","), a.created);
+                }
+            }
+            Ok(())
+        }
+        ApproversCommand::Remove { name, at } => {
+            let path = at.path()?;
+            anyhow::ensure!(
+                approvers::remove(&path, &name)?,
+                "no approver `{name}` in {}",
+                path.display()
+            );
+            println!("removed approver {name}: their token no longer works");
             Ok(())
         }
     }

@@ -60,7 +60,7 @@ pub enum Request {
         /// A comment for the record.
         comment: Option<String>,
     },
-    /// Close a grant (root only).
+    /// Close a grant (root, or an approver of its rule).
     GrantsRevoke {
         /// Grant id.
         id: u64,
@@ -70,10 +70,7 @@ pub enum Request {
 impl Request {
     /// Whether only root may send this request.
     fn root_only(&self) -> bool {
-        matches!(
-            self,
-            Self::Status | Self::Tag { .. } | Self::Untag { .. } | Self::GrantsRevoke { .. }
-        )
+        matches!(self, Self::Status | Self::Tag { .. } | Self::Untag { .. })
     }
 }
 
@@ -101,8 +98,8 @@ pub struct Server {
 impl Server {
     /// Binds the socket, replacing a stale one. Anyone may connect (mode 0666, directory
     /// 0755) so approvers need not be root; every request is authorized by the caller's uid
-    /// (SO_PEERCRED): status, tag, untag and grant revocation are root-only, approval
-    /// decisions are checked against the rule's approvers.
+    /// (SO_PEERCRED): status, tag and untag are root-only, approval decisions and grant
+    /// revocations are checked against the rule's approvers.
     pub fn bind(path: &Path) -> anyhow::Result<Self> {
         use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
         if let Some(dir) = path.parent()

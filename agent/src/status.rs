@@ -261,12 +261,30 @@ pub struct Pending {
     pub workload: String,
     /// Session id.
     pub session: String,
-    /// Statement text (literals replaced).
+    /// Statement text (card numbers masked).
     pub statement: String,
+    /// The statement normalised (literals replaced).
+    #[serde(default)]
+    pub normalized: String,
+    /// Why it waits.
+    #[serde(default)]
+    pub reason: Option<String>,
     /// Process behind it.
     pub pid: Option<u32>,
     /// Its executable.
     pub exe: Option<String>,
+    /// The process's uid.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Its user name.
+    #[serde(default)]
+    pub process_user: Option<String>,
+    /// The systemd unit owning its cgroup.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Its cgroup.
+    #[serde(default)]
+    pub cgroup: Option<String>,
     /// When it was held, seconds since the epoch.
     pub requested: u64,
     /// When it expires, seconds since the epoch.
@@ -284,6 +302,9 @@ pub struct ApprovalRule {
     pub timeout: Duration,
     /// Longest grant an approver may open.
     pub max_grant: Option<Duration>,
+    /// The rule's reason.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// An open grant.
@@ -295,6 +316,9 @@ pub struct Grant {
     pub workload: String,
     /// Rule it passes.
     pub rule: String,
+    /// The rule's approvers (who may revoke it).
+    #[serde(default)]
+    pub approvers: Vec<String>,
     /// Until, seconds since the epoch.
     pub until: u64,
     /// Who opened it.
@@ -303,15 +327,21 @@ pub struct Grant {
     pub comment: Option<String>,
 }
 
-/// Who decided, from SO_PEERCRED.
+/// Who decided: a local user (SO_PEERCRED) or an approver over HTTP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {
-    /// uid.
-    pub uid: u32,
-    /// User name, if known.
+    /// uid, for a local user.
+    pub uid: Option<u32>,
+    /// User or approver name, if known.
     pub user: Option<String>,
     /// Group names.
     pub groups: Vec<String>,
+    /// How they authenticated: `peercred`, `token` or `header`.
+    #[serde(default)]
+    pub auth: String,
+    /// The HTTP peer, for an approver over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 /// The audit journal.

@@ -36,6 +36,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // systemd-journald (started by hand in the tests where PID 1 is not systemd) and
     // systemd-analyze for the unit's verification.
     "systemd",
+    // The approval page's browser test: headless Chromium driven over WebDriver, and curl
+    // for the HTTP API's.
+    "chromium",
+    "chromium-driver",
+    "curl",
 ];
 
 /// Debian packages for the node `pg` client, wanted only when the program is not on PATH: a

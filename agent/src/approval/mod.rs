@@ -1,6 +1,10 @@
 //! Just-in-time approval: a statement a policy rule marks `require_approval` is held in its
 //! session until a person allowed by the rule approves or denies it, or it times out. An
 //! approval may open a grant: the same rule then passes for that workload for a while.
+//!
+//! Approvers reach the same state from the control socket (`pgwarden approvals ...`, known by
+//! SO_PEERCRED) and from the HTTP API and page ([`http`], known by a bearer token of
+//! [`approvers`] or a trusted SSO proxy's header).
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,10 +14,12 @@ use tokio::sync::oneshot;
 
 use crate::names::SessionId;
 
+pub mod approvers;
 mod config;
+pub mod http;
 mod record;
-pub use config::ApprovalsConfig;
-pub use record::Recorder;
+pub use config::{ApprovalsConfig, HttpConfig, TrustedHeader, WebhookFormat};
+pub use record::{Recorder, Webhook};
 
 /// An approval rule of a profile.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -26,21 +32,52 @@ pub struct Rule {
     pub timeout: Duration,
     /// Longest grant an approver may open with `--for` (none: grants are not allowed).
     pub max_grant: Option<Duration>,
+    /// The rule's `reason`, shown to approvers.
+    pub reason: Option<String>,
 }
 
-/// Who is calling the control socket, from SO_PEERCRED.
+/// How an approver proved who they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Auth {
+    /// A local user on the control socket (SO_PEERCRED).
+    #[default]
+    Peercred,
+    /// A bearer token of a named approver (`pgwarden approvers add`), over HTTP.
+    Token,
+    /// The user header of a trusted SSO proxy in front of the HTTP listener.
+    Header,
+}
+
+impl Auth {
+    /// The name records and the API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Peercred => "peercred",
+            Self::Token => "token",
+            Self::Header => "header",
+        }
+    }
+}
+
+/// Who is deciding: a local user on the control socket, or a named approver over HTTP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Caller {
-    /// uid.
-    pub uid: u32,
-    /// User name, if known.
+    /// uid, for a local user (SO_PEERCRED).
+    pub uid: Option<u32>,
+    /// The local user's name, or the HTTP approver's.
     pub user: Option<String>,
-    /// Group names the user belongs to.
+    /// Group names: the local user's Unix groups, or the approver's.
     pub groups: Vec<String>,
+    /// How they authenticated.
+    pub auth: Auth,
+    /// The HTTP peer address, for an approver over HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 impl Caller {
-    /// The caller with uid `uid`, names looked up in the user database.
+    /// The local user with uid `uid`, names looked up in the user database.
     pub fn from_uid(uid: u32) -> Self {
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
@@ -61,23 +98,57 @@ impl Caller {
             })
             .collect();
         Self {
-            uid,
+            uid: Some(uid),
             user: user.map(|u| u.name),
             groups,
+            auth: Auth::Peercred,
+            remote: None,
         }
     }
 
-    /// Whether the rule lets this caller decide.
+    /// A named approver over HTTP.
+    pub fn approver(name: &str, groups: Vec<String>, auth: Auth, remote: String) -> Self {
+        Self {
+            uid: None,
+            user: Some(name.to_owned()),
+            groups,
+            auth,
+            remote: Some(remote),
+        }
+    }
+
+    /// The name error messages and records show: the user, else `uid N`.
+    pub fn name(&self) -> String {
+        match (&self.user, self.uid) {
+            (Some(u), _) => u.clone(),
+            (None, Some(uid)) => format!("uid {uid}"),
+            (None, None) => "?".into(),
+        }
+    }
+
+    /// Whether the rule lets this caller decide. `uid:N` and a bare name are local users
+    /// (the control socket); `user:NAME` is a named HTTP approver; `group:G` is either's
+    /// group. A token approver called `root` is not the local root.
     pub fn may_approve(&self, rule: &Rule) -> bool {
-        rule.approvers.iter().any(|a| {
-            if let Some(uid) = a.strip_prefix("uid:") {
-                uid.parse() == Ok(self.uid)
-            } else if let Some(g) = a.strip_prefix("group:") {
-                self.groups.iter().any(|mine| mine == g)
-            } else {
-                self.user.as_deref() == Some(a.as_str())
-            }
-        })
+        rule.approvers.iter().any(|a| self.is(a))
+    }
+
+    /// Root on the control socket.
+    fn is_local_root(&self) -> bool {
+        self.auth == Auth::Peercred && self.uid == Some(0)
+    }
+
+    fn is(&self, approver: &str) -> bool {
+        let local = self.auth == Auth::Peercred;
+        if let Some(uid) = approver.strip_prefix("uid:") {
+            local && self.uid.is_some() && uid.parse().ok() == self.uid
+        } else if let Some(g) = approver.strip_prefix("group:") {
+            self.groups.iter().any(|mine| mine == g)
+        } else if let Some(name) = approver.strip_prefix("user:") {
+            !local && self.user.as_deref() == Some(name)
+        } else {
+            local && self.user.as_deref() == Some(approver)
+        }
     }
 }
 
@@ -121,16 +192,46 @@ pub struct Request {
     pub workload: String,
     /// Session.
     pub session: SessionId,
-    /// Statement text (literals replaced).
+    /// Statement text (card numbers masked), as the control socket shows it.
     pub statement: String,
+    /// The statement normalised (literals replaced), as the HTTP API and page show it.
+    pub normalized: String,
+    /// Why it waits (the rule's reason, the rows sent so far).
+    pub reason: Option<String>,
     /// Process behind it.
     pub pid: Option<u32>,
     /// Its executable.
     pub exe: Option<String>,
+    /// The process's uid.
+    pub uid: Option<u32>,
+    /// Its user name.
+    pub process_user: Option<String>,
+    /// The systemd unit owning its cgroup.
+    pub unit: Option<String>,
+    /// Its cgroup, relative to the cgroup2 root.
+    pub cgroup: Option<String>,
     /// When it was held, seconds since the epoch.
     pub requested: u64,
     /// When it expires, seconds since the epoch.
     pub expires: u64,
+}
+
+/// What a session holds a statement with.
+pub struct Hold<'a> {
+    /// The rule that holds it.
+    pub rule: Rule,
+    /// Workload.
+    pub workload: &'a str,
+    /// Session.
+    pub session: SessionId,
+    /// The statement as the control socket shows it (card numbers masked).
+    pub statement: String,
+    /// The SQL to normalise for the HTTP API and page.
+    pub sql: &'a str,
+    /// Why it waits.
+    pub reason: Option<String>,
+    /// The process behind the session, when the kernel recorded it.
+    pub who: Option<&'a crate::identity::Identity>,
 }
 
 /// An open grant.
@@ -142,6 +243,8 @@ pub struct Grant {
     pub workload: String,
     /// Rule it passes.
     pub rule: String,
+    /// The rule's approvers: who may revoke it over HTTP.
+    pub approvers: Vec<String>,
     /// Until, seconds since the epoch.
     pub until: u64,
     /// Who opened it.
@@ -157,16 +260,12 @@ pub enum DecideError {
     #[error("no pending approval request {0}")]
     NotFound(u64),
     /// The caller is not an approver of the request's rule.
-    #[error(
-        "uid {uid} ({user}) may not decide request {id}: the rule `{rule}` accepts {approvers}"
-    )]
+    #[error("{caller} may not decide request {id}: the rule `{rule}` accepts {approvers}")]
     NotAuthorized {
         /// Request.
         id: u64,
-        /// Caller uid.
-        uid: u32,
-        /// Caller name.
-        user: String,
+        /// Caller, as `Caller::name` and its authentication show it.
+        caller: String,
         /// Rule.
         rule: String,
         /// Its approvers.
@@ -175,6 +274,32 @@ pub enum DecideError {
     /// `--for` beyond what the rule allows.
     #[error("the rule `{0}` allows grants of at most {1}s")]
     GrantTooLong(String, u64),
+    /// No open grant with that id.
+    #[error("no open grant {0}")]
+    NoGrant(u64),
+    /// The caller may not revoke the grant (not an approver of its rule).
+    #[error("{caller} may not revoke grant {id}: the rule `{rule}` accepts {approvers}")]
+    MayNotRevoke {
+        /// Grant.
+        id: u64,
+        /// Caller.
+        caller: String,
+        /// Rule.
+        rule: String,
+        /// Its approvers.
+        approvers: String,
+    },
+}
+
+impl DecideError {
+    /// The HTTP status the API answers this with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::NotFound(_) | Self::NoGrant(_) => 404,
+            Self::NotAuthorized { .. } | Self::MayNotRevoke { .. } => 403,
+            Self::GrantTooLong(..) => 422,
+        }
+    }
 }
 
 struct Waiting {
@@ -191,10 +316,17 @@ struct State {
 
 /// The agent's approval requests and grants. Every request, resolution and refused decision
 /// is recorded (and a request announced) by its [`Recorder`] as the state changes.
-#[derive(Default)]
 pub struct Approvals {
     state: Mutex<State>,
     recorder: Recorder,
+    /// Bumped on every change of the pending requests or grants (the page's long poll).
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Self::new(Recorder::default())
+    }
 }
 
 fn now() -> u64 {
@@ -209,7 +341,22 @@ impl Approvals {
         Self {
             state: Mutex::default(),
             recorder,
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// The recorder (the HTTP API records its refusals through it).
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// Follows changes: the value is bumped whenever a request or grant comes or goes.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v += 1);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -228,29 +375,28 @@ impl Approvals {
     }
 
     /// Holds a statement: returns the request (with its id) and where the decision arrives.
-    #[allow(clippy::too_many_arguments, reason = "a request's facts")]
-    pub fn request(
-        &self,
-        rule: Rule,
-        workload: &str,
-        session: SessionId,
-        statement: &str,
-        pid: Option<u32>,
-        exe: Option<String>,
-    ) -> (Request, oneshot::Receiver<Resolution>) {
+    pub fn request(&self, hold: Hold<'_>) -> (Request, oneshot::Receiver<Resolution>) {
         let (tx, rx) = oneshot::channel();
+        let normalized = crate::audit::redact::statement_text(hold.sql, false).0;
+        let who = hold.who;
         let mut st = self.state();
         st.next += 1;
         let t = now();
         let request = Request {
             id: st.next,
-            expires: t + rule.timeout.as_secs(),
-            rule,
-            workload: workload.to_owned(),
-            session,
-            statement: statement.to_owned(),
-            pid,
-            exe,
+            expires: t + hold.rule.timeout.as_secs(),
+            rule: hold.rule,
+            workload: hold.workload.to_owned(),
+            session: hold.session,
+            statement: hold.statement,
+            normalized,
+            reason: hold.reason,
+            pid: who.map(|w| w.pid),
+            exe: who.and_then(|w| w.exe.clone()),
+            uid: who.map(|w| w.uid),
+            process_user: who.and_then(|w| w.user.clone()),
+            unit: who.and_then(|w| w.unit.clone()),
+            cgroup: who.and_then(|w| w.cgroup.as_ref().map(|c| c.0.clone())),
             requested: t,
         };
         st.pending.insert(
@@ -261,6 +407,7 @@ impl Approvals {
             },
         );
         drop(st);
+        self.changed();
         self.recorder.requested(&request);
         (request, rx)
     }
@@ -277,7 +424,10 @@ impl Approvals {
     ) -> Result<(Request, Resolution), DecideError> {
         let decided = self.decide_unrecorded(id, caller, approve, grant_for, comment);
         match &decided {
-            Ok((request, resolution)) => self.recorder.resolved(request, resolution),
+            Ok((request, resolution)) => {
+                self.changed();
+                self.recorder.resolved(request, resolution);
+            }
             Err(e) => self.recorder.refused(id, caller, e),
         }
         decided
@@ -297,8 +447,7 @@ impl Approvals {
         if !caller.may_approve(rule) {
             return Err(DecideError::NotAuthorized {
                 id,
-                uid: caller.uid,
-                user: caller.user.clone().unwrap_or_else(|| "?".into()),
+                caller: describe(caller),
                 rule: rule.id.clone(),
                 approvers: rule.approvers.join(", "),
             });
@@ -319,6 +468,7 @@ impl Approvals {
                     id: st.next,
                     workload: w.request.workload.clone(),
                     rule: w.request.rule.id.clone(),
+                    approvers: w.request.rule.approvers.clone(),
                     until: now() + d.as_secs(),
                     by: caller.clone(),
                     comment: comment.clone(),
@@ -345,6 +495,7 @@ impl Approvals {
     pub fn end(&self, id: u64, resolution: Resolution) -> Option<Request> {
         let w = self.state().pending.remove(&id)?;
         let request = w.request.clone();
+        self.changed();
         self.recorder.resolved(&request, &resolution);
         let _ = w.reply.send(resolution);
         Some(request)
@@ -403,9 +554,42 @@ impl Approvals {
         st.grants.values().cloned().collect()
     }
 
-    /// Closes a grant.
-    pub fn revoke(&self, id: u64) -> Option<Grant> {
-        self.state().grants.remove(&id)
+    /// Closes a grant: root on the control socket, or an approver of the grant's rule. The
+    /// revocation, or its refusal, is recorded.
+    pub fn revoke(&self, id: u64, caller: &Caller) -> Result<Grant, DecideError> {
+        let revoked = {
+            let mut st = self.state();
+            match st.grants.get(&id) {
+                None => Err(DecideError::NoGrant(id)),
+                Some(g) if !caller.is_local_root() && !g.approvers.iter().any(|a| caller.is(a)) => {
+                    Err(DecideError::MayNotRevoke {
+                        id,
+                        caller: describe(caller),
+                        rule: g.rule.clone(),
+                        approvers: g.approvers.join(", "),
+                    })
+                }
+                Some(_) => st.grants.remove(&id).ok_or(DecideError::NoGrant(id)),
+            }
+        };
+        match &revoked {
+            Ok(g) => {
+                self.changed();
+                self.recorder.revoked(g, caller);
+            }
+            Err(e) => self.recorder.refused(id, caller, e),
+        }
+        revoked
+    }
+}
+
+/// A caller as error messages name them: `uid 1002 (mallory)`, `approver bob (token)`.
+fn describe(caller: &Caller) -> String {
+    match (caller.auth, caller.uid) {
+        (Auth::Peercred, Some(uid)) => {
+            format!("uid {uid} ({})", caller.user.as_deref().unwrap_or("?"))
+        }
+        (auth, _) => format!("approver {} ({})", caller.name(), auth.as_str()),
     }
 }
 
@@ -428,14 +612,38 @@ mod tests {
             approvers: vec!["alice".into(), "group:dba".into(), "uid:0".into()],
             timeout: Duration::from_secs(60),
             max_grant: Some(Duration::from_secs(600)),
+            reason: None,
         }
     }
 
     fn caller(uid: u32, user: &str, groups: &[&str]) -> Caller {
         Caller {
-            uid,
+            uid: Some(uid),
             user: Some(user.into()),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            auth: Auth::Peercred,
+            remote: None,
+        }
+    }
+
+    fn web(name: &str, groups: &[&str]) -> Caller {
+        Caller::approver(
+            name,
+            groups.iter().map(|g| (*g).to_owned()).collect(),
+            Auth::Token,
+            "192.0.2.7:50000".into(),
+        )
+    }
+
+    fn hold(session: u64, sql: &str) -> Hold<'_> {
+        Hold {
+            rule: rule(),
+            workload: "w",
+            session: SessionId(session),
+            statement: sql.to_owned(),
+            sql,
+            reason: None,
+            who: None,
         }
     }
 
@@ -447,25 +655,52 @@ mod tests {
         assert!(!caller(1002, "mallory", &["users"]).may_approve(&rule()));
     }
 
+    #[test]
+    fn http_approvers_by_user_and_group_never_as_local_users() {
+        let mut r = rule();
+        r.approvers = vec!["root".into(), "uid:0".into(), "user:carol".into()];
+        // A token approver named like a local user, or claiming uid 0, is neither.
+        assert!(!web("root", &[]).may_approve(&r));
+        let mut forged = web("mallory", &[]);
+        forged.uid = Some(0);
+        assert!(!forged.may_approve(&r));
+        assert!(web("carol", &[]).may_approve(&r));
+        // ... and a local user named carol is not the approver carol.
+        assert!(!caller(1003, "carol", &[]).may_approve(&r));
+        r.approvers.push("group:dba".into());
+        assert!(web("dave", &["dba"]).may_approve(&r));
+        assert!(!web("erin", &["users"]).may_approve(&r));
+    }
+
+    #[test]
+    fn held_statements_are_normalised_for_the_page() {
+        let a = Approvals::default();
+        let (r, _rx) = a.request(hold(
+            1,
+            "SELECT * FROM payments WHERE card_number = '4111111111111111'",
+        ));
+        assert!(!r.normalized.contains("4111"), "{}", r.normalized);
+        assert!(r.normalized.contains("payments"), "{}", r.normalized);
+    }
+
+    #[tokio::test]
+    async fn changes_are_announced() {
+        let a = Approvals::default();
+        let mut seen = a.changes();
+        let before = *seen.borrow_and_update();
+        let (r, _rx) = a.request(hold(1, "SELECT 1"));
+        assert!(seen.has_changed().unwrap());
+        assert!(*seen.borrow_and_update() > before);
+        a.decide(r.id, &caller(0, "root", &[]), true, None, None)
+            .unwrap();
+        assert!(seen.has_changed().unwrap());
+    }
+
     #[tokio::test]
     async fn approve_deny_grant_withdraw() {
         let a = Approvals::default();
-        let (r1, rx1) = a.request(
-            rule(),
-            "w",
-            SessionId(1),
-            "SELECT * FROM payments",
-            Some(7),
-            None,
-        );
-        let (r2, rx2) = a.request(
-            rule(),
-            "w",
-            SessionId(2),
-            "SELECT * FROM payments",
-            None,
-            None,
-        );
+        let (r1, rx1) = a.request(hold(1, "SELECT * FROM payments"));
+        let (r2, rx2) = a.request(hold(2, "SELECT * FROM payments"));
         assert_eq!(a.pending().len(), 2);
         // Out of order: the second first.
         let mallory = caller(1002, "mallory", &[]);
@@ -502,9 +737,15 @@ mod tests {
             Err(DecideError::NotFound(_))
         ));
         let g = a.grants()[0].id;
-        assert!(a.revoke(g).is_some());
+        // Only root or an approver of the grant's rule may close it.
+        assert!(matches!(
+            a.revoke(g, &web("mallory", &[])),
+            Err(DecideError::MayNotRevoke { .. })
+        ));
+        assert!(a.revoke(g, &web("dave", &["dba"])).is_ok());
+        assert!(matches!(a.revoke(g, &alice), Err(DecideError::NoGrant(_))));
         assert!(a.grant_for("w", "bulk").is_none());
-        let (_, rx3) = a.request(rule(), "w", SessionId(3), "x", None, None);
+        let (_, rx3) = a.request(hold(3, "x"));
         assert_eq!(
             a.withdraw_session(SessionId(3), "client cancelled").len(),
             1

@@ -213,6 +213,11 @@ impl Config {
                 "audit.max_bytes must be at least 4096",
             ));
         }
+        if let Some(http) = &self.approvals.http
+            && let Err((key, message)) = http.validate()
+        {
+            return Err(Invalid::key(yaml_path!["approvals", "http", key], message));
+        }
         if self.cgroups.rescan_seconds == 0 {
             return Err(Invalid::key(
                 yaml_path!["cgroups", "rescan_seconds"],

@@ -102,6 +102,25 @@ impl Shared {
         });
     }
 
+    /// The workload a process belongs to: its cgroup or an ancestor is tagged (tags cover
+    /// descendants; cgroups a workload's matchers name are tagged as they appear).
+    pub fn workload_of_pid(&self, pid: u32) -> Option<String> {
+        let path = cgroup::cgroup_of_pid(pid)?;
+        let tagger = lock(&self.tagger);
+        let under = |tag: &CgroupPath| {
+            tag.0 == "/"
+                || path.0 == tag.0
+                || path
+                    .0
+                    .strip_prefix(tag.0.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        };
+        tagger
+            .tagged()
+            .find(|(_, t)| under(&t.path))
+            .map(|(_, t)| t.workload.0.clone())
+    }
+
     /// Walks the cgroup tree and brings the kernel's tags in line with it.
     pub fn rescan(&self) -> anyhow::Result<()> {
         let found = cgroup::walk(&self.cgroup_root);
@@ -247,12 +266,16 @@ pub async fn run(
     let redirect = redirect.map(|r| Arc::new(Mutex::new(r)));
     let tagger = Arc::new(Mutex::new(Tagger::new(&config.workloads)));
     let terminating = tokio::sync::watch::Sender::new(false);
-    let webhook = config.approvals.webhook.clone().map(|url| {
-        (
+    let webhook = config
+        .approvals
+        .webhook
+        .clone()
+        .map(|url| crate::approval::Webhook {
             url,
-            Duration::from_secs(config.approvals.webhook_timeout_seconds),
-        )
-    });
+            timeout: Duration::from_secs(config.approvals.webhook_timeout_seconds),
+            format: config.approvals.webhook_format,
+        });
+    let page = config.approvals.http.as_ref().map(|h| h.base_url());
     let env = Arc::new(SessionEnv {
         limits: config.limits.clone(),
         upstream: config.upstream.clone(),
@@ -260,7 +283,7 @@ pub async fn run(
         client_tls,
         journal: journal.clone(),
         approvals: Arc::new(crate::approval::Approvals::new(
-            crate::approval::Recorder::new(journal.clone(), webhook),
+            crate::approval::Recorder::new(journal.clone(), webhook, page),
         )),
         metrics: Arc::default(),
         registry: Arc::new(session::Registry::new(now.as_secs())),
@@ -290,6 +313,18 @@ pub async fn run(
         serving_namespaces: tokio::sync::Mutex::new(()),
         started: now.as_secs(),
     });
+
+    // Bound before anything is redirected: a listener that cannot open stops the start.
+    if let Some(http) = &shared.config.approvals.http {
+        let tags = Arc::clone(&shared);
+        crate::approval::http::start(
+            http,
+            &shared.config.audit.state_dir,
+            Arc::clone(&shared.env.approvals),
+            Arc::new(move |pid| tags.workload_of_pid(pid)),
+        )
+        .await?;
+    }
 
     // The mkdir tracepoint is live: tag what exists now, then redirect.
     if let Some(r) = &shared.redirect {

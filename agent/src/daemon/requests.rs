@@ -40,11 +40,8 @@ pub(super) fn handle(shared: &Shared, req: Request, uid: u32) -> anyhow::Result<
             ))
         }
         Request::GrantsRevoke { id } => {
-            let g = shared
-                .env
-                .approvals
-                .revoke(id)
-                .ok_or_else(|| anyhow::anyhow!("no open grant {id}"))?;
+            let caller = crate::approval::Caller::from_uid(uid);
+            let g = shared.env.approvals.revoke(id, &caller)?;
             info!(grant = id, workload = %g.workload, rule = %g.rule, "grant revoked");
             Ok(Answer::Json(json!({ "revoked": g })))
         }

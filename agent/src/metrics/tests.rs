@@ -16,11 +16,14 @@ fn snapshot() -> Status {
         id: 1,
         workload: "svc".into(),
         rule: "r".into(),
+        approvers: vec![],
         until: 0,
         by: status::Caller {
-            uid: 0,
+            uid: Some(0),
             user: None,
             groups: vec![],
+            auth: "peercred".into(),
+            remote: None,
         },
         comment: None,
     });

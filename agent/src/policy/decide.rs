@@ -183,6 +183,7 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
                     approvers: r.approvers.clone(),
                     timeout: std::time::Duration::from_secs(r.timeout_seconds.unwrap_or(300)),
                     max_grant: r.max_grant_seconds.map(std::time::Duration::from_secs),
+                    reason: r.reason.clone(),
                 }),
             });
         }

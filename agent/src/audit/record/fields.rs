@@ -49,6 +49,9 @@ pub enum Event {
     /// The client went away while its statement was held.
     #[serde(rename = "approval.withdrawn")]
     ApprovalWithdrawn,
+    /// An open grant was closed before its time.
+    #[serde(rename = "approval.revoked")]
+    ApprovalRevoked,
     /// The policy was reloaded.
     #[serde(rename = "policy.reload")]
     PolicyReload,
@@ -74,7 +77,7 @@ pub enum Event {
 
 impl Event {
     /// Every event this version writes, in the contract's order.
-    pub const ALL: [Event; 17] = [
+    pub const ALL: [Event; 18] = [
         Event::AgentStart,
         Event::AgentStop,
         Event::SessionStart,
@@ -87,6 +90,7 @@ impl Event {
         Event::ApprovalDenied,
         Event::ApprovalExpired,
         Event::ApprovalWithdrawn,
+        Event::ApprovalRevoked,
         Event::PolicyReload,
         Event::AuditGap,
         Event::AuditCheckpoint,
@@ -109,6 +113,7 @@ impl Event {
             Event::ApprovalDenied => "approval.denied",
             Event::ApprovalExpired => "approval.expired",
             Event::ApprovalWithdrawn => "approval.withdrawn",
+            Event::ApprovalRevoked => "approval.revoked",
             Event::PolicyReload => "policy.reload",
             Event::AuditGap => "audit.gap",
             Event::AuditCheckpoint => "audit.checkpoint",

@@ -83,6 +83,7 @@ fn approvals_write_what_approvals_write() {
         approvers: vec!["alice".into(), "group:dba".into()],
         timeout: Duration::from_secs(300),
         max_grant: Some(Duration::from_millis(1500)),
+        reason: Some("bulk reads need a yes".into()),
     };
     let request = approval::Request {
         id: 7,
@@ -90,8 +91,14 @@ fn approvals_write_what_approvals_write() {
         workload: "svc".into(),
         session: SessionId(42),
         statement: "SELECT 1".into(),
+        normalized: "SELECT ?".into(),
+        reason: Some("100 rows sent".into()),
         pid: Some(1234),
         exe: None,
+        uid: Some(1000),
+        process_user: Some("mcp".into()),
+        unit: Some("mcp-payments.service".into()),
+        cgroup: Some("system.slice/mcp-payments.service".into()),
         requested: 1,
         expires: 2,
     };
@@ -100,11 +107,14 @@ fn approvals_write_what_approvals_write() {
         id: 3,
         workload: "svc".into(),
         rule: "bulk-read".into(),
+        approvers: vec!["user:alice".into()],
         until: 9,
         by: approval::Caller {
-            uid: 1001,
+            uid: None,
             user: Some("alice".into()),
             groups: vec!["dba".into()],
+            auth: approval::Auth::Token,
+            remote: Some("192.0.2.1:4000".into()),
         },
         comment: Some("ticket 12".into()),
     };

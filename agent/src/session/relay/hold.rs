@@ -49,14 +49,15 @@ pub(super) async fn wait(
             || held.sql.clone(),
             |(m, _)| String::from_utf8_lossy(&m).into_owned(),
         );
-    let (request, rx) = approvals.request(
-        (*held.rule).clone(),
-        &ctx.meta.workload.0,
-        ctx.meta.id,
-        &text,
-        who.map(|w| w.pid),
-        who.and_then(|w| w.exe.clone()),
-    );
+    let (request, rx) = approvals.request(crate::approval::Hold {
+        rule: (*held.rule).clone(),
+        workload: &ctx.meta.workload.0,
+        session: ctx.meta.id,
+        statement: text,
+        sql: &held.sql,
+        reason: held.rule.reason.clone(),
+        who,
+    });
     info!(session = %ctx.meta.id, workload = %ctx.meta.workload, request = request.id, rule = %held.rule.id, "statement held for approval");
     let timeout = tokio::time::sleep(held.rule.timeout);
     tokio::pin!(rx, timeout);
@@ -99,7 +100,7 @@ pub(super) fn release(
             format!(
                 "pgwarden: approval.denied: {}: denied by {}{}",
                 held.rule.id,
-                by.user.clone().unwrap_or_else(|| format!("uid {}", by.uid)),
+                by.name(),
                 comment
                     .as_ref()
                     .map_or(String::new(), |c| format!(" ({c})"))

@@ -151,14 +151,15 @@ pub(super) async fn wait(ctx: &Ctx<'_>, i: usize) -> Ruling {
             |(m, _)| String::from_utf8_lossy(&m).into_owned(),
         );
     let approvals = &ctx.env.approvals;
-    let (request, rx) = approvals.request(
-        (*limit.rule).clone(),
-        &ctx.meta.workload.0,
-        ctx.meta.id,
-        &format!("{text} /* {sent} rows sent; {why} */"),
-        who.map(|w| w.pid),
-        who.and_then(|w| w.exe.clone()),
-    );
+    let (request, rx) = approvals.request(crate::approval::Hold {
+        rule: (*limit.rule).clone(),
+        workload: &ctx.meta.workload.0,
+        session: ctx.meta.id,
+        statement: format!("{text} /* {sent} rows sent; {why} */"),
+        sql: &sql,
+        reason: Some(format!("{sent} rows sent; {why}")),
+        who,
+    });
     info!(session = %ctx.meta.id, workload = %ctx.meta.workload, request = request.id, rule = %id, sent, "result held for approval: {why}");
     let timeout = tokio::time::sleep(limit.rule.timeout);
     tokio::pin!(rx, timeout);
@@ -193,7 +194,7 @@ pub(super) async fn wait(ctx: &Ctx<'_>, i: usize) -> Ruling {
             "42501",
             format!(
                 "pgwarden: approval.denied: {id}: denied by {}{}",
-                by.user.clone().unwrap_or_else(|| format!("uid {}", by.uid)),
+                by.name(),
                 comment.map_or(String::new(), |c| format!(" ({c})"))
             ),
         ),
