@@ -28,6 +28,8 @@ struct Web {
     bob: String,
     /// Bodies the approval webhook received.
     hooks: mpsc::Receiver<String>,
+    /// The test's identity provider's signing key (its public half is the agent's JWKS).
+    idp: jsonwebtoken::EncodingKey,
     _dir: tempfile::TempDir,
 }
 
@@ -104,6 +106,21 @@ fn web() -> Web {
     let alice = add_approver(&bin, &approvers, "alice", &["pgwarden-approvers"]);
     let bob = add_approver(&bin, &approvers, "bob", &["auditors"]);
     let (hook_port, hooks) = webhook_receiver();
+    // An OIDC identity provider: an RSA key whose public half is the JWKS file the agent
+    // trusts.
+    let idp_pem = dir.path().join("idp.pem");
+    pgwarden_e2e::run_ok(
+        Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&idp_pem)
+            .arg("2048"),
+    );
+    let idp = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&idp_pem).unwrap()).unwrap();
+    let mut jwk =
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&idp, jsonwebtoken::Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("idp-1".into());
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({ "keys": [jwk] }).to_string()).unwrap();
     let control = dir.path().join("control.sock");
     let cg = TestCgroup::create(&unique_name("pgw-e2e-webapprove"));
     let listen = free_port();
@@ -113,7 +130,8 @@ fn web() -> Web {
          intercept: [\"*:{pgport}\"]\n\
          workloads:\n  - name: payments-mcp\n    cgroup: \"{cg}\"\n    policy: {policy}\n    profile: reader\n\
          approvals:\n  webhook: http://127.0.0.1:{hook_port}/hook\n  webhook_format: slack\n  http:\n    listen: 127.0.0.1:{port}\n\
-         \x20   cert: {crt}\n    key: {crtkey}\n    approvers_file: {approvers}\n    public_url: https://localhost:{port}/\n",
+         \x20   cert: {crt}\n    key: {crtkey}\n    approvers_file: {approvers}\n    public_url: https://localhost:{port}/\n\
+         \x20   oidc:\n      issuer: https://idp.test\n      audience: pgwarden\n      jwks_file: {jwks}\n",
         key = key.display(),
         control = control.display(),
         pgport = pg.port,
@@ -122,6 +140,7 @@ fn web() -> Web {
         crt = cert.cert.display(),
         crtkey = cert.key.display(),
         approvers = approvers.display(),
+        jwks = jwks.display(),
     );
     let agent = Agent::start(&config, &control);
     Web {
@@ -133,8 +152,24 @@ fn web() -> Web {
         alice,
         bob,
         hooks,
+        idp,
         _dir: dir,
     }
+}
+
+/// An ID token of the test's identity provider for `user`, expiring `exp_in` seconds from now
+/// (negative: already expired).
+fn id_token(w: &Web, user: &str, groups: &[&str], exp_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .cast_signed();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("idp-1".into());
+    let claims = json!({"iss": "https://idp.test", "aud": "pgwarden", "sub": format!("id-{user}"),
+        "preferred_username": user, "groups": groups, "iat": now, "exp": now + exp_in});
+    jsonwebtoken::encode(&header, &claims, &w.idp).unwrap()
 }
 
 /// One curl call to the API: (HTTP status, JSON body, response headers).
@@ -434,27 +469,45 @@ fn approve_deny_refuse_and_revoke_over_the_api() {
     assert_eq!(revoked[0]["detail"]["revoker"], "alice");
     assert_eq!(revoked[0]["detail"]["grant"], grant);
 
-    // With the grant gone the next bulk read waits again; alice denies it: 42501.
+    // With the grant gone the next bulk read waits again. carol, signed in by the identity
+    // provider (an OIDC ID token), denies it: 42501. An expired token of hers, or a valid one
+    // of someone the rule does not name, would not have done.
     let child = w.psql(&["SELECT id FROM payments", "SELECT 'alive'"]);
     let id = w.wait_listed(1)["pending"][0]["id"].as_u64().unwrap();
+    let deny = format!("/api/v1/approvals/{id}/deny");
+    let stale = id_token(&w, "carol", &["pgwarden-approvers"], -3600);
+    let (code, v, _) = call(&w, "POST", &deny, Some(&stale), Some(json!({})));
+    assert_eq!(code, 401, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("ExpiredSignature"),
+        "{v}"
+    );
+    let outsider = id_token(&w, "dave", &["marketing"], 600);
+    let (code, _, _) = call(&w, "POST", &deny, Some(&outsider), Some(json!({})));
+    assert_eq!(code, 403);
+    let carol = id_token(&w, "carol", &["pgwarden-approvers"], 600);
     let (code, v, _) = call(
         &w,
         "POST",
-        &format!("/api/v1/approvals/{id}/deny"),
-        Some(&w.alice),
+        &deny,
+        Some(&carol),
         Some(json!({"comment": "not without a ticket"})),
     );
     assert_eq!(code, 200, "{v}");
     let (out, err) = finish(child);
     assert!(
-        err.contains("42501: pgwarden: approval.denied: bulk-payments-read: denied by alice (not without a ticket)"),
+        err.contains("42501: pgwarden: approval.denied: bulk-payments-read: denied by carol (not without a ticket)"),
         "{err}"
     );
     assert_eq!(out.lines().last(), Some("alive"));
-    let denied = w.records_where("alice's denial", |r| {
-        r["event"] == "approval.denied" && r["detail"]["approver"] == "alice"
+    let denied = w.records_where("carol's denial", |r| {
+        r["event"] == "approval.denied" && r["detail"]["approver"] == "carol"
     });
-    assert_eq!(denied[0]["detail"]["approver_auth"], "token");
+    assert_eq!(denied[0]["detail"]["approver_auth"], "oidc");
+    assert_eq!(
+        denied[0]["detail"]["approver_groups"],
+        json!(["pgwarden-approvers"])
+    );
     // Deciding it again: 404.
     let (code, _, _) = call(
         &w,

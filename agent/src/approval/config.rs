@@ -66,6 +66,8 @@ pub struct HttpConfig {
     pub approvers_file: Option<PathBuf>,
     /// Trust an SSO proxy's identity header (off unless given).
     pub trusted_header: Option<TrustedHeader>,
+    /// Accept OIDC ID tokens as bearer tokens (off unless given).
+    pub oidc: Option<super::http::OidcConfig>,
 }
 
 impl HttpConfig {
@@ -107,6 +109,14 @@ impl HttpConfig {
             return Err((
                 "public_url",
                 format!("approvals.http.public_url `{u}`: use an http:// or https:// URL"),
+            ));
+        }
+        if let Some(o) = &self.oidc
+            && (o.issuer.is_empty() || o.audience.is_empty())
+        {
+            return Err((
+                "oidc",
+                "approvals.http.oidc: issuer and audience must not be empty".into(),
             ));
         }
         if let Some(h) = &self.trusted_header {

@@ -47,6 +47,8 @@ pub enum Auth {
     Token,
     /// The user header of a trusted SSO proxy in front of the HTTP listener.
     Header,
+    /// An OIDC ID token, verified against the configured issuer's keys.
+    Oidc,
 }
 
 impl Auth {
@@ -56,6 +58,7 @@ impl Auth {
             Self::Peercred => "peercred",
             Self::Token => "token",
             Self::Header => "header",
+            Self::Oidc => "oidc",
         }
     }
 }

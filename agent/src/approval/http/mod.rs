@@ -13,7 +13,7 @@
 //! | `DELETE /api/v1/grants/{id}` | close a grant |
 //!
 //! Every API call carries `Authorization: Bearer <token>` of an approver
-//! ([`super::approvers`]), or comes from a configured SSO proxy's address with its user
+//! ([`super::approvers`]) or an OIDC ID token ([`oidc`]), or comes from a configured SSO proxy's address with its user
 //! header. A missing or unknown token is 401, an approver the rule does not name is 403; both
 //! are audited with the caller's address, as is every decision. State-changing calls must be
 //! JSON and same-origin (a page elsewhere cannot ride an SSO proxy's cookie).
@@ -42,8 +42,10 @@ use tracing::{debug, info, warn};
 use super::approvers::Directory;
 use super::{Approvals, Auth, Caller, DecideError, HttpConfig, TrustedHeader};
 
+mod oidc;
 mod peer;
 mod view;
+pub use oidc::OidcConfig;
 pub use view::page_url;
 
 /// The workload a local process belongs to, if it is tagged (the daemon supplies it from its
@@ -70,6 +72,7 @@ struct Api {
     approvals: Arc<Approvals>,
     directory: Directory,
     trusted: Option<TrustedHeader>,
+    oidc: Option<OidcConfig>,
     base_url: String,
     workload_of: WorkloadOf,
 }
@@ -99,6 +102,7 @@ pub async fn start(
         approvals,
         directory: Directory::new(cfg.approvers_file(state_dir)),
         trusted: cfg.trusted_header.clone(),
+        oidc: cfg.oidc.clone(),
         base_url: cfg.base_url(),
         workload_of,
     });
@@ -378,6 +382,14 @@ impl Api {
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| refuse("the Authorization header is not `Bearer <token>`"))?;
+            if let Some(o) = &self.oidc
+                && oidc::looks_like_jwt(token)
+            {
+                return match oidc::verify(o, token) {
+                    Ok((name, groups)) => Ok(Caller::approver(&name, groups, Auth::Oidc, remote)),
+                    Err(why) => Err(refuse(&why)),
+                };
+            }
             return match self.directory.lookup(token) {
                 Ok(Some(a)) => Ok(Caller::approver(&a.name, a.groups, Auth::Token, remote)),
                 Ok(None) => Err(refuse("unknown token")),

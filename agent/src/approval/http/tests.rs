@@ -9,6 +9,7 @@ fn api(dir: &std::path::Path, trusted: Option<TrustedHeader>) -> Api {
         approvals: Arc::new(Approvals::default()),
         directory: Directory::new(dir.join("approvers.json")),
         trusted,
+        oidc: None,
         base_url: "https://pgw.example:9188".into(),
         workload_of: Arc::new(|_| None),
     }
