@@ -11,8 +11,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use pgwarden_e2e::{
-    Agent, CertPair, PgServer, TestCgroup, finish, free_port, in_cgroup, policy_path, psql_spawn,
-    require_root, run_output, self_signed_cert, unique_name, wait_for, workspace_root,
+    Agent, CertPair, PgServer, TestCgroup, TestNetns, finish, free_port, in_cgroup, policy_path,
+    psql_spawn, require_root, run_output, self_signed_cert, unique_name, wait_for, workspace_root,
 };
 use serde_json::{Value, json};
 
@@ -21,6 +21,8 @@ struct Web {
     agent: Agent,
     cg: TestCgroup,
     port: u16,
+    /// The address API calls go to (the listener's, or the host end of a namespace's veth).
+    api_addr: String,
     cert: CertPair,
     /// alice: group pgwarden-approvers, which the shipped rule names.
     alice: String,
@@ -90,6 +92,12 @@ fn pgwarden_bin() -> PathBuf {
 }
 
 fn web() -> Web {
+    web_on(None)
+}
+
+/// The world, its approvals listener on `0.0.0.0` when `remote` is given: approvers then come
+/// from that namespace, another machine as far as the network stack can tell.
+fn web_on(remote: Option<&TestNetns>) -> Web {
     require_root();
     let pg = PgServer::start();
     pg.psql_direct(
@@ -129,7 +137,7 @@ fn web() -> Web {
         "mask:\n  hash_key_file: {key}\nlisten:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: null\ncontrol:\n  socket: {control}\n\
          intercept: [\"*:{pgport}\"]\n\
          workloads:\n  - name: payments-mcp\n    cgroup: \"{cg}\"\n    policy: {policy}\n    profile: reader\n\
-         approvals:\n  webhook: http://127.0.0.1:{hook_port}/hook\n  webhook_format: slack\n  http:\n    listen: 127.0.0.1:{port}\n\
+         approvals:\n  webhook: http://127.0.0.1:{hook_port}/hook\n  webhook_format: slack\n  http:\n    listen: {bind}:{port}\n\
          \x20   cert: {crt}\n    key: {crtkey}\n    approvers_file: {approvers}\n    public_url: https://localhost:{port}/\n\
          \x20   oidc:\n      issuer: https://idp.test\n      audience: pgwarden\n      jwks_file: {jwks}\n",
         key = key.display(),
@@ -141,6 +149,11 @@ fn web() -> Web {
         crtkey = cert.key.display(),
         approvers = approvers.display(),
         jwks = jwks.display(),
+        bind = if remote.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        },
     );
     let agent = Agent::start(&config, &control);
     Web {
@@ -148,6 +161,7 @@ fn web() -> Web {
         agent,
         cg,
         port,
+        api_addr: remote.map_or_else(|| "127.0.0.1".to_owned(), |ns| ns.host_ip.clone()),
         cert,
         alice,
         bob,
@@ -206,7 +220,9 @@ fn curl(
     ])
     .arg("--cacert")
     .arg(&w.cert.cert)
-    .arg(format!("https://127.0.0.1:{}{path}", w.port));
+    .arg("--resolve")
+    .arg(format!("localhost:{}:{}", w.port, w.api_addr))
+    .arg(format!("https://localhost:{}{path}", w.port));
     if let Some(t) = token {
         cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
@@ -529,14 +545,16 @@ fn approve_deny_refuse_and_revoke_over_the_api() {
     assert_eq!(code, 401);
 }
 
-/// chromedriver on a free loopback port, killed on drop.
+/// chromedriver (and the Chromium it starts) in a network namespace, listening on the
+/// namespace's end of the veth; killed on drop.
 struct Driver {
     child: Child,
+    addr: String,
     port: u16,
 }
 
 impl Driver {
-    fn start() -> Self {
+    fn start(ns: &TestNetns) -> Self {
         for bin in ["/usr/bin/chromedriver", "/usr/bin/chromium"] {
             assert!(
                 Path::new(bin).exists(),
@@ -544,18 +562,25 @@ impl Driver {
             );
         }
         let port = free_port();
-        let child = Command::new("/usr/bin/chromedriver")
+        let child = ns
+            .command(None, "/usr/bin/chromedriver")
             .arg(format!("--port={port}"))
+            // Reachable from the test on the host: any client address, any Host header.
+            .args(["--allowed-ips=", "--allowed-origins=*"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
         wait_for("chromedriver listening", Duration::from_secs(15), || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
+            std::net::TcpStream::connect((ns.ns_ip.as_str(), port))
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         });
-        Self { child, port }
+        Self {
+            child,
+            addr: ns.ns_ip.clone(),
+            port,
+        }
     }
 }
 
@@ -566,13 +591,37 @@ impl Drop for Driver {
     }
 }
 
+/// The approver's browser is on "another machine": headless Chromium in its own network
+/// namespace, reaching the agent's HTTPS listener on `0.0.0.0` over a veth, as a laptop would
+/// over the network.
 #[test]
-fn a_browser_approves_a_held_statement() {
-    let w = web();
-    let driver = Driver::start();
+fn a_browser_on_another_machine_approves_a_held_statement() {
+    let ns = TestNetns::create();
+    let w = web_on(Some(&ns));
+    let driver = Driver::start(&ns);
     let child = w.psql(&["SELECT id FROM payments", "SELECT 'after'"]);
     let id = w.wait_listed(1)["pending"][0]["id"].as_u64().unwrap();
-    let page = format!("https://localhost:{}/#request-{id}", w.port);
+
+    // A tagged process in a container (that same namespace, in the tagged cgroup) holding a
+    // leaked token is refused: the agent finds its socket through the namespace it serves.
+    let (code, v, _) = curl(
+        &w,
+        ns.command_served(&w.cg, "curl"),
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        Some(&w.alice),
+        Some(json!({})),
+    );
+    assert_eq!(code, 403, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("is in workload payments-mcp"),
+        "{v}"
+    );
+
+    let page = format!("https://{}:{}/#request-{id}", ns.host_ip, w.port);
     let shot = std::env::var_os("PGWARDEN_APPROVALS_SCREENSHOT").map_or_else(
         || workspace_root().join("target/approvals-page.png"),
         PathBuf::from,
@@ -593,13 +642,13 @@ fn a_browser_approves_a_held_statement() {
             json!({
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1100,900", "--host-resolver-rules=MAP localhost 127.0.0.1"],
+                         "--window-size=1100,900"],
             }),
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let c = ClientBuilder::new(connector)
             .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .connect(&format!("http://{}:{}", driver.addr, driver.port))
             .await
             .expect("a WebDriver session with headless Chromium");
         c.goto(&page).await.unwrap();

@@ -101,10 +101,12 @@ impl Shared {
             }
         });
     }
+}
 
+impl crate::approval::http::Workloads for Shared {
     /// The workload a process belongs to: its cgroup or an ancestor is tagged (tags cover
     /// descendants; cgroups a workload's matchers name are tagged as they appear).
-    pub fn workload_of_pid(&self, pid: u32) -> Option<String> {
+    fn workload_of(&self, pid: u32) -> Option<String> {
         let path = cgroup::cgroup_of_pid(pid)?;
         let tagger = lock(&self.tagger);
         let under = |tag: &CgroupPath| {
@@ -121,6 +123,12 @@ impl Shared {
             .map(|(_, t)| t.workload.0.clone())
     }
 
+    fn namespace_pids(&self) -> Vec<u32> {
+        lock(&self.namespaces).values().map(|n| n.ns.pid).collect()
+    }
+}
+
+impl Shared {
     /// Walks the cgroup tree and brings the kernel's tags in line with it.
     pub fn rescan(&self) -> anyhow::Result<()> {
         let found = cgroup::walk(&self.cgroup_root);
@@ -316,12 +324,11 @@ pub async fn run(
 
     // Bound before anything is redirected: a listener that cannot open stops the start.
     if let Some(http) = &shared.config.approvals.http {
-        let tags = Arc::clone(&shared);
         crate::approval::http::start(
             http,
             &shared.config.audit.state_dir,
             Arc::clone(&shared.env.approvals),
-            Arc::new(move |pid| tags.workload_of_pid(pid)),
+            Arc::clone(&shared) as Arc<dyn crate::approval::http::Workloads>,
         )
         .await?;
     }

@@ -48,9 +48,14 @@ mod view;
 pub use oidc::OidcConfig;
 pub use view::page_url;
 
-/// The workload a local process belongs to, if it is tagged (the daemon supplies it from its
-/// tags).
-pub type WorkloadOf = Arc<dyn Fn(u32) -> Option<String> + Send + Sync>;
+/// What the API asks the agent about the processes on this host (the daemon answers from its
+/// tags and the namespaces it serves).
+pub trait Workloads: Send + Sync {
+    /// The workload process `pid` belongs to, if it is tagged.
+    fn workload_of(&self, pid: u32) -> Option<String>;
+    /// A process in each foreign network namespace the agent serves (tagged containers).
+    fn namespace_pids(&self) -> Vec<u32>;
+}
 
 type Response = hyper::Response<Full<Bytes>>;
 
@@ -74,7 +79,7 @@ struct Api {
     trusted: Option<TrustedHeader>,
     oidc: Option<OidcConfig>,
     base_url: String,
-    workload_of: WorkloadOf,
+    workloads: Arc<dyn Workloads>,
 }
 
 /// Binds `approvals.http.listen` (an error here stops the agent from starting) and serves it
@@ -83,7 +88,7 @@ pub async fn start(
     cfg: &HttpConfig,
     state_dir: &std::path::Path,
     approvals: Arc<Approvals>,
-    workload_of: WorkloadOf,
+    workloads: Arc<dyn Workloads>,
 ) -> anyhow::Result<()> {
     let tls = match (&cfg.cert, &cfg.key) {
         (Some(cert), Some(key)) => Some(
@@ -104,7 +109,7 @@ pub async fn start(
         trusted: cfg.trusted_header.clone(),
         oidc: cfg.oidc.clone(),
         base_url: cfg.base_url(),
-        workload_of,
+        workloads,
     });
     info!(listen = %cfg.listen, tls = tls.is_some(), approvers = %api.directory.path().display(), page = %api.base_url, "approvals HTTP API ready");
     if tls.is_none() && !cfg.listen.ip().is_loopback() {
@@ -334,24 +339,25 @@ impl Api {
         )
     }
 
-    /// Refuses a caller on this host that is a tagged workload, or that cannot be told from
-    /// one (fail closed), audited.
+    /// Refuses a caller on this host that is a tagged workload (in the agent's network
+    /// namespace or a tagged container's), or a local caller that cannot be told from one
+    /// (fail closed); audited.
     async fn not_a_workload(&self, ends: Ends, path: &str) -> Result<(), Refusal> {
-        if !peer::is_local(ends.peer, ends.local) {
-            return Ok(());
-        }
         let Ends { peer, local } = ends;
-        let pid = tokio::task::spawn_blocking(move || peer::pid_of(peer, local))
+        let namespaces = self.workloads.namespace_pids();
+        let pid = tokio::task::spawn_blocking(move || peer::pid_of(peer, local, &namespaces))
             .await
             .ok()
             .flatten();
-        let workload = pid.map(|p| (self.workload_of)(p));
-        let why = match (pid, workload) {
-            (Some(_), Some(None)) => return Ok(()),
-            (Some(pid), Some(Some(w))) => {
-                format!("pid {pid} is in workload {w}: a tagged workload may not use the approvals API")
-            }
-            _ => "the local process on the other end cannot be found: refused, as it might be a tagged workload".to_owned(),
+        let why = match pid {
+            Some(pid) => match self.workloads.workload_of(pid) {
+                None => return Ok(()),
+                Some(w) => format!(
+                    "pid {pid} is in workload {w}: a tagged workload may not use the approvals API"
+                ),
+            },
+            None if !peer::is_local(peer, local) => return Ok(()),
+            None => "the local process on the other end cannot be found: refused, as it might be a tagged workload".to_owned(),
         };
         self.approvals
             .recorder()

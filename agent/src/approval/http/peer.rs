@@ -1,9 +1,11 @@
-//! Which local process is on the other end of an HTTP connection: a tagged workload must never
-//! decide approvals (it could release its own held statements with a leaked token, or, behind
-//! a same-host SSO proxy, by sending the proxy's header itself). For a peer on this host the
-//! socket is found in `/proc/net/tcp{,6}` by its address pair, and its owner by the
-//! `socket:[inode]` link among `/proc/*/fd` (as `ss -p` does; approvals are rare, so the scan's
-//! cost does not matter). Remote peers are other hosts' processes and are not looked up.
+//! Which process of this host is on the other end of an HTTP connection: a tagged workload
+//! must never decide approvals (it could release its own held statements with a leaked token,
+//! or, behind a same-host SSO proxy, by sending the proxy's header itself). The client's socket
+//! is found by its address pair in `/proc/net/tcp{,6}` (the agent's network namespace) and in
+//! `/proc/PID/net/tcp{,6}` of a process in each namespace the agent serves (a tagged
+//! container's), and its owner by the `socket:[inode]` link among `/proc/*/fd`, as `ss -p`
+//! does (approvals are rare, so the scan's cost does not matter). A peer found nowhere is
+//! another host's.
 use std::net::{IpAddr, SocketAddr};
 
 /// Whether `peer` is a process of this host (in the agent's network namespace).
@@ -19,10 +21,13 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The pid owning the TCP socket at `peer` connected to `local`, if it can be found.
-pub fn pid_of(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
-    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
+/// The pid owning the TCP socket at `peer` connected to `local`, searched in the agent's
+/// namespace and in those of the processes `namespaces`, if it can be found.
+pub fn pid_of(peer: SocketAddr, local: SocketAddr, namespaces: &[u32]) -> Option<u32> {
+    let dirs = std::iter::once("/proc/net".to_owned())
+        .chain(namespaces.iter().map(|pid| format!("/proc/{pid}/net")));
+    let inode = dirs
+        .flat_map(|d| [format!("{d}/tcp"), format!("{d}/tcp6")])
         .filter_map(|f| std::fs::read_to_string(f).ok())
         .find_map(|table| inode_in(&table, peer, local))?;
     owner(inode)
@@ -90,10 +95,12 @@ mod tests {
         let (_server, peer) = listener.accept().unwrap();
         assert_eq!(peer, client.local_addr().unwrap());
         assert!(is_local(peer, local));
-        assert_eq!(pid_of(peer, local), Some(std::process::id()));
+        assert_eq!(pid_of(peer, local, &[]), Some(std::process::id()));
+        // Through another process's view of the (same) namespace.
+        assert_eq!(pid_of(peer, local, &[1]), Some(std::process::id()));
         // A socket nobody holds.
         let gone: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(pid_of(gone, local), None);
+        assert_eq!(pid_of(gone, local, &[]), None);
     }
 
     #[test]

@@ -4,6 +4,17 @@ use hyper::header::{HeaderMap, HeaderValue};
 
 use super::*;
 
+struct NoWorkloads;
+
+impl Workloads for NoWorkloads {
+    fn workload_of(&self, _: u32) -> Option<String> {
+        None
+    }
+    fn namespace_pids(&self) -> Vec<u32> {
+        vec![]
+    }
+}
+
 fn api(dir: &std::path::Path, trusted: Option<TrustedHeader>) -> Api {
     Api {
         approvals: Arc::new(Approvals::default()),
@@ -11,7 +22,7 @@ fn api(dir: &std::path::Path, trusted: Option<TrustedHeader>) -> Api {
         trusted,
         oidc: None,
         base_url: "https://pgw.example:9188".into(),
-        workload_of: Arc::new(|_| None),
+        workloads: Arc::new(NoWorkloads),
     }
 }
 
