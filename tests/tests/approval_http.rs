@@ -373,6 +373,22 @@ fn approve_deny_refuse_and_revoke_over_the_api() {
             .contains("pgw_forged")
     );
 
+    // A flood of bad tokens cannot flood the journal (and, through the free-space floor, stop
+    // the databases' work): past 20 a minute per peer they are counted, not recorded one by
+    // one (a summary record follows when the minute is over).
+    for _ in 0..30 {
+        let (code, _, _) = call(&w, "GET", "/api/v1/approvals", Some("pgw_flood"), None);
+        assert_eq!(code, 401);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let individual = w
+        .agent
+        .audit_lines()
+        .into_iter()
+        .filter(|r| r["rule"] == "approval.unauthenticated")
+        .count();
+    assert_eq!(individual, 20, "refusals recorded one by one");
+
     // bob is an approver, but not one this rule names: 403, audited; he sees the request but may not decide it.
     let (_, bobs, _) = call(&w, "GET", "/api/v1/approvals", Some(&w.bob), None);
     assert_eq!(bobs["pending"][0]["may_decide"], false);

@@ -154,6 +154,30 @@ impl Recorder {
         );
     }
 
+    /// Refused HTTP calls of a peer past the per-minute number recorded one by one: how many.
+    pub(super) fn refusals_suppressed(
+        &self,
+        peer: Option<String>,
+        kind: &str,
+        count: u64,
+        window: Duration,
+    ) {
+        warn!(peer = ?peer, kind, count, "approvals.http: refused calls past the per-minute record limit");
+        self.spawn(
+            Record::new(Event::ApprovalDenied)
+                .decision(Decision::Deny)
+                .rule("approval.refusals_suppressed")
+                .outcome(Outcome::Failure)
+                .error(format!(
+                    "{count} more refused calls within {}s had no record of their own",
+                    window.as_secs()
+                ))
+                .detail("caller_remote", peer)
+                .detail("of", kind.to_owned())
+                .detail("suppressed", count),
+        );
+    }
+
     /// A grant was closed before its time.
     pub(super) fn revoked(&self, g: &Grant, by: &Caller) {
         info!(grant = g.id, rule = %g.rule, workload = %g.workload, by = %by.name(), "grant revoked");

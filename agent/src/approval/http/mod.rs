@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 use super::approvers::Directory;
 use super::{Approvals, Auth, Caller, DecideError, HttpConfig, TrustedHeader};
 
+mod limit;
 mod oidc;
 mod peer;
 mod view;
@@ -80,6 +81,8 @@ struct Api {
     oidc: Option<OidcConfig>,
     base_url: String,
     workloads: Arc<dyn Workloads>,
+    /// Refusals recorded one by one per peer and minute; the rest summarised.
+    limiter: limit::Limiter,
 }
 
 /// Binds `approvals.http.listen` (an error here stops the agent from starting) and serves it
@@ -110,13 +113,31 @@ pub async fn start(
         oidc: cfg.oidc.clone(),
         base_url: cfg.base_url(),
         workloads,
+        limiter: limit::Limiter::default(),
     });
     info!(listen = %cfg.listen, tls = tls.is_some(), approvers = %api.directory.path().display(), page = %api.base_url, "approvals HTTP API ready");
     if tls.is_none() && !cfg.listen.ip().is_loopback() {
         warn!(listen = %cfg.listen, "approvals.http listens beyond loopback without TLS: tokens cross the network in clear; set cert and key");
     }
+    tokio::spawn(summarise_refusals(Arc::clone(&api)));
     tokio::spawn(accept_loop(listener, tls, api));
     Ok(())
+}
+
+/// Records, once a peer's minute is over, how many of its refusals had no record of their own.
+async fn summarise_refusals(api: Arc<Api>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        for s in api.limiter.roll(std::time::Instant::now()) {
+            api.approvals.recorder().refusals_suppressed(
+                s.peer.map(|p| p.to_string()),
+                s.kind,
+                s.count,
+                limit::WINDOW,
+            );
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, api: Arc<Api>) {
@@ -359,9 +380,15 @@ impl Api {
             None if !peer::is_local(peer, local) => return Ok(()),
             None => "the local process on the other end cannot be found: refused, as it might be a tagged workload".to_owned(),
         };
-        self.approvals
-            .recorder()
-            .workload_caller(&peer.to_string(), pid, path, &why);
+        if self.limiter.admit(
+            peer.ip(),
+            "approval.workload_caller",
+            std::time::Instant::now(),
+        ) {
+            self.approvals
+                .recorder()
+                .workload_caller(&peer.to_string(), pid, path, &why);
+        }
         Err(Refusal::new(StatusCode::FORBIDDEN, why))
     }
 
@@ -375,9 +402,15 @@ impl Api {
     ) -> Result<Caller, Refusal> {
         let remote = peer.to_string();
         let refuse = |why: &str| {
-            self.approvals
-                .recorder()
-                .unauthenticated(&remote, method.as_str(), path, why);
+            if self.limiter.admit(
+                peer.ip(),
+                "approval.unauthenticated",
+                std::time::Instant::now(),
+            ) {
+                self.approvals
+                    .recorder()
+                    .unauthenticated(&remote, method.as_str(), path, why);
+            }
             Refusal::new(StatusCode::UNAUTHORIZED, why)
         };
         if let Some(value) = headers.get(header::AUTHORIZATION) {

@@ -23,6 +23,7 @@ fn api(dir: &std::path::Path, trusted: Option<TrustedHeader>) -> Api {
         oidc: None,
         base_url: "https://pgw.example:9188".into(),
         workloads: Arc::new(NoWorkloads),
+        limiter: limit::Limiter::default(),
     }
 }
 
