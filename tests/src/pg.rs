@@ -163,6 +163,21 @@ impl PgServer {
         fs::read_to_string(self.log_path()).unwrap_or_else(|err| format!("(no log: {err})"))
     }
 
+    /// Creates the payments scenario's tables (`payments` with `rows` rows, each with the
+    /// same Luhn-valid test card number, and an empty `customers`).
+    ///
+    /// # Panics
+    ///
+    /// When psql fails.
+    #[track_caller]
+    pub fn seed_payments(&self, rows: u32) {
+        self.psql_direct(&format!(
+            "CREATE TABLE payments(id bigint primary key, card_number text, cardholder text, amount numeric, merchant text, created_at timestamptz);
+             CREATE TABLE customers(id bigint primary key, email text, name text);
+             INSERT INTO payments SELECT i, '4111111111111111', 'h', i, 'm', now() FROM generate_series(1, {rows}) i;"
+        ));
+    }
+
     /// Runs `sql` with psql straight to the server over 127.0.0.1 (not through pgwarden) and
     /// returns the unaligned, tuples-only output, trimmed.
     ///

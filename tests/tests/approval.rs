@@ -35,11 +35,7 @@ fn journal(w: &World) -> Vec<Value> {
 fn world_with(extra_yaml: &str) -> World {
     require_root();
     let pg = PgServer::start();
-    pg.psql_direct(
-        "CREATE TABLE payments(id bigint primary key, card_number text, cardholder text, amount numeric, merchant text, created_at timestamptz);
-         CREATE TABLE customers(id bigint primary key, email text, name text);
-         INSERT INTO payments SELECT i, '4111111111111111', 'h', i, 'm', now() FROM generate_series(1, 150) i;",
-    );
+    pg.seed_payments(150);
     let dir = tempfile::tempdir().unwrap();
     // The shipped policy, with a short timeout so the expiry case is quick.
     let policy = dir.path().join("pci.yaml");

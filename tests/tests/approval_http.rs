@@ -100,11 +100,7 @@ fn web() -> Web {
 fn web_on(remote: Option<&TestNetns>) -> Web {
     require_root();
     let pg = PgServer::start();
-    pg.psql_direct(
-        "CREATE TABLE payments(id bigint primary key, card_number text, cardholder text, amount numeric, merchant text, created_at timestamptz);
-         CREATE TABLE customers(id bigint primary key, email text, name text);
-         INSERT INTO payments SELECT i, '4111111111111111', 'h', i, 'm', now() FROM generate_series(1, 150) i;",
-    );
+    pg.seed_payments(150);
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("mask.key");
     std::fs::write(&key, b"approval-http-test-key-0123456789").unwrap();
@@ -184,6 +180,27 @@ fn id_token(w: &Web, user: &str, groups: &[&str], exp_in: i64) -> String {
     let claims = json!({"iss": "https://idp.test", "aud": "pgwarden", "sub": format!("id-{user}"),
         "preferred_username": user, "groups": groups, "iat": now, "exp": now + exp_in});
     jsonwebtoken::encode(&header, &claims, &w.idp).unwrap()
+}
+
+/// A tagged process (`curl` run by `cmd`) holding alice's valid token tries to release request
+/// `id`: 403, naming its workload.
+fn workload_is_refused(w: &Web, cmd: Command, id: u64) {
+    let (code, v, _) = curl(
+        w,
+        cmd,
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        Some(&w.alice),
+        Some(json!({})),
+    );
+    assert_eq!(code, 403, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("is in workload payments-mcp"),
+        "{v}"
+    );
 }
 
 /// One curl call to the API: (HTTP status, JSON body, response headers).
@@ -413,22 +430,7 @@ fn approve_deny_refuse_and_revoke_over_the_api() {
     assert_eq!(forbidden[0]["detail"]["caller_auth"], "token");
     // The workload itself, with a leaked token, may not release its own statement: a caller
     // on this host in a tagged cgroup is refused before its token is even looked at.
-    let (code, v, _) = curl(
-        &w,
-        in_cgroup(&w.cg.path, "curl"),
-        "POST",
-        &format!("/api/v1/approvals/{id}/approve"),
-        Some(&w.alice),
-        Some(json!({})),
-    );
-    assert_eq!(code, 403, "{v}");
-    assert!(
-        v["error"]
-            .as_str()
-            .unwrap()
-            .contains("is in workload payments-mcp"),
-        "{v}"
-    );
+    workload_is_refused(&w, in_cgroup(&w.cg.path, "curl"), id);
     let from_workload = w.records_where("the workload's own call in the journal", |r| {
         r["rule"] == "approval.workload_caller"
     });
@@ -620,22 +622,7 @@ fn a_browser_on_another_machine_approves_a_held_statement() {
 
     // A tagged process in a container (that same namespace, in the tagged cgroup) holding a
     // leaked token is refused: the agent finds its socket through the namespace it serves.
-    let (code, v, _) = curl(
-        &w,
-        ns.command_served(&w.cg, "curl"),
-        "POST",
-        &format!("/api/v1/approvals/{id}/approve"),
-        Some(&w.alice),
-        Some(json!({})),
-    );
-    assert_eq!(code, 403, "{v}");
-    assert!(
-        v["error"]
-            .as_str()
-            .unwrap()
-            .contains("is in workload payments-mcp"),
-        "{v}"
-    );
+    workload_is_refused(&w, ns.command_served(&w.cg, "curl"), id);
 
     let page = format!("https://{}:{}/#request-{id}", ns.host_ip, w.port);
     let shot = std::env::var_os("PGWARDEN_APPROVALS_SCREENSHOT").map_or_else(

@@ -29,10 +29,7 @@ fn world() -> World {
 fn world_with(policy: Option<&str>) -> World {
     require_root();
     let pg = PgServer::start_configured("log_statement = 'all'\n", None);
-    pg.psql_direct(
-        "CREATE TABLE payments(id bigint primary key, card_number text, cardholder text, amount numeric, merchant text, created_at timestamptz);
-         INSERT INTO payments SELECT i, '4111111111111111', 'h', i, 'm', now() FROM generate_series(1, 1500) i;",
-    );
+    pg.seed_payments(1500);
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("mask.key");
     std::fs::write(&key, b"read-limits-test-key-0123456789").unwrap();

@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub clients: Vec<u32>,
     /// Times each group of cells runs (interleaved); the median is reported.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 3)]
     pub rounds: u32,
     /// Tiny run (1 s cells, 1 client, simple mode, 10,000-row masking table, 50 idle
     /// connections) that writes to target/bench-smoke/ instead of BENCHMARKS.md.
