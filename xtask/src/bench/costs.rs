@@ -167,7 +167,7 @@ pub fn audit(rig: &mut Rig) -> Result<Box<dyn Section>> {
             1_000,
         ),
         (
-            "strict, written before forwarding, fsync every second",
+            "strict, written before forwarding, group fsync every 100 ms (the default)",
             &["--mode", "strict", "--fsync", "false"],
             1,
             5_000,

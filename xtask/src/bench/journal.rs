@@ -469,7 +469,7 @@ impl Section for Journal {
              What the journal costs on disk, from a real run: for each binary, one pgwarden agent \
              (the pci-dss agent's setup: derived policy, profile `reader`, masking) with a fresh \
              journal and `audit: {{mode: strict, fsync: true, journald: off, max_bytes: 1 GiB}}` \
-             (the installed durability; the journald mirror is off because it does not change \
+             (the opt-in durability; the default's group fsync writes the same bytes; the journald mirror is off because it does not change \
              the file; rotation is out of reach, so the journal is one file), and \
              `pgbench -n -S -M <mode> -c {c} -j {j} -t {t}` in a tagged cgroup for each mode \
              ({modes}), one after the other. *Journal bytes* is the whole journal read back after \
