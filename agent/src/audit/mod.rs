@@ -39,6 +39,7 @@ pub mod record;
 pub mod redact;
 pub mod sample;
 pub mod segments;
+pub mod stream;
 pub mod tail;
 pub mod time;
 pub mod verify;
