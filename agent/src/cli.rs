@@ -642,6 +642,12 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
                     _ => {}
                 }
             }
+            if let Some(r) = profile.record_results {
+                println!(
+                    "results:  the first {} rows of each result (at most {} bytes) are kept with its query.done record, with the rows sent and their SHA-256",
+                    r.rows, r.bytes
+                );
+            }
             println!("commands: {}", facts.commands.join(", "));
             let classes: Vec<&str> = facts.classes.iter().map(|c| c.name()).collect();
             println!("classes:  {}", classes.join(", "));

@@ -82,9 +82,29 @@ pub fn scrub_pans(text: &str) -> String {
 
 /// [`scrub_pans`] without allocating when there is nothing to scrub (the common case).
 pub fn scrub_pans_cow(text: &str) -> Cow<'_, str> {
-    let b = text.as_bytes();
+    match scrub_bytes(text.as_bytes()) {
+        // Only ASCII digits were replaced by an ASCII byte: still UTF-8.
+        Some(o) => Cow::Owned(
+            String::from_utf8(o)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        None => Cow::Borrowed(text),
+    }
+}
+
+/// [`scrub_pans_cow`] over bytes that need not be text (a binary value, text in another
+/// encoding): the same card numbers, found among ASCII digits, masked the same way.
+pub fn scrub_pans_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
+    match scrub_bytes(bytes) {
+        Some(o) => Cow::Owned(o),
+        None => Cow::Borrowed(bytes),
+    }
+}
+
+/// The scrubbed copy of `b`, `None` when nothing in it is a card number.
+fn scrub_bytes(b: &[u8]) -> Option<Vec<u8>> {
     if b.iter().filter(|c| c.is_ascii_digit()).take(13).count() < 13 {
-        return Cow::Borrowed(text);
+        return None;
     }
     let mut out: Option<Vec<u8>> = None;
     let mut i = 0;
@@ -135,14 +155,7 @@ pub fn scrub_pans_cow(text: &str) -> Cow<'_, str> {
         }
         i = j;
     }
-    match out {
-        // Only ASCII digits were replaced by an ASCII byte: still UTF-8.
-        Some(o) => Cow::Owned(
-            String::from_utf8(o)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        ),
-        None => Cow::Borrowed(text),
-    }
+    out
 }
 
 #[cfg(test)]
@@ -300,6 +313,28 @@ mod tests {
             "4111  1111 1111 1111", // double space: not one grouping
         ] {
             assert!(matches!(scrub_pans_cow(keep), Cow::Borrowed(_)), "{keep}");
+        }
+    }
+
+    #[test]
+    fn bytes_are_scrubbed_as_text_is() {
+        // Not UTF-8 around the digits: the same card number masked the same way.
+        let raw = b"\xff\xfe4111 1111 1111 1111\x00\x80";
+        let out = scrub_pans_bytes(raw);
+        assert_eq!(&out[..], b"\xff\xfe4111 11** **** 1111\x00\x80");
+        assert!(matches!(
+            scrub_pans_bytes(b"\x00\x01 12345"),
+            Cow::Borrowed(_)
+        ));
+        for text in [
+            "4111111111111111",
+            "no digits",
+            "ref 12 4111 1111 1111 1111",
+        ] {
+            assert_eq!(
+                scrub_pans_bytes(text.as_bytes()).as_ref(),
+                scrub_pans(text).as_bytes()
+            );
         }
     }
 

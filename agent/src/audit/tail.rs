@@ -1,6 +1,7 @@
 //! Reading the journal for people: `pgwarden audit tail` (filtered, one line per event or the
 //! stored JSON, following appends and rotation) and `pgwarden audit replay` (one session's
-//! statements in order, with offsets from its start).
+//! statements in order, with offsets from its start, and under each the result sample its
+//! profile's `record_results` kept, as a table).
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write};
@@ -8,6 +9,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::canon::result::{Sample, SampleSet};
 use super::record::{Decision, Event, Record, one_line};
 use super::segments;
 use super::time::parse_time;
@@ -513,11 +515,24 @@ pub fn replay(path: &Path, session: &str, out: &mut impl Write) -> io::Result<us
             Some(Decision::Allow | Decision::Mask) => allowed += 1,
             None => {}
         }
-        let w = what(r);
+        // What the workload saw (`record_results`) goes under the line, as a table.
+        let sample = Sample::of(&r.detail);
+        let w = if sample.is_some() {
+            let mut shown = r.clone();
+            shown.detail.remove("result");
+            what(&shown)
+        } else {
+            what(r)
+        };
         if !w.is_empty() {
             let _ = write!(line, "  {w}");
         }
         writeln!(out, "{line}")?;
+        if let Some(sample) = &sample {
+            for l in sample_lines(sample) {
+                writeln!(out, "      {l}")?;
+            }
+        }
     }
     writeln!(
         out,
@@ -525,6 +540,138 @@ pub fn replay(path: &Path, session: &str, out: &mut impl Write) -> io::Result<us
         recs.len()
     )?;
     Ok(recs.len())
+}
+
+/// The widest a value of a result sample is shown in `replay` (characters).
+const CELL_WIDTH: usize = 40;
+
+/// One value of a result sample, for a table cell: on one line, cut at [`CELL_WIDTH`].
+fn cell(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let text = match v {
+        Value::Null => "NULL".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Object(o) => match (o.get("hex"), o.get("withheld"), o.get("format")) {
+            (Some(h), _, Some(f)) if f == "binary" => format!("\\x{}", h.as_str().unwrap_or("")),
+            (Some(h), _, _) => format!("(not UTF-8) \\x{}", h.as_str().unwrap_or("")),
+            (None, Some(w), _) => format!("(withheld: {})", w.as_str().unwrap_or("?")),
+            _ => v.to_string(),
+        },
+        other => other.to_string(),
+    };
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() > CELL_WIDTH {
+        let mut cut: String = flat.chars().take(CELL_WIDTH - 1).collect();
+        cut.push('…');
+        cut
+    } else {
+        flat
+    }
+}
+
+/// A result set as an aligned table: the column names, a rule, the rows.
+fn table(set: &SampleSet) -> Vec<String> {
+    let header: Vec<String> = if set.copy {
+        vec!["COPY data".to_owned()]
+    } else {
+        set.columns
+            .iter()
+            .map(|c| cell(&serde_json::Value::String(c.clone())))
+            .collect()
+    };
+    let rows: Vec<Vec<String>> = set
+        .rows
+        .iter()
+        .map(|r| r.iter().map(cell).collect())
+        .collect();
+    let n = rows.iter().map(Vec::len).fold(header.len(), usize::max);
+    let width = |i: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(i))
+            .chain(header.get(i))
+            .map(|c| c.chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..n).map(width).collect();
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, w) in widths.iter().enumerate() {
+            if i > 0 {
+                s.push_str(" | ");
+            }
+            let c = cells.get(i).map_or("", String::as_str);
+            let _ = write!(s, "{c:<w$}");
+        }
+        s.trim_end().to_owned()
+    };
+    let mut out = vec![line(&header)];
+    out.push(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-"),
+    );
+    out.extend(rows.iter().map(|r| line(r)));
+    out
+}
+
+/// What a statement's result sent, as `replay` shows it: a table per result set, then how
+/// many rows were left out, the total and the digest.
+fn sample_lines(s: &Sample) -> Vec<String> {
+    let sets = s.result_sets();
+    let several = !s.sets.is_empty();
+    let mut out = Vec::new();
+    let mut accounted = 0u64;
+    for (i, set) in sets.iter().enumerate() {
+        out.extend(table(set));
+        let shown = set.rows.len() as u64;
+        accounted += set.total_rows;
+        let more = set.total_rows.saturating_sub(shown);
+        if more > 0 && (several || i + 1 < sets.len()) {
+            out.push(format!("… {more} more row{}", plural(more)));
+        } else if more > 0 {
+            out.push(format!("… {more} more row{} ({})", plural(more), totals(s)));
+            return with_truncation(out, s);
+        }
+    }
+    let rest = s.total_rows.saturating_sub(accounted);
+    if rest > 0 {
+        out.push(format!(
+            "… {rest} more row{} in later result sets",
+            plural(rest)
+        ));
+    }
+    out.push(format!("({})", totals(s)));
+    with_truncation(out, s)
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// `total 10, sha256 …`, or why the digest is not there.
+fn totals(s: &Sample) -> String {
+    match &s.sha256 {
+        Some(h) => format!("total {}, sha256 {h}", s.total_rows),
+        None => format!(
+            "total {}, sha256 withheld: {} value{} held card numbers the policy did not mask",
+            s.total_rows,
+            s.unmasked_pans,
+            plural(s.unmasked_pans)
+        ),
+    }
+}
+
+fn with_truncation(mut out: Vec<String>, s: &Sample) -> Vec<String> {
+    if s.truncated {
+        out.push("(the sample stopped at its byte cap)".to_owned());
+    }
+    out
 }
 
 #[cfg(test)]

@@ -171,8 +171,10 @@ impl Catalog {
 
 const TEXT_TYPES: [u32; 6] = [25, 1043, 1042, 19, 705, 114];
 const JSONB: u32 = 3802;
-const INT8: u32 = 20;
-const NUMERIC: u32 = 1700;
+/// The OID of `bigint` (`int8`).
+pub const INT8: u32 = 20;
+/// The OID of `numeric`.
+pub const NUMERIC: u32 = 1700;
 
 #[derive(Clone, Debug)]
 struct Planned {
@@ -492,7 +494,20 @@ fn text_after(frame: &Frame, skip: usize) -> Option<Bytes> {
     Some(b.freeze())
 }
 
-fn binary_number_digits(value: &[u8], type_oid: u32) -> Option<String> {
+/// Whether one value, as sent (text or binary format, of type `type_oid`), holds a card number
+/// by the content detector's rules: a PAN among its ASCII digits, or a binary `bigint` or
+/// `numeric` whose number is one. Reads only.
+pub fn holds_pan(value: &[u8], binary: bool, type_oid: u32) -> bool {
+    if binary && (type_oid == INT8 || type_oid == NUMERIC) {
+        return binary_number_digits(value, type_oid)
+            .is_some_and(|d| pan::first_pan(d.as_bytes()).is_some());
+    }
+    pan::first_pan(value).is_some()
+}
+
+/// The decimal digits of a binary `bigint` (`type_oid` [`INT8`]) or else `numeric` (the
+/// integer part, without sign); `None` for a value that does not decode.
+pub fn binary_number_digits(value: &[u8], type_oid: u32) -> Option<String> {
     if type_oid == INT8 {
         let v = i64::from_be_bytes(value.try_into().ok()?);
         return Some(v.unsigned_abs().to_string());

@@ -85,6 +85,8 @@ pub struct Profile {
     pub conditional: Vec<Conditional>,
     /// `writes.max_rows`: the most rows one write may change.
     pub write_limit: Option<u64>,
+    /// `record_results`: the first rows of each result kept with its `query.done` record.
+    pub record_results: Option<super::file::RecordResults>,
     /// Enforcement mode.
     pub mode: Mode,
     /// Handling of SQL that does not parse.
@@ -133,6 +135,7 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
         mask: std::sync::Arc::default(),
         conditional: Vec::new(),
         write_limit: None,
+        record_results: None,
     };
     let mut mask = crate::mask::MaskRules::default();
     // Parents first, children override.
@@ -162,6 +165,9 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
         p.unparsed = spec.unparsed.unwrap_or(p.unparsed);
         if let Some(w) = spec.writes {
             p.write_limit = w.max_rows;
+        }
+        if let Some(r) = spec.record_results {
+            p.record_results = r;
         }
         for r in &spec.rules {
             p.conditional.push(Conditional {

@@ -106,6 +106,73 @@ pub struct ProfileSpec {
     /// Limits on what a write may change, by effect (replaces the parent's when given).
     #[serde(default)]
     pub writes: Option<WritesSpec>,
+    /// Keep the first rows of each result, as sent, with the statement's `query.done` record
+    /// (replaces the parent's when given; `null` turns the parent's off). Off by default.
+    #[serde(default, deserialize_with = "given")]
+    pub record_results: Option<Option<RecordResults>>,
+}
+
+/// A key that is present, `null` or not: `Some(None)` for `null`, so a child profile can turn
+/// its parent's setting off (absent keys stay `None` through `#[serde(default)]`).
+fn given<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The most rows of a result `record_results` keeps per statement.
+pub const MAX_RECORDED_ROWS: u64 = 1000;
+
+/// The most bytes of a result `record_results` keeps per statement (1 MiB).
+pub const MAX_RECORDED_BYTES: u64 = 1 << 20;
+
+/// `record_results: {rows: 20, bytes: 8192}`: what the workload saw, kept in the journal. The
+/// first `rows` rows of each result, as sent (after masking), their JSON in the record taking
+/// at most `bytes` bytes, the column names, the number of rows sent and a SHA-256 of them.
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordResults {
+    /// Rows kept per statement, 1 to [`MAX_RECORDED_ROWS`] (default 20).
+    #[serde(default = "default_recorded_rows")]
+    pub rows: u64,
+    /// Bytes the kept rows (and their column names) take in the record, 1 to
+    /// [`MAX_RECORDED_BYTES`] (default 8192).
+    #[serde(default = "default_recorded_bytes")]
+    pub bytes: u64,
+}
+
+fn default_recorded_rows() -> u64 {
+    20
+}
+fn default_recorded_bytes() -> u64 {
+    8192
+}
+
+impl RecordResults {
+    /// Why these values cannot be used: the key at fault and the message.
+    pub fn invalid(&self) -> Option<(&'static str, String)> {
+        if !(1..=MAX_RECORDED_ROWS).contains(&self.rows) {
+            return Some((
+                "rows",
+                format!(
+                    "record_results.rows is {}: keep 1 to {MAX_RECORDED_ROWS} rows per statement (leave record_results out to keep none)",
+                    self.rows
+                ),
+            ));
+        }
+        if !(1..=MAX_RECORDED_BYTES).contains(&self.bytes) {
+            return Some((
+                "bytes",
+                format!(
+                    "record_results.bytes is {}: keep 1 to {MAX_RECORDED_BYTES} bytes (1 MiB) per statement",
+                    self.bytes
+                ),
+            ));
+        }
+        None
+    }
 }
 
 /// A profile's write limits as written.
@@ -374,6 +441,14 @@ impl PolicyFile {
                     }
                 }
             }
+            if let Some(Some(r)) = &p.record_results
+                && let Some((key, message)) = r.invalid()
+            {
+                return Err(Invalid::value(
+                    at(yaml_path!["record_results", key]),
+                    message,
+                ));
+            }
             for (i, c) in p.deny_columns.iter().enumerate() {
                 if c.split('.').count() != 3 {
                     return Err(Invalid::value(
@@ -474,10 +549,63 @@ mod tests {
                 "p.yaml:2:10: ",
                 "unsupported policy version 2",
             ),
+            (
+                "version: 1\nprofiles:\n  r:\n    record_results: {rows: 0}\n",
+                "p.yaml:4:28: ",
+                "record_results.rows is 0: keep 1 to 1000 rows per statement",
+            ),
+            (
+                "version: 1\nprofiles:\n  r:\n    record_results:\n      rows: 5000\n",
+                "p.yaml:5:13: ",
+                "record_results.rows is 5000: keep 1 to 1000 rows",
+            ),
+            (
+                "version: 1\nprofiles:\n  r:\n    record_results: {rows: 20, bytes: 2000000}\n",
+                "p.yaml:4:39: ",
+                "record_results.bytes is 2000000: keep 1 to 1048576 bytes (1 MiB)",
+            ),
+            (
+                "version: 1\nprofiles:\n  r:\n    record_results: {rows: 20, cells: 3}\n",
+                "p.yaml:",
+                "unknown field `cells`",
+            ),
         ] {
             let e = error_of(text);
             assert!(e.contains(at), "{text:?} gave {e}");
             assert!(e.contains(message), "{text:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn record_results_defaults_inherits_and_turns_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.yaml");
+        std::fs::write(
+            &p,
+            "version: 1\nprofiles:\n  base: {}\n  audited:\n    record_results: {rows: 3}\n  child:\n    extends: audited\n  quiet:\n    extends: audited\n    record_results: null\n  full:\n    record_results: {rows: 1000, bytes: 1048576}\n",
+        )
+        .unwrap();
+        let (f, hash) = load(&p).unwrap();
+        let of = |name: &str| {
+            crate::policy::decide::compile(&f, &hash, name)
+                .unwrap()
+                .record_results
+        };
+        assert_eq!(of("base"), None, "off unless a profile asks");
+        let three = Some(RecordResults {
+            rows: 3,
+            bytes: 8192,
+        });
+        assert_eq!(of("audited"), three, "bytes defaults to 8192");
+        assert_eq!(of("child"), three, "inherited");
+        assert_eq!(of("quiet"), None, "null turns the parent's off");
+        assert_eq!(
+            of("full"),
+            Some(RecordResults {
+                rows: MAX_RECORDED_ROWS,
+                bytes: MAX_RECORDED_BYTES
+            }),
+            "the maxima are allowed"
+        );
     }
 }

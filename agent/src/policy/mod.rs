@@ -18,6 +18,7 @@ pub use self::decision::{
     Context, Decision, Denied, SessionPolicy, Statement, StatementKind, Verdict, lexer_refusal,
     no_policy,
 };
+pub use self::file::RecordResults;
 use crate::config::{Config, ConfigError};
 use crate::mask::Catalog;
 

@@ -8,6 +8,7 @@ mod origin;
 pub mod recorder;
 pub mod registry;
 mod relay;
+pub mod results;
 pub mod state;
 
 use std::net::SocketAddr;

@@ -7,7 +7,8 @@
 //! The records say only what they add (record contract v2): the identity is in the
 //! session's `session.start`, referred to by `session_id` (and `workload`); a statement's
 //! `policy_hash` appears when it is not the one `session.start` names (after a reload);
-//! `query.done` carries the outcome, referring to its `query` by `detail.statement_no`.
+//! `query.done` carries the outcome, referring to its `query` by `detail.statement_no`, and
+//! under a profile's `record_results` what the workload saw (`detail.result`).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -192,8 +193,15 @@ impl Recorder {
         canon::statement_record(&self.fields, &f)
     }
 
-    /// The `query.done` record of a statement the server finished.
-    pub fn done(&self, f: &InFlight, elapsed: Duration, masked: Vec<MaskCount>) -> Prepared {
+    /// The `query.done` record of a statement the server finished; `result` is what the
+    /// workload saw (`detail.result`, under `record_results`).
+    pub fn done(
+        &self,
+        f: &InFlight,
+        elapsed: Duration,
+        masked: Vec<MaskCount>,
+        result: Option<&[u8]>,
+    ) -> Prepared {
         let masked: Vec<Masked> = masked
             .into_iter()
             .map(|m| Masked {
@@ -206,6 +214,7 @@ impl Recorder {
         fields.rows = Some(f.rows);
         fields.duration_us = Some(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
         fields.masked = &masked;
+        fields.result = result;
         if let Some(rule) = &f.undone_by {
             // A write that ran over its row limit: undone, and refused by this rule.
             fields.decision = Some(AuditDecision::Deny);

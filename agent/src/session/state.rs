@@ -59,6 +59,9 @@ pub struct ProtoState {
     streaming: bool,
     /// Extended-protocol messages were sent since the last Sync: the batch is open.
     batch_open: bool,
+    /// The profile's `record_results` under the batch's policy version: statements sent
+    /// now keep what their results send.
+    record_results: Option<crate::policy::RecordResults>,
 }
 
 impl ProtoState {
@@ -84,6 +87,45 @@ impl ProtoState {
             portal_cols: HashMap::new(),
             streaming: false,
             batch_open: false,
+            record_results: None,
+        }
+    }
+
+    /// The `record_results` of the policy version the statements sent from now on run under
+    /// (`None`: their results are not kept).
+    pub fn record_results(&mut self, r: Option<crate::policy::RecordResults>) {
+        self.record_results = r;
+    }
+
+    /// Whether the statement whose results stream now keeps them ([`Self::result_sent`]).
+    pub fn capturing(&self) -> bool {
+        self.inflight.front().is_some_and(|f| f.results.is_some())
+    }
+
+    /// A DataRow (`b'D'`) or CopyData (`b'd'`) of the streaming statement went to the client,
+    /// whole as sent.
+    pub fn result_sent(&mut self, tag: u8, message: &[u8]) {
+        if let Some(c) = self
+            .inflight
+            .front_mut()
+            .and_then(|f| f.results.as_deref_mut())
+        {
+            if tag == b'd' {
+                c.copy_data(message);
+            } else {
+                c.data_row(message);
+            }
+        }
+    }
+
+    /// The streaming statement's result set has these columns.
+    fn result_columns(&mut self, cols: &Arc<[Column]>) {
+        if let Some(c) = self
+            .inflight
+            .front_mut()
+            .and_then(|f| f.results.as_deref_mut())
+        {
+            c.columns(Arc::clone(cols));
         }
     }
 
@@ -454,6 +496,7 @@ impl ProtoState {
             // A simple query's (next) result set.
             _ => {
                 self.streaming = true;
+                self.result_columns(&cols);
                 ResultStart::Columns(cols)
             }
         }
@@ -465,6 +508,15 @@ impl ProtoState {
             return ResultStart::None;
         }
         self.streaming = true;
+        let cols = self.execute_columns();
+        if let ResultStart::Columns(c) = &cols {
+            self.result_columns(c);
+        }
+        cols
+    }
+
+    /// The columns of the Execute whose first row arrives.
+    fn execute_columns(&self) -> ResultStart {
         let Some(Pending::Execute(portal)) = self.pending.front() else {
             return ResultStart::None;
         };
@@ -633,6 +685,8 @@ pub struct InFlight {
     pub undone_by: Option<String>,
     /// The limits on the rows its results may send, and what was sent.
     pub reads: Option<Box<ReadWatch>>,
+    /// What its results sent, kept for its record (a profile with `record_results`).
+    pub results: Option<Box<crate::session::results::ResultCapture>>,
 }
 
 /// A statement's results counted against its read limits as they are sent.
@@ -690,6 +744,9 @@ impl ProtoState {
             query,
             undone_by: None,
             reads: None,
+            results: self
+                .record_results
+                .map(|r| Box::new(crate::session::results::ResultCapture::new(r))),
         });
     }
 

@@ -62,6 +62,52 @@ pub fn data_row(frame: &Frame) -> Result<Vec<Option<std::ops::Range<usize>>>, Wi
     Ok(out)
 }
 
+/// The values of a DataRow's body (`frame.body()`), in order, without allocating; `None` is
+/// SQL NULL. A body that does not decode ends the iteration early (what was read stands).
+pub fn data_row_values(body: &[u8]) -> DataRowValues<'_> {
+    let mut r = Reader::new(body);
+    let left = r.count16().unwrap_or(0);
+    DataRowValues { r, left }
+}
+
+/// The iterator of [`data_row_values`].
+pub struct DataRowValues<'a> {
+    r: Reader<'a>,
+    left: usize,
+}
+
+impl<'a> Iterator for DataRowValues<'a> {
+    type Item = Option<&'a [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let value = match self.r.i32() {
+            Ok(-1) => None,
+            Ok(len) => {
+                let Ok(len) = usize::try_from(len) else {
+                    self.left = 0;
+                    return None;
+                };
+                match self.r.bytes(len) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        self.left = 0;
+                        return None;
+                    }
+                }
+            }
+            Err(_) => {
+                self.left = 0;
+                return None;
+            }
+        };
+        Some(value)
+    }
+}
+
 /// The command tag of a CommandComplete ('C').
 pub fn command_complete(frame: &Frame) -> Result<&str, WireError> {
     Reader::new(frame.body()).cstr()
@@ -174,11 +220,18 @@ mod tests {
         let ranges = data_row(&f).unwrap();
         assert_eq!(&f.body()[ranges[0].clone().unwrap()], b"abc");
         assert_eq!(ranges[1], None);
+        let values: Vec<Option<&[u8]>> = data_row_values(f.body()).collect();
+        assert_eq!(values, [Some(&b"abc"[..]), None]);
         let f = encode::frame(b'D', |b| {
             b.extend_from_slice(&1i16.to_be_bytes());
             b.extend_from_slice(&30i32.to_be_bytes());
         });
         assert!(data_row(&f).is_err());
+        assert_eq!(
+            data_row_values(f.body()).count(),
+            0,
+            "stops where it cannot read"
+        );
     }
 
     #[test]

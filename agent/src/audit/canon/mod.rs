@@ -11,12 +11,14 @@
 //! (`query`, `query.done`, `query.denied`), which splices the session's fields serialized
 //! once ([`SessionFields`]) and the statement's serialized once per statement shape
 //! ([`statement_json`]) around the few fields that change ([`splice`]). A test holds the two
-//! to the same bytes.
+//! to the same bytes. A `query.done` may carry what the workload saw under `detail.result`
+//! ([`result`]: the sample of its rows, scrubbed, and their digest).
 //!
 //! The stored line is the sealed canonical form with `,"hash":"…"` before its closing brace:
 //! verification recomputes the canonical form from the parsed line, so the position of `hash`
 //! does not matter to it.
 pub mod json;
+pub mod result;
 pub mod splice;
 #[cfg(test)]
 mod tests;

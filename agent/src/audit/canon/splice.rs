@@ -79,6 +79,9 @@ pub struct StatementFields<'a> {
     pub duration_us: Option<u64>,
     /// Masked columns.
     pub masked: &'a [Masked],
+    /// `detail.result` of a `query.done`: what the workload saw, from
+    /// [`super::result::result_json`] (scrubbed there).
+    pub result: Option<&'a [u8]>,
 }
 
 impl<'a> StatementFields<'a> {
@@ -98,6 +101,7 @@ impl<'a> StatementFields<'a> {
             error: None,
             duration_us: None,
             masked: &[],
+            result: None,
         }
     }
 }
@@ -114,8 +118,13 @@ fn lower(o: Outcome) -> &'static str {
 /// (`prev_hash`), `rows`, `rule`, (`seq`), `session_id`, `sqlstate`, `statement`, `time`,
 /// `v`, `workload`.
 pub fn statement_record(s: &SessionFields, f: &StatementFields<'_>) -> Prepared {
-    let mut b =
-        Vec::with_capacity(s.mid.len() + s.tail.len() + f.statement.map_or(0, <[u8]>::len) + 256);
+    let mut b = Vec::with_capacity(
+        s.mid.len()
+            + s.tail.len()
+            + f.statement.map_or(0, <[u8]>::len)
+            + f.result.map_or(0, <[u8]>::len)
+            + 256,
+    );
     b.push(b'{');
     if let Some(d) = f.decision {
         push_key(&mut b, "decision");
@@ -123,7 +132,13 @@ pub fn statement_record(s: &SessionFields, f: &StatementFields<'_>) -> Prepared 
         b.push(b',');
     }
     push_key(&mut b, "detail");
-    b.extend_from_slice(b"{\"statement_no\":");
+    b.push(b'{');
+    if let Some(r) = f.result {
+        push_key(&mut b, "result");
+        b.extend_from_slice(r);
+        b.push(b',');
+    }
+    b.extend_from_slice(b"\"statement_no\":");
     push_u64(&mut b, f.statement_no);
     b.extend_from_slice(b"},");
     if let Some(d) = f.duration_us {

@@ -42,7 +42,56 @@ fn as_record(sid: &str, f: &StatementFields<'_>, statement: Option<&Statement>) 
     for m in f.masked {
         r = r.masked(m.column.clone(), m.method.clone(), m.count);
     }
+    if let Some(x) = f.result {
+        r = r.detail("result", serde_json::from_slice::<Value>(x).unwrap());
+    }
     r
+}
+
+/// A sample of rows of text values (and NULLs), as the session writes it.
+fn sample_of(columns: &[String], rows: &[Vec<Option<String>>], total: u64) -> Box<[u8]> {
+    use super::result::{ResultParts, SetParts, push_name, push_null, push_text};
+    let mut cols = b"[".to_vec();
+    for (i, c) in columns.iter().enumerate() {
+        if i > 0 {
+            cols.push(b',');
+        }
+        push_name(&mut cols, c);
+    }
+    cols.push(b']');
+    let mut out = b"[".to_vec();
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        for (j, v) in row.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            match v {
+                Some(v) => {
+                    push_text(&mut out, v.as_bytes());
+                }
+                None => push_null(&mut out),
+            }
+        }
+        out.push(b']');
+    }
+    out.push(b']');
+    super::result::result_json(&ResultParts {
+        sets: &[SetParts {
+            columns: &cols,
+            rows: &out,
+            total_rows: total,
+            copy: false,
+        }],
+        several: false,
+        total_rows: total,
+        sha256: Some("39890ba7400e45b26667b78d00b5d8a680d31c35a710eed12199bffb7ac924f0"),
+        truncated: total > 3,
+        unmasked_pans: 0,
+    })
 }
 
 proptest! {
@@ -63,6 +112,11 @@ proptest! {
         masked in proptest::collection::vec(("[a-z_.]{1,20}", "[a-z()0-9,]{1,10}", any::<u64>()), 0..3),
         with_statement in any::<bool>(),
         seq in 1u64..u64::MAX,
+        result in proptest::option::of((
+            proptest::collection::vec("[a-z_ \"é]{0,8}", 1..4),
+            proptest::collection::vec(proptest::collection::vec(proptest::option::of("[ -~\n\té]{0,12}"), 3), 0..4),
+            0u64..10,
+        )),
     ) {
         let time = UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs());
         let session = SessionFields::new("006b0677d5000001", "payments-mcp");
@@ -81,6 +135,14 @@ proptest! {
         f.error = error.as_deref();
         f.duration_us = duration;
         f.masked = &masked;
+        // A card number in a value the policy did not mask: scrubbed on both paths.
+        let result = result.map(|(columns, mut rows, extra)| {
+            if let Some(r) = rows.first_mut() {
+                r[0] = Some("paid 4111 1111 1111 1111".into());
+            }
+            sample_of(&columns, &rows, rows.len() as u64 + extra)
+        });
+        f.result = (event == Event::QueryDone).then_some(result.as_deref()).flatten();
         let fast = statement_record(&session, &f);
         let generic = Prepared::from_record(&as_record("006b0677d5000001", &f, with_statement.then_some(&st)));
         prop_assert_eq!(String::from_utf8_lossy(fast.bytes()), String::from_utf8_lossy(generic.bytes()));
@@ -92,7 +154,75 @@ proptest! {
         prop_assert_eq!(v["v"].as_u64(), Some(RECORD_VERSION));
         prop_assert_eq!(v["hash"].as_str(), Some(sealed.hash.as_str()));
         prop_assert!(!String::from_utf8_lossy(&sealed.line).contains("4111111111111111"));
+        prop_assert!(!String::from_utf8_lossy(&sealed.line).contains("4111 1111 1111 1111"));
     }
+}
+
+/// Golden: a `query.done` carrying what the workload saw (`detail.result`): its exact canonical
+/// bytes and hash. The hash was computed apart from pgwarden (Python's `json.dumps(...,
+/// sort_keys=True, separators=(',', ':'), ensure_ascii=False)` of the parsed line without
+/// `hash`, and `hashlib.sha256`). The card number in `notes` was not masked by the policy and
+/// is scrubbed by the journal.
+#[test]
+fn golden_query_done_with_a_result() {
+    let session = SessionFields::new("00000000000000ab", "payments-mcp");
+    let columns = [
+        "id".to_owned(),
+        "card_number".to_owned(),
+        "notes".to_owned(),
+    ];
+    let rows = vec![
+        vec![
+            Some("1".to_owned()),
+            Some("411111******1111".to_owned()),
+            Some("paid with 4111 1111 1111 1111".to_owned()),
+        ],
+        vec![
+            Some("2".to_owned()),
+            Some("411111******1111".to_owned()),
+            None,
+        ],
+    ];
+    let result = sample_of(&columns, &rows, 10);
+    let masked = [Masked {
+        column: "public.payments.card_number".into(),
+        method: "pan".into(),
+        count: 10,
+    }];
+    let mut f = StatementFields::new(
+        Event::QueryDone,
+        UNIX_EPOCH + Duration::from_micros(1_795_582_835_123_456),
+        3,
+    );
+    f.rows = Some(10);
+    f.outcome = Some(Outcome::Success);
+    f.duration_us = Some(1260);
+    f.masked = &masked;
+    f.result = Some(&result);
+    let p = statement_record(&session, &f);
+    let sealed = p.seal(7, GENESIS_HASH);
+    let line = String::from_utf8(sealed.line.clone()).unwrap();
+    assert_eq!(
+        line,
+        concat!(
+            r#"{"detail":{"result":{"columns":["id","card_number","notes"],"rows":[["1","411111******1111","#,
+            r#""paid with 4111 11** **** 1111"],["2","411111******1111",null]],"#,
+            r#""sha256":"39890ba7400e45b26667b78d00b5d8a680d31c35a710eed12199bffb7ac924f0","#,
+            r#""total_rows":10,"truncated":true},"statement_no":3},"duration_us":1260,"event":"query.done","#,
+            r#""masked":[{"column":"public.payments.card_number","count":10,"method":"pan"}],"#,
+            r#""outcome":"success","prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","#,
+            r#""rows":10,"seq":7,"session_id":"00000000000000ab","time":"2026-11-25T05:00:35.123456Z","#,
+            r#""v":2,"workload":"payments-mcp","hash":"GOLDEN"}"#,
+            "\n"
+        )
+        .replace("GOLDEN", &sealed.hash)
+    );
+    assert_eq!(
+        sealed.hash,
+        "30dec2dd7cc6cf0f23f0adf1d72f9ef3d0493045484987ed49a6bdf5fe4386af"
+    );
+    let v: Value = serde_json::from_slice(&sealed.line).unwrap();
+    assert_eq!(hash_value(&v), sealed.hash);
 }
 
 #[test]

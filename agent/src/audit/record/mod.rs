@@ -19,7 +19,9 @@ use crate::identity::Identity;
 
 /// The record contract's version, in every record's `v`: 2 since the session's identity is
 /// in its `session.start` only (records without `v` are version 1). The hash covers every
-/// field either way, so journals of both verify alike.
+/// field either way, so journals of both verify alike. What a reader may ignore keeps the
+/// version: a `detail` key such as `query.done`'s `result` (what the workload saw, under a
+/// profile's `record_results`; [`super::canon::result`]).
 pub const RECORD_VERSION: u64 = 2;
 
 /// `prev_hash` of the first record ever written to a journal.
@@ -271,22 +273,24 @@ impl Record {
 
     /// Replaces card numbers in every free-text field (statement text, error, startup
     /// parameters, string values of `detail`) by their masked form. The journal calls it on
-    /// every record before hashing, whatever the caller did.
+    /// every record before hashing, whatever the caller did. In `detail.result` (what the
+    /// workload saw) every string is scrubbed but the digest: a value shaped like a hash is
+    /// data there, and may hide a card number.
     pub fn scrub_pans(&mut self) {
         fn scrub(s: &mut String) {
             if let std::borrow::Cow::Owned(o) = crate::audit::redact::scrub_pans_cow(s) {
                 *s = o;
             }
         }
-        fn scrub_value(v: &mut Value) {
+        fn scrub_value(v: &mut Value, hashes: bool) {
             match v {
                 // A chain hash (`last_hash` of a gap, a checkpoint's anchor) is not free text:
                 // about one SHA-256 in a hundred has a Luhn-valid run of 13+ digits, and
                 // masking it would break the link it records.
-                Value::String(s) if is_hash(s) => {}
+                Value::String(s) if hashes && is_hash(s) => {}
                 Value::String(s) => scrub(s),
-                Value::Array(a) => a.iter_mut().for_each(scrub_value),
-                Value::Object(o) => o.values_mut().for_each(scrub_value),
+                Value::Array(a) => a.iter_mut().for_each(|x| scrub_value(x, hashes)),
+                Value::Object(o) => o.values_mut().for_each(|x| scrub_value(x, hashes)),
                 _ => {}
             }
         }
@@ -304,7 +308,16 @@ impl Record {
                 scrub(s);
             }
         }
-        self.detail.values_mut().for_each(scrub_value);
+        for (k, v) in &mut self.detail {
+            match (k.as_str(), v) {
+                ("result", Value::Object(result)) => {
+                    for (_, v) in result.iter_mut().filter(|(k, _)| *k != "sha256") {
+                        scrub_value(v, false);
+                    }
+                }
+                (_, v) => scrub_value(v, true),
+            }
+        }
     }
 
     /// The hash this record must carry: SHA-256 of its canonical form without `hash`.

@@ -107,6 +107,90 @@ fn replay_lists_a_session_in_order_with_offsets() {
 }
 
 #[test]
+fn replay_shows_what_the_workload_saw_as_a_table() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let c = crate::audit::fixtures::config(dir.path());
+    let j = Journal::open(&c).unwrap();
+    let sid = "5a00000000000077";
+    let long = "x".repeat(100);
+    let digest = "39890ba7400e45b26667b78d00b5d8a680d31c35a710eed12199bffb7ac924f0";
+    for r in [
+        Record::new(Event::SessionStart).session(sid).workload("w"),
+        Record::new(Event::Query)
+            .session(sid)
+            .workload("w")
+            .decision(Decision::Mask)
+            .statement(super::super::record::Statement::from_sql(
+                "SELECT id, card_number, notes FROM payments",
+                false,
+            ))
+            .detail("statement_no", 1),
+        Record::new(Event::QueryDone)
+            .session(sid)
+            .workload("w")
+            .rows(10)
+            .detail("statement_no", 1)
+            .detail(
+                "result",
+                json!({"columns": ["id", "card_number", "notes"],
+                       "rows": [["1", "411111******1111", "paid with 4111 1111 1111 1111"],
+                                ["22", "411111******1111", null],
+                                ["3", {"format": "binary", "hex": "00ff"}, long]],
+                       "sha256": digest, "total_rows": 10, "truncated": false}),
+            ),
+        // Several result sets, a withheld digest, a cut sample.
+        Record::new(Event::QueryDone)
+            .session(sid)
+            .workload("w")
+            .detail("statement_no", 2)
+            .detail(
+                "result",
+                json!({"sets": [{"columns": ["a"], "rows": [["x"]], "total_rows": 1},
+                                {"columns": ["b"], "rows": [["y"]], "total_rows": 4}],
+                       "total_rows": 7, "truncated": true, "unmasked_pans": 2}),
+            ),
+    ] {
+        j.append_blocking(r).unwrap();
+    }
+    let mut out = Vec::new();
+    replay(&c.path, sid, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("id |"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cut = format!("{}…", "x".repeat(39));
+    assert_eq!(
+        &lines[at..at + 6],
+        [
+            "      id | card_number      | notes".to_owned(),
+            "      ---+------------------+-----------------------------------------".to_owned(),
+            "      1  | 411111******1111 | paid with 4111 11** **** 1111".to_owned(),
+            "      22 | 411111******1111 | NULL".to_owned(),
+            format!("      3  | \\x00ff           | {cut}"),
+            format!("      … 7 more rows (total 10, sha256 {digest})"),
+        ],
+        "{text}"
+    );
+    // The record's line says the rest, without the sample in it.
+    assert!(lines[at - 1].contains("query.done"), "{text}");
+    assert!(lines[at - 1].contains(r#"{"statement_no":1}"#), "{text}");
+    assert!(!text.contains("\"rows\""), "{text}");
+    assert!(!text.contains("4111 1111 1111 1111"), "{text}");
+    for want in [
+        "      a\n      -\n      x\n",
+        "      b\n      -\n      y\n      … 3 more rows\n",
+        "      … 2 more rows in later result sets\n",
+        "      (total 7, sha256 withheld: 2 values held card numbers the policy did not mask)\n",
+        "      (the sample stopped at its byte cap)\n",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+}
+
+#[test]
 fn since_accepts_times_dates_and_spans() {
     let now = parse_time("2026-11-25T05:00:00Z").unwrap();
     assert_eq!(parse_since("15m", now).unwrap(), now - 900_000_000);

@@ -83,7 +83,10 @@ pub(super) async fn run(
                     drop(w);
                     let simple = ctx.state().front_inflight().is_none_or(|f| f.query);
                     match reads::wait(ctx, i).await {
-                        reads::Ruling::Go => out.push(row),
+                        reads::Ruling::Go => {
+                            sent(ctx, &row);
+                            out.push(row);
+                        }
                         reads::Ruling::Cut(error) => {
                             cut = Some(Cut {
                                 error: Some(error),
@@ -159,11 +162,11 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
     }
     match frame.tag {
         b'D' => {
-            // One look at the session state: the result's columns, and the row's count
-            // against the statement's read limits.
-            let (start, step) = {
+            // One look at the session state: the result's columns, the row's count against
+            // the statement's read limits, and whether its record keeps what it sends.
+            let (start, step, capturing) = {
                 let mut st = ctx.state();
-                (st.data_row(), reads::row(ctx, &mut st))
+                (st.data_row(), reads::row(ctx, &mut st), st.capturing())
             };
             if let ResultStart::Columns(cols) = start {
                 ctx.masking().result_columns(&cols);
@@ -172,13 +175,23 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
             if let reads::RowStep::Wait(i) = step {
                 return Err(Stop::Wait(i, row));
             }
+            if capturing {
+                ctx.state().result_sent(b'D', &row);
+            }
             out.push(row);
         }
         b'd' => {
             // COPY TO STDOUT: each CopyData is a row, counted like a DataRow.
             let data = ctx.masking().copy_data(&frame).unwrap_or(frame.bytes);
-            if let reads::RowStep::Wait(i) = reads::row(ctx, &mut ctx.state()) {
+            let (step, capturing) = {
+                let mut st = ctx.state();
+                (reads::row(ctx, &mut st), st.capturing())
+            };
+            if let reads::RowStep::Wait(i) = step {
                 return Err(Stop::Wait(i, data));
+            }
+            if capturing {
+                ctx.state().result_sent(b'd', &data);
             }
             out.push(data);
         }
@@ -282,6 +295,15 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
     Ok(())
 }
 
+/// A row that waited at a read limit goes to the client after all: its statement's record
+/// keeps it, when it keeps what the result sends.
+fn sent(ctx: &Ctx<'_>, row: &Bytes) {
+    let mut st = ctx.state();
+    if st.capturing() {
+        st.result_sent(row[0], row);
+    }
+}
+
 /// A reply to pgwarden's own catalog query: kept from the client; at its ReadyForQuery the
 /// masks change, before any later result is read.
 fn own_reply(ctx: &Ctx<'_>, frame: &Frame) -> Result<(), Stop> {
@@ -333,8 +355,8 @@ fn finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
     record_finished(ctx, done);
 }
 
-/// `query.done` records: rows, outcome, duration and what was masked. Written without
-/// holding up the result stream.
+/// `query.done` records: rows, outcome, duration, what was masked, and what the workload saw
+/// (under `record_results`). Written without holding up the result stream.
 pub(super) fn record_finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
     for f in done {
         let elapsed = f.started.elapsed();
@@ -343,9 +365,13 @@ pub(super) fn record_finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
         let total: u64 = masked.iter().map(|m| m.count).sum();
         ctx.env.metrics.masked(&ctx.meta.workload.0, total);
         if ctx.recorder.enabled() {
-            ctx.recorder
-                .journal()
-                .submit_prepared(ctx.recorder.done(&f, elapsed, masked));
+            let result = f.results.as_ref().and_then(|r| r.finish());
+            ctx.recorder.journal().submit_prepared(ctx.recorder.done(
+                &f,
+                elapsed,
+                masked,
+                result.as_deref(),
+            ));
         }
     }
 }

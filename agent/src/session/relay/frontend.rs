@@ -186,14 +186,29 @@ async fn commit(ctx: &Ctx<'_>, out: &mut [Bytes], items: &mut Vec<AuditItem>) {
 ///
 /// In a failed transaction (the server's last ReadyForQuery said `E`) the catalog query would
 /// fail, and nothing but transaction control runs there anyway: the session stays on its
-/// version, decisions and masks together, until the transaction ends.
+/// version, decisions and masks together, until the transaction ends. The version's
+/// `record_results` goes with it (what its statements keep of their results).
 fn follow_policy(ctx: &Ctx<'_>, out: &mut Vec<Bytes>) {
-    if ctx.state().txn_status == b'E' {
-        return;
-    }
     let latest = ctx.env.policy.current();
+    let profile = latest
+        .workloads
+        .get(&ctx.meta.workload.0)
+        .map(|c| &c.profile);
+    {
+        let mut st = ctx.state();
+        if st.txn_status == b'E' {
+            return;
+        }
+        // What the statements of this batch keep of their results, by the same version.
+        st.record_results(
+            profile
+                .and_then(|p| p.record_results)
+                .filter(|_| ctx.recorder.enabled()),
+        );
+    }
+    let rules = profile.map(|p| Arc::clone(&p.mask));
     *lock(&ctx.pin) = Arc::clone(&latest);
-    let change = ctx.masking().follow(&latest, ctx.mask_rules(&latest));
+    let change = ctx.masking().follow(&latest, rules);
     if let Some(change) = change {
         out.push(encode::query(&change.query));
         // Queued before the server can answer: its reply is read only after this batch goes.

@@ -393,6 +393,13 @@ fn verdict(ctx: &Ctx<'_>, g: &mut Guard, out: &mut Vec<Bytes>) {
         for f in &mut g.finished {
             f.error = Some(("42501".into(), message.clone()));
             f.undone_by = Some(g.limit.rule.clone());
+            // Its rows were held, and the client gets the refusal instead (a read guarded
+            // for the functions it calls streamed its rows: those were seen).
+            if g.limit.hold_results
+                && let Some(r) = &mut f.results
+            {
+                r.unsent();
+            }
             if let Some(n) = rows {
                 f.rows = *n;
             }

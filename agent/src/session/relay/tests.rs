@@ -139,6 +139,12 @@ async fn fake_server(mut s: UnixStream, log: Arc<Mutex<Vec<String>>>) {
                     out.put_slice(&row_description("card_number", CARD_OID, CARD_ATTNUM));
                     out.put_slice(&data_row(&[PAN]));
                     out.put_slice(&complete("SELECT 1"));
+                } else if sql.contains("notes") {
+                    // A column no rule masks, holding a card number.
+                    out.put_slice(&row_description_n(&["notes"]));
+                    out.put_slice(&data_row(&["paid 4111 1111 1111 1111"]));
+                    out.put_slice(&data_row(&["nothing"]));
+                    out.put_slice(&complete("SELECT 2"));
                 } else if sql == "ROLLBACK" {
                     out.put_slice(&complete("ROLLBACK"));
                 } else {
@@ -447,4 +453,51 @@ async fn a_reload_during_a_failed_transaction_applies_once_it_ends() {
         events(&records, "session.end")[0]["outcome"] == "success",
         "{records:?}"
     );
+}
+
+/// What the workload saw (`record_results`), through the real relay: the rows as the client
+/// got them (masked), with the SHA-256 of the DataRow messages it read; a card number no rule
+/// masks reaches the client but not the journal (scrubbed, digest withheld); the option
+/// follows a reload into the open session, and without it a statement keeps nothing.
+#[tokio::test]
+async fn record_results_keeps_what_the_client_got() {
+    use sha2::{Digest as _, Sha256};
+    let masked = format!(
+        "{BASE_POLICY}    mask:\n      columns:\n        public.payments.card_number: pan\n"
+    );
+    let mut h = Harness::start(&masked).await;
+    let before = h.query("SELECT card_number FROM payments").await;
+    assert!(!text(&before).contains(PAN));
+    h.reload(&format!("{masked}    record_results: {{rows: 5}}\n"));
+    let got = h.query("SELECT card_number FROM payments").await;
+    let notes = h.query("SELECT notes FROM payments").await;
+    assert!(
+        text(&notes).contains("4111 1111 1111 1111"),
+        "no rule masks it"
+    );
+    let records = h.finish().await;
+    let done = events(&records, "query.done");
+    assert_eq!(done.len(), 3, "{records:?}");
+    assert!(done[0]["detail"].get("result").is_none(), "{}", done[0]);
+    let r = &done[1]["detail"]["result"];
+    assert_eq!(r["columns"], serde_json::json!(["card_number"]), "{r}");
+    assert_eq!(r["rows"], serde_json::json!([["411111******1111"]]), "{r}");
+    assert_eq!(r["total_rows"], 1);
+    let mut received = Vec::new();
+    for (tag, body) in got.iter().filter(|(t, _)| *t == b'D') {
+        received.push(*tag);
+        received.extend_from_slice(&i32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        received.extend_from_slice(body);
+    }
+    assert_eq!(r["sha256"], hex::encode(Sha256::digest(&received)), "{r}");
+    let n = &done[2]["detail"]["result"];
+    assert_eq!(
+        n["rows"],
+        serde_json::json!([["paid 4111 11** **** 1111"], ["nothing"]]),
+        "{n}"
+    );
+    assert_eq!(n["unmasked_pans"], 1, "{n}");
+    assert!(n.get("sha256").is_none(), "{n}");
+    let journal = serde_json::to_string(&records).unwrap();
+    assert!(!journal.contains(PAN) && !journal.contains("4111 1111 1111 1111"));
 }
