@@ -26,12 +26,14 @@
 //! sealing in [`canon`]; record times in [`time`]; statement text and card-number scrubbing in
 //! [`redact`]; the writer (group commit, recovery, rotation, checkpoints) in [`writer`]; the
 //! mirror in [`journald`]; the chain checks in [`verify`]; `pgwarden audit
-//! tail|replay|verify|write-sample` in [`tail`], [`cmd`] and [`sample`]; the settings in
+//! tail|replay|verify|write-sample` in [`tail`], [`cmd`] and [`sample`]; records as OCSF
+//! events and RFC 5424 syslog messages for a SIEM in [`export`]; the settings in
 //! [`config`]. The layer depends on nothing above it: the agent's configuration re-exports
 //! [`AuditConfig`], and the CLI hands [`cmd::run`] a reader for `--config`.
 pub mod canon;
 pub mod cmd;
 pub mod config;
+pub mod export;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod journald;
