@@ -22,7 +22,7 @@ pub struct Item {
     pub record: Record,
 }
 
-/// What [`Stream::next`] found.
+/// What [`Stream::read`] found.
 #[derive(Debug)]
 pub enum Next {
     /// The next record (`seq` is one more than the last one handed out, unless a
@@ -102,7 +102,7 @@ impl Stream {
     /// # Errors
     /// A file of the journal that exists but cannot be read (permissions, a corrupt
     /// compressed file).
-    pub fn next(&mut self) -> io::Result<Next> {
+    pub fn read(&mut self) -> io::Result<Next> {
         if let Some(item) = self.stashed.take() {
             self.after = item.record.seq;
             return Ok(Next::Record(item));
@@ -213,7 +213,12 @@ impl Stream {
                     return Ok(Some(src));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", seg.path.display()))),
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", seg.path.display()),
+                    ));
+                }
             }
         }
         Ok(None)

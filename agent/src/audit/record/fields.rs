@@ -70,6 +70,10 @@ pub enum Event {
     /// and, under `missing`, their seq range and the last hash.
     #[serde(rename = "audit.retention")]
     AuditRetention,
+    /// A forwarding target (`audit.forward`) stopped accepting records or accepted them again;
+    /// `detail` names the target, its state, the error and the seqs still to deliver.
+    #[serde(rename = "audit.forward")]
+    AuditForward,
     /// An event this version does not know (read side only; never written).
     #[serde(other, skip_serializing)]
     Unknown,
@@ -77,7 +81,7 @@ pub enum Event {
 
 impl Event {
     /// Every event this version writes, in the contract's order.
-    pub const ALL: [Event; 18] = [
+    pub const ALL: [Event; 19] = [
         Event::AgentStart,
         Event::AgentStop,
         Event::SessionStart,
@@ -96,6 +100,7 @@ impl Event {
         Event::AuditCheckpoint,
         Event::AuditReopen,
         Event::AuditRetention,
+        Event::AuditForward,
     ];
 
     /// The name as stored, e.g. `query.denied`.
@@ -119,6 +124,7 @@ impl Event {
             Event::AuditCheckpoint => "audit.checkpoint",
             Event::AuditReopen => "audit.reopen",
             Event::AuditRetention => "audit.retention",
+            Event::AuditForward => "audit.forward",
             Event::Unknown => "unknown",
         }
     }

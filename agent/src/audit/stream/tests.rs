@@ -17,7 +17,7 @@ fn lines(seqs: std::ops::RangeInclusive<u64>) -> String {
 fn drain(s: &mut Stream) -> Vec<String> {
     let mut out = Vec::new();
     loop {
-        match s.next().unwrap() {
+        match s.read().unwrap() {
             Next::Record(i) => out.push(i.record.seq.to_string()),
             Next::Context(i) => out.push(format!("c{}", i.record.seq)),
             Next::Missing { first, last } => out.push(format!("missing {first}-{last}")),
