@@ -1,6 +1,7 @@
 //! The agent's few raw system calls, each behind a safe function: the bpf(2) commands that
 //! aya 0.14 does not expose (loading a program with a caller-built instruction stream and an
-//! attach type aya does not know, creating and pinning its link) and `getsockopt(SO_COOKIE)`.
+//! attach type aya does not know, creating and pinning its link), `getsockopt(SO_COOKIE)` and
+//! the `SIOCOUTQ` ioctl.
 //! It is its own crate because the rest of the workspace forbids `unsafe`.
 use std::ffi::CString;
 use std::io;
@@ -194,6 +195,21 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
 /// The socket cookie of `sock` (`SO_COOKIE`): the id the kernel programs key records by.
 pub fn socket_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
     u64_option(sock, libc::SO_COOKIE)
+}
+
+/// Bytes `sock` (a TCP socket) has sent but the peer has not acknowledged, plus those not
+/// sent yet (`SIOCOUTQ`): 0 once the peer's kernel has everything written so far. The audit
+/// forwarder waits for it before it counts a syslog batch as delivered.
+pub fn send_queue_len(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    // SIOCOUTQ is TIOCOUTQ: linux/sockios.h.
+    const SIOCOUTQ: libc::c_ulong = 0x5411;
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which points at `n`.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCOUTQ, &raw mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// The cookie of the network namespace `sock` lives in (`SO_NETNS_COOKIE`, Linux 5.14).

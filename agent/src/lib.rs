@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dest;
+pub mod forward;
 pub mod identity;
 pub mod mask;
 pub mod metrics;

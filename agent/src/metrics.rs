@@ -125,7 +125,37 @@ struct WorkloadLabels {
     workload: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
 type U64Gauge = Gauge<u64, AtomicU64>;
+
+/// Where the snapshot has one of a forwarding target's gauges.
+type ForwardField = fn(&crate::status::Forward) -> u64;
+
+/// The forwarding targets' gauges: `pgwarden_audit_forward_<name>{target}`.
+const FORWARD: [(&str, &str, ForwardField); 4] = [
+    (
+        "lag",
+        "Records written but not yet acknowledged by the collector",
+        |f| f.lag,
+    ),
+    (
+        "delivered_seq",
+        "Last seq the collector acknowledged",
+        |f| f.delivered_seq,
+    ),
+    (
+        "failing",
+        "1 while the collector does not take records",
+        |f| u64::from(f.state == "failing"),
+    ),
+    ("failures", "Failed delivery attempts since start", |f| {
+        f.failures
+    }),
+];
 
 /// The gauges set from the snapshot at each scrape.
 #[derive(Default)]
@@ -134,6 +164,7 @@ struct Gauges {
     approvals_pending: U64Gauge,
     grants_open: U64Gauge,
     audit: [U64Gauge; AUDIT.len()],
+    forward: [Family<TargetLabels, U64Gauge>; FORWARD.len()],
 }
 
 impl Gauges {
@@ -144,6 +175,15 @@ impl Gauges {
         self.grants_open.set(n(s.approvals.grants.len()));
         for (g, (_, _, read)) in self.audit.iter().zip(AUDIT) {
             g.set(read(&s.audit));
+        }
+        for (family, (_, _, read)) in self.forward.iter().zip(FORWARD) {
+            for f in &s.audit.forward {
+                family
+                    .get_or_create(&TargetLabels {
+                        target: f.name.clone(),
+                    })
+                    .set(read(f));
+            }
         }
     }
 }
@@ -226,6 +266,9 @@ impl Default for Metrics {
         );
         for (g, (name, help, _)) in gauges.audit.iter().zip(AUDIT) {
             r.register(format!("pgwarden_audit_{name}"), help, g.clone());
+        }
+        for (g, (name, help, _)) in gauges.forward.iter().zip(FORWARD) {
+            r.register(format!("pgwarden_audit_forward_{name}"), help, g.clone());
         }
         r.register_with_unit(
             "pgwarden_statement",

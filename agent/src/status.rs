@@ -397,6 +397,37 @@ pub struct Audit {
     /// Free bytes on the journal's file system when last looked at.
     #[serde(default)]
     pub free_bytes: u64,
+    /// The collectors records are forwarded to (`audit.forward`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward: Vec<Forward>,
+}
+
+/// One `audit.forward` target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// Its name.
+    pub name: String,
+    /// `syslog` or `http`.
+    pub kind: String,
+    /// Address or URL.
+    pub destination: String,
+    /// `rfc5424`, `ocsf` or `jsonl`.
+    pub format: String,
+    /// Last seq the collector acknowledged.
+    pub delivered_seq: u64,
+    /// Records written but not acknowledged yet (`last_seq` − `delivered_seq`).
+    pub lag: u64,
+    /// `ok` or `failing`.
+    pub state: String,
+    /// Why it fails, while it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Records acknowledged since the agent started.
+    pub sent: u64,
+    /// Failed attempts since the agent started.
+    pub failures: u64,
+    /// Records it reached that no journal file held any more.
+    pub missing: u64,
 }
 
 /// How durable an audit append is.

@@ -163,6 +163,27 @@ pub fn connector(cfg: &UpstreamConfig) -> Result<Option<tokio_rustls::TlsConnect
     Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
 }
 
+/// A client configuration toward an audit collector: its certificate must chain to `ca`;
+/// `client` is the certificate and key to present, for collectors that authenticate senders.
+pub fn collector_config(
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::BadCa(ca.to_owned(), e))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match client {
+        Some((cert, key_file)) => builder.with_client_auth_cert(certs(cert)?, key(key_file)?)?,
+        None => builder.with_no_client_auth(),
+    })
+}
+
 /// The name to verify the server against: the configured one, else its address.
 pub fn server_name(
     cfg: &UpstreamConfig,

@@ -1,4 +1,5 @@
-//! `pgwarden audit …`: `tail`, `replay`, `verify`, and the hidden `write-sample` test aid.
+//! `pgwarden audit …`: `tail`, `export`, `replay`, `verify`, and the hidden `write-sample`
+//! test aid.
 //! The journal is found with `--file`, else the `audit.path` of `--config`, else the default
 //! `/var/log/pgwarden/audit.jsonl`. Reading `--config` is the caller's ([`LoadConfig`]): the
 //! audit layer knows its own section, not the whole file.
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Subcommand;
 
+use super::export::{Exporter, Format, Options};
+use super::stream::{Next, Stream};
 use super::tail::{self, Filter, Style, TailOptions};
 use super::{AuditConfig, AuditError, AuditMode, Journal, JournaldMirror, sample, verify};
 
@@ -57,6 +60,31 @@ pub enum AuditCommand {
     Replay {
         /// Session id (16 hex digits, as `pgwarden status` shows it).
         session: String,
+        /// The journal file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Configuration file giving `audit.path`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print records in a SIEM's format (OCSF, RFC 5424) or as stored, oldest first; `-f`
+    /// keeps printing new ones. Records no journal file holds any more are reported on
+    /// stderr with their seq range.
+    Export {
+        /// `ocsf` (OCSF 6005 Datastore Activity, one JSON object per line), `rfc5424` (one
+        /// syslog message per line) or `jsonl` (the stored lines).
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+        /// From this seq (a number), or not before this time (RFC 3339, a date, or a span
+        /// ago: 15m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Follow appends (and rotation).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// RFC 5424's structured-data enterprise number (default 32473, for examples).
+        #[arg(long)]
+        enterprise_id: Option<u32>,
         /// The journal file.
         #[arg(long)]
         file: Option<PathBuf>,
@@ -133,6 +161,63 @@ pub enum AuditCommand {
     },
 }
 
+/// Where `audit export` starts.
+#[derive(Clone, Copy, Debug)]
+enum Since {
+    /// At this seq.
+    Seq(u64),
+    /// At the first record not before this time (µs since the epoch).
+    Time(i64),
+}
+
+/// `audit export`: the records from `since` in `format`, one per line.
+fn export(
+    path: &Path,
+    format: Format,
+    options: Options,
+    since: Since,
+    follow: bool,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let after = match since {
+        Since::Seq(s) => s - 1,
+        Since::Time(_) => 0,
+    };
+    let mut stream = Stream::with_context(path, after);
+    let mut exporter = Exporter::new(format, options);
+    let mut started = matches!(since, Since::Seq(_));
+    loop {
+        match stream.read()? {
+            Next::Record(i) => {
+                if !started {
+                    let Since::Time(t) = since else {
+                        unreachable!()
+                    };
+                    started = super::time::parse_time(&i.record.time).is_some_and(|r| r >= t);
+                    if !started {
+                        exporter.learn(&i.record);
+                        continue;
+                    }
+                }
+                let line = exporter.encode(&i.line, &i.record);
+                if writeln!(out, "{line}").is_err() {
+                    return Ok(());
+                }
+            }
+            Next::Context(i) => exporter.learn(&i.record),
+            Next::Missing { first, last } => eprintln!(
+                "pgwarden audit export: records {first}..={last} are in none of the journal's files"
+            ),
+            Next::Pending => {
+                if out.flush().is_err() || !follow {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+}
+
 fn audit_config(load: LoadConfig<'_>, config: Option<&PathBuf>) -> anyhow::Result<AuditConfig> {
     Ok(match config {
         Some(c) => load(c)?,
@@ -193,6 +278,34 @@ pub async fn run(cmd: AuditCommand, load: LoadConfig<'_>) -> anyhow::Result<()> 
                 let stdout = std::io::stdout();
                 let mut out = stdout.lock();
                 tail::tail(&opts, &mut out)
+            })
+            .await??;
+            Ok(())
+        }
+        AuditCommand::Export {
+            format,
+            since,
+            follow,
+            enterprise_id,
+            file,
+            config,
+        } => {
+            let path = journal_path(load, file, config.as_ref())?;
+            let since = match since {
+                None => Since::Seq(1),
+                Some(s) => match s.parse::<u64>() {
+                    Ok(seq) => Since::Seq(seq.max(1)),
+                    Err(_) => Since::Time(tail::parse_since(&s, super::time::now_micros())?),
+                },
+            };
+            let mut options = Options::default();
+            if let Some(n) = enterprise_id {
+                options.enterprise_id = n;
+            }
+            tokio::task::spawn_blocking(move || {
+                let stdout = std::io::stdout();
+                let mut out = stdout.lock();
+                export(&path, format, options, since, follow, &mut out)
             })
             .await??;
             Ok(())

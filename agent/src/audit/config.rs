@@ -1,6 +1,7 @@
 //! The audit journal's settings, the `audit:` section of the agent's configuration: where the
 //! journal is, how durable an append is, rotation, compression, retention, the free-space
-//! floor, where the chain's head is kept, checkpoints and the journald mirror.
+//! floor, where the chain's head is kept, checkpoints, the journald mirror and the collectors
+//! records are forwarded to.
 //!
 //! The audit layer owns them so that it depends on nothing above it; the configuration file's
 //! schema (`config.rs`) re-exports them.
@@ -174,6 +175,9 @@ pub struct AuditConfig {
     pub checkpoint_seconds: u64,
     /// Keep statement literals (card numbers still scrubbed); default: `$n` placeholders.
     pub keep_literals: bool,
+    /// Collectors every record is forwarded to, each from its own persistent cursor
+    /// (default: none; see [`super::targets`]).
+    pub forward: Vec<super::targets::ForwardTarget>,
 }
 
 impl AuditConfig {
@@ -213,6 +217,7 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             checkpoint_seconds: 300,
             keep_literals: false,
+            forward: Vec::new(),
         }
     }
 }

@@ -33,6 +33,7 @@
 pub mod canon;
 pub mod cmd;
 pub mod config;
+pub mod cursor;
 pub mod export;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -43,6 +44,7 @@ pub mod sample;
 pub mod segments;
 pub mod stream;
 pub mod tail;
+pub mod targets;
 pub mod time;
 pub mod verify;
 pub mod writer;

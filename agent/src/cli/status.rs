@@ -81,6 +81,25 @@ fn write_status(out: &mut String, s: &Status) -> std::fmt::Result {
             writeln!(out, "  {:<20} {:<24} {}", b.workload, b.rule, b.used)?;
         }
     }
+    if !s.audit.forward.is_empty() {
+        writeln!(out, "audit forwarding (last seq {}):", s.audit.last_seq)?;
+        for f in &s.audit.forward {
+            writeln!(
+                out,
+                "  {:<16} {:<8} {:<40} delivered {} lag {} {}{}",
+                f.name,
+                f.format,
+                f.destination,
+                f.delivered_seq,
+                f.lag,
+                f.state,
+                f.last_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -213,6 +213,9 @@ impl Config {
                 "audit.max_bytes must be at least 4096",
             ));
         }
+        if let Err(e) = crate::audit::targets::check(&self.audit.forward) {
+            return Err(Invalid::key(yaml_path!["audit", "forward"], e.to_string()));
+        }
         if let Some(http) = &self.approvals.http
             && let Err((key, message)) = http.validate()
         {

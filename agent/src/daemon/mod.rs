@@ -57,6 +57,8 @@ pub struct Shared {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Set when the drain time is over: live sessions are closed with 57P01.
     terminating: tokio::sync::watch::Sender<bool>,
+    /// The `audit.forward` targets' threads (taken when the agent stops).
+    pub forwarders: Mutex<Option<crate::forward::Forwarders>>,
 }
 
 /// The listeners of one foreign network namespace, for as long as a tagged process is in it.
@@ -206,6 +208,13 @@ pub async fn run(
     // The journal before anything is attached: no access without its record.
     let journal = crate::audit::Journal::open(&config.audit)
         .with_context(|| format!("opening the audit journal {}", config.audit.path.display()))?;
+    // Forwarding reads the journal back from each target's cursor: started with it, so the
+    // agent's own first records go out too; a target that cannot be set up stops the start.
+    let forwarders = crate::forward::Forwarders::start(
+        &config.audit.forward,
+        &journal,
+        &config.audit.state_dir,
+    )?;
     let cgroup_root = cgroup::cgroup2_root()?;
     info!(cgroup2 = %cgroup_root.display(), "cgroup2 hierarchy found");
 
@@ -320,6 +329,7 @@ pub async fn run(
         namespaces: Mutex::new(BTreeMap::new()),
         serving_namespaces: tokio::sync::Mutex::new(()),
         started: now.as_secs(),
+        forwarders: Mutex::new(Some(forwarders)),
     });
 
     // Bound before anything is redirected: a listener that cannot open stops the start.
@@ -493,6 +503,15 @@ async fn stop(shared: &Shared) {
                 .detail("sessions_closed", left),
         )
         .await;
+    // The last records (agent.stop among them) to the collectors, for a moment.
+    let forwarders = shared
+        .forwarders
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(f) = forwarders {
+        let _ = tokio::task::spawn_blocking(move || f.stop(Duration::from_secs(3))).await;
+    }
     shared.env.journal.close();
     info!("pgwarden stopped; its programs stay attached (pgwarden detach removes them)");
 }

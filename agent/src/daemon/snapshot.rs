@@ -112,7 +112,7 @@ pub(super) fn status(shared: &Shared) -> Status {
         sessions: shared.env.registry.list().iter().map(session).collect(),
         approvals: approvals(&shared.env.approvals),
         budgets: shared.env.budgets.uses(),
-        audit: audit(&shared.env.journal.status()),
+        audit: audit(&shared.env.journal.status(), &forwarding(shared)),
         policy: status::Policy {
             version: policy.version,
             files: policy
@@ -248,7 +248,39 @@ fn grant(g: &approval::Grant) -> status::Grant {
     }
 }
 
-fn audit(s: &AuditStatus) -> status::Audit {
+/// The forwarding targets' state.
+fn forwarding(shared: &Shared) -> Vec<crate::forward::TargetStatus> {
+    shared
+        .forwarders
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .map(crate::forward::Forwarders::status)
+        .unwrap_or_default()
+}
+
+fn forward(t: &crate::forward::TargetStatus, last_seq: u64) -> status::Forward {
+    status::Forward {
+        name: t.name.clone(),
+        kind: t.kind.to_owned(),
+        destination: t.destination.clone(),
+        format: match t.format {
+            crate::audit::export::Format::Jsonl => "jsonl",
+            crate::audit::export::Format::Ocsf => "ocsf",
+            crate::audit::export::Format::Rfc5424 => "rfc5424",
+        }
+        .to_owned(),
+        delivered_seq: t.delivered_seq,
+        lag: last_seq.saturating_sub(t.delivered_seq),
+        state: if t.failing { "failing" } else { "ok" }.to_owned(),
+        last_error: t.last_error.clone(),
+        sent: t.sent,
+        failures: t.failures,
+        missing: t.missing,
+    }
+}
+
+fn audit(s: &AuditStatus, targets: &[crate::forward::TargetStatus]) -> status::Audit {
     status::Audit {
         path: s.path.clone(),
         mode: match s.mode {
@@ -278,6 +310,7 @@ fn audit(s: &AuditStatus) -> status::Audit {
         retention_records: s.retention_records,
         last_retention: s.last_retention.clone(),
         free_bytes: s.free_bytes,
+        forward: targets.iter().map(|t| forward(t, s.last_seq)).collect(),
     }
 }
 

@@ -102,6 +102,9 @@ impl Signal {
 pub(super) struct Settings {
     pub(super) compress: bool,
     pub(super) retention: RetentionConfig,
+    /// The cursor files of the `audit.forward` targets: retention deletes no record a
+    /// target has not delivered yet (a missing or unreadable cursor holds everything).
+    pub(super) forward_cursors: Vec<std::path::PathBuf>,
 }
 
 /// Runs passes until stopped.
@@ -152,8 +155,24 @@ pub(super) fn pass(s: &Shared, signal: &Signal) {
     }
     remove_strays(path);
     if settings.retention.limited() && !signal.stopped() {
-        retain(s, &settings.retention);
+        retain(s, &settings.retention, &settings.forward_cursors);
     }
+}
+
+/// The last seq retention may delete: every forwarding target's cursor (`u64::MAX` when
+/// there is no target), and the cursor that holds it back.
+fn forwarded_through(cursors: &[std::path::PathBuf]) -> (u64, Option<&std::path::Path>) {
+    let mut through = (u64::MAX, None);
+    for c in cursors {
+        let seq = match super::super::cursor::load(c) {
+            Ok(Some(cur)) => cur.seq,
+            Ok(None) | Err(_) => 0,
+        };
+        if seq < through.0 {
+            through = (seq, Some(c.as_path()));
+        }
+    }
+    through
 }
 
 /// `PATH.n` (older versions' names) renamed by the seq range each holds.
@@ -248,7 +267,7 @@ struct Kept {
 }
 
 /// Deletes the oldest rotated files beyond the limits, each batch after its record.
-fn retain(s: &Shared, limits: &RetentionConfig) {
+fn retain(s: &Shared, limits: &RetentionConfig, cursors: &[std::path::PathBuf]) {
     let mut kept: Vec<Kept> = segments::rotated(&s.path)
         .into_iter()
         .filter_map(|seg| {
@@ -289,6 +308,16 @@ fn retain(s: &Shared, limits: &RetentionConfig) {
         }
         total -= k.bytes;
         victims.push(kept.remove(0));
+    }
+    let (through, holder) = forwarded_through(cursors);
+    if let Some(held) = victims.iter().position(|v| v.last > through) {
+        warn!(
+            "audit retention: {} rotated file(s) from seq {} are kept past the limits until              the forwarding target of {} has delivered them (it is at seq {through})",
+            victims.len() - held,
+            victims[held].first,
+            holder.map_or_else(String::new, |p| p.display().to_string()),
+        );
+        victims.truncate(held);
     }
     let (Some(oldest), Some(newest)) = (victims.first(), victims.last()) else {
         return;

@@ -160,6 +160,11 @@ impl Journal {
         let signal = Arc::new(Signal::new(archive::Settings {
             compress: cfg.compress,
             retention: cfg.retention(),
+            forward_cursors: cfg
+                .forward
+                .iter()
+                .map(|t| super::cursor::path(&cfg.state_dir, &t.name))
+                .collect(),
         }));
         let mut writer = Writer {
             _lock: journal_lock,

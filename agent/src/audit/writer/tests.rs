@@ -200,6 +200,68 @@ fn a_lazy_record_left_alone_is_written_without_a_close() {
 }
 
 #[test]
+fn retention_keeps_what_a_forwarding_target_has_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = AuditConfig {
+        max_bytes: 4096,
+        ..cfg(dir.path())
+    };
+    c.retention.max_files = 1;
+    c.forward =
+        serde_yaml_ng::from_str("- {name: siem, http: {url: 'http://127.0.0.1:9/'}}").unwrap();
+    let cursor = crate::audit::cursor::path(&c.state_dir, "siem");
+    crate::audit::cursor::save(
+        &cursor,
+        &crate::audit::cursor::Cursor {
+            seq: 12,
+            hash: String::new(),
+        },
+    )
+    .unwrap();
+    let j = Journal::open(&c).unwrap();
+    for i in 0..60 {
+        j.append_blocking(sample_record(i, "w", false)).unwrap();
+    }
+    j.archive();
+    // Only files wholly at or before the cursor went; everything after seq 12 is kept, past
+    // max_files.
+    let rotated = crate::audit::segments::rotated(&c.path);
+    assert!(rotated.len() > 1, "{rotated:?}");
+    let first_kept = chain_files(&c)
+        .iter()
+        .flat_map(|p| lines(p))
+        .map(|r| r["seq"].as_u64().unwrap())
+        .min()
+        .unwrap();
+    assert!(
+        first_kept <= 13,
+        "records after the cursor were deleted: first kept {first_kept}"
+    );
+    // Delivered through 50: retention catches up.
+    crate::audit::cursor::save(
+        &cursor,
+        &crate::audit::cursor::Cursor {
+            seq: 50,
+            hash: String::new(),
+        },
+    )
+    .unwrap();
+    j.append_blocking(sample_record(60, "w", false)).unwrap();
+    j.archive();
+    let first_now = chain_files(&c)
+        .iter()
+        .flat_map(|p| lines(p))
+        .map(|r| r["seq"].as_u64().unwrap())
+        .min()
+        .unwrap();
+    assert!(
+        first_now > first_kept && first_now <= 51,
+        "{first_kept} -> {first_now}"
+    );
+    j.close();
+}
+
+#[test]
 fn retention_deletes_the_oldest_files_only_after_saying_so() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = AuditConfig {

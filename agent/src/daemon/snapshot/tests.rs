@@ -168,6 +168,6 @@ fn audit_writes_what_the_journal_writes() {
             last_retention: Some("seq 1..=9".into()),
             free_bytes: 10,
         };
-        assert_eq!(json(&super::audit(&s)), json(&s));
+        assert_eq!(json(&super::audit(&s, &[])), json(&s));
     }
 }
