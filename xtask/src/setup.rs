@@ -41,6 +41,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "chromium",
     "chromium-driver",
     "curl",
+    // The audit forwarder's tests: a real syslog collector, over TCP and TLS (RFC 5425).
+    "rsyslog",
+    "rsyslog-openssl",
 ];
 
 /// Debian packages for the node `pg` client, wanted only when the program is not on PATH: a
