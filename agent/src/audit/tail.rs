@@ -247,10 +247,18 @@ fn what(rec: &Record) -> String {
     } else if let Some(e) = &rec.error {
         parts.push(one_line(e, 120));
     } else if !rec.detail.is_empty() {
-        parts.push(one_line(
-            &serde_json::Value::Object(rec.detail.clone()).to_string(),
-            120,
-        ));
+        // A result sample is a table for `replay`, not a line: here only its size.
+        let mut detail = rec.detail.clone();
+        if let Some(result) = detail.remove("result") {
+            let kept = result["rows"].as_array().map_or(0, Vec::len);
+            parts.push(format!("result sample: {kept} row(s)"));
+        }
+        if !detail.is_empty() {
+            parts.push(one_line(
+                &serde_json::Value::Object(detail).to_string(),
+                120,
+            ));
+        }
     }
     parts.join(" ")
 }
