@@ -46,7 +46,7 @@ pub use demo::{DEMO_WORKLOAD, DemoConfig, demo_file, demo_seed_sql};
 pub use files::{journal_bytes, journal_files};
 pub use journald::{JOURNAL_SOCKET, Journald, journald_listening};
 pub use mcp::{MCP_PROTOCOL_VERSION, McpServer, Reply, RpcError, tool_text};
-pub use net::free_port;
+pub use net::{free_port, read_http_request};
 pub use netns::TestNetns;
 pub use pan::{card_numbers_in, luhn_valid};
 pub use pg::{HbaAuth, PG_SERVER_NAME, PgOptions};

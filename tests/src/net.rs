@@ -1,7 +1,8 @@
 //! Free loopback ports for servers the tests start, checked on both 127.0.0.1 and [::1] because
-//! PostgreSQL and the agent listen on both.
+//! PostgreSQL and the agent listen on both; and reading one HTTP/1.1 request, for the small
+//! receivers that stand in for a webhook or a collector.
 
-use std::io::ErrorKind;
+use std::io::{BufRead, ErrorKind};
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 
 /// A TCP port free on 127.0.0.1 and on [::1] right now (hosts without IPv6 loopback only need
@@ -26,6 +27,25 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no TCP port free on both 127.0.0.1 and [::1] after 100 tries");
+}
+
+/// One HTTP/1.1 request from `reader`: its head (request line and headers, as sent) and its
+/// body (`Content-Length` bytes).
+pub fn read_http_request(reader: &mut impl BufRead) -> (String, Vec<u8>) {
+    let (mut length, mut head) = (0usize, String::new());
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        head.push_str(&line);
+    }
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    (head, body)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! the HTTPS API (curl) and from the page in a real headless Chromium (chromedriver, WebDriver).
 //! The client's own output is the ground truth of what was released; the journal must name
 //! every approver, how they authenticated and from where, and every refused caller.
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufReader, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,18 +44,7 @@ fn webhook_receiver() -> (u16, mpsc::Receiver<String>) {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
+            let (_, body) = pgwarden_e2e::read_http_request(&mut reader);
             let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");

@@ -4,7 +4,7 @@
 //! kill -9 lose nothing. The ground truth is the journal file itself: every seq it holds must
 //! arrive, each exactly as stored (same chain hash), and no card number in any of it.
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufReader, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use pgwarden_e2e::{
     Agent, PgServer, Rsyslog, TestCgroup, card_numbers_in, free_port, policy_path, psql_session,
-    require_root, run_output, unique_name, wait_for,
+    read_http_request, require_root, run_output, unique_name, wait_for,
 };
 use serde_json::Value;
 
@@ -307,19 +307,7 @@ impl Collector {
                 }
                 let Ok(mut conn) = conn else { continue };
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let (mut length, mut head) = (0usize, String::new());
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    head.push_str(&line);
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
+                let (head, body) = read_http_request(&mut reader);
                 requests.lock().unwrap().push(head);
                 if failing.load(Ordering::SeqCst) > 0 {
                     failing.fetch_sub(1, Ordering::SeqCst);
