@@ -29,6 +29,14 @@ fn snapshot() -> Status {
     });
     s.audit.last_seq = 12;
     s.audit.queue_depth = 2;
+    s.audit.forward.push(status::Forward {
+        name: "siem".into(),
+        delivered_seq: 7,
+        lag: 5,
+        state: "failing".into(),
+        failures: 3,
+        ..status::Forward::default()
+    });
     s.counters = [("redirected".to_owned(), 1), ("unix_refused".to_owned(), 4)].into();
     s
 }
@@ -65,6 +73,10 @@ fn every_metric_keeps_its_name() {
         "pgwarden_audit_write_errors 0",
         "pgwarden_audit_journald_errors 0",
         "pgwarden_audit_dropped 0",
+        "pgwarden_audit_forward_lag{target=\"siem\"} 5",
+        "pgwarden_audit_forward_delivered_seq{target=\"siem\"} 7",
+        "pgwarden_audit_forward_failing{target=\"siem\"} 1",
+        "pgwarden_audit_forward_failures{target=\"siem\"} 3",
         "# TYPE pgwarden_statement_seconds histogram",
         "pgwarden_statement_seconds_bucket{le=\"0.0001\"} 1",
         "pgwarden_statement_seconds_bucket{le=\"0.0025\"} 2",
