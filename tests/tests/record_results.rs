@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgwarden_e2e::{TestCgroup, require_root, run_output, unique_name, world_with_config};
+use pgwarden_e2e::{
+    TestCgroup, luhn_valid as luhn, require_root, run_output, unique_name, world_with_config,
+};
 use serde_json::Value;
 
 const POLICY: &str = "version: 1
@@ -34,25 +36,6 @@ profiles:
 
 /// A card number the policy does not mask: it is in `notes`.
 const NOTES_PAN: &str = "5500 0000 0000 0004";
-
-fn luhn(digits: &[u8]) -> bool {
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, d)| {
-            let mut v = u32::from(d - b'0');
-            if i % 2 == 1 {
-                v *= 2;
-                if v > 9 {
-                    v -= 9;
-                }
-            }
-            v
-        })
-        .sum();
-    sum.is_multiple_of(10)
-}
 
 fn luhn_complete(body: &str) -> String {
     (0..10)
