@@ -126,7 +126,43 @@ impl fmt::Display for Destination {
     }
 }
 
+impl Destination {
+    /// Whether `addr` is one of this entry's addresses on its port (an IPv4-mapped IPv6
+    /// address counts as its IPv4 address).
+    pub fn covers(&self, addr: SocketAddr) -> bool {
+        self.nets.iter().any(|n| n.covers(addr))
+    }
+
+    /// Whether this entry covers every address of a port (`*:PORT`).
+    pub fn is_wildcard(&self) -> bool {
+        self.nets.iter().any(|n| n.prefix == 0)
+    }
+}
+
 impl Net {
+    /// Whether `addr` is in this network, on its port.
+    pub fn covers(&self, addr: SocketAddr) -> bool {
+        if addr.port() != self.port {
+            return false;
+        }
+        let ip = match addr.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> (u128, u32) {
+            match a {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((have, width), (want, want_width)) = (bits(ip), bits(self.addr));
+        if width != want_width {
+            return false;
+        }
+        let prefix = u32::from(self.prefix);
+        prefix == 0 || (have ^ want) >> (width - prefix) == 0
+    }
+
     /// The kernel LPM key for this net: prefix length and data.
     pub fn lpm_key(&self) -> (u32, DestKey) {
         let (addr, bits) = match self.addr {
@@ -149,6 +185,23 @@ impl Net {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covers_addresses_of_its_nets_on_its_port() {
+        let d = Destination::parse("10.1.0.0/16:5432").unwrap();
+        assert!(d.covers("10.1.2.3:5432".parse().unwrap()));
+        assert!(d.covers("[::ffff:10.1.2.3]:5432".parse().unwrap()));
+        assert!(!d.covers("10.1.2.3:5433".parse().unwrap()));
+        assert!(!d.covers("10.2.0.1:5432".parse().unwrap()));
+        assert!(!d.covers("[::1]:5432".parse().unwrap()));
+        assert!(!d.is_wildcard());
+        let one = Destination::parse("[::1]:5432").unwrap();
+        assert!(one.covers("[::1]:5432".parse().unwrap()));
+        assert!(!one.covers("[::2]:5432".parse().unwrap()));
+        let any = Destination::parse("*:5432").unwrap();
+        assert!(any.is_wildcard());
+        assert!(any.covers("192.0.2.1:5432".parse().unwrap()));
+    }
 
     #[test]
     fn parses_each_form() {

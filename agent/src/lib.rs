@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dest;
 pub mod forward;
 pub mod identity;
+pub mod login;
 pub mod mask;
 pub mod metrics;
 pub mod names;

@@ -358,6 +358,7 @@ mod tests {
                 cgroup: vec![],
                 policy: None,
                 profile: None,
+                upstream_auth: None,
             },
             WorkloadConfig {
                 name: "batch".into(),
@@ -365,6 +366,7 @@ mod tests {
                 cgroup: vec!["jobs/*".into()],
                 policy: None,
                 profile: None,
+                upstream_auth: None,
             },
         ]
     }

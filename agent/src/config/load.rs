@@ -183,6 +183,17 @@ impl Config {
                 }
             }
         }
+        let verify_full = self.upstream.sslmode == SslMode::VerifyFull;
+        for (i, w) in self.workloads.iter().enumerate() {
+            if let Some(auth) = &w.upstream_auth
+                && let Err((key, message)) = auth.check(verify_full)
+            {
+                return Err(Invalid::key(
+                    yaml_path!["workloads", i, "upstream_auth", key],
+                    format!("workload `{}`: {message}", w.name),
+                ));
+            }
+        }
         if self.upstream.sslmode == SslMode::VerifyFull && self.upstream.ca.is_none() {
             return Err(Invalid::key(
                 yaml_path!["upstream", "sslmode"],

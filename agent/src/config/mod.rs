@@ -255,6 +255,10 @@ pub struct WorkloadConfig {
     /// Profile of the policy file to apply (default: the workload's name).
     #[serde(default)]
     pub profile: Option<String>,
+    /// pgwarden logs in to PostgreSQL for this workload with this role and secret; the
+    /// workload needs no database password (absent: authentication is relayed as it comes).
+    #[serde(default)]
+    pub upstream_auth: Option<crate::login::UpstreamAuthConfig>,
 }
 
 /// cgroup tree watching.

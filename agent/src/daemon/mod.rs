@@ -205,6 +205,18 @@ pub async fn run(
         warn!(workload = %w.name, "workload has no policy: every statement it sends will be denied");
     }
     let hash_key = Arc::new(load_hash_key(&config, &policy)?);
+    let logins = crate::login::Logins::new(
+        &config.workloads,
+        config.upstream.sslmode == crate::tls::SslMode::VerifyFull,
+    )
+    .map_err(|(i, key, message)| {
+        anyhow::anyhow!("workloads[{i}].upstream_auth.{key}: {message}")
+    })?;
+    // A secret that cannot be read stops the start, not the workload's first session.
+    logins
+        .check_secrets()
+        .context("upstream_auth: a workload's credential")?;
+    let logins = Arc::new(logins);
     // The journal before anything is attached: no access without its record.
     let journal = crate::audit::Journal::open(&config.audit)
         .with_context(|| format!("opening the audit journal {}", config.audit.path.display()))?;
@@ -312,6 +324,7 @@ pub async fn run(
             listen_only: config.listen_only.clone(),
         },
         policy,
+        logins,
         hash_key,
         terminating: terminating.subscribe(),
     });

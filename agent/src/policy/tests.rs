@@ -43,6 +43,7 @@ fn engine() -> Arc<Engine> {
             cgroup: vec![],
             policy: Some(policies_dir().join("pci-dss.yaml")),
             profile: Some(profile.into()),
+            upstream_auth: None,
         });
     }
     config.workloads.push(WorkloadConfig {
@@ -51,6 +52,7 @@ fn engine() -> Arc<Engine> {
         cgroup: vec![],
         policy: None,
         profile: None,
+        upstream_auth: None,
     });
     Arc::new(Engine::new(&config, Path::new("/x/pgwarden.yaml")).unwrap())
 }
@@ -358,6 +360,7 @@ fn a_fast_path_decision_carries_its_own_facts() {
         cgroup: vec![],
         policy: Some(file),
         profile: None,
+        upstream_auth: None,
     });
     let engine = Engine::new(&config, Path::new("/x/pgwarden.yaml")).unwrap();
     let set = engine.current();

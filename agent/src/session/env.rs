@@ -35,6 +35,8 @@ pub struct SessionEnv {
     pub origins: Origins,
     /// The policy (reloadable): each version carries its masking rules and their resolution.
     pub policy: Arc<Engine>,
+    /// Workloads pgwarden logs in for (`upstream_auth`).
+    pub logins: Arc<crate::login::Logins>,
     /// Key of the `hash` mask method.
     pub hash_key: Arc<Vec<u8>>,
     /// Becomes true when live sessions must close (after SIGTERM and the drain time).

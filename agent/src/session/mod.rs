@@ -73,6 +73,9 @@ pub struct SessionMeta {
     /// The client's network namespace when it is not the agent's (identity has its id).
     #[serde(skip)]
     pub netns: Option<Arc<Netns>>,
+    /// pgwarden logged in for the workload (`upstream_auth`): as whom, for which asked user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<crate::login::LoginInfo>,
 }
 
 /// A live session, as status shows it.
@@ -474,24 +477,57 @@ async fn run(
         refuse(&mut conn, d.sqlstate, &d.message()).await;
         return;
     }
-    let client_pid = origin.identity.as_ref().map(|i| i.pid);
-    let upstream =
-        match connect_upstream(&env, &origin.server.0, client_pid, origin.netns.as_deref()).await {
-            Ok(u) => u,
+    let mut db = db;
+    let mut startup_raw = match &params {
+        Startup::Params { raw, .. } => raw.clone(),
+        _ => return,
+    };
+    let mut login = None;
+    let mut login_info = None;
+    if let Some(account) = env.logins.get(&origin.workload.0) {
+        match open_login(account, &db, &origin.server.0) {
+            Ok((info, l)) => {
+                startup_raw = login_startup(&params, &info.user, &db.database);
+                db.user.clone_from(&info.user);
+                login_info = Some(info);
+                login = Some(l);
+            }
             Err(e) => {
-                warn!(session = %id, server = %origin.server.0, "cannot reach the server: {e:#}");
-                refuse(
-                    &mut conn,
-                    "08006",
-                    &format!(
-                        "pgwarden: cannot reach the server {}: {e:#}",
-                        origin.server.0
-                    ),
-                )
-                .await;
+                warn!(session = %id, workload = %origin.workload, server = %origin.server.0, "login refused: {e}");
+                let message = format!("pgwarden: {e}");
+                audit_refusal(&env, id, &origin, &peer, &db, e.sqlstate(), &message).await;
+                refuse(&mut conn, e.sqlstate(), &message).await;
                 return;
             }
-        };
+        }
+    }
+    // pgwarden's own login goes out from its own namespaces: in the client's, the names of
+    // the configured servers could be sockets or addresses the workload serves itself.
+    let (client_pid, upstream_netns) = if login.is_some() {
+        (None, None)
+    } else {
+        (
+            origin.identity.as_ref().map(|i| i.pid),
+            origin.netns.as_deref(),
+        )
+    };
+    let upstream = match connect_upstream(&env, &origin.server.0, client_pid, upstream_netns).await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(session = %id, server = %origin.server.0, "cannot reach the server: {e:#}");
+            refuse(
+                &mut conn,
+                "08006",
+                &format!(
+                    "pgwarden: cannot reach the server {}: {e:#}",
+                    origin.server.0
+                ),
+            )
+            .await;
+            return;
+        }
+    };
     let upstream_local = match &upstream {
         Conn::Plain(s) => s.local_addr().ok(),
         Conn::ClientTls(s) => s.get_ref().0.local_addr().ok(),
@@ -508,6 +544,7 @@ async fn run(
         client_tls: conn.is_tls(),
         server_tls: upstream.is_tls(),
         netns: origin.netns.clone(),
+        login: login_info,
     });
     log_start(&meta);
     let started = SystemTime::now()
@@ -522,13 +559,73 @@ async fn run(
         registry: &env.registry,
         id,
     };
-    let Startup::Params { raw, .. } = &params else {
-        return;
-    };
-    let outcome = relay::run(&env, &meta, conn, upstream, raw.clone(), rest).await;
+    let outcome = relay::run(&env, &meta, conn, upstream, startup_raw, rest, login).await;
     match outcome {
         Ok(()) => info!(session = %id, "session end"),
         Err(e) => warn!(session = %id, "session end: {e:#}"),
+    }
+}
+
+/// Admits a connection to its workload's login and reads the secret (only for a server the
+/// secret is for).
+fn open_login(
+    account: &Arc<crate::login::Account>,
+    db: &DbParams,
+    server: &SockAddr,
+) -> Result<(crate::login::LoginInfo, crate::login::Login), crate::login::LoginError> {
+    let info = account.admit(&db.user, server)?;
+    let secret = account.read_secret()?;
+    Ok((info, crate::login::Login::new(Arc::clone(account), secret)))
+}
+
+/// The client's StartupMessage with `user` as the role and `database` stated (PostgreSQL's
+/// default, the user's name, would otherwise follow the new user).
+fn login_startup(params: &Startup, user: &str, database: &str) -> Bytes {
+    let Startup::Params {
+        version, params, ..
+    } = params
+    else {
+        return Bytes::new();
+    };
+    let mut out: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "user" && k != "database")
+        .cloned()
+        .collect();
+    out.insert(0, ("database".to_owned(), database.to_owned()));
+    out.insert(0, ("user".to_owned(), user.to_owned()));
+    startup::encode_params(*version, &out)
+}
+
+/// Records a connection refused before it reached the server, as a failed `session.start`.
+async fn audit_refusal(
+    env: &SessionEnv,
+    id: SessionId,
+    origin: &Origin,
+    peer: &SockAddr,
+    db: &DbParams,
+    code: &str,
+    message: &str,
+) {
+    use crate::audit::{Event, Outcome, Record};
+    let mut r = Record::new(Event::SessionStart)
+        .session(id)
+        .workload(&origin.workload)
+        .client(ClientAddr(peer.clone()))
+        .server(origin.server.clone())
+        .db(crate::audit::record::Db {
+            user: Some(db.user.clone()),
+            database: Some(db.database.clone()),
+            application_name: db.application_name.clone(),
+        })
+        .outcome(Outcome::Failure)
+        .sqlstate(code)
+        .error(message);
+    if let Some(who) = &origin.identity {
+        r = r.identity(who);
+    }
+    if let Err(e) = env.journal.append(r).await {
+        warn!(session = %id, "the refusal could not be recorded: {e}");
     }
 }
 

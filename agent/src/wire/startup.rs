@@ -53,6 +53,23 @@ impl Startup {
     }
 }
 
+/// A StartupMessage of protocol `version` with `params`, in order (NULs inside names and
+/// values are dropped: they cannot be sent).
+pub fn encode_params(version: u32, params: &[(String, String)]) -> Bytes {
+    use bytes::BufMut as _;
+    let mut b = BytesMut::with_capacity(64);
+    b.put_i32(0);
+    b.put_u32(version);
+    for (name, value) in params {
+        super::encode::cstr(&mut b, name);
+        super::encode::cstr(&mut b, value);
+    }
+    b.put_u8(0);
+    let len = i32::try_from(b.len()).unwrap_or(i32::MAX);
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
 /// Takes the next startup-phase message off `buf`; `Ok(None)` means more bytes are needed.
 pub fn next_startup(buf: &mut BytesMut, max: usize) -> Result<Option<Startup>, WireError> {
     if buf.len() < 4 {
@@ -149,6 +166,26 @@ mod tests {
         assert_eq!(s.param("user"), Some("alice"));
         assert_eq!(s.param("options"), Some("-c role=x"));
         assert_eq!(s.param("nope"), None);
+    }
+
+    #[test]
+    fn encodes_what_it_parses() {
+        let params = vec![
+            ("user".to_owned(), "role".to_owned()),
+            ("database".to_owned(), "db".to_owned()),
+        ];
+        let raw = encode_params(PROTOCOL_3_0, &params);
+        let mut b = BytesMut::from(&raw[..]);
+        let Some(Startup::Params {
+            version,
+            params: back,
+            ..
+        }) = next_startup(&mut b, 10_000).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((version, back), (PROTOCOL_3_0, params));
+        assert!(b.is_empty());
     }
 
     #[test]

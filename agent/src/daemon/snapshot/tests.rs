@@ -68,6 +68,7 @@ fn sessions_write_what_the_registry_writes() {
                 client_tls: true,
                 server_tls: false,
                 netns: None,
+                login: None,
             }),
             upstream_local: Some(inet("127.0.0.1:40001").inet().unwrap()),
             started: 1_700_000_000,

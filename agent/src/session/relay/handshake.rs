@@ -5,6 +5,7 @@ use tokio::io::AsyncWriteExt as _;
 use tracing::warn;
 
 use super::{Ctx, ReadHalf, WriteHalf, lock, read_frame};
+use crate::login::Login;
 use crate::session::conn::write_batch;
 use crate::session::{SessionError, strip_channel_binding};
 use crate::wire::{Side, backend, encode};
@@ -18,8 +19,10 @@ pub(super) async fn run(
     server_r: &mut ReadHalf,
     server_buf: &mut BytesMut,
     server_w: &mut WriteHalf,
+    login: &mut Option<Login>,
 ) -> Result<bool, SessionError> {
     let mut out = Vec::with_capacity(8);
+    let mut authenticated = false;
     loop {
         let frame = match read_frame(server_r, server_buf, &ctx.limits, Side::Backend).await {
             Ok(Some(f)) => f,
@@ -33,6 +36,28 @@ pub(super) async fn run(
             Err(e) => return Err(e),
         };
         match frame.tag {
+            b'R' if login.is_some() => {
+                let (code, data) = backend::authentication(&frame).map_err(SessionError::Server)?;
+                let Some(l) = login.as_mut() else {
+                    continue;
+                };
+                match l.answer(code, data) {
+                    Ok(Some(answer)) => {
+                        server_w.write_all(&answer).await?;
+                        server_w.flush().await?;
+                    }
+                    // The client hears AuthenticationOk, and none of the exchange before it.
+                    Ok(None) if code == 0 => {
+                        authenticated = true;
+                        out.push(frame.bytes);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        login_failed(ctx, e.sqlstate(), &format!("pgwarden: {e}")).await;
+                        return Ok(false);
+                    }
+                }
+            }
             b'R' => {
                 let (code, _) = backend::authentication(&frame).map_err(SessionError::Server)?;
                 out.push(if ctx.strip_plus {
@@ -63,6 +88,20 @@ pub(super) async fn run(
                 ctx.env.registry.register_cancel(ctx.meta, pid, key);
                 *super::lock(&ctx.backend_key) = Some((pid, Bytes::copy_from_slice(key)));
                 out.push(frame.bytes);
+            }
+            b'E' if login.is_some() && !authenticated => {
+                // The server refused pgwarden's login: the client hears the server's reason.
+                let fields = backend::error_fields(&frame).map_err(SessionError::Server)?;
+                let field = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| *v);
+                let code = field(b'C').unwrap_or("28000").to_owned();
+                let role = ctx.meta.login.as_ref().map_or("?", |i| i.user.as_str());
+                let message = format!(
+                    "pgwarden: logging in as `{role}` for workload `{}` failed: {}",
+                    ctx.meta.workload,
+                    field(b'M').unwrap_or("the server refused")
+                );
+                login_failed(ctx, &code, &message).await;
+                return Ok(false);
             }
             b'E' => {
                 // Authentication failed: the client hears it, the server closes.
@@ -99,6 +138,20 @@ pub(super) async fn run(
             _ => out.push(frame.bytes),
         }
     }
+}
+
+/// pgwarden's login failed: a log line, a failed `session.start` record, and the client told.
+async fn login_failed(ctx: &Ctx<'_>, code: &str, message: &str) {
+    warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, server = %ctx.meta.server.0, "{message}");
+    let record = ctx
+        .start_record()
+        .outcome(crate::audit::Outcome::Failure)
+        .sqlstate(code)
+        .error(message);
+    if let Err(e) = ctx.env.journal.append(record).await {
+        warn!(session = %ctx.meta.id, "the failed login could not be recorded: {e}");
+    }
+    ctx.fatal(code, message).await;
 }
 
 /// Brings in the masks of the session's policy version, querying the catalog when their

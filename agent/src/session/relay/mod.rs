@@ -191,6 +191,7 @@ pub async fn run(
     upstream: Conn,
     startup: Bytes,
     rest: BytesMut,
+    mut login: Option<crate::login::Login>,
 ) -> Result<(), SessionError> {
     let strip_plus = client.is_tls() || upstream.is_tls();
     let (mut client_r, client_w) = client.split();
@@ -236,13 +237,21 @@ pub async fn run(
         &mut server_r,
         &mut server_buf,
         &mut server_w,
+        &mut login,
     )
     .await?
     {
         return Ok(());
     }
+    let login_method = login.as_ref().map(|l| l.method());
+    // The secret is wiped now: the session never needs it again.
+    drop(login);
     let started = std::time::Instant::now();
-    if let Err(e) = env.journal.append(ctx.start_record()).await {
+    let mut start = ctx.start_record();
+    if let (Some(info), Some(method)) = (&meta.login, login_method) {
+        start = start.detail("login", login_detail(info, method));
+    }
+    if let Err(e) = env.journal.append(start).await {
         // Strict mode: no access without its record.
         warn!(session = %meta.id, "session refused: the audit journal cannot be written: {e}");
         ctx.fatal(
@@ -281,6 +290,20 @@ pub async fn run(
     };
     let _ = env.journal.append(end).await;
     result
+}
+
+/// `detail.login` of a session pgwarden logged in for: the role, what the client asked for,
+/// and the method the server asked for (`trust` when it asked for none).
+fn login_detail(
+    info: &crate::login::LoginInfo,
+    method: Option<crate::login::Method>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "user": info.user,
+        "asked_user": info.asked_user,
+        "user_policy": info.user_policy,
+        "method": method.map_or("trust", crate::login::Method::as_str),
+    })
 }
 
 /// Reads one frame from `r` into `buf`; `Ok(None)` at end of stream.

@@ -240,6 +240,7 @@ impl Harness {
                 listen_only: ListenOnlyConfig::default(),
             },
             policy: Arc::new(Engine::new(&config, &config_path).unwrap()),
+            logins: Arc::default(),
             hash_key: Arc::new(b"relay-test-key".to_vec()),
             terminating,
         });
@@ -264,6 +265,7 @@ impl Harness {
             client_tls: false,
             server_tls: false,
             netns: None,
+            login: None,
         });
         let mut startup = BytesMut::new();
         startup.put_i32(8);
@@ -277,6 +279,7 @@ impl Harness {
                 Conn::Unix(relay_server),
                 startup.freeze(),
                 BytesMut::new(),
+                None,
             )
             .await;
         });

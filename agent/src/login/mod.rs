@@ -1,0 +1,431 @@
+//! pgwarden's own login to PostgreSQL for workloads with `upstream_auth`: the kernel's word on
+//! which tagged workload is connecting is the client's credential, and pgwarden answers the
+//! server's authentication with the workload's role and secret, so the workload holds none.
+//!
+//! The decision (may this connection use the secret: which user, which server) is
+//! [`Account::admit`]; the exchange with the server is the state machine [`Login`], which
+//! turns each Authentication request into the answer to send. SCRAM-SHA-256 and MD5 come from
+//! `postgres-protocol` (rust-postgres' client side). The secret is read from its file at each
+//! login, so a rotated file applies to the next session with no reload and no cached copy;
+//! it lives in memory only for the exchange and is wiped after it.
+pub mod config;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use serde::Serialize;
+use zeroize::{Zeroize as _, Zeroizing};
+
+pub use config::{Method, Servers, UpstreamAuthConfig, UserPolicy};
+
+use crate::names::SockAddr;
+
+/// Largest secret file read (a password, not a document).
+const MAX_SECRET: u64 = 4096;
+
+/// A workload's upstream login, as checked at load.
+pub struct Account {
+    /// The workload.
+    pub workload: String,
+    /// The role.
+    pub user: String,
+    /// The secret's file (resolved).
+    pub password_file: PathBuf,
+    /// What happens to the client's user.
+    pub user_policy: UserPolicy,
+    /// Where the secret may go.
+    pub servers: Servers,
+    /// How it may be sent.
+    pub methods: Vec<Method>,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account")
+            .field("workload", &self.workload)
+            .field("user", &self.user)
+            .field("password_file", &self.password_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every workload's upstream login.
+#[derive(Debug, Default)]
+pub struct Logins {
+    by_workload: HashMap<String, Arc<Account>>,
+}
+
+/// Why a login was refused or failed. Messages never hold the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// The client asked for another user under `must_match`.
+    #[error("workload `{workload}` logs in as `{role}`; the client asked for `{asked}`")]
+    WrongUser {
+        /// Workload.
+        workload: String,
+        /// Configured role.
+        role: String,
+        /// What the client asked for.
+        asked: String,
+    },
+    /// The connection's destination is not one of the workload's servers.
+    #[error(
+        "workload `{workload}`'s database credentials are for {allowed}; this connection was \
+         going to {server}"
+    )]
+    Server {
+        /// Workload.
+        workload: String,
+        /// Where the client was going.
+        server: String,
+        /// The configured servers.
+        allowed: String,
+    },
+    /// The secret could not be read.
+    #[error("cannot read the credential {}: {reason}", path.display())]
+    Secret {
+        /// Its file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The server asked for a method this workload may not use.
+    #[error(
+        "the server asked for {asked} authentication; workload `{workload}`'s secret is sent \
+         only with {allowed}"
+    )]
+    Method {
+        /// Workload.
+        workload: String,
+        /// What the server asked for.
+        asked: String,
+        /// What is allowed.
+        allowed: String,
+    },
+    /// The server broke the exchange (a bad SCRAM message, a wrong server signature).
+    #[error("the server's {step} is not valid: {reason}")]
+    Exchange {
+        /// Which message.
+        step: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl LoginError {
+    /// The SQLSTATE the client gets.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            Self::WrongUser { .. } | Self::Server { .. } | Self::Method { .. } => "28000",
+            Self::Secret { .. } | Self::Exchange { .. } => "08004",
+        }
+    }
+}
+
+/// What the journal keeps of a session's login (never the secret or its file's content).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LoginInfo {
+    /// The role pgwarden logged in as.
+    pub user: String,
+    /// The user the client asked for.
+    pub asked_user: String,
+    /// `force` or `must_match`.
+    pub user_policy: UserPolicy,
+}
+
+impl Logins {
+    /// Builds every workload's login from the config; `Err((workload index, key, message))`.
+    pub fn new(
+        workloads: &[crate::config::WorkloadConfig],
+        verify_full: bool,
+    ) -> Result<Self, (usize, &'static str, String)> {
+        let mut by_workload = HashMap::new();
+        for (i, w) in workloads.iter().enumerate() {
+            let Some(auth) = &w.upstream_auth else {
+                continue;
+            };
+            let servers = auth.check(verify_full).map_err(|(k, m)| (i, k, m))?;
+            let password_file = auth.password_path().map_err(|m| (i, "password_file", m))?;
+            by_workload.insert(
+                w.name.clone(),
+                Arc::new(Account {
+                    workload: w.name.clone(),
+                    user: auth.user.clone(),
+                    password_file,
+                    user_policy: auth.user_policy,
+                    servers,
+                    methods: auth.methods.clone(),
+                }),
+            );
+        }
+        Ok(Self { by_workload })
+    }
+
+    /// The login of `workload`, if it has one.
+    pub fn get(&self, workload: &str) -> Option<&Arc<Account>> {
+        self.by_workload.get(workload)
+    }
+
+    /// Reads every secret once, so a missing or unreadable file stops the agent's start
+    /// rather than its workload's first session.
+    pub fn check_secrets(&self) -> Result<(), LoginError> {
+        for a in self.by_workload.values() {
+            a.read_secret()?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret in memory: wiped when dropped, never printed.
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Account {
+    /// Whether a connection asking for `asked_user` at `server` may use this login: the
+    /// server must be one of the configured ones (checked before the secret is read), and
+    /// under `must_match` the user must be the role. Returns what the journal keeps.
+    pub fn admit(&self, asked_user: &str, server: &SockAddr) -> Result<LoginInfo, LoginError> {
+        if !self.serves(server) {
+            let mut allowed: Vec<String> =
+                self.servers.tcp.iter().map(|d| d.text.clone()).collect();
+            allowed.extend(self.servers.unix.iter().cloned());
+            return Err(LoginError::Server {
+                workload: self.workload.clone(),
+                server: server.to_string(),
+                allowed: allowed.join(", "),
+            });
+        }
+        if self.user_policy == UserPolicy::MustMatch && asked_user != self.user {
+            return Err(LoginError::WrongUser {
+                workload: self.workload.clone(),
+                role: self.user.clone(),
+                asked: asked_user.to_owned(),
+            });
+        }
+        Ok(LoginInfo {
+            user: self.user.clone(),
+            asked_user: asked_user.to_owned(),
+            user_policy: self.user_policy,
+        })
+    }
+
+    /// Whether `server` is one the secret is for.
+    pub fn serves(&self, server: &SockAddr) -> bool {
+        match server {
+            SockAddr::Inet(a) => self.servers.tcp.iter().any(|d| d.covers(*a)),
+            SockAddr::Unix(p) => self.servers.unix.iter().any(|u| u == p),
+        }
+    }
+
+    /// Reads the secret: the file's content without one trailing newline; empty, oversize or
+    /// non-UTF-8 content is refused.
+    pub fn read_secret(&self) -> Result<Secret, LoginError> {
+        use std::io::Read as _;
+        let fail = |reason: String| LoginError::Secret {
+            path: self.password_file.clone(),
+            reason,
+        };
+        let file = std::fs::File::open(&self.password_file).map_err(|e| fail(e.to_string()))?;
+        let mut buf = Zeroizing::new(Vec::with_capacity(128));
+        file.take(MAX_SECRET + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| fail(e.to_string()))?;
+        if buf.len() as u64 > MAX_SECRET {
+            return Err(fail(format!("longer than {MAX_SECRET} bytes")));
+        }
+        for end in [&b"\r\n"[..], b"\n"] {
+            if buf.ends_with(end) {
+                let keep = buf.len() - end.len();
+                buf[keep..].zeroize();
+                buf.truncate(keep);
+                break;
+            }
+        }
+        if buf.is_empty() {
+            return Err(fail("empty".to_owned()));
+        }
+        if std::str::from_utf8(&buf).is_err() || buf.contains(&0) {
+            return Err(fail("not a UTF-8 password without NUL bytes".to_owned()));
+        }
+        Ok(Secret(buf))
+    }
+}
+
+/// Where the exchange is.
+enum Phase {
+    /// No request answered yet.
+    Start,
+    /// SCRAM under way.
+    Scram(Box<ScramSha256>),
+    /// SCRAM's server signature was verified.
+    ScramDone,
+    /// A password (clear or MD5) was sent.
+    Sent,
+}
+
+/// One session's login: answers the server's Authentication requests with the secret.
+pub struct Login {
+    account: Arc<Account>,
+    secret: Secret,
+    phase: Phase,
+    method: Option<Method>,
+}
+
+/// An answer to send to the server; wiped when dropped (it may hold the password).
+pub type Answer = Zeroizing<Vec<u8>>;
+
+impl Login {
+    /// A login for `account` with its secret.
+    pub fn new(account: Arc<Account>, secret: Secret) -> Self {
+        Self {
+            account,
+            secret,
+            phase: Phase::Start,
+            method: None,
+        }
+    }
+
+    /// The method the server asked for and got (`None`: it asked for nothing, e.g. trust).
+    pub fn method(&self) -> Option<Method> {
+        self.method
+    }
+
+    /// The answer to the server's Authentication request `code` with `data`: `Ok(Some)` to
+    /// send, `Ok(None)` when none is due (AuthenticationOk, a verified SASLFinal).
+    pub fn answer(&mut self, code: i32, data: &[u8]) -> Result<Option<Answer>, LoginError> {
+        match code {
+            0 => {
+                if matches!(self.phase, Phase::Scram(_)) {
+                    return Err(LoginError::Exchange {
+                        step: "AuthenticationOk",
+                        reason: "it came before SCRAM's final message proved the server knows \
+                                 the role's secret"
+                            .to_owned(),
+                    });
+                }
+                Ok(None)
+            }
+            3 => {
+                self.allow(Method::Password, "password")?;
+                let mut buf = BytesMut::with_capacity(64);
+                let _ = frontend::password_message(&self.secret.0, &mut buf);
+                self.phase = Phase::Sent;
+                Ok(Some(wiped(buf)))
+            }
+            5 => {
+                self.allow(Method::Md5, "md5")?;
+                let salt: [u8; 4] = data
+                    .get(..4)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or_else(|| exchange("AuthenticationMD5Password", "no salt"))?;
+                let hash = Zeroizing::new(postgres_protocol::authentication::md5_hash(
+                    self.account.user.as_bytes(),
+                    &self.secret.0,
+                    salt,
+                ));
+                let mut buf = BytesMut::with_capacity(64);
+                let _ = frontend::password_message(hash.as_bytes(), &mut buf);
+                self.phase = Phase::Sent;
+                Ok(Some(wiped(buf)))
+            }
+            10 => {
+                let offered = crate::wire::backend::sasl_mechanisms(data)
+                    .map_err(|e| exchange("AuthenticationSASL", &e.to_string()))?;
+                if !offered.contains(&sasl::SCRAM_SHA_256) {
+                    return Err(self.refused(&offered.join(" or ")));
+                }
+                self.allow(Method::ScramSha256, sasl::SCRAM_SHA_256)?;
+                // "n": pgwarden does not do channel binding (it would need the server
+                // certificate's hash; the servers list and verify-full do that job).
+                let scram = ScramSha256::new(&self.secret.0, ChannelBinding::unsupported());
+                let mut buf = BytesMut::with_capacity(128);
+                let _ =
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), &mut buf);
+                self.phase = Phase::Scram(Box::new(scram));
+                Ok(Some(wiped(buf)))
+            }
+            11 => {
+                let Phase::Scram(scram) = &mut self.phase else {
+                    return Err(exchange(
+                        "AuthenticationSASLContinue",
+                        "no SASL exchange under way",
+                    ));
+                };
+                scram
+                    .update(data)
+                    .map_err(|e| exchange("AuthenticationSASLContinue", &e.to_string()))?;
+                let mut buf = BytesMut::with_capacity(128);
+                let _ = frontend::sasl_response(scram.message(), &mut buf);
+                Ok(Some(wiped(buf)))
+            }
+            12 => {
+                let Phase::Scram(scram) = &mut self.phase else {
+                    return Err(exchange(
+                        "AuthenticationSASLFinal",
+                        "no SASL exchange under way",
+                    ));
+                };
+                scram
+                    .finish(data)
+                    .map_err(|e| exchange("AuthenticationSASLFinal", &e.to_string()))?;
+                self.phase = Phase::ScramDone;
+                Ok(None)
+            }
+            2 => Err(self.refused("Kerberos V5")),
+            7 | 8 => Err(self.refused("GSSAPI")),
+            9 => Err(self.refused("SSPI")),
+            other => Err(self.refused(&format!("an unknown ({other})"))),
+        }
+    }
+
+    fn allow(&mut self, method: Method, asked: &str) -> Result<(), LoginError> {
+        if !matches!(self.phase, Phase::Start) {
+            return Err(exchange(
+                "authentication request",
+                "a second request after the secret was sent",
+            ));
+        }
+        if !self.account.methods.contains(&method) {
+            return Err(self.refused(asked));
+        }
+        self.method = Some(method);
+        Ok(())
+    }
+
+    fn refused(&self, asked: &str) -> LoginError {
+        LoginError::Method {
+            workload: self.account.workload.clone(),
+            asked: asked.to_owned(),
+            allowed: (self.account.methods.iter().map(|m| m.as_str()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+fn exchange(step: &'static str, reason: &str) -> LoginError {
+    LoginError::Exchange {
+        step,
+        reason: reason.to_owned(),
+    }
+}
+
+/// Moves a message into a buffer that is wiped when dropped, wiping the original.
+fn wiped(mut buf: BytesMut) -> Answer {
+    let out = Zeroizing::new(buf.to_vec());
+    buf.as_mut().zeroize();
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+use super::*;
+
+fn account(methods: &[Method], policy: UserPolicy, file: PathBuf) -> Arc<Account> {
+    Arc::new(Account {
+        workload: "mcp".into(),
+        user: "mcp_role".into(),
+        password_file: file,
+        user_policy: policy,
+        servers: Servers {
+            tcp: vec![crate::dest::Destination::parse("127.0.0.1:5432").unwrap()],
+            unix: vec!["/run/postgresql/.s.PGSQL.5432".into()],
+        },
+        methods: methods.to_vec(),
+    })
+}
+
+fn login(methods: &[Method]) -> Login {
+    let a = account(methods, UserPolicy::Force, PathBuf::new());
+    Login::new(a, Secret(Zeroizing::new(b"pa55word".to_vec())))
+}
+
+fn sasl_offer(mechs: &[&str]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for m in mechs {
+        v.extend_from_slice(m.as_bytes());
+        v.push(0);
+    }
+    v.push(0);
+    v
+}
+
+#[test]
+fn admits_only_the_configured_servers_and_user() {
+    let a = account(
+        &[Method::ScramSha256],
+        UserPolicy::MustMatch,
+        PathBuf::new(),
+    );
+    let tcp = SockAddr::Inet("127.0.0.1:5432".parse().unwrap());
+    let rogue = SockAddr::Inet("127.0.0.1:6543".parse().unwrap());
+    let sock = SockAddr::Unix("/run/postgresql/.s.PGSQL.5432".into());
+    let other_sock = SockAddr::Unix("/tmp/.s.PGSQL.5432".into());
+    assert!(a.admit("mcp_role", &tcp).is_ok());
+    assert!(a.admit("mcp_role", &sock).is_ok());
+    assert!(matches!(
+        a.admit("mcp_role", &rogue),
+        Err(LoginError::Server { .. })
+    ));
+    assert!(matches!(
+        a.admit("mcp_role", &other_sock),
+        Err(LoginError::Server { .. })
+    ));
+    let e = a.admit("postgres", &tcp).unwrap_err();
+    assert!(matches!(e, LoginError::WrongUser { .. }));
+    assert_eq!(e.sqlstate(), "28000");
+    let f = account(&[Method::ScramSha256], UserPolicy::Force, PathBuf::new());
+    let info = f.admit("postgres", &tcp).unwrap();
+    assert_eq!(
+        (info.user.as_str(), info.asked_user.as_str()),
+        ("mcp_role", "postgres")
+    );
+}
+
+#[test]
+fn reads_the_secret_without_its_newline_and_refuses_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pw");
+    let a = account(&[Method::ScramSha256], UserPolicy::Force, path.clone());
+    assert!(matches!(a.read_secret(), Err(LoginError::Secret { .. })));
+    std::fs::write(&path, "s3cret\n").unwrap();
+    assert_eq!(&**a.read_secret().unwrap().0, b"s3cret");
+    std::fs::write(&path, "s3cret\r\n").unwrap();
+    assert_eq!(&**a.read_secret().unwrap().0, b"s3cret");
+    for bad in [&b""[..], b"\n", b"a\0b", &[0xff, 0xfe][..]] {
+        std::fs::write(&path, bad).unwrap();
+        let e = a.read_secret().unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+    std::fs::write(&path, vec![b'x'; 5000]).unwrap();
+    assert!(a.read_secret().is_err());
+    assert_eq!(
+        format!("{:?}", Secret(Zeroizing::new(b"x".to_vec()))),
+        "Secret(..)"
+    );
+}
+
+#[test]
+fn weak_methods_are_refused_unless_configured() {
+    for (code, data) in [(3, &[][..]), (5, &[1, 2, 3, 4][..])] {
+        let mut l = login(&[Method::ScramSha256]);
+        let e = l.answer(code, data).unwrap_err();
+        assert!(matches!(e, LoginError::Method { .. }), "{e}");
+        assert!(!e.to_string().contains("pa55word"));
+    }
+    let mut l = login(&[Method::Md5]);
+    let answer = l.answer(5, &[1, 2, 3, 4]).unwrap().unwrap();
+    assert_eq!(answer[0], b'p');
+    assert!(answer[5..].starts_with(b"md5"));
+    assert!(!answer.windows(8).any(|w| w == b"pa55word"));
+    assert_eq!(l.method(), Some(Method::Md5));
+    // A second request after the secret went is not answered.
+    assert!(l.answer(5, &[1, 2, 3, 4]).is_err());
+    let mut l = login(&[Method::Password]);
+    let answer = l.answer(3, &[]).unwrap().unwrap();
+    assert!(answer.ends_with(b"pa55word\0"));
+    for code in [2, 7, 9, 42] {
+        assert!(login(&[Method::ScramSha256]).answer(code, &[]).is_err());
+    }
+}
+
+#[test]
+fn scram_needs_the_plain_mechanism_and_the_servers_proof() {
+    let mut l = login(&[Method::ScramSha256]);
+    assert!(l.answer(10, &sasl_offer(&["SCRAM-SHA-256-PLUS"])).is_err());
+
+    let mut l = login(&[Method::ScramSha256]);
+    let first = l
+        .answer(10, &sasl_offer(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]))
+        .unwrap()
+        .unwrap();
+    // p, length, "SCRAM-SHA-256\0", length, then the client-first message "n,,n=,r=NONCE".
+    let body = &first[5..];
+    let mech_end = body.iter().position(|b| *b == 0).unwrap();
+    assert_eq!(&body[..mech_end], b"SCRAM-SHA-256");
+    let client_first = std::str::from_utf8(&body[mech_end + 5..]).unwrap();
+    assert!(client_first.starts_with("n,,"), "{client_first}");
+    let nonce = client_first.rsplit_once("r=").unwrap().1;
+    // An AuthenticationOk now would skip the server's proof.
+    assert!(matches!(login_after_first(&mut l, nonce), Ok(())));
+    let mut skipped = login(&[Method::ScramSha256]);
+    let f = skipped
+        .answer(10, &sasl_offer(&["SCRAM-SHA-256"]))
+        .unwrap()
+        .unwrap();
+    let n = std::str::from_utf8(&f[5 + 14 + 4..])
+        .unwrap()
+        .rsplit_once("r=")
+        .unwrap()
+        .1
+        .to_owned();
+    login_after_first(&mut skipped, &n).unwrap();
+    assert!(skipped.answer(0, &[]).is_err());
+    // A server that does not know the secret cannot sign the final message.
+    let bogus = format!("v={}", "A".repeat(43) + "=");
+    assert!(matches!(
+        l.answer(12, bogus.as_bytes()),
+        Err(LoginError::Exchange { .. })
+    ));
+}
+
+/// Sends a server-first message continuing the client's nonce.
+fn login_after_first(l: &mut Login, nonce: &str) -> Result<(), LoginError> {
+    let server_first = format!("r={nonce}srvnonce,s=c2FsdHNhbHQ=,i=4096");
+    let answer = l.answer(11, server_first.as_bytes())?.unwrap();
+    assert_eq!(answer[0], b'p');
+    let client_final = std::str::from_utf8(&answer[5..]).unwrap();
+    assert!(client_final.starts_with("c=biws,r="), "{client_final}");
+    Ok(())
+}
