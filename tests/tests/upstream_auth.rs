@@ -1,0 +1,442 @@
+//! `upstream_auth`: the tagged workload holds no database password, pgwarden logs in for it.
+//!
+//! PostgreSQL asks `scram-sha-256` of every role but `postgres` on TCP and on its Unix socket.
+//! A tagged psql with no password, and one with a wrong one, gets in as the mapped role
+//! (`current_user`, and PostgreSQL's own log says SCRAM authenticated it); an untagged psql
+//! without a password is refused by PostgreSQL. The secret file is rotated with the role's
+//! password. The MCP server, started with a URL that names no password, works end to end as
+//! the least-privilege role. A workload pointed at a server that is not in its `servers`
+//! list, or at a listed address where an impostor asks for the password in clear, never gets
+//! the secret sent. The secret is in none of the journal, the agent's log, status, metrics, or
+//! the MCP server's environment.
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use pgwarden_e2e::{
+    Agent, McpServer, PgServer, TestCgroup, demo_seed_sql, free_port, in_cgroup, mcp_server,
+    pg_bin, policy_path, require_root, run_output, unique_name,
+};
+use serde_json::Value;
+
+const ROLE: &str = "mcp_payments";
+const FIRST: &str = "first-Secret-7qX";
+const SECOND: &str = "second-Secret-4zR";
+
+const HBA: &str = "local all postgres trust\n\
+                   local all all scram-sha-256\n\
+                   host all postgres 127.0.0.1/32 trust\n\
+                   host all all 127.0.0.1/32 scram-sha-256\n\
+                   host all all ::1/128 scram-sha-256\n";
+
+/// psql in `cg` (untagged when `None`) as `user` at `host` (an address or the socket
+/// directory), never prompting, with `password` in PGPASSWORD when given.
+fn psql(
+    pg: &PgServer,
+    cg: Option<&TestCgroup>,
+    host: &str,
+    user: &str,
+    password: Option<&str>,
+    sql: &str,
+) -> Output {
+    let bin = pg_bin("psql");
+    let mut cmd = match cg {
+        Some(cg) => in_cgroup(&cg.path, bin.to_str().unwrap()),
+        None => Command::new(&bin),
+    };
+    cmd.env_remove("PGPASSWORD")
+        .env_remove("PGSERVICE")
+        .env("PGPASSFILE", "/dev/null")
+        .args(["-X", "-At", "-w", "-h", host, "-p"])
+        .arg(pg.port.to_string())
+        .args(["-U", user, "-d", "postgres", "-c", sql]);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    run_output(&mut cmd)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {}", text(out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn failed(out: &Output, what: &str) -> String {
+    assert!(!out.status.success(), "{what} should fail: {}", text(out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A server that answers SSLRequest with N and any StartupMessage with
+/// AuthenticationCleartextPassword, then keeps what it is sent.
+fn impostor() -> (u16, mpsc::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+            let mut got = Vec::new();
+            loop {
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).is_err() {
+                    break;
+                }
+                let n = usize::try_from(u32::from_be_bytes(len)).unwrap_or(0);
+                let mut body = vec![0u8; n.saturating_sub(4)];
+                if n < 8 || s.read_exact(&mut body).is_err() {
+                    break;
+                }
+                got.extend_from_slice(&len);
+                got.extend_from_slice(&body);
+                if body[..4] == 80_877_103u32.to_be_bytes() {
+                    let _ = s.write_all(b"N");
+                    continue;
+                }
+                let _ = s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
+                // Whatever comes next would be the answer.
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+                got.extend_from_slice(&rest);
+                break;
+            }
+            let _ = tx.send(got);
+        }
+    });
+    (port, rx)
+}
+
+fn metrics(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn starts(agent: &Agent) -> Vec<Value> {
+    agent
+        .audit_lines()
+        .into_iter()
+        .filter(|r| r["event"] == "session.start")
+        .collect()
+}
+
+#[allow(clippy::too_many_lines, reason = "one scenario, told in order")]
+#[test]
+fn a_tagged_workload_without_a_password_logs_in_as_its_role() {
+    require_root();
+    let pg = PgServer::start_configured("password_encryption = 'scram-sha-256'\n", Some(HBA));
+    pg.psql_socket(&demo_seed_sql());
+    pg.psql_socket(&format!(
+        "set log_statement = 'none'; create role {ROLE} login password '{FIRST}'; \
+         grant select on payments to {ROLE}"
+    ));
+    let sock_dir = pg.socket_dir().to_string_lossy().into_owned();
+    let socket = format!("{sock_dir}/.s.PGSQL.{}", pg.port);
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("mcp-payments.db");
+    std::fs::write(&secret, format!("{FIRST}\n")).unwrap();
+    let control = dir.path().join("control.sock");
+    let (listed_impostor, impostor_rx) = impostor();
+    let (unlisted, unlisted_rx) = impostor();
+    let cg = TestCgroup::create(&unique_name("pgw-e2e-login"));
+    let strict = TestCgroup::create(&unique_name("pgw-e2e-login-match"));
+    let listen = free_port();
+    let metrics_port = free_port();
+    let allow_all = policy_path("allow-all.yaml");
+    let auth = |policy: &str| {
+        format!(
+            "    upstream_auth:\n      user: {ROLE}\n      password_file: {}\n      \
+             user_policy: {policy}\n      servers: [\"127.0.0.1:{}\", \"127.0.0.1:{listed_impostor}\", \"{socket}\"]\n",
+            secret.display(),
+            pg.port
+        )
+    };
+    let config = format!(
+        "listen:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: \"[::1]:{listen}\"\ncontrol:\n  socket: {}\n\
+         intercept:\n  - \"*:{}\"\n  - \"*:{listed_impostor}\"\n  - \"*:{unlisted}\"\n\
+         intercept_unix:\n  - {sock_dir}\n\
+         metrics:\n  listen: 127.0.0.1:{metrics_port}\n\
+         workloads:\n  - name: mcp-payments\n    cgroup: \"{}\"\n    policy: {}\n    profile: allow-all\n{}\
+         \x20 - name: strict\n    cgroup: \"{}\"\n    policy: {}\n    profile: allow-all\n{}",
+        control.display(),
+        pg.port,
+        cg.rel,
+        allow_all.display(),
+        auth("force"),
+        strict.rel,
+        allow_all.display(),
+        auth("must_match"),
+    );
+    let agent = Agent::start(&config, &control);
+
+    // Tagged, no password, asking for the superuser: logged in as the role, over TCP and over
+    // the Unix socket; a wrong password changes nothing (it is never asked for).
+    for (host, password) in [
+        ("127.0.0.1", None),
+        ("127.0.0.1", Some("wrong")),
+        (sock_dir.as_str(), None),
+    ] {
+        let who = ok(
+            &psql(
+                &pg,
+                Some(&cg),
+                host,
+                "postgres",
+                password,
+                "select current_user",
+            ),
+            &format!("tagged psql at {host}, password {password:?}"),
+        );
+        assert_eq!(who, ROLE, "tagged psql at {host}");
+    }
+    // Least privilege: the role reads payments and nothing it was not granted.
+    let count = ok(
+        &psql(
+            &pg,
+            Some(&cg),
+            "127.0.0.1",
+            "postgres",
+            None,
+            "select count(*) from payments",
+        ),
+        "payments as the role",
+    );
+    assert!(count.parse::<u64>().unwrap() > 0, "{count}");
+    let denied = failed(
+        &psql(
+            &pg,
+            Some(&cg),
+            "127.0.0.1",
+            "postgres",
+            None,
+            "select * from secrets",
+        ),
+        "secrets as the role",
+    );
+    assert!(denied.contains("permission denied"), "{denied}");
+
+    // PostgreSQL's word: SCRAM authenticated the role, on both transports.
+    let log = pg.log();
+    assert!(
+        log.contains(&format!("identity=\"{ROLE}\" method=scram-sha-256")),
+        "PostgreSQL's log shows no SCRAM login of {ROLE}:\n{log}"
+    );
+
+    // Untagged, no password: PostgreSQL refuses, on TCP and on the socket.
+    for host in ["127.0.0.1", sock_dir.as_str()] {
+        let err = failed(
+            &psql(&pg, None, host, ROLE, None, "select 1"),
+            &format!("untagged psql at {host} without a password"),
+        );
+        assert!(err.contains("password"), "{err}");
+    }
+
+    // must_match: the client must ask for the role itself.
+    let err = failed(
+        &psql(
+            &pg,
+            Some(&strict),
+            "127.0.0.1",
+            "postgres",
+            None,
+            "select 1",
+        ),
+        "must_match with another user",
+    );
+    assert!(
+        err.contains(&format!(
+            "logs in as `{ROLE}`; the client asked for `postgres`"
+        )),
+        "{err}"
+    );
+    let who = ok(
+        &psql(
+            &pg,
+            Some(&strict),
+            "127.0.0.1",
+            ROLE,
+            None,
+            "select current_user",
+        ),
+        "must_match with the role",
+    );
+    assert_eq!(who, ROLE);
+
+    // The journal: the user really logged in, what the client asked for, and the method.
+    let records = starts(&agent);
+    let ok_starts: Vec<&Value> = records.iter().filter(|r| r["outcome"].is_null()).collect();
+    assert!(ok_starts.len() >= 5, "{records:#?}");
+    for r in &ok_starts {
+        assert_eq!(r["db"]["user"], ROLE, "{r}");
+        assert_eq!(r["detail"]["login"]["user"], ROLE, "{r}");
+        assert_eq!(r["detail"]["login"]["method"], "scram-sha-256", "{r}");
+    }
+    assert!(
+        ok_starts
+            .iter()
+            .any(|r| r["detail"]["login"]["asked_user"] == "postgres"),
+        "{ok_starts:#?}"
+    );
+    let refused = records
+        .iter()
+        .find(|r| r["workload"] == "strict" && r["outcome"] == "failure")
+        .unwrap_or_else(|| panic!("no refused must_match session: {records:#?}"));
+    assert_eq!(refused["sqlstate"], "28000", "{refused}");
+
+    // Rotation: the role's password changes; until the file follows, logins fail with
+    // PostgreSQL's reason; then the next session uses the new secret, with no reload.
+    pg.psql_socket(&format!(
+        "set log_statement = 'none'; alter role {ROLE} password '{SECOND}'"
+    ));
+    let err = failed(
+        &psql(&pg, Some(&cg), "127.0.0.1", "postgres", None, "select 1"),
+        "login with the old secret",
+    );
+    assert!(
+        err.contains(&format!(
+            "pgwarden: logging in as `{ROLE}` for workload `mcp-payments` failed"
+        )),
+        "{err}"
+    );
+    let failure = starts(&agent)
+        .into_iter()
+        .rev()
+        .find(|r| r["outcome"] == "failure" && r["workload"] == "mcp-payments")
+        .expect("a failed login record");
+    assert_eq!(failure["sqlstate"], "28P01", "{failure}");
+    std::fs::write(&secret, format!("{SECOND}\n")).unwrap();
+    let who = ok(
+        &psql(
+            &pg,
+            Some(&cg),
+            "127.0.0.1",
+            "postgres",
+            None,
+            "select current_user",
+        ),
+        "after rotation",
+    );
+    assert_eq!(who, ROLE);
+
+    // A destination not in `servers`: refused before anything is sent; the server sees no
+    // connection at all.
+    let err = failed(
+        &psql_port(&cg, unlisted, "postgres"),
+        "a workload pointed at an unlisted server",
+    );
+    assert!(err.contains("database credentials are for"), "{err}");
+    assert!(
+        unlisted_rx
+            .recv_timeout(Duration::from_millis(500))
+            .is_err(),
+        "pgwarden connected to an unlisted server"
+    );
+    // A listed address where an impostor asks for the password in clear: refused, and what
+    // the impostor got holds the startup packet and no secret.
+    let err = failed(
+        &psql_port(&cg, listed_impostor, "postgres"),
+        "an impostor asking for cleartext",
+    );
+    assert!(err.contains("asked for password authentication"), "{err}");
+    let got = impostor_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the impostor saw pgwarden's connection");
+    let seen = String::from_utf8_lossy(&got);
+    assert!(
+        seen.contains(ROLE),
+        "the startup packet names the role: {seen:?}"
+    );
+    for s in [FIRST, SECOND] {
+        assert!(!seen.contains(s), "the impostor got the secret: {seen:?}");
+    }
+    // SSLRequest, then the StartupMessage, then nothing: no PasswordMessage followed.
+    let startup_len = usize::try_from(u32::from_be_bytes(got[8..12].try_into().unwrap())).unwrap();
+    assert_eq!(
+        got.len(),
+        8 + startup_len,
+        "pgwarden answered the impostor's password request: {seen:?}"
+    );
+
+    // The MCP server, with a URL without a password and nothing in its environment.
+    let url = format!("postgresql://{ROLE}@127.0.0.1:{}/postgres", pg.port);
+    let mut cmd = mcp_server(&cg.path, &url);
+    cmd.env_remove("PGPASSWORD");
+    let mut mcp = McpServer::spawn(cmd).unwrap();
+    mcp.initialize("pgwarden-e2e").unwrap();
+    let environ = std::fs::read(format!("/proc/{}/environ", mcp.pid())).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", mcp.pid())).unwrap();
+    for s in [FIRST, SECOND] {
+        for (what, bytes) in [("environment", &environ), ("command line", &cmdline)] {
+            assert!(
+                !String::from_utf8_lossy(bytes).contains(s),
+                "the MCP server's {what} holds the secret"
+            );
+        }
+    }
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("PGPASSWORD"),
+        "the MCP server has PGPASSWORD"
+    );
+    let rows = mcp
+        .query("select current_user as who, count(*) as n from payments")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("MCP query failed: {e:?}\n{}", mcp.stderr_text()));
+    assert_eq!(rows[0]["who"], ROLE, "{rows}");
+    let denied = mcp.query("select * from secrets").unwrap();
+    assert!(
+        denied
+            .as_ref()
+            .is_err_and(|e| e.message.contains("permission denied")),
+        "{denied:?}"
+    );
+    mcp.stop().unwrap();
+
+    // No secret anywhere pgwarden writes or shows.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while starts(&agent).len() < records.len() + 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let journal = std::fs::read_to_string(agent.tmp_dir().join("audit.jsonl")).unwrap();
+    let status = agent.status().to_string();
+    let body = metrics(metrics_port);
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for s in [FIRST, SECOND] {
+        for (what, haystack) in [
+            ("journal", &journal),
+            ("agent log", &agent.log()),
+            ("status", &status),
+            ("metrics", &body),
+        ] {
+            assert!(!haystack.contains(s), "the secret is in the {what}");
+        }
+    }
+}
+
+/// Tagged psql at 127.0.0.1:`port` as `user`.
+fn psql_port(cg: &TestCgroup, port: u16, user: &str) -> Output {
+    let bin = pg_bin("psql");
+    run_output(
+        in_cgroup(&cg.path, bin.to_str().unwrap())
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", "/dev/null")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .args(["-X", "-At", "-w", "-h", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .args(["-U", user, "-d", "postgres", "-c", "select 1"]),
+    )
+}
