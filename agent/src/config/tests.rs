@@ -168,3 +168,29 @@ fn semantic_errors_point_at_their_node_not_at_a_comment() {
     let e = err("cgroups: {rescan_seconds: 0}\n");
     assert!(e.starts_with("pgwarden.yaml:1:11: "), "{e}");
 }
+
+#[test]
+fn upstream_auth_is_checked_where_it_is_written() {
+    let base = "workloads:\n  - name: mcp\n    upstream_auth:\n      user: mcp_payments\n      password_file: $CREDENTIALS_DIRECTORY/mcp-db\n";
+    let c = parse(&format!(
+        "{base}      servers: [\"10.0.0.5:5432\", \"/var/run/postgresql/.s.PGSQL.5432\"]\n"
+    ))
+    .unwrap();
+    let auth = c.workloads[0].upstream_auth.as_ref().unwrap();
+    assert_eq!(auth.user, "mcp_payments");
+    let e = parse(&format!("{base}      servers: [\"*:5432\"]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("pgwarden.yaml:6:"), "{e}");
+    assert!(e.contains("any address would hand the secret"), "{e}");
+    let e = parse(&format!(
+        "{base}      servers: [\"10.0.0.5:5432\"]\n      methods: [md5]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("pgwarden.yaml:7:"), "{e}");
+    let ok = parse(&format!(
+        "upstream:\n  sslmode: verify-full\n  ca: /x.pem\n{base}      servers: [\"10.0.0.5:5432\"]\n      methods: [md5]\n"
+    ));
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}
