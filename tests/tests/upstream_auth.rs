@@ -319,6 +319,8 @@ fn a_tagged_workload_without_a_password_logs_in_as_its_role() {
         .find(|r| r["outcome"] == "failure" && r["workload"] == "mcp-payments")
         .expect("a failed login record");
     assert_eq!(failure["sqlstate"], "28P01", "{failure}");
+    assert_eq!(failure["detail"]["login"]["user"], ROLE, "{failure}");
+    assert_eq!(failure["db"]["user"], ROLE, "{failure}");
     std::fs::write(&secret, format!("{SECOND}\n")).unwrap();
     let who = ok(
         &psql(

@@ -67,13 +67,16 @@ impl Registry {
 
     /// The server told session `meta` its backend key.
     pub fn register_cancel(&self, meta: &SessionMeta, pid: i32, key: &[u8]) {
+        // A session pgwarden logged in for reached its server from the agent's namespaces;
+        // its cancel must go the same way.
+        let own = meta.login.is_some();
         lock(&self.cancel_keys).insert(
             (pid, key.to_vec()),
             CancelTarget {
                 session: meta.id,
                 server: meta.server.0.clone(),
-                client_pid: meta.identity.as_ref().map(|i| i.pid),
-                netns: meta.netns.clone(),
+                client_pid: meta.identity.as_ref().map(|i| i.pid).filter(|_| !own),
+                netns: meta.netns.clone().filter(|_| !own),
             },
         );
     }

@@ -143,8 +143,11 @@ pub(super) async fn run(
 /// pgwarden's login failed: a log line, a failed `session.start` record, and the client told.
 async fn login_failed(ctx: &Ctx<'_>, code: &str, message: &str) {
     warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, server = %ctx.meta.server.0, "{message}");
-    let record = ctx
-        .start_record()
+    let mut record = ctx.start_record();
+    if let Some(info) = &ctx.meta.login {
+        record = record.detail("login", info);
+    }
+    let record = record
         .outcome(crate::audit::Outcome::Failure)
         .sqlstate(code)
         .error(message);
