@@ -121,6 +121,12 @@ struct StatementLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabels {
+    workload: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkloadLabels {
     workload: String,
 }
@@ -224,6 +230,9 @@ pub struct Metrics {
     /// Workload -> its counter in `masked`, as `statement_counters`.
     masked_counters: RwLock<HashMap<String, Counter>>,
     latency: Histogram,
+    /// pgwarden's own logins (`upstream_auth`), by workload and result (once per session:
+    /// a map lookup on the connection's setup is cheap enough).
+    logins: Family<LoginLabels, Counter>,
     gauges: Gauges,
     kernel: Arc<KernelCounters>,
     /// Held from setting the gauges to the end of encoding: each scrape shows one snapshot.
@@ -235,6 +244,7 @@ impl Default for Metrics {
         let statements = Family::<StatementLabels, Counter>::default();
         let masked = Family::<WorkloadLabels, Counter>::default();
         let latency = Histogram::new(BUCKETS);
+        let logins = Family::<LoginLabels, Counter>::default();
         let gauges = Gauges::default();
         let kernel = Arc::new(KernelCounters::default());
         // Help texts without the final full stop: the registry adds it.
@@ -253,6 +263,12 @@ impl Default for Metrics {
             "pgwarden_masked_values",
             "Values masked, by workload",
             masked.clone(),
+        );
+        r.register(
+            "pgwarden_upstream_logins",
+            "pgwarden's own logins for workloads with upstream_auth, by result (ok, refused: \
+             before the server was asked; failed: the server or the exchange refused it)",
+            logins.clone(),
         );
         r.register(
             "pgwarden_approvals_pending",
@@ -284,6 +300,7 @@ impl Default for Metrics {
             masked,
             masked_counters: RwLock::default(),
             latency,
+            logins,
             gauges,
             kernel,
             scraping: Mutex::new(()),
@@ -320,6 +337,17 @@ impl Metrics {
         if !by.iter().any(|(d, _)| *d == decision) {
             by.push((decision, c));
         }
+    }
+
+    /// One of pgwarden's own logins: `ok`, `refused` (not attempted: wrong user or server,
+    /// unreadable secret) or `failed` (the server or the exchange refused it).
+    pub fn login(&self, workload: &str, result: &'static str) {
+        self.logins
+            .get_or_create(&LoginLabels {
+                workload: workload.to_owned(),
+                result,
+            })
+            .inc();
     }
 
     /// Values masked for a workload.

@@ -417,6 +417,19 @@ fn a_tagged_workload_without_a_password_logs_in_as_its_role() {
     let status = agent.status().to_string();
     let body = metrics(metrics_port);
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for (result, at_least) in [("ok", 6), ("refused", 1), ("failed", 2)] {
+        let line = format!(
+            "pgwarden_upstream_logins_total{{workload=\"mcp-payments\",result=\"{result}\"}} "
+        );
+        let n: u64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line} in:\n{body}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(n >= at_least, "{line}{n}");
+    }
     for s in [FIRST, SECOND] {
         for (what, haystack) in [
             ("journal", &journal),

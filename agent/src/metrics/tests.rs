@@ -51,6 +51,9 @@ fn metrics() -> Metrics {
     m.masked("svc", 0);
     m.latency(Duration::from_micros(1500));
     m.latency(Duration::from_micros(20));
+    m.login("svc", "ok");
+    m.login("svc", "ok");
+    m.login("svc", "failed");
     m
 }
 
@@ -67,6 +70,8 @@ fn every_metric_keeps_its_name() {
         "pgwarden_masked_values_total{workload=\"svc\"} 3",
         "pgwarden_approvals_pending 0",
         "pgwarden_grants_open 1",
+        "pgwarden_upstream_logins_total{workload=\"svc\",result=\"ok\"} 2",
+        "pgwarden_upstream_logins_total{workload=\"svc\",result=\"failed\"} 1",
         "pgwarden_audit_last_seq 12",
         "pgwarden_audit_queue_depth 2",
         "pgwarden_audit_records_written 0",

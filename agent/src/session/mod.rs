@@ -494,6 +494,7 @@ async fn run(
             }
             Err(e) => {
                 warn!(session = %id, workload = %origin.workload, server = %origin.server.0, "login refused: {e}");
+                env.metrics.login(&origin.workload.0, "refused");
                 let message = format!("pgwarden: {e}");
                 audit_refusal(&env, id, &origin, &peer, &db, e.sqlstate(), &message).await;
                 refuse(&mut conn, e.sqlstate(), &message).await;

@@ -49,6 +49,7 @@ pub(super) async fn run(
                     // The client hears AuthenticationOk, and none of the exchange before it.
                     Ok(None) if code == 0 => {
                         authenticated = true;
+                        ctx.env.metrics.login(&ctx.meta.workload.0, "ok");
                         out.push(frame.bytes);
                     }
                     Ok(None) => {}
@@ -143,6 +144,7 @@ pub(super) async fn run(
 /// pgwarden's login failed: a log line, a failed `session.start` record, and the client told.
 async fn login_failed(ctx: &Ctx<'_>, code: &str, message: &str) {
     warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, server = %ctx.meta.server.0, "{message}");
+    ctx.env.metrics.login(&ctx.meta.workload.0, "failed");
     let mut record = ctx.start_record();
     if let Some(info) = &ctx.meta.login {
         record = record.detail("login", info);
