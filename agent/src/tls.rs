@@ -140,15 +140,32 @@ pub fn acceptor(cfg: &ClientTlsConfig) -> Result<tokio_rustls::TlsAcceptor, TlsE
 
 /// The connector toward the server, or `None` for `sslmode: disable`.
 pub fn connector(cfg: &UpstreamConfig) -> Result<Option<tokio_rustls::TlsConnector>, TlsError> {
+    upstream_connector(cfg, None)
+}
+
+/// The connector toward the server presenting the client certificate `cert` with `key`
+/// (`upstream_auth` with `cert`; the config allows it only with sslmode require or
+/// verify-full).
+pub fn client_cert_connector(
+    cfg: &UpstreamConfig,
+    cert: &Path,
+    key_file: &Path,
+) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    upstream_connector(cfg, Some((cert, key_file)))?.ok_or(TlsError::NoCa)
+}
+
+fn upstream_connector(
+    cfg: &UpstreamConfig,
+    client: Option<(&Path, &Path)>,
+) -> Result<Option<tokio_rustls::TlsConnector>, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?;
-    let config = match cfg.sslmode {
+    let verified = match cfg.sslmode {
         SslMode::Disable => return Ok(None),
         // libpq's prefer and require encrypt without verifying the certificate.
         SslMode::Prefer | SslMode::Require => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
-            .with_no_client_auth(),
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider()))),
         SslMode::VerifyFull => {
             let mut roots = rustls::RootCertStore::empty();
             let ca = cfg.ca.as_deref().ok_or(TlsError::NoCa)?;
@@ -157,8 +174,12 @@ pub fn connector(cfg: &UpstreamConfig) -> Result<Option<tokio_rustls::TlsConnect
                     .add(c)
                     .map_err(|e| TlsError::BadCa(ca.to_owned(), e))?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         }
+    };
+    let config = match client {
+        Some((cert, key_file)) => verified.with_client_auth_cert(certs(cert)?, key(key_file)?)?,
+        None => verified.with_no_client_auth(),
     };
     Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
 }

@@ -16,8 +16,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use pgwarden_e2e::{
-    Agent, McpServer, PgServer, TestCgroup, demo_seed_sql, free_port, in_cgroup, mcp_server,
-    pg_bin, policy_path, require_root, run_output, unique_name,
+    Agent, McpServer, PG_SERVER_NAME, PgServer, TestCgroup, demo_seed_sql, free_port, in_cgroup,
+    mcp_server, pg_bin, policy_path, require_root, run_output, self_signed_cert, unique_name,
 };
 use serde_json::Value;
 
@@ -454,4 +454,79 @@ fn psql_port(cg: &TestCgroup, port: u16, user: &str) -> Output {
             .arg(port.to_string())
             .args(["-U", user, "-d", "postgres", "-c", "select 1"]),
     )
+}
+
+/// `cert` logins: PostgreSQL's `pg_hba.conf` admits the role only with a client certificate
+/// whose CN is the role (`hostssl ... cert`); pgwarden presents the workload's on its TLS hop.
+#[test]
+fn a_certificate_login_presents_the_roles_certificate() {
+    require_root();
+    const CERT_ROLE: &str = "mcp_cert";
+    let certs = tempfile::tempdir().unwrap();
+    let server = self_signed_cert(certs.path(), "server", PG_SERVER_NAME);
+    let client = self_signed_cert(certs.path(), "client", CERT_ROLE);
+    let pg_user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    for f in [certs.path(), &server.cert, &server.key] {
+        std::os::unix::fs::chown(f, Some(pg_user.uid.as_raw()), Some(pg_user.gid.as_raw()))
+            .unwrap();
+    }
+    // The client certificate is self-signed, so it is its own CA for PostgreSQL.
+    let pg = PgServer::start_configured(
+        &format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\nssl_ca_file = '{}'\n",
+            server.cert.display(),
+            server.key.display(),
+            client.cert.display()
+        ),
+        Some(&format!(
+            "local all postgres trust\n\
+             hostssl all {CERT_ROLE} 127.0.0.1/32 cert\n\
+             host all all 127.0.0.1/32 scram-sha-256\n"
+        )),
+    );
+    pg.psql_socket(&format!("create role {CERT_ROLE} login"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("control.sock");
+    let cg = TestCgroup::create(&unique_name("pgw-e2e-login-cert"));
+    let listen = free_port();
+    let config = format!(
+        "listen:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: \"[::1]:{listen}\"\ncontrol:\n  socket: {}\n\
+         intercept:\n  - \"*:{}\"\nupstream:\n  sslmode: require\n\
+         workloads:\n  - name: mcp-cert\n    cgroup: \"{}\"\n    policy: {}\n    profile: allow-all\n\
+         \x20   upstream_auth:\n      user: {CERT_ROLE}\n      cert: {}\n      key: {}\n      \
+         servers: [\"127.0.0.1:{}\"]\n",
+        control.display(),
+        pg.port,
+        cg.rel,
+        policy_path("allow-all.yaml").display(),
+        client.cert.display(),
+        client.key.display(),
+        pg.port,
+    );
+    let agent = Agent::start(&config, &control);
+
+    let seen = ok(
+        &psql(
+            &pg,
+            Some(&cg),
+            "127.0.0.1",
+            "postgres",
+            None,
+            "select current_user || ' ' || ssl || ' ' || client_dn from pg_stat_ssl where pid = pg_backend_pid()",
+        ),
+        "tagged psql with a certificate login",
+    );
+    assert_eq!(seen, format!("{CERT_ROLE} true /CN={CERT_ROLE}"));
+    let err = failed(
+        &psql(&pg, None, "127.0.0.1", CERT_ROLE, None, "select 1"),
+        "untagged psql without the certificate",
+    );
+    assert!(err.contains("certificate"), "{err}");
+    let start = starts(&agent)
+        .into_iter()
+        .find(|r| r["workload"] == "mcp-cert" && r["outcome"].is_null())
+        .expect("a session.start of the certificate login");
+    assert_eq!(start["detail"]["login"]["method"], "cert", "{start}");
+    assert_eq!(start["db"]["user"], CERT_ROLE, "{start}");
 }

@@ -183,10 +183,9 @@ impl Config {
                 }
             }
         }
-        let verify_full = self.upstream.sslmode == SslMode::VerifyFull;
         for (i, w) in self.workloads.iter().enumerate() {
             if let Some(auth) = &w.upstream_auth
-                && let Err((key, message)) = auth.check(verify_full)
+                && let Err((key, message)) = auth.check(self.upstream.sslmode)
             {
                 return Err(Invalid::key(
                     yaml_path!["workloads", i, "upstream_auth", key],

@@ -205,16 +205,12 @@ pub async fn run(
         warn!(workload = %w.name, "workload has no policy: every statement it sends will be denied");
     }
     let hash_key = Arc::new(load_hash_key(&config, &policy)?);
-    let logins = crate::login::Logins::new(
-        &config.workloads,
-        config.upstream.sslmode == crate::tls::SslMode::VerifyFull,
-    )
-    .map_err(|(i, key, message)| {
-        anyhow::anyhow!("workloads[{i}].upstream_auth.{key}: {message}")
-    })?;
+    let logins = crate::login::Logins::new(&config.workloads, config.upstream.sslmode).map_err(
+        |(i, key, message)| anyhow::anyhow!("workloads[{i}].upstream_auth.{key}: {message}"),
+    )?;
     // A secret that cannot be read stops the start, not the workload's first session.
     logins
-        .check_secrets()
+        .check_secrets(&config.upstream)
         .context("upstream_auth: a workload's credential")?;
     let logins = Arc::new(logins);
     // The journal before anything is attached: no access without its record.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::dest::Destination;
+use crate::tls::SslMode;
 
 /// `upstream_auth:` on a workload.
 #[derive(Clone, Debug, Deserialize)]
@@ -15,7 +16,15 @@ pub struct UpstreamAuthConfig {
     /// The file holding the role's password (one line; a trailing newline is dropped). A
     /// path starting `$CREDENTIALS_DIRECTORY/` is under systemd's credentials directory of
     /// the agent's unit (`LoadCredential=`).
-    pub password_file: PathBuf,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// A client certificate (PEM) pgwarden presents on its TLS hop for `cert` logins (and
+    /// `clientcert=verify-full`), with `key`. Its CN is the role, for PostgreSQL.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM), with `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
     /// What happens to the user the client asks for.
     #[serde(default)]
     pub user_policy: UserPolicy,
@@ -81,21 +90,50 @@ pub struct Servers {
 }
 
 impl UpstreamAuthConfig {
-    /// Checks the section; `Err((key, message))` names the key at fault. `verify_full` says
-    /// whether `upstream.sslmode` is `verify-full`.
-    pub fn check(&self, verify_full: bool) -> Result<Servers, (&'static str, String)> {
+    /// Checks the section; `Err((key, message))` names the key at fault. `sslmode` is
+    /// `upstream.sslmode`.
+    pub fn check(&self, sslmode: SslMode) -> Result<Servers, (&'static str, String)> {
+        let verify_full = sslmode == SslMode::VerifyFull;
         if self.user.is_empty() || self.user.contains('\0') {
             return Err(("user", "upstream_auth.user: a role name".to_owned()));
         }
-        let file = self.password_file.to_string_lossy();
-        if !(file.starts_with('/') || file.starts_with("$CREDENTIALS_DIRECTORY/")) {
-            return Err((
-                "password_file",
-                format!(
-                    "upstream_auth.password_file `{file}`: an absolute path, or \
-                     $CREDENTIALS_DIRECTORY/NAME for a systemd credential"
-                ),
-            ));
+        for (key, path) in [
+            ("password_file", &self.password_file),
+            ("cert", &self.cert),
+            ("key", &self.key),
+        ] {
+            let Some(path) = path else { continue };
+            let file = path.to_string_lossy();
+            if !(file.starts_with('/') || file.starts_with("$CREDENTIALS_DIRECTORY/")) {
+                return Err((
+                    key,
+                    format!(
+                        "upstream_auth.{key} `{file}`: an absolute path, or \
+                         $CREDENTIALS_DIRECTORY/NAME for a systemd credential"
+                    ),
+                ));
+            }
+        }
+        match (&self.password_file, &self.cert, &self.key) {
+            (None, None, None) => {
+                return Err((
+                    "password_file",
+                    "upstream_auth: password_file, or cert and key, say how pgwarden logs in"
+                        .to_owned(),
+                ));
+            }
+            (_, Some(_), None) | (_, None, Some(_)) => {
+                return Err(("cert", "upstream_auth: cert and key go together".to_owned()));
+            }
+            (_, Some(_), Some(_)) if !matches!(sslmode, SslMode::Require | SslMode::VerifyFull) => {
+                return Err((
+                    "cert",
+                    "upstream_auth.cert: a certificate is presented on pgwarden's TLS hop; \
+                     upstream.sslmode must be require or verify-full"
+                        .to_owned(),
+                ));
+            }
+            _ => {}
         }
         if self.methods.is_empty() {
             return Err((
@@ -152,11 +190,11 @@ impl UpstreamAuthConfig {
         Ok(servers)
     }
 
-    /// The password file's path, with `$CREDENTIALS_DIRECTORY` taken from the environment.
-    pub fn password_path(&self) -> Result<PathBuf, String> {
-        let text = self.password_file.to_string_lossy();
+    /// A configured file's path, with `$CREDENTIALS_DIRECTORY` taken from the environment.
+    pub fn resolve(path: &Path) -> Result<PathBuf, String> {
+        let text = path.to_string_lossy();
         let Some(rest) = text.strip_prefix("$CREDENTIALS_DIRECTORY/") else {
-            return Ok(self.password_file.clone());
+            return Ok(path.to_owned());
         };
         let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
             format!(
@@ -181,7 +219,7 @@ mod tests {
         let a = section("user: app\npassword_file: /run/k\nservers: [\"127.0.0.1:5432\"]\n");
         assert_eq!(a.methods, [Method::ScramSha256]);
         assert_eq!(a.user_policy, UserPolicy::Force);
-        let s = a.check(false).unwrap();
+        let s = a.check(SslMode::Prefer).unwrap();
         assert_eq!(s.tcp.len(), 1);
         assert!(s.unix.is_empty());
     }
@@ -202,18 +240,26 @@ mod tests {
         ];
         for (rest, key) in refused {
             let a = section(&format!("{base}{rest}"));
-            assert_eq!(a.check(false).unwrap_err().0, key, "{rest}");
+            assert_eq!(a.check(SslMode::Prefer).unwrap_err().0, key, "{rest}");
         }
         let md5 = section(&format!(
             "{base}servers: [\"1.2.3.4:5432\"]\nmethods: [md5]\n"
         ));
-        assert!(md5.check(true).is_ok());
+        assert!(md5.check(SslMode::VerifyFull).is_ok());
         let rel = section("user: app\npassword_file: k\nservers: [\"1.2.3.4:5432\"]\n");
-        assert_eq!(rel.check(false).unwrap_err().0, "password_file");
+        assert_eq!(rel.check(SslMode::Prefer).unwrap_err().0, "password_file");
         let sock = section(&format!(
             "{base}servers: [\"/var/run/postgresql/.s.PGSQL.5432\"]\n"
         ));
-        assert_eq!(sock.check(false).unwrap().unix.len(), 1);
+        assert_eq!(sock.check(SslMode::Prefer).unwrap().unix.len(), 1);
+        let servers = "servers: [\"1.2.3.4:5432\"]\n";
+        let none = section(&format!("user: app\n{servers}"));
+        assert_eq!(none.check(SslMode::Prefer).unwrap_err().0, "password_file");
+        let half = section(&format!("user: app\ncert: /c.pem\n{servers}"));
+        assert_eq!(half.check(SslMode::Require).unwrap_err().0, "cert");
+        let cert = section(&format!("user: app\ncert: /c.pem\nkey: /k.pem\n{servers}"));
+        assert_eq!(cert.check(SslMode::Prefer).unwrap_err().0, "cert");
+        assert!(cert.check(SslMode::Require).is_ok());
         assert!(
             serde_yaml_ng::from_str::<UpstreamAuthConfig>(&format!(
                 "{base}servers: [\"1.2.3.4:5432\"]\nmethods: [trust]\n"

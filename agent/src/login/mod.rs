@@ -34,8 +34,10 @@ pub struct Account {
     pub workload: String,
     /// The role.
     pub user: String,
-    /// The secret's file (resolved).
-    pub password_file: PathBuf,
+    /// The password's file (resolved), if the role logs in with one.
+    pub password_file: Option<PathBuf>,
+    /// The client certificate and key files (resolved), if it presents one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     /// What happens to the client's user.
     pub user_policy: UserPolicy,
     /// Where the secret may go.
@@ -50,6 +52,7 @@ impl fmt::Debug for Account {
             .field("workload", &self.workload)
             .field("user", &self.user)
             .field("password_file", &self.password_file)
+            .field("client_cert", &self.client_cert)
             .finish_non_exhaustive()
     }
 }
@@ -142,21 +145,32 @@ impl Logins {
     /// Builds every workload's login from the config; `Err((workload index, key, message))`.
     pub fn new(
         workloads: &[crate::config::WorkloadConfig],
-        verify_full: bool,
+        sslmode: crate::tls::SslMode,
     ) -> Result<Self, (usize, &'static str, String)> {
         let mut by_workload = HashMap::new();
         for (i, w) in workloads.iter().enumerate() {
             let Some(auth) = &w.upstream_auth else {
                 continue;
             };
-            let servers = auth.check(verify_full).map_err(|(k, m)| (i, k, m))?;
-            let password_file = auth.password_path().map_err(|m| (i, "password_file", m))?;
+            let servers = auth.check(sslmode).map_err(|(k, m)| (i, k, m))?;
+            let resolve = |key: &'static str, p: &Option<PathBuf>| {
+                p.as_deref()
+                    .map(UpstreamAuthConfig::resolve)
+                    .transpose()
+                    .map_err(|m| (i, key, m))
+            };
+            let password_file = resolve("password_file", &auth.password_file)?;
+            let client_cert = match (resolve("cert", &auth.cert)?, resolve("key", &auth.key)?) {
+                (Some(c), Some(k)) => Some((c, k)),
+                _ => None,
+            };
             by_workload.insert(
                 w.name.clone(),
                 Arc::new(Account {
                     workload: w.name.clone(),
                     user: auth.user.clone(),
                     password_file,
+                    client_cert,
                     user_policy: auth.user_policy,
                     servers,
                     methods: auth.methods.clone(),
@@ -171,11 +185,12 @@ impl Logins {
         self.by_workload.get(workload)
     }
 
-    /// Reads every secret once, so a missing or unreadable file stops the agent's start
-    /// rather than its workload's first session.
-    pub fn check_secrets(&self) -> Result<(), LoginError> {
+    /// Reads every secret and certificate once, so a missing or unreadable file stops the
+    /// agent's start rather than its workload's first session.
+    pub fn check_secrets(&self, upstream: &crate::tls::UpstreamConfig) -> Result<(), LoginError> {
         for a in self.by_workload.values() {
             a.read_secret()?;
+            a.tls(upstream)?;
         }
         Ok(())
     }
@@ -205,6 +220,16 @@ impl Account {
                 allowed: allowed.join(", "),
             });
         }
+        if self.password_file.is_none() && matches!(server, SockAddr::Unix(_)) {
+            return Err(LoginError::Server {
+                workload: self.workload.clone(),
+                server: format!(
+                    "{server}, a Unix socket, where the role's certificate cannot be presented \
+                     (no TLS)"
+                ),
+                allowed: "TCP servers".to_owned(),
+            });
+        }
         if self.user_policy == UserPolicy::MustMatch && asked_user != self.user {
             return Err(LoginError::WrongUser {
                 workload: self.workload.clone(),
@@ -227,15 +252,35 @@ impl Account {
         }
     }
 
-    /// Reads the secret: the file's content without one trailing newline; empty, oversize or
-    /// non-UTF-8 content is refused.
-    pub fn read_secret(&self) -> Result<Secret, LoginError> {
+    /// The TLS connector presenting the client certificate, read from its files now (so a
+    /// renewed certificate applies to the next login), when the role logs in with one.
+    pub fn tls(
+        &self,
+        upstream: &crate::tls::UpstreamConfig,
+    ) -> Result<Option<tokio_rustls::TlsConnector>, LoginError> {
+        let Some((cert, key)) = &self.client_cert else {
+            return Ok(None);
+        };
+        crate::tls::client_cert_connector(upstream, cert, key)
+            .map(Some)
+            .map_err(|e| LoginError::Secret {
+                path: cert.clone(),
+                reason: format!("{e:#}"),
+            })
+    }
+
+    /// Reads the password, when the role has one: the file's content without one trailing
+    /// newline; empty, oversize or non-UTF-8 content is refused.
+    pub fn read_secret(&self) -> Result<Option<Secret>, LoginError> {
         use std::io::Read as _;
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
         let fail = |reason: String| LoginError::Secret {
-            path: self.password_file.clone(),
+            path: path.clone(),
             reason,
         };
-        let file = std::fs::File::open(&self.password_file).map_err(|e| fail(e.to_string()))?;
+        let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
         let mut buf = Zeroizing::new(Vec::with_capacity(128));
         file.take(MAX_SECRET + 1)
             .read_to_end(&mut buf)
@@ -257,7 +302,7 @@ impl Account {
         if std::str::from_utf8(&buf).is_err() || buf.contains(&0) {
             return Err(fail("not a UTF-8 password without NUL bytes".to_owned()));
         }
-        Ok(Secret(buf))
+        Ok(Some(Secret(buf)))
     }
 }
 
@@ -276,28 +321,52 @@ enum Phase {
 /// One session's login: answers the server's Authentication requests with the secret.
 pub struct Login {
     account: Arc<Account>,
-    secret: Secret,
+    secret: Option<Secret>,
     phase: Phase,
     method: Option<Method>,
+    /// The connector presenting the role's certificate, for the connection to the server.
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// An answer to send to the server; wiped when dropped (it may hold the password).
 pub type Answer = Zeroizing<Vec<u8>>;
 
 impl Login {
-    /// A login for `account` with its secret.
-    pub fn new(account: Arc<Account>, secret: Secret) -> Self {
+    /// A login for `account` with its password and certificate connector.
+    pub fn new(
+        account: Arc<Account>,
+        secret: Option<Secret>,
+        tls: Option<tokio_rustls::TlsConnector>,
+    ) -> Self {
         Self {
             account,
             secret,
             phase: Phase::Start,
             method: None,
+            tls,
         }
     }
 
-    /// The method the server asked for and got (`None`: it asked for nothing, e.g. trust).
-    pub fn method(&self) -> Option<Method> {
-        self.method
+    /// How the server authenticated the role: the method it asked for, else `cert` when the
+    /// role's certificate was presented, else `trust`.
+    pub fn method_name(&self) -> &'static str {
+        match self.method {
+            Some(m) => m.as_str(),
+            None if self.tls.is_some() => "cert",
+            None => "trust",
+        }
+    }
+
+    /// The password, for a request that needs it.
+    fn password(&self, asked: &str) -> Result<&[u8], LoginError> {
+        self.secret
+            .as_ref()
+            .map(|s| &s.0[..])
+            .ok_or_else(|| LoginError::Method {
+                workload: self.account.workload.clone(),
+                asked: asked.to_owned(),
+                allowed: "its certificate (no password_file)".to_owned(),
+            })
     }
 
     /// The answer to the server's Authentication request `code` with `data`: `Ok(Some)` to
@@ -318,7 +387,7 @@ impl Login {
             3 => {
                 self.allow(Method::Password, "password")?;
                 let mut buf = BytesMut::with_capacity(64);
-                let _ = frontend::password_message(&self.secret.0, &mut buf);
+                let _ = frontend::password_message(self.password("password")?, &mut buf);
                 self.phase = Phase::Sent;
                 Ok(Some(wiped(buf)))
             }
@@ -330,7 +399,7 @@ impl Login {
                     .ok_or_else(|| exchange("AuthenticationMD5Password", "no salt"))?;
                 let hash = Zeroizing::new(postgres_protocol::authentication::md5_hash(
                     self.account.user.as_bytes(),
-                    &self.secret.0,
+                    self.password("md5")?,
                     salt,
                 ));
                 let mut buf = BytesMut::with_capacity(64);
@@ -347,7 +416,10 @@ impl Login {
                 self.allow(Method::ScramSha256, sasl::SCRAM_SHA_256)?;
                 // "n": pgwarden does not do channel binding (it would need the server
                 // certificate's hash; the servers list and verify-full do that job).
-                let scram = ScramSha256::new(&self.secret.0, ChannelBinding::unsupported());
+                let scram = ScramSha256::new(
+                    self.password(sasl::SCRAM_SHA_256)?,
+                    ChannelBinding::unsupported(),
+                );
                 let mut buf = BytesMut::with_capacity(128);
                 let _ =
                     frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), &mut buf);

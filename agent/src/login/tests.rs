@@ -4,7 +4,8 @@ fn account(methods: &[Method], policy: UserPolicy, file: PathBuf) -> Arc<Account
     Arc::new(Account {
         workload: "mcp".into(),
         user: "mcp_role".into(),
-        password_file: file,
+        password_file: Some(file),
+        client_cert: None,
         user_policy: policy,
         servers: Servers {
             tcp: vec![crate::dest::Destination::parse("127.0.0.1:5432").unwrap()],
@@ -16,7 +17,7 @@ fn account(methods: &[Method], policy: UserPolicy, file: PathBuf) -> Arc<Account
 
 fn login(methods: &[Method]) -> Login {
     let a = account(methods, UserPolicy::Force, PathBuf::new());
-    Login::new(a, Secret(Zeroizing::new(b"pa55word".to_vec())))
+    Login::new(a, Some(Secret(Zeroizing::new(b"pa55word".to_vec()))), None)
 }
 
 fn sasl_offer(mechs: &[&str]) -> Vec<u8> {
@@ -68,9 +69,9 @@ fn reads_the_secret_without_its_newline_and_refuses_bad_files() {
     let a = account(&[Method::ScramSha256], UserPolicy::Force, path.clone());
     assert!(matches!(a.read_secret(), Err(LoginError::Secret { .. })));
     std::fs::write(&path, "s3cret\n").unwrap();
-    assert_eq!(&**a.read_secret().unwrap().0, b"s3cret");
+    assert_eq!(&**a.read_secret().unwrap().unwrap().0, b"s3cret");
     std::fs::write(&path, "s3cret\r\n").unwrap();
-    assert_eq!(&**a.read_secret().unwrap().0, b"s3cret");
+    assert_eq!(&**a.read_secret().unwrap().unwrap().0, b"s3cret");
     for bad in [&b""[..], b"\n", b"a\0b", &[0xff, 0xfe][..]] {
         std::fs::write(&path, bad).unwrap();
         let e = a.read_secret().unwrap_err();
@@ -97,7 +98,7 @@ fn weak_methods_are_refused_unless_configured() {
     assert_eq!(answer[0], b'p');
     assert!(answer[5..].starts_with(b"md5"));
     assert!(!answer.windows(8).any(|w| w == b"pa55word"));
-    assert_eq!(l.method(), Some(Method::Md5));
+    assert_eq!(l.method_name(), "md5");
     // A second request after the secret went is not answered.
     assert!(l.answer(5, &[1, 2, 3, 4]).is_err());
     let mut l = login(&[Method::Password]);
@@ -156,4 +157,29 @@ fn login_after_first(l: &mut Login, nonce: &str) -> Result<(), LoginError> {
     let client_final = std::str::from_utf8(&answer[5..]).unwrap();
     assert!(client_final.starts_with("c=biws,r="), "{client_final}");
     Ok(())
+}
+
+#[test]
+fn a_certificate_only_role_answers_no_password_request_and_needs_tls() {
+    let mut a = Arc::try_unwrap(account(
+        &[Method::ScramSha256],
+        UserPolicy::Force,
+        PathBuf::new(),
+    ))
+    .unwrap();
+    a.password_file = None;
+    a.client_cert = Some(("/c.pem".into(), "/k.pem".into()));
+    let a = Arc::new(a);
+    assert!(a.read_secret().unwrap().is_none());
+    let sock = SockAddr::Unix("/run/postgresql/.s.PGSQL.5432".into());
+    assert!(matches!(
+        a.admit("x", &sock),
+        Err(LoginError::Server { .. })
+    ));
+    let mut l = Login::new(Arc::clone(&a), None, None);
+    assert!(matches!(
+        l.answer(10, &sasl_offer(&["SCRAM-SHA-256"])),
+        Err(LoginError::Method { .. })
+    ));
+    assert_eq!(Login::new(a, None, None).method_name(), "trust");
 }

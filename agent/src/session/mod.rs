@@ -334,11 +334,15 @@ pub async fn connect_upstream(
     server: &SockAddr,
     pid: Option<u32>,
     netns: Option<&Netns>,
+    client_cert: Option<&tokio_rustls::TlsConnector>,
 ) -> anyhow::Result<Conn> {
     let timeout = Duration::from_secs(env.upstream.connect_timeout_seconds);
     let server = match server {
         SockAddr::Inet(a) => *a,
         SockAddr::Unix(path) => {
+            if client_cert.is_some() {
+                bail!("a client certificate cannot be presented on a Unix socket ({path})");
+            }
             let target = unix_target(path, pid)?;
             let unix = tokio::time::timeout(timeout, UnixStream::connect(&target))
                 .await
@@ -365,7 +369,7 @@ pub async fn connect_upstream(
             Some(ns) => format!("connecting to {server} from network namespace {}", ns.id.0),
         })?;
     let _ = tcp.set_nodelay(true);
-    let Some(connector) = &env.upstream_tls else {
+    let Some(connector) = client_cert.or(env.upstream_tls.as_ref()) else {
         return Ok(Conn::Plain(tcp));
     };
     let mut req = Vec::with_capacity(8);
@@ -381,7 +385,9 @@ pub async fn connect_upstream(
                 .with_context(|| format!("TLS handshake with {server}"))?;
             Ok(Conn::ClientTls(Box::new(tls)))
         }
-        b'N' if env.upstream.sslmode == SslMode::Prefer => Ok(Conn::Plain(tcp)),
+        b'N' if env.upstream.sslmode == SslMode::Prefer && client_cert.is_none() => {
+            Ok(Conn::Plain(tcp))
+        }
         b'N' => {
             bail!("the server at {server} does not accept TLS and upstream.sslmode requires it")
         }
@@ -404,7 +410,15 @@ async fn cancel(env: &SessionEnv, id: SessionId, pid: i32, key: &[u8], raw: &[u8
         info!(session = %target.session, request = request.id, "approval request withdrawn by the client's cancel");
     }
     let server = target.server;
-    match connect_upstream(env, &server, target.client_pid, target.netns.as_deref()).await {
+    match connect_upstream(
+        env,
+        &server,
+        target.client_pid,
+        target.netns.as_deref(),
+        None,
+    )
+    .await
+    {
         Ok(mut up) => {
             let _ = up.write_all(raw).await;
             let _ = up.flush().await;
@@ -485,7 +499,7 @@ async fn run(
     let mut login = None;
     let mut login_info = None;
     if let Some(account) = env.logins.get(&origin.workload.0) {
-        match open_login(account, &db, &origin.server.0) {
+        match open_login(&env, account, &db, &origin.server.0) {
             Ok((info, l)) => {
                 startup_raw = login_startup(&params, &info.user, &db.database);
                 db.user.clone_from(&info.user);
@@ -512,7 +526,15 @@ async fn run(
             origin.netns.as_deref(),
         )
     };
-    let upstream = match connect_upstream(&env, &origin.server.0, client_pid, upstream_netns).await
+    let client_cert = login.as_ref().and_then(|l| l.tls.clone());
+    let upstream = match connect_upstream(
+        &env,
+        &origin.server.0,
+        client_pid,
+        upstream_netns,
+        client_cert.as_ref(),
+    )
+    .await
     {
         Ok(u) => u,
         Err(e) => {
@@ -570,13 +592,18 @@ async fn run(
 /// Admits a connection to its workload's login and reads the secret (only for a server the
 /// secret is for).
 fn open_login(
+    env: &SessionEnv,
     account: &Arc<crate::login::Account>,
     db: &DbParams,
     server: &SockAddr,
 ) -> Result<(crate::login::LoginInfo, crate::login::Login), crate::login::LoginError> {
     let info = account.admit(&db.user, server)?;
     let secret = account.read_secret()?;
-    Ok((info, crate::login::Login::new(Arc::clone(account), secret)))
+    let tls = account.tls(&env.upstream)?;
+    Ok((
+        info,
+        crate::login::Login::new(Arc::clone(account), secret, tls),
+    ))
 }
 
 /// The client's StartupMessage with `user` as the role and `database` stated (PostgreSQL's

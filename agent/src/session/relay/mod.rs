@@ -243,7 +243,7 @@ pub async fn run(
     {
         return Ok(());
     }
-    let login_method = login.as_ref().map(|l| l.method());
+    let login_method = login.as_ref().map(crate::login::Login::method_name);
     // The secret is wiped now: the session never needs it again.
     drop(login);
     let started = std::time::Instant::now();
@@ -294,15 +294,12 @@ pub async fn run(
 
 /// `detail.login` of a session pgwarden logged in for: the role, what the client asked for,
 /// and the method the server asked for (`trust` when it asked for none).
-fn login_detail(
-    info: &crate::login::LoginInfo,
-    method: Option<crate::login::Method>,
-) -> serde_json::Value {
+fn login_detail(info: &crate::login::LoginInfo, method: &str) -> serde_json::Value {
     serde_json::json!({
         "user": info.user,
         "asked_user": info.asked_user,
         "user_policy": info.user_policy,
-        "method": method.map_or("trust", crate::login::Method::as_str),
+        "method": method,
     })
 }
 

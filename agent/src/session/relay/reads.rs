@@ -231,12 +231,15 @@ async fn cancel(ctx: &Ctx<'_>) {
     raw.put_u32(crate::wire::startup::CANCEL_REQUEST);
     raw.put_i32(pid);
     raw.put_slice(&key);
-    let client_pid = ctx.meta.identity.as_ref().map(|i| i.pid);
+    // A session pgwarden logged in for reached its server from the agent's namespaces.
+    let own = ctx.meta.login.is_some();
+    let client_pid = ctx.meta.identity.as_ref().map(|i| i.pid).filter(|_| !own);
     match crate::session::connect_upstream(
         ctx.env,
         &ctx.meta.server.0,
         client_pid,
-        ctx.meta.netns.as_deref(),
+        ctx.meta.netns.as_deref().filter(|_| !own),
+        None,
     )
     .await
     {
