@@ -530,3 +530,57 @@ fn a_certificate_login_presents_the_roles_certificate() {
     assert_eq!(start["detail"]["login"]["method"], "cert", "{start}");
     assert_eq!(start["db"]["user"], CERT_ROLE, "{start}");
 }
+
+/// Listen-only mode (`run --no-redirect`) relays whoever connects to the listen address: no
+/// kernel identity vouches for such a client, so a workload with `upstream_auth` gets no login
+/// there, and its secret never leaves the agent.
+#[test]
+fn a_listen_only_session_gets_no_login() {
+    require_root();
+    let pg = PgServer::start_configured("", Some(HBA));
+    pg.psql_socket(&format!(
+        "set log_statement = 'none'; create role {ROLE} login password '{FIRST}'"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, FIRST).unwrap();
+    let control = dir.path().join("c.sock");
+    let port = free_port();
+    let config = format!(
+        "listen:\n  ipv4: 127.0.0.1:{port}\n  ipv6: null\ncontrol:\n  socket: {}\n\
+         listen_only:\n  upstream: 127.0.0.1:{pg_port}\n\
+         workloads:\n  - name: listen-only\n    policy: {}\n    profile: allow-all\n\
+         \x20   upstream_auth:\n      user: {ROLE}\n      password_file: {}\n      \
+         servers: [\"127.0.0.1:{pg_port}\"]\n",
+        control.display(),
+        policy_path("allow-all.yaml").display(),
+        secret.display(),
+        pg_port = pg.port,
+    );
+    let agent = Agent::start_with_args(&config, &control, &["--no-redirect"]);
+    let out = run_output(
+        Command::new(pg_bin("psql"))
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", "/dev/null")
+            .args(["-X", "-At", "-w", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(port.to_string())
+            .args(["-c", "select current_user"]),
+    );
+    let err = failed(
+        &out,
+        "a listen-only client of a workload with upstream_auth",
+    );
+    assert!(
+        err.contains("listen-only sessions have no identity"),
+        "{err}"
+    );
+    let refused = starts(&agent)
+        .into_iter()
+        .find(|r| r["outcome"] == "failure")
+        .expect("the refusal is recorded");
+    assert_eq!(refused["sqlstate"], "28000", "{refused}");
+    assert!(
+        !pg.log().contains(&format!("user={ROLE}")),
+        "pgwarden logged in as the role for a listen-only client"
+    );
+}

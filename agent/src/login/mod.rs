@@ -89,6 +89,15 @@ pub enum LoginError {
         /// The configured servers.
         allowed: String,
     },
+    /// The session has no kernel identity (listen-only mode), so nothing vouches for it.
+    #[error(
+        "workload `{workload}` logs in with pgwarden's credentials only for connections the \
+         kernel redirected (listen-only sessions have no identity)"
+    )]
+    NoIdentity {
+        /// Workload.
+        workload: String,
+    },
     /// The secret could not be read.
     #[error("cannot read the credential {}: {reason}", path.display())]
     Secret {
@@ -124,7 +133,10 @@ impl LoginError {
     /// The SQLSTATE the client gets.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            Self::WrongUser { .. } | Self::Server { .. } | Self::Method { .. } => "28000",
+            Self::WrongUser { .. }
+            | Self::Server { .. }
+            | Self::Method { .. }
+            | Self::NoIdentity { .. } => "28000",
             Self::Secret { .. } | Self::Exchange { .. } => "08004",
         }
     }
@@ -139,6 +151,9 @@ pub struct LoginInfo {
     pub asked_user: String,
     /// `force` or `must_match`.
     pub user_policy: UserPolicy,
+    /// The server pgwarden logs in at (for a Unix socket, the configured path).
+    #[serde(skip)]
+    pub server: SockAddr,
 }
 
 impl Logins {
@@ -210,7 +225,7 @@ impl Account {
     /// server must be one of the configured ones (checked before the secret is read), and
     /// under `must_match` the user must be the role. Returns what the journal keeps.
     pub fn admit(&self, asked_user: &str, server: &SockAddr) -> Result<LoginInfo, LoginError> {
-        if !self.serves(server) {
+        let Some(connect) = self.serves(server) else {
             let mut allowed: Vec<String> =
                 self.servers.tcp.iter().map(|d| d.text.clone()).collect();
             allowed.extend(self.servers.unix.iter().cloned());
@@ -219,7 +234,7 @@ impl Account {
                 server: server.to_string(),
                 allowed: allowed.join(", "),
             });
-        }
+        };
         if self.password_file.is_none() && matches!(server, SockAddr::Unix(_)) {
             return Err(LoginError::Server {
                 workload: self.workload.clone(),
@@ -241,14 +256,34 @@ impl Account {
             user: self.user.clone(),
             asked_user: asked_user.to_owned(),
             user_policy: self.user_policy,
+            server: connect,
         })
     }
 
-    /// Whether `server` is one the secret is for.
-    pub fn serves(&self, server: &SockAddr) -> bool {
+    /// Where to log in, when `server` is one the secret is for: the address itself, or for a
+    /// Unix socket the configured path it names (the same string, or the same socket in the
+    /// agent's mount namespace once symlinks are resolved, e.g. `/var/run` and `/run`).
+    /// pgwarden then connects to the configured path, never to the name the client gave,
+    /// which the workload could repoint between this check and the connect.
+    pub fn serves(&self, server: &SockAddr) -> Option<SockAddr> {
         match server {
-            SockAddr::Inet(a) => self.servers.tcp.iter().any(|d| d.covers(*a)),
-            SockAddr::Unix(p) => self.servers.unix.iter().any(|u| u == p),
+            SockAddr::Inet(a) => self
+                .servers
+                .tcp
+                .iter()
+                .any(|d| d.covers(*a))
+                .then(|| server.clone()),
+            SockAddr::Unix(p) => {
+                if let Some(u) = self.servers.unix.iter().find(|u| *u == p) {
+                    return Some(SockAddr::Unix(u.clone()));
+                }
+                let asked = canonical_socket(p)?;
+                self.servers
+                    .unix
+                    .iter()
+                    .find(|u| canonical_socket(u).is_some_and(|c| c == asked))
+                    .map(|u| SockAddr::Unix(u.clone()))
+            }
         }
     }
 
@@ -304,6 +339,16 @@ impl Account {
         }
         Ok(Some(Secret(buf)))
     }
+}
+
+/// A socket path with its directory's symlinks resolved (the socket itself is not followed).
+fn canonical_socket(path: &str) -> Option<PathBuf> {
+    let p = std::path::Path::new(path);
+    Some(
+        std::fs::canonicalize(p.parent()?)
+            .ok()?
+            .join(p.file_name()?),
+    )
 }
 
 /// Where the exchange is.

@@ -41,8 +41,8 @@ fn admits_only_the_configured_servers_and_user() {
     let rogue = SockAddr::Inet("127.0.0.1:6543".parse().unwrap());
     let sock = SockAddr::Unix("/run/postgresql/.s.PGSQL.5432".into());
     let other_sock = SockAddr::Unix("/tmp/.s.PGSQL.5432".into());
-    assert!(a.admit("mcp_role", &tcp).is_ok());
-    assert!(a.admit("mcp_role", &sock).is_ok());
+    assert_eq!(a.admit("mcp_role", &tcp).unwrap().server, tcp);
+    assert_eq!(a.admit("mcp_role", &sock).unwrap().server, sock);
     assert!(matches!(
         a.admit("mcp_role", &rogue),
         Err(LoginError::Server { .. })
@@ -182,4 +182,26 @@ fn a_certificate_only_role_answers_no_password_request_and_needs_tls() {
         Err(LoginError::Method { .. })
     ));
     assert_eq!(Login::new(a, None, None).method_name(), "trust");
+}
+
+#[test]
+fn a_socket_is_matched_through_symlinks_and_reached_at_its_configured_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+    let configured = format!("{}/.s.PGSQL.5432", real.display());
+    let mut a = Arc::try_unwrap(account(
+        &[Method::ScramSha256],
+        UserPolicy::Force,
+        PathBuf::new(),
+    ))
+    .unwrap();
+    a.servers.unix = vec![configured.clone()];
+    let via_link = SockAddr::Unix(format!("{}/link/.s.PGSQL.5432", dir.path().display()));
+    assert_eq!(a.serves(&via_link), Some(SockAddr::Unix(configured)));
+    let elsewhere = SockAddr::Unix(format!("{}/.s.PGSQL.5432", dir.path().display()));
+    assert_eq!(a.serves(&elsewhere), None);
+    let missing = SockAddr::Unix("/nonexistent/dir/.s.PGSQL.5432".into());
+    assert_eq!(a.serves(&missing), None);
 }

@@ -78,6 +78,22 @@ pub struct SessionMeta {
     pub login: Option<crate::login::LoginInfo>,
 }
 
+impl SessionMeta {
+    /// Where pgwarden's connections for this session go (its own, and cancels): the server
+    /// and, for the client's namespaces, its pid and network namespace. A session pgwarden
+    /// logged in for goes to the configured server from the agent's own namespaces.
+    pub fn upstream(&self) -> (&SockAddr, Option<u32>, Option<&Arc<Netns>>) {
+        match &self.login {
+            Some(l) => (&l.server, None, None),
+            None => (
+                &self.server.0,
+                self.identity.as_ref().map(|i| i.pid),
+                self.netns.as_ref(),
+            ),
+        }
+    }
+}
+
 /// A live session, as status shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct SessionInfo {
@@ -499,7 +515,16 @@ async fn run(
     let mut login = None;
     let mut login_info = None;
     if let Some(account) = env.logins.get(&origin.workload.0) {
-        match open_login(&env, account, &db, &origin.server.0) {
+        // The kernel's identity is the client's credential: a listen-only session has none
+        // (anyone who can reach the listen address could be it), so it gets no login.
+        let admitted = if origin.identity.is_none() {
+            Err(crate::login::LoginError::NoIdentity {
+                workload: origin.workload.0.clone(),
+            })
+        } else {
+            open_login(&env, account, &db, &origin.server.0)
+        };
+        match admitted {
             Ok((info, l)) => {
                 startup_raw = login_startup(&params, &info.user, &db.database);
                 db.user.clone_from(&info.user);
@@ -516,20 +541,21 @@ async fn run(
             }
         }
     }
-    // pgwarden's own login goes out from its own namespaces: in the client's, the names of
-    // the configured servers could be sockets or addresses the workload serves itself.
-    let (client_pid, upstream_netns) = if login.is_some() {
-        (None, None)
-    } else {
-        (
+    // pgwarden's own login goes out from its own namespaces to the configured server: in the
+    // client's, the names of the configured servers could be sockets or addresses the
+    // workload serves itself.
+    let (server, client_pid, upstream_netns) = match &login_info {
+        Some(info) => (info.server.clone(), None, None),
+        None => (
+            origin.server.0.clone(),
             origin.identity.as_ref().map(|i| i.pid),
             origin.netns.as_deref(),
-        )
+        ),
     };
     let client_cert = login.as_ref().and_then(|l| l.tls.clone());
     let upstream = match connect_upstream(
         &env,
-        &origin.server.0,
+        &server,
         client_pid,
         upstream_netns,
         client_cert.as_ref(),

@@ -67,16 +67,15 @@ impl Registry {
 
     /// The server told session `meta` its backend key.
     pub fn register_cancel(&self, meta: &SessionMeta, pid: i32, key: &[u8]) {
-        // A session pgwarden logged in for reached its server from the agent's namespaces;
-        // its cancel must go the same way.
-        let own = meta.login.is_some();
+        // A cancel goes where the session's own connection went.
+        let (server, client_pid, netns) = meta.upstream();
         lock(&self.cancel_keys).insert(
             (pid, key.to_vec()),
             CancelTarget {
                 session: meta.id,
-                server: meta.server.0.clone(),
-                client_pid: meta.identity.as_ref().map(|i| i.pid).filter(|_| !own),
-                netns: meta.netns.clone().filter(|_| !own),
+                server: server.clone(),
+                client_pid,
+                netns: netns.cloned(),
             },
         );
     }

@@ -231,14 +231,12 @@ async fn cancel(ctx: &Ctx<'_>) {
     raw.put_u32(crate::wire::startup::CANCEL_REQUEST);
     raw.put_i32(pid);
     raw.put_slice(&key);
-    // A session pgwarden logged in for reached its server from the agent's namespaces.
-    let own = ctx.meta.login.is_some();
-    let client_pid = ctx.meta.identity.as_ref().map(|i| i.pid).filter(|_| !own);
+    let (server, client_pid, netns) = ctx.meta.upstream();
     match crate::session::connect_upstream(
         ctx.env,
-        &ctx.meta.server.0,
+        server,
         client_pid,
-        ctx.meta.netns.as_deref().filter(|_| !own),
+        netns.map(AsRef::as_ref),
         None,
     )
     .await
