@@ -584,3 +584,88 @@ fn a_listen_only_session_gets_no_login() {
         "pgwarden logged in as the role for a listen-only client"
     );
 }
+
+/// `client_token_file`: a second factor besides the tagged cgroup. The client must send the
+/// workload's local token as its password; a tagged client without it, or with another, gets
+/// no login (and pgwarden reads no secret for it).
+#[test]
+fn a_local_token_is_asked_of_the_client_when_configured() {
+    require_root();
+    const TOKEN: &str = "local-Token-93kd";
+    let pg = PgServer::start_configured("", Some(HBA));
+    pg.psql_socket(&format!(
+        "set log_statement = 'none'; create role {ROLE} login password '{FIRST}'"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, FIRST).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let control = dir.path().join("c.sock");
+    let cg = TestCgroup::create(&unique_name("pgw-e2e-login-token"));
+    let listen = free_port();
+    let config = format!(
+        "listen:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: \"[::1]:{listen}\"\ncontrol:\n  socket: {}\n\
+         intercept:\n  - \"*:{pg_port}\"\n\
+         workloads:\n  - name: mcp-token\n    cgroup: \"{}\"\n    policy: {}\n    profile: allow-all\n\
+         \x20   upstream_auth:\n      user: {ROLE}\n      password_file: {}\n      \
+         client_token_file: {}\n      servers: [\"127.0.0.1:{pg_port}\"]\n",
+        control.display(),
+        cg.rel,
+        policy_path("allow-all.yaml").display(),
+        secret.display(),
+        token.display(),
+        pg_port = pg.port,
+    );
+    let agent = Agent::start(&config, &control);
+    let who = ok(
+        &psql(
+            &pg,
+            Some(&cg),
+            "127.0.0.1",
+            "postgres",
+            Some(TOKEN),
+            "select current_user",
+        ),
+        "tagged psql with the token",
+    );
+    assert_eq!(who, ROLE);
+    let err = failed(
+        &psql(&pg, Some(&cg), "127.0.0.1", "postgres", None, "select 1"),
+        "tagged psql without the token",
+    );
+    assert!(err.contains("no password supplied"), "{err}");
+    for wrong in [FIRST, "nope"] {
+        let err = failed(
+            &psql(
+                &pg,
+                Some(&cg),
+                "127.0.0.1",
+                "postgres",
+                Some(wrong),
+                "select 1",
+            ),
+            "tagged psql with another token",
+        );
+        assert!(
+            err.contains("workload `mcp-token` asks its clients for its local token"),
+            "{err}"
+        );
+    }
+    let refused: Vec<Value> = starts(&agent)
+        .into_iter()
+        .filter(|r| r["outcome"] == "failure")
+        .collect();
+    assert!(refused.len() >= 2, "{refused:#?}");
+    assert!(
+        refused.iter().all(|r| r["sqlstate"] == "28P01"),
+        "{refused:#?}"
+    );
+    let journal = std::fs::read_to_string(agent.tmp_dir().join("audit.jsonl")).unwrap();
+    for s in [TOKEN, FIRST] {
+        assert!(
+            !journal.contains(s) && !agent.log().contains(s),
+            "a secret leaked"
+        );
+    }
+}

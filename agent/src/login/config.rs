@@ -25,6 +25,12 @@ pub struct UpstreamAuthConfig {
     /// The certificate's private key (PEM), with `cert`.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// A second factor for the client, besides the kernel's identity: the workload's local
+    /// token, which its client sends as its password (pgwarden asks for it on the local hop).
+    /// It opens nothing but this workload's pgwarden sessions on this host; absent: the
+    /// tagged cgroup alone is the credential.
+    #[serde(default)]
+    pub client_token_file: Option<PathBuf>,
     /// What happens to the user the client asks for.
     #[serde(default)]
     pub user_policy: UserPolicy,
@@ -101,6 +107,7 @@ impl UpstreamAuthConfig {
             ("password_file", &self.password_file),
             ("cert", &self.cert),
             ("key", &self.key),
+            ("client_token_file", &self.client_token_file),
         ] {
             let Some(path) = path else { continue };
             let file = path.to_string_lossy();

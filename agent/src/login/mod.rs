@@ -38,6 +38,8 @@ pub struct Account {
     pub password_file: Option<PathBuf>,
     /// The client certificate and key files (resolved), if it presents one.
     pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The workload's local token file (resolved), if its clients must send one.
+    pub client_token: Option<PathBuf>,
     /// What happens to the client's user.
     pub user_policy: UserPolicy,
     /// Where the secret may go.
@@ -89,6 +91,14 @@ pub enum LoginError {
         /// The configured servers.
         allowed: String,
     },
+    /// The client did not send the workload's local token.
+    #[error(
+        "password authentication failed: workload `{workload}` asks its clients for its local token"
+    )]
+    Token {
+        /// Workload.
+        workload: String,
+    },
     /// The session has no kernel identity (listen-only mode), so nothing vouches for it.
     #[error(
         "workload `{workload}` logs in with pgwarden's credentials only for connections the \
@@ -137,6 +147,7 @@ impl LoginError {
             | Self::Server { .. }
             | Self::Method { .. }
             | Self::NoIdentity { .. } => "28000",
+            Self::Token { .. } => "28P01",
             Self::Secret { .. } | Self::Exchange { .. } => "08004",
         }
     }
@@ -186,6 +197,7 @@ impl Logins {
                     user: auth.user.clone(),
                     password_file,
                     client_cert,
+                    client_token: resolve("client_token_file", &auth.client_token_file)?,
                     user_policy: auth.user_policy,
                     servers,
                     methods: auth.methods.clone(),
@@ -206,6 +218,7 @@ impl Logins {
         for a in self.by_workload.values() {
             a.read_secret()?;
             a.tls(upstream)?;
+            a.read_token()?;
         }
         Ok(())
     }
@@ -307,38 +320,60 @@ impl Account {
     /// Reads the password, when the role has one: the file's content without one trailing
     /// newline; empty, oversize or non-UTF-8 content is refused.
     pub fn read_secret(&self) -> Result<Option<Secret>, LoginError> {
-        use std::io::Read as _;
-        let Some(path) = &self.password_file else {
-            return Ok(None);
-        };
-        let fail = |reason: String| LoginError::Secret {
-            path: path.clone(),
-            reason,
-        };
-        let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-        let mut buf = Zeroizing::new(Vec::with_capacity(128));
-        file.take(MAX_SECRET + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| fail(e.to_string()))?;
-        if buf.len() as u64 > MAX_SECRET {
-            return Err(fail(format!("longer than {MAX_SECRET} bytes")));
-        }
-        for end in [&b"\r\n"[..], b"\n"] {
-            if buf.ends_with(end) {
-                let keep = buf.len() - end.len();
-                buf[keep..].zeroize();
-                buf.truncate(keep);
-                break;
-            }
-        }
-        if buf.is_empty() {
-            return Err(fail("empty".to_owned()));
-        }
-        if std::str::from_utf8(&buf).is_err() || buf.contains(&0) {
-            return Err(fail("not a UTF-8 password without NUL bytes".to_owned()));
-        }
-        Ok(Some(Secret(buf)))
+        self.password_file
+            .as_deref()
+            .map(read_secret_file)
+            .transpose()
     }
+
+    /// Reads the workload's local token, when its clients must send one.
+    pub fn read_token(&self) -> Result<Option<Secret>, LoginError> {
+        self.client_token
+            .as_deref()
+            .map(read_secret_file)
+            .transpose()
+    }
+
+    /// Whether `sent` (a PasswordMessage's body) is the workload's token. Digests are
+    /// compared, so the time taken says nothing about the token.
+    pub fn token_matches(token: &Secret, sent: &[u8]) -> bool {
+        use sha2::Digest as _;
+        let sent = sent.strip_suffix(b"\0").unwrap_or(sent);
+        sha2::Sha256::digest(sent) == sha2::Sha256::digest(&token.0[..])
+    }
+}
+
+/// Reads a secret file: its content without one trailing newline; empty, oversize or
+/// non-UTF-8 content is refused.
+fn read_secret_file(path: &std::path::Path) -> Result<Secret, LoginError> {
+    use std::io::Read as _;
+    let fail = |reason: String| LoginError::Secret {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut buf = Zeroizing::new(Vec::with_capacity(128));
+    file.take(MAX_SECRET + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| fail(e.to_string()))?;
+    if buf.len() as u64 > MAX_SECRET {
+        return Err(fail(format!("longer than {MAX_SECRET} bytes")));
+    }
+    for end in [&b"\r\n"[..], b"\n"] {
+        if buf.ends_with(end) {
+            let keep = buf.len() - end.len();
+            buf[keep..].zeroize();
+            buf.truncate(keep);
+            break;
+        }
+    }
+    if buf.is_empty() {
+        return Err(fail("empty".to_owned()));
+    }
+    if std::str::from_utf8(&buf).is_err() || buf.contains(&0) {
+        return Err(fail("not a UTF-8 password without NUL bytes".to_owned()));
+    }
+    Ok(Secret(buf))
 }
 
 /// A socket path with its directory's symlinks resolved (the socket itself is not followed).

@@ -6,6 +6,7 @@ fn account(methods: &[Method], policy: UserPolicy, file: PathBuf) -> Arc<Account
         user: "mcp_role".into(),
         password_file: Some(file),
         client_cert: None,
+        client_token: None,
         user_policy: policy,
         servers: Servers {
             tcp: vec![crate::dest::Destination::parse("127.0.0.1:5432").unwrap()],
@@ -204,4 +205,14 @@ fn a_socket_is_matched_through_symlinks_and_reached_at_its_configured_path() {
     assert_eq!(a.serves(&elsewhere), None);
     let missing = SockAddr::Unix("/nonexistent/dir/.s.PGSQL.5432".into());
     assert_eq!(a.serves(&missing), None);
+}
+
+#[test]
+fn the_token_matches_only_itself() {
+    let t = Secret(Zeroizing::new(b"tok-1".to_vec()));
+    assert!(Account::token_matches(&t, b"tok-1\0"));
+    assert!(Account::token_matches(&t, b"tok-1"));
+    for wrong in [&b"tok-2\0"[..], b"tok-1x\0", b"\0", b""] {
+        assert!(!Account::token_matches(&t, wrong));
+    }
 }

@@ -482,7 +482,7 @@ async fn run(
     origin: Origin,
     mut conn: Conn,
     params: Startup,
-    rest: BytesMut,
+    mut rest: BytesMut,
 ) {
     let db = db_params(&params);
     if params
@@ -522,7 +522,15 @@ async fn run(
                 workload: origin.workload.0.clone(),
             })
         } else {
-            open_login(&env, account, &db, &origin.server.0)
+            // The server first (before anything is asked or read), then the client's token,
+            // then the secret.
+            match account.admit(&db.user, &origin.server.0) {
+                Ok(info) => match ask_token(&env, account, &mut conn, &mut rest).await {
+                    Ok(()) => open_login(&env, account, info),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
         };
         match admitted {
             Ok((info, l)) => {
@@ -615,21 +623,58 @@ async fn run(
     }
 }
 
-/// Admits a connection to its workload's login and reads the secret (only for a server the
-/// secret is for).
+/// Reads the secret of a connection admitted to its workload's login.
 fn open_login(
     env: &SessionEnv,
     account: &Arc<crate::login::Account>,
-    db: &DbParams,
-    server: &SockAddr,
+    info: crate::login::LoginInfo,
 ) -> Result<(crate::login::LoginInfo, crate::login::Login), crate::login::LoginError> {
-    let info = account.admit(&db.user, server)?;
     let secret = account.read_secret()?;
     let tls = account.tls(&env.upstream)?;
     Ok((
         info,
         crate::login::Login::new(Arc::clone(account), secret, tls),
     ))
+}
+
+/// Asks the client for the workload's local token, when it has one, and checks it.
+async fn ask_token(
+    env: &SessionEnv,
+    account: &crate::login::Account,
+    conn: &mut Conn,
+    rest: &mut BytesMut,
+) -> Result<(), crate::login::LoginError> {
+    let token = account.read_token()?;
+    let Some(token) = token else {
+        return Ok(());
+    };
+    let refused = || crate::login::LoginError::Token {
+        workload: account.workload.clone(),
+    };
+    // AuthenticationCleartextPassword: the hop is local (loopback, a Unix socket, or TLS
+    // pgwarden terminates), and the token opens nothing beyond this host's pgwarden.
+    let ask = crate::wire::encode::frame(b'R', |b| bytes::BufMut::put_i32(b, 3)).bytes;
+    if conn.write_all(&ask).await.is_err() || conn.flush().await.is_err() {
+        return Err(refused());
+    }
+    let limits = env.limits.wire();
+    let frame = loop {
+        match crate::wire::next_frame(rest, &limits, crate::wire::Side::Frontend) {
+            Ok(Some(f)) => break f,
+            Ok(None) => {}
+            Err(_) => return Err(refused()),
+        }
+        match conn.read_buf(rest).await {
+            Ok(n) if n > 0 => {}
+            _ => return Err(refused()),
+        }
+    };
+    let sent = zeroize::Zeroizing::new(frame.body().to_vec());
+    if frame.tag == b'p' && crate::login::Account::token_matches(&token, &sent) {
+        Ok(())
+    } else {
+        Err(refused())
+    }
 }
 
 /// The client's StartupMessage with `user` as the role and `database` stated (PostgreSQL's
