@@ -16,8 +16,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use pgwarden_e2e::{
-    Agent, McpServer, PG_SERVER_NAME, PgServer, TestCgroup, demo_seed_sql, free_port, in_cgroup,
-    mcp_server, pg_bin, policy_path, require_root, run_output, self_signed_cert, unique_name,
+    Agent, McpServer, PG_SERVER_NAME, PgServer, TestCgroup, agent_config, allow_all_workload,
+    demo_seed_sql, free_port, in_cgroup, mcp_server, pg_bin, policy_path, require_root, run_output,
+    self_signed_cert, unique_name,
 };
 use serde_json::Value;
 
@@ -30,6 +31,40 @@ const HBA: &str = "local all postgres trust\n\
                    host all postgres 127.0.0.1/32 trust\n\
                    host all all 127.0.0.1/32 scram-sha-256\n\
                    host all all ::1/128 scram-sha-256\n";
+
+/// A PostgreSQL that asks SCRAM of [`ROLE`] (password [`FIRST`]) on TCP and its socket, and a
+/// temp dir holding the secret file (`pw`) the agent reads.
+fn role_server(extra_conf: &str) -> (PgServer, tempfile::TempDir, std::path::PathBuf) {
+    require_root();
+    let pg = PgServer::start_configured(extra_conf, Some(HBA));
+    pg.psql_socket(&format!(
+        "set log_statement = 'none'; create role {ROLE} login password '{FIRST}'"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, format!("{FIRST}\n")).unwrap();
+    (pg, dir, secret)
+}
+
+/// An agent intercepting `pg`'s port whose workload `name` is exactly `cg` (allow-all), with
+/// `upstream_auth:` made of `auth` (YAML lines, unindented) and `servers` naming `pg`, and
+/// `extra` top-level YAML.
+fn agent_with_login(
+    pg: &PgServer,
+    cg: &TestCgroup,
+    control: &std::path::Path,
+    name: &str,
+    auth: &str,
+    extra: &str,
+) -> Agent {
+    let mut workload = allow_all_workload(name, cg);
+    workload.push_str("    upstream_auth:\n");
+    for line in auth.lines() {
+        workload.push_str(&format!("      {line}\n"));
+    }
+    workload.push_str(&format!("      servers: [\"127.0.0.1:{}\"]\n", pg.port));
+    Agent::start(&agent_config(pg.port, control, &workload, extra), control)
+}
 
 /// psql in `cg` (untagged when `None`) as `user` at `host` (an address or the socket
 /// directory), never prompting, with `password` in PGPASSWORD when given.
@@ -137,19 +172,12 @@ fn starts(agent: &Agent) -> Vec<Value> {
 #[allow(clippy::too_many_lines, reason = "one scenario, told in order")]
 #[test]
 fn a_tagged_workload_without_a_password_logs_in_as_its_role() {
-    require_root();
-    let pg = PgServer::start_configured("password_encryption = 'scram-sha-256'\n", Some(HBA));
+    let (pg, dir, secret) = role_server("password_encryption = 'scram-sha-256'\n");
     pg.psql_socket(&demo_seed_sql());
-    pg.psql_socket(&format!(
-        "set log_statement = 'none'; create role {ROLE} login password '{FIRST}'; \
-         grant select on payments to {ROLE}"
-    ));
+    pg.psql_socket(&format!("grant select on payments to {ROLE}"));
     let sock_dir = pg.socket_dir().to_string_lossy().into_owned();
     let socket = format!("{sock_dir}/.s.PGSQL.{}", pg.port);
 
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("mcp-payments.db");
-    std::fs::write(&secret, format!("{FIRST}\n")).unwrap();
     let control = dir.path().join("control.sock");
     let (listed_impostor, impostor_rx) = impostor();
     let (unlisted, unlisted_rx) = impostor();
@@ -489,22 +517,18 @@ fn a_certificate_login_presents_the_roles_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let control = dir.path().join("control.sock");
     let cg = TestCgroup::create(&unique_name("pgw-e2e-login-cert"));
-    let listen = free_port();
-    let config = format!(
-        "listen:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: \"[::1]:{listen}\"\ncontrol:\n  socket: {}\n\
-         intercept:\n  - \"*:{}\"\nupstream:\n  sslmode: require\n\
-         workloads:\n  - name: mcp-cert\n    cgroup: \"{}\"\n    policy: {}\n    profile: allow-all\n\
-         \x20   upstream_auth:\n      user: {CERT_ROLE}\n      cert: {}\n      key: {}\n      \
-         servers: [\"127.0.0.1:{}\"]\n",
-        control.display(),
-        pg.port,
-        cg.rel,
-        policy_path("allow-all.yaml").display(),
-        client.cert.display(),
-        client.key.display(),
-        pg.port,
+    let agent = agent_with_login(
+        &pg,
+        &cg,
+        &control,
+        "mcp-cert",
+        &format!(
+            "user: {CERT_ROLE}\ncert: {}\nkey: {}\n",
+            client.cert.display(),
+            client.key.display()
+        ),
+        "upstream:\n  sslmode: require\n",
     );
-    let agent = Agent::start(&config, &control);
 
     let seen = ok(
         &psql(
@@ -536,14 +560,7 @@ fn a_certificate_login_presents_the_roles_certificate() {
 /// there, and its secret never leaves the agent.
 #[test]
 fn a_listen_only_session_gets_no_login() {
-    require_root();
-    let pg = PgServer::start_configured("", Some(HBA));
-    pg.psql_socket(&format!(
-        "set log_statement = 'none'; create role {ROLE} login password '{FIRST}'"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("pw");
-    std::fs::write(&secret, FIRST).unwrap();
+    let (pg, dir, secret) = role_server("");
     let control = dir.path().join("c.sock");
     let port = free_port();
     let config = format!(
@@ -590,34 +607,24 @@ fn a_listen_only_session_gets_no_login() {
 /// no login (and pgwarden reads no secret for it).
 #[test]
 fn a_local_token_is_asked_of_the_client_when_configured() {
-    require_root();
     const TOKEN: &str = "local-Token-93kd";
-    let pg = PgServer::start_configured("", Some(HBA));
-    pg.psql_socket(&format!(
-        "set log_statement = 'none'; create role {ROLE} login password '{FIRST}'"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("pw");
-    std::fs::write(&secret, FIRST).unwrap();
+    let (pg, dir, secret) = role_server("");
     let token = dir.path().join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let control = dir.path().join("c.sock");
     let cg = TestCgroup::create(&unique_name("pgw-e2e-login-token"));
-    let listen = free_port();
-    let config = format!(
-        "listen:\n  ipv4: 127.0.0.1:{listen}\n  ipv6: \"[::1]:{listen}\"\ncontrol:\n  socket: {}\n\
-         intercept:\n  - \"*:{pg_port}\"\n\
-         workloads:\n  - name: mcp-token\n    cgroup: \"{}\"\n    policy: {}\n    profile: allow-all\n\
-         \x20   upstream_auth:\n      user: {ROLE}\n      password_file: {}\n      \
-         client_token_file: {}\n      servers: [\"127.0.0.1:{pg_port}\"]\n",
-        control.display(),
-        cg.rel,
-        policy_path("allow-all.yaml").display(),
-        secret.display(),
-        token.display(),
-        pg_port = pg.port,
+    let agent = agent_with_login(
+        &pg,
+        &cg,
+        &control,
+        "mcp-token",
+        &format!(
+            "user: {ROLE}\npassword_file: {}\nclient_token_file: {}\n",
+            secret.display(),
+            token.display()
+        ),
+        "",
     );
-    let agent = Agent::start(&config, &control);
     let who = ok(
         &psql(
             &pg,
