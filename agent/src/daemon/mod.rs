@@ -205,9 +205,14 @@ pub async fn run(
         warn!(workload = %w.name, "workload has no policy: every statement it sends will be denied");
     }
     let hash_key = Arc::new(load_hash_key(&config, &policy)?);
-    let logins = crate::login::Logins::new(&config.workloads, config.upstream.sslmode).map_err(
-        |(i, key, message)| anyhow::anyhow!("workloads[{i}].upstream_auth.{key}: {message}"),
-    )?;
+    let logins = crate::login::Logins::new(
+        (config.workloads.iter())
+            .filter_map(|w| Some((w.name.as_str(), w.upstream_auth.as_ref()?))),
+        config.upstream.sslmode,
+    )
+    .map_err(|(name, key, message)| {
+        anyhow::anyhow!("workload `{name}`: upstream_auth.{key}: {message}")
+    })?;
     // A secret that cannot be read stops the start, not the workload's first session.
     logins
         .check_secrets(&config.upstream)

@@ -168,22 +168,21 @@ pub struct LoginInfo {
 }
 
 impl Logins {
-    /// Builds every workload's login from the config; `Err((workload index, key, message))`.
-    pub fn new(
-        workloads: &[crate::config::WorkloadConfig],
+    /// Builds the logins of `workloads` (name and `upstream_auth`); `Err((workload, key,
+    /// message))`.
+    pub fn new<'a>(
+        workloads: impl IntoIterator<Item = (&'a str, &'a UpstreamAuthConfig)>,
         sslmode: crate::tls::SslMode,
-    ) -> Result<Self, (usize, &'static str, String)> {
+    ) -> Result<Self, (String, &'static str, String)> {
         let mut by_workload = HashMap::new();
-        for (i, w) in workloads.iter().enumerate() {
-            let Some(auth) = &w.upstream_auth else {
-                continue;
-            };
-            let servers = auth.check(sslmode).map_err(|(k, m)| (i, k, m))?;
+        for (name, auth) in workloads {
+            let i = name.to_owned();
+            let servers = auth.check(sslmode).map_err(|(k, m)| (i.clone(), k, m))?;
             let resolve = |key: &'static str, p: &Option<PathBuf>| {
                 p.as_deref()
                     .map(UpstreamAuthConfig::resolve)
                     .transpose()
-                    .map_err(|m| (i, key, m))
+                    .map_err(|m| (i.clone(), key, m))
             };
             let password_file = resolve("password_file", &auth.password_file)?;
             let client_cert = match (resolve("cert", &auth.cert)?, resolve("key", &auth.key)?) {
@@ -191,9 +190,9 @@ impl Logins {
                 _ => None,
             };
             by_workload.insert(
-                w.name.clone(),
+                name.to_owned(),
                 Arc::new(Account {
-                    workload: w.name.clone(),
+                    workload: name.to_owned(),
                     user: auth.user.clone(),
                     password_file,
                     client_cert,
