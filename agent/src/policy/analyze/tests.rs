@@ -108,6 +108,17 @@ fn risky_shapes() {
     assert!(analyze("SET ROLE postgres").role_change);
     assert!(analyze("SET SESSION AUTHORIZATION postgres").role_change);
     assert!(analyze("SET role = 'postgres'").role_change);
+    // Transaction-scoped forms change the role just as well.
+    assert!(analyze("SET LOCAL ROLE postgres").role_change);
+    assert!(analyze("SET LOCAL role = postgres").role_change);
+    assert!(analyze("SET LOCAL session_authorization = 'postgres'").role_change);
+    // Not in the parser's grammar: refused as `unparsed` (fail closed), never read as allowed.
+    for q in [
+        "SET LOCAL SESSION AUTHORIZATION postgres",
+        "SET LOCAL role TO 'postgres'",
+    ] {
+        assert!(analyze(q).parse_error.is_some(), "{q}");
+    }
     assert!(analyze("SET search_path = evil, public").search_path_change);
     let f = analyze("SELECT pg_catalog.pg_sleep(5)");
     assert_eq!(f.functions[0].schema.as_deref(), Some("pg_catalog"));
