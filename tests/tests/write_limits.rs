@@ -176,6 +176,20 @@ fn tautologies_run_and_are_undone_outside_and_inside_transactions() {
     }
     assert!(w.ran("ROLLBACK") >= TAUTOLOGIES.len(), "{}", w.pg.log());
 
+    // The server's per-transaction counts still hold a rolled-back transaction's rows until
+    // the backend flushes them (within a second, when idle): a small write right after an
+    // undone one is counted from where its own transaction starts, not from 0.
+    let (out, err) = w.session(
+        &w.writer,
+        &[
+            "UPDATE payments SET amount = amount WHERE id > 0",
+            "UPDATE payments SET amount = amount WHERE id = 1",
+        ],
+    );
+    assert_eq!(err.matches("undone").count(), 1, "{err}");
+    assert_eq!(out.trim(), "UPDATE 1", "{err}");
+    assert_eq!(w.fingerprint(), before);
+
     // A superuser session that turns the server's counting off cannot write uncounted: the
     // count comes back empty, and the write is refused and undone.
     let (_, err) = w.session(

@@ -90,7 +90,7 @@ impl Guard {
             limit,
             simple,
             began,
-            before: began.then_some(0),
+            before: None,
             after: None,
             holding: false,
             held: Vec::new(),
@@ -171,14 +171,17 @@ pub(super) fn arm_query(
             out.push(encode::query("BEGIN"));
             st.segment_sent();
             st.expect(Pending::Own(Own::Begin));
-        } else {
-            out.push(encode::query(ROWS_SQL));
-            st.segment_sent();
-            st.expect(Pending::Own(Own::Rows {
-                after: false,
-                simple: true,
-            }));
         }
+        // Counted before even in a transaction pgwarden just began: the server's
+        // per-transaction counts also hold earlier transactions' until the backend flushes
+        // them (at most once a second, when idle outside a transaction), so a fresh
+        // transaction need not start at 0.
+        out.push(encode::query(ROWS_SQL));
+        st.segment_sent();
+        st.expect(Pending::Own(Own::Rows {
+            after: false,
+            simple: true,
+        }));
     }
     push(out);
     let mut guard = Guard::new(limit, true, began);
@@ -301,6 +304,8 @@ pub(super) fn own_reply(ctx: &Ctx<'_>, own: Own, frame: &Frame, out: &mut Vec<By
             match (own, g.as_mut()) {
                 // The failure pgwarden asked for.
                 (Own::Abort { .. }, _) => {}
+                // SET ROLE or RESET ROLE refused: the elevation's own concern.
+                (Own::Role, _) => *lock(&ctx.role_error) = Some(message),
                 // COMMIT failed (a deferred constraint, a serialization failure): the
                 // client's statement did not commit, and the client hears the server's reason.
                 (Own::End, guard) => {
