@@ -278,9 +278,15 @@ impl Web {
     }
 
     fn records_where(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.records_at_least(1, what, pred)
+    }
+
+    /// Waits until at least `n` records match `pred` (the journal is written after the
+    /// request is answered); returns them.
+    fn records_at_least(&self, n: usize, what: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         wait_for(what, Duration::from_secs(10), || {
             let recs: Vec<Value> = self.agent.audit_lines().into_iter().filter(&pred).collect();
-            if recs.is_empty() {
+            if recs.len() < n {
                 Err(format!("{:#?}", self.agent.audit_lines()))
             } else {
                 Ok(recs)
@@ -358,7 +364,7 @@ fn approve_deny_refuse_and_revoke_over_the_api() {
         Some(json!({})),
     );
     assert_eq!(code, 401);
-    let unauth = w.records_where("two 401s in the journal", |r| {
+    let unauth = w.records_at_least(2, "two 401s in the journal", |r| {
         r["event"] == "approval.denied" && r["rule"] == "approval.unauthenticated"
     });
     assert!(unauth.len() >= 2, "{unauth:#?}");
