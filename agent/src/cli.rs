@@ -598,11 +598,16 @@ fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
             }
             match (&outcome.denied, outcome.enforced) {
                 (None, _) => match &outcome.hold {
-                    Some(h) => println!(
-                        "decision: hold for approval\nrule:     {}\napprovers: {}",
-                        h.id,
-                        h.approvers.join(", ")
-                    ),
+                    Some(h) => {
+                        println!(
+                            "decision: hold for approval\nrule:     {}\napprovers: {}",
+                            h.id,
+                            h.approvers.join(", ")
+                        );
+                        if let Some(role) = &h.run_as {
+                            println!("runs as:  {role} (once approved; simple Query only)");
+                        }
+                    }
                     None => println!("decision: allow"),
                 },
                 (Some(d), true) => println!(

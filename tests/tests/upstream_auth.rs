@@ -676,3 +676,327 @@ fn a_local_token_is_asked_of_the_client_when_configured() {
         );
     }
 }
+
+/// psql in `cg` as [`ROLE`] over TCP with no password, each statement its own `-c` (its own
+/// Query message), in the background.
+fn psql_session(pg: &PgServer, cg: &TestCgroup, statements: &[&str]) -> std::process::Child {
+    let mut cmd = in_cgroup(&cg.path, pg_bin("psql").to_str().unwrap());
+    cmd.env_remove("PGPASSWORD")
+        .env("PGPASSFILE", "/dev/null")
+        .args(["-X", "-At", "-w", "-h", "127.0.0.1", "-p"])
+        .arg(pg.port.to_string())
+        .args(["-U", ROLE, "-d", "postgres"]);
+    for s in statements {
+        cmd.args(["-c", s]);
+    }
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn done(child: std::process::Child) -> (String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until `n` approval requests are pending; returns their ids.
+fn pending(agent: &Agent, n: usize) -> Vec<String> {
+    let p = pgwarden_e2e::wait_pending(agent, n);
+    p.iter()
+        .map(|r| r["id"].as_u64().unwrap().to_string())
+        .collect()
+}
+
+/// The PostgreSQL log's statement lines (`log_statement = all`), as (backend pid, text).
+fn statements_logged(pg: &PgServer) -> Vec<(String, String)> {
+    pg.log()
+        .lines()
+        .filter_map(|l| {
+            let (head, sql) = l.split_once("LOG:  statement: ")?;
+            let pid = head.split_once('[')?.1.split_once(']')?.0.to_owned();
+            Some((pid, sql.to_owned()))
+        })
+        .collect()
+}
+
+/// `sql` ran between pgwarden's `SET ROLE "payments_admin"` and its `RESET ROLE`, in `log`
+/// (one backend's statements, or all of them in order).
+#[track_caller]
+fn assert_between_role_changes(log: &[&str], sql: &str) {
+    let i = log
+        .iter()
+        .position(|s| *s == sql)
+        .unwrap_or_else(|| panic!("`{sql}` is not in the server's log: {log:?}"));
+    let role = |s: &&&str| s.starts_with("SET ROLE") || s.starts_with("RESET ROLE");
+    assert_eq!(
+        log[..i].iter().rev().find(role).copied(),
+        Some("SET ROLE \"payments_admin\""),
+        "{log:?}"
+    );
+    assert_eq!(
+        log[i + 1..].iter().find(role).copied(),
+        Some("RESET ROLE"),
+        "{log:?}"
+    );
+}
+
+fn refund_state(pg: &PgServer, id: u32) -> String {
+    pg.psql_direct(&format!("SELECT state FROM refunds WHERE id = {id}"))
+}
+
+/// Elevation by approval: the workload logs in as its own role (a NOINHERIT member of
+/// `payments_admin`, with no UPDATE right of its own); a rule with `run_as: payments_admin`
+/// holds its refund updates, and an approved one runs as `payments_admin`, pgwarden's own
+/// `SET ROLE` before it and `RESET ROLE` after it in the same backend (PostgreSQL's statement
+/// log says so). A grant lets the rule's statements run so until it expires; the workload
+/// cannot elevate itself (SET ROLE, set_config, SET LOCAL ROLE, DO); a statement that could run
+/// code the policy did not read is refused up front; a failed elevated statement in a
+/// transaction leaves the session on its own role; and when the server refuses the role, the
+/// statement is refused and changes nothing.
+#[allow(clippy::too_many_lines, reason = "one scenario, told in order")]
+#[test]
+fn an_approval_rule_runs_its_statement_as_a_second_role() {
+    let (pg, dir, secret) = role_server("log_statement = 'all'\n");
+    pg.psql_socket(&format!(
+        "create table refunds(id int primary key, state text);
+         insert into refunds select i, 'new' from generate_series(1, 6) i;
+         create role payments_admin nologin;
+         grant select, update on refunds to payments_admin;
+         grant select on refunds to {ROLE};
+         alter role {ROLE} noinherit;
+         grant payments_admin to {ROLE};"
+    ));
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: 1\nprofiles:\n  app:\n    classes: [read, write, transaction, session-set]\n    writes: {max_rows: 2}\n    rules:\n\
+         \x20     - id: refunds-admin\n        action: require_approval\n        classes: [write]\n        tables: [public.refunds]\n\
+         \x20       approvers: [root]\n        timeout_seconds: 30\n        max_grant_seconds: 60\n        run_as: payments_admin\n",
+    )
+    .unwrap();
+    let cg = TestCgroup::create(&unique_name("pgw-e2e-elevate"));
+    let control = dir.path().join("control.sock");
+    let workload = format!(
+        "  - name: payments-mcp\n    cgroup: \"{}\"\n    policy: {}\n    profile: app\n    upstream_auth:\n      user: {ROLE}\n      password_file: {}\n      servers: [\"127.0.0.1:{}\"]\n",
+        cg.rel,
+        policy.display(),
+        secret.display(),
+        pg.port
+    );
+    let agent = Agent::start(&agent_config(pg.port, &control, &workload, ""), &control);
+    let approve = |id: &str, extra: &[&str]| {
+        let mut args = vec!["approvals", "approve", id];
+        args.extend_from_slice(extra);
+        let out = agent.cli(&args);
+        assert!(out.status.success(), "approve: {}", text(&out));
+    };
+
+    // Its own role cannot update refunds: the server refuses (the rule does not match reads).
+    let (out, err) = done(psql_session(
+        &pg,
+        &cg,
+        &["SELECT current_user", "SELECT count(*) FROM refunds"],
+    ));
+    assert_eq!(out.lines().collect::<Vec<_>>(), [ROLE, "6"], "{err}");
+
+    // Approved: it runs as payments_admin, and the session is back on its own role after.
+    let child = psql_session(
+        &pg,
+        &cg,
+        &[
+            "UPDATE refunds SET state = 'sent' WHERE id = 1",
+            "SELECT current_user",
+            "UPDATE refunds SET state = 'own' WHERE id = 6 AND false",
+        ],
+    );
+    let ids = pending(&agent, 1);
+    approve(&ids[0], &[]);
+    // The third statement matches the rule too: it waits; denied, it changes nothing.
+    let ids = pending(&agent, 1);
+    let out = agent.cli(&["approvals", "deny", &ids[0]]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (out, err) = done(child);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["UPDATE 1", ROLE],
+        "{err}\n{:?}",
+        statements_logged(&pg)
+    );
+    assert!(err.contains("approval.denied: refunds-admin"), "{err}");
+    assert_eq!(refund_state(&pg, 1), "sent");
+    let log = statements_logged(&pg);
+    let at = log
+        .iter()
+        .position(|(_, s)| s == "UPDATE refunds SET state = 'sent' WHERE id = 1")
+        .unwrap_or_else(|| panic!("the approved update is not in the server's log: {log:?}"));
+    let pid = &log[at].0;
+    let same: Vec<&str> = log
+        .iter()
+        .filter(|(p, _)| p == pid)
+        .map(|(_, s)| s.as_str())
+        .collect();
+    assert_between_role_changes(&same, "UPDATE refunds SET state = 'sent' WHERE id = 1");
+    let journal = agent.audit_lines();
+    let record = journal
+        .iter()
+        .find(|r| {
+            r["event"] == "query"
+                && r["statement"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("UPDATE refunds"))
+        })
+        .unwrap_or_else(|| panic!("no query record of the update: {journal:#?}"));
+    assert_eq!(record["detail"]["run_as"], "payments_admin", "{record:#}");
+    assert_eq!(record["rule"], "refunds-admin", "{record:#}");
+
+    // The workload cannot elevate itself, by any spelling; a statement of the rule that could
+    // run code the policy did not read is refused before anyone is asked.
+    let attempts = [
+        "SET ROLE payments_admin",
+        "SET role = 'payments_admin'",
+        "SELECT set_config('role', 'payments_admin', false)",
+        "DO $$BEGIN EXECUTE 'SET ROLE payments_admin'; END$$",
+        "BEGIN",
+        "SET LOCAL ROLE payments_admin",
+        "ROLLBACK",
+        "UPDATE refunds SET state = 'two' WHERE id = 2; SELECT 1",
+        "SELECT current_user",
+    ];
+    let (out, err) = done(psql_session(&pg, &cg, &attempts));
+    assert_eq!(out.lines().last(), Some(ROLE), "{out}\n{err}");
+    assert!(!out.contains("payments_admin"), "{out}");
+    assert_eq!(err.matches("ERROR:").count(), 6, "{err}");
+    assert!(
+        err.contains("refunds-admin: this rule runs statements as `payments_admin`"),
+        "{err}"
+    );
+    assert_eq!(refund_state(&pg, 2), "new");
+    let log = statements_logged(&pg);
+    for (_, s) in &log {
+        assert!(
+            !s.contains("SET ROLE payments_admin")
+                && !s.contains("set_config")
+                && !s.starts_with("DO ")
+                && !s.contains("'two'"),
+            "a refused attempt reached the server: {s}"
+        );
+    }
+
+    // A grant: the rule's statements pass without asking until it expires, each run as
+    // payments_admin; a failed one inside a transaction leaves the session on its own role.
+    let child = psql_session(
+        &pg,
+        &cg,
+        &["UPDATE refunds SET state = 'sent' WHERE id = 2"],
+    );
+    let ids = pending(&agent, 1);
+    approve(&ids[0], &["--for", "5s"]);
+    let (out, err) = done(child);
+    assert_eq!(out.trim(), "UPDATE 1", "{err}");
+    let (out, err) = done(psql_session(
+        &pg,
+        &cg,
+        &[
+            "UPDATE refunds SET state = 'sent' WHERE id = 3",
+            "BEGIN",
+            "UPDATE refunds SET id = 1 WHERE id = 4",
+            "ROLLBACK",
+            "SELECT current_user",
+        ],
+    ));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["UPDATE 1", "BEGIN", "ROLLBACK", ROLE],
+        "{err}"
+    );
+    assert!(err.contains("duplicate key"), "{err}");
+    assert!(pgwarden_e2e::pending_approvals(&agent).is_empty());
+    assert_eq!(refund_state(&pg, 3), "sent");
+    assert_eq!(refund_state(&pg, 4), "new");
+    let log = statements_logged(&pg);
+    let all: Vec<&str> = log.iter().map(|(_, s)| s.as_str()).collect();
+    assert_between_role_changes(&all, "UPDATE refunds SET state = 'sent' WHERE id = 3");
+
+    // Elevated, a write still runs under the profile's row limit: over it, undone and
+    // refused, and the session is back on its own role.
+    let (out, err) = done(psql_session(
+        &pg,
+        &cg,
+        &[
+            "UPDATE refunds SET state = 'bulk' WHERE id > 0",
+            "SELECT current_user",
+        ],
+    ));
+    assert_eq!(out.trim(), ROLE, "{err}");
+    assert!(
+        err.contains("write.rows") && err.contains("undone"),
+        "{err}"
+    );
+    assert_eq!(
+        pg.psql_direct("SELECT count(*) FROM refunds WHERE state = 'bulk'"),
+        "0"
+    );
+    // pgwarden sets the role around a simple Query only: as Parse/Bind/Execute it is refused.
+    let script = serde_json::json!([
+        ["extended", "UPDATE refunds SET state = 'ext' WHERE id = 6"],
+        ["query", "SELECT current_user"]
+    ]);
+    let raw = in_cgroup(&cg.path, "python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/raw/pgraw.py"))
+        .args([
+            "127.0.0.1",
+            &pg.port.to_string(),
+            ROLE,
+            "postgres",
+            &script.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&raw.stdout);
+    assert!(
+        out.contains("\"C\": \"0A000\""),
+        "{out}{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert!(out.contains(ROLE), "{out}");
+    assert_eq!(refund_state(&pg, 6), "new");
+    // A fixed wait on purpose: the 5 s grant must run out.
+    std::thread::sleep(Duration::from_secs(6));
+    let child = psql_session(
+        &pg,
+        &cg,
+        &["UPDATE refunds SET state = 'late' WHERE id = 5"],
+    );
+    let ids = pending(&agent, 1);
+    let out = agent.cli(&["approvals", "deny", &ids[0]]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, err) = done(child);
+    assert!(err.contains("approval.denied"), "{err}");
+    assert_eq!(refund_state(&pg, 5), "new");
+
+    // The server refuses the role (the membership is gone): approved or not, the statement
+    // does not run, and the client is told why.
+    pg.psql_socket(&format!("revoke payments_admin from {ROLE}"));
+    let child = psql_session(
+        &pg,
+        &cg,
+        &[
+            "UPDATE refunds SET state = 'x' WHERE id = 5",
+            "SELECT current_user",
+        ],
+    );
+    let ids = pending(&agent, 1);
+    approve(&ids[0], &[]);
+    let (out, err) = done(child);
+    assert_eq!(out.trim(), ROLE, "{err}");
+    assert!(
+        err.contains("run_as.failed: refunds-admin") && err.contains("permission denied"),
+        "{err}"
+    );
+    assert_eq!(refund_state(&pg, 5), "new");
+    drop(agent);
+}

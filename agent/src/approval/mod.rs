@@ -34,6 +34,10 @@ pub struct Rule {
     pub max_grant: Option<Duration>,
     /// The rule's `reason`, shown to approvers.
     pub reason: Option<String>,
+    /// The role an approved (or granted) statement runs as: pgwarden sets it around that one
+    /// statement (`SET ROLE`, then `RESET ROLE`), which the workload itself may not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
 }
 
 /// How an approver proved who they are.
@@ -616,6 +620,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             max_grant: Some(Duration::from_secs(600)),
             reason: None,
+            run_as: None,
         }
     }
 

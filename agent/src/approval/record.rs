@@ -323,6 +323,7 @@ mod tests {
                 timeout: Duration::from_secs(60),
                 max_grant: None,
                 reason: None,
+                run_as: None,
             },
             workload: "payments-mcp",
             session: crate::names::SessionId(1),

@@ -190,6 +190,7 @@ pub fn compile(file: &PolicyFile, hash: &str, name: &str) -> Option<Profile> {
                     timeout: std::time::Duration::from_secs(r.timeout_seconds.unwrap_or(300)),
                     max_grant: r.max_grant_seconds.map(std::time::Duration::from_secs),
                     reason: r.reason.clone(),
+                    run_as: r.run_as.clone(),
                 }),
             });
         }
@@ -422,6 +423,37 @@ fn read_only_builtin(f: &super::analyze::FuncRef) -> bool {
         && READ_ONLY_BUILTINS.contains(&f.name.as_str())
 }
 
+/// Whether a statement may run as a rule's `run_as` role: exactly one read or write statement
+/// (not a cursor, not PREPARE/EXECUTE), calling no function but the read-only built-ins.
+/// Anything else could run code the policy never read (a function body, a cursor fetched
+/// later, another statement) with the elevated role's rights.
+fn elevatable(f: &Facts) -> Result<(), &'static str> {
+    let only = f
+        .classes
+        .iter()
+        .all(|c| matches!(c, Class::Read | Class::Write));
+    if f.commands.len() != 1 || f.classes.is_empty() || !only {
+        return Err("only a single read or write statement can run so (send it alone)");
+    }
+    if f.commands.iter().any(|c| {
+        matches!(
+            c.as_str(),
+            "DECLARE" | "FETCH/CLOSE" | "PREPARE" | "EXECUTE"
+        )
+    }) || !f.prepares.is_empty()
+        || !f.executes.is_empty()
+    {
+        return Err("a cursor or prepared statement cannot run so");
+    }
+    if f.functions.iter().any(|func| !read_only_builtin(func)) {
+        return Err("a statement calling functions (other than read-only built-ins) cannot run so");
+    }
+    if f.role_change || f.search_path_change {
+        return Err("a statement that changes the role or search_path cannot run so");
+    }
+    Ok(())
+}
+
 /// The rule id of the profile's own write limit.
 pub const WRITE_ROWS: &str = "write.rows";
 
@@ -516,6 +548,24 @@ impl Profile {
                         guard: None,
                         reads: Vec::new(),
                     },
+                    // A statement that would run as another role: only one whose every
+                    // effect the policy read.
+                    super::file::Action::RequireApproval
+                        if enforced
+                            && let Some(role) = &c.approval.run_as
+                            && let Err(why) = elevatable(facts) =>
+                    {
+                        Outcome {
+                            denied: Some(deny(
+                                id,
+                                format!("this rule runs statements as `{role}`, and {why}"),
+                            )),
+                            enforced,
+                            hold: None,
+                            guard: None,
+                            reads: Vec::new(),
+                        }
+                    }
                     // Audit-only profiles record, they do not hold.
                     super::file::Action::RequireApproval if enforced => Outcome {
                         denied: None,

@@ -106,6 +106,9 @@ pub struct Decision {
     pub guard: Option<super::decide::WriteGuard>,
     /// The limits on the rows its results send (counted as they are sent).
     pub reads: Vec<super::decide::ReadLimit>,
+    /// The approval rule with a `run_as` role the statement runs as once approved or
+    /// passing under that rule's grant.
+    pub run_as: Option<Arc<crate::approval::Rule>>,
 }
 
 impl Decision {
@@ -208,6 +211,7 @@ impl SessionPolicy {
             grant: None,
             guard: None,
             reads: Vec::new(),
+            run_as: None,
         };
         if let Some(why) = ctx.lexer_unsafe {
             decision.verdict = Verdict::Deny(lexer_refusal(why));
@@ -230,6 +234,11 @@ impl SessionPolicy {
         decision.guard.clone_from(&outcome.guard);
         decision.reads.clone_from(&outcome.reads);
         decision.verdict = self.verdict(outcome);
+        if let Verdict::Hold(rule) = &decision.verdict
+            && rule.run_as.is_some()
+        {
+            decision.run_as = Some(Arc::clone(rule));
+        }
         if let Verdict::Hold(rule) = &decision.verdict
             && let Some(grant) = (ctx.grant)(&rule.id)
         {

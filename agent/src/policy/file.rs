@@ -236,6 +236,11 @@ pub struct RuleSpec {
     /// grants).
     #[serde(default)]
     pub max_grant_seconds: Option<u64>,
+    /// For `require_approval`: the role an approved statement (or one passing under the
+    /// rule's grant) runs as, set by pgwarden around that statement alone. The workload's own
+    /// role must be a member of it (`GRANT payments_admin TO app`, best with NOINHERIT).
+    #[serde(default)]
+    pub run_as: Option<String>,
     /// Text for the client and the record.
     #[serde(default)]
     pub reason: Option<String>,
@@ -422,6 +427,27 @@ impl PolicyFile {
                         at(yaml_path!["rules", i, "budget", "per"]),
                         format!("rule `{}`: budget.per `{}`: {e}", r.id, b.per),
                     ));
+                }
+                if let Some(role) = &r.run_as {
+                    let why = if r.action != Action::RequireApproval {
+                        Some(
+                            "run_as goes with `action: require_approval` (a person approves each elevation)",
+                        )
+                    } else if effects.iter().any(|e| *e) {
+                        Some(
+                            "run_as applies to a held statement; it cannot go with max_rows, rows_over or budget",
+                        )
+                    } else if role.is_empty() || role.len() > 63 || role.contains('\0') {
+                        Some("run_as must be a role name of 1 to 63 bytes")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        return Err(Invalid::value(
+                            at(yaml_path!["rules", i, "run_as"]),
+                            format!("rule `{}`: {why}", r.id),
+                        ));
+                    }
                 }
                 if r.max_rows.is_some() && r.action != Action::Deny {
                     return Err(Invalid::value(

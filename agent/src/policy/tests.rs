@@ -488,3 +488,74 @@ fn a_rule_with_max_rows_tightens_the_limit_and_transaction_control_cannot_share_
     let e = file::load(&path).unwrap_err().to_string();
     assert!(e.contains("max_rows limits writes by effect"), "{e}");
 }
+
+#[test]
+fn run_as_holds_one_plain_statement_and_refuses_what_could_run_unread_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\nprofiles:\n  w:\n    classes: [read, write, transaction, function-call]\n    rules:\n      - {id: refunds, action: require_approval, approvers: [root], classes: [write], tables: [public.refunds], run_as: payments_admin}\n",
+    )
+    .unwrap();
+    let (f, hash) = file::load(&path).unwrap();
+    let p = decide::compile(&f, &hash, "w").unwrap();
+    let decide = |sql: &str| {
+        let o = p.decide(&analyze::analyze(sql));
+        (
+            o.hold.map(|r| (r.id.clone(), r.run_as.clone())),
+            o.denied.map(|d| (d.rule, d.reason)),
+        )
+    };
+    let (hold, denied) = decide("UPDATE refunds SET state = 'sent' WHERE id = 7");
+    assert_eq!(
+        hold,
+        Some(("refunds".into(), Some("payments_admin".into())))
+    );
+    assert_eq!(denied, None);
+    // Not this rule's: no elevation.
+    assert_eq!(decide("UPDATE other SET x = 1 WHERE id = 1"), (None, None));
+    for sql in [
+        "UPDATE refunds SET state = 'sent' WHERE id = 7; SELECT 1",
+        "BEGIN; UPDATE refunds SET state = 'sent' WHERE id = 7",
+        "UPDATE refunds SET state = my_func(state) WHERE id = 7",
+        "WITH x AS (SELECT evil()) UPDATE refunds SET state = 'x' WHERE id = 7",
+    ] {
+        let (hold, denied) = decide(sql);
+        assert_eq!(hold, None, "{sql}");
+        let (rule, reason) = denied.unwrap_or_else(|| panic!("{sql}: not denied"));
+        assert_eq!(rule, "refunds", "{sql}");
+        assert!(
+            reason.contains("runs statements as `payments_admin`"),
+            "{sql}: {reason}"
+        );
+    }
+    // Read-only built-ins are fine.
+    assert!(
+        decide("UPDATE refunds SET state = lower('SENT') WHERE id = 7")
+            .0
+            .is_some()
+    );
+    for (yaml, why) in [
+        (
+            "{id: x, action: deny, run_as: r}",
+            "run_as goes with `action: require_approval`",
+        ),
+        (
+            "{id: x, action: require_approval, approvers: [root], rows_over: 5, run_as: r}",
+            "cannot go with max_rows, rows_over or budget",
+        ),
+        (
+            "{id: x, action: require_approval, approvers: [root], run_as: ''}",
+            "1 to 63 bytes",
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            format!("version: 1\nprofiles:\n  w:\n    rules:\n      - {yaml}\n"),
+        )
+        .unwrap();
+        let e = file::load(&path).unwrap_err().to_string();
+        assert!(e.contains(why), "{yaml}: {e}");
+    }
+}

@@ -811,6 +811,9 @@ pub enum SessionError {
     /// Reloaded masking rules could not be applied to the session.
     #[error(transparent)]
     Masks(#[from] masking::ResolveError),
+    /// The role a statement ran as (its rule's `run_as`) could not be reset after it.
+    #[error("the role could not be reset after a statement run as another: {0}")]
+    RoleReset(String),
 }
 
 /// The SASL offer without channel-binding mechanisms (when TLS is terminated on a hop, the

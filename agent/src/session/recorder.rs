@@ -161,6 +161,17 @@ impl Recorder {
 
     /// The `query` record of an allowed statement (`rule`: the approval rule it passed).
     pub fn allowed(&self, desc: &Described, n: u64, rule: Option<&str>) -> Prepared {
+        self.allowed_as(desc, n, rule, None)
+    }
+
+    /// [`Recorder::allowed`] of a statement that runs as `run_as` (its rule's role).
+    pub fn allowed_as(
+        &self,
+        desc: &Described,
+        n: u64,
+        rule: Option<&str>,
+        run_as: Option<&str>,
+    ) -> Prepared {
         let mut f = StatementFields::new(Event::Query, SystemTime::now(), n);
         f.decision = Some(if desc.masked {
             AuditDecision::Mask
@@ -170,6 +181,7 @@ impl Recorder {
         f.statement = Some(&desc.statement);
         f.policy_hash = self.policy_of(desc.policy_hash.as_ref());
         f.rule = rule;
+        f.run_as = run_as;
         canon::statement_record(&self.fields, &f)
     }
 

@@ -440,6 +440,9 @@ pub enum Own {
         /// A simple Query (else a Parse).
         simple: bool,
     },
+    /// `SET ROLE` or `RESET ROLE` (a simple Query) around a statement that runs as its
+    /// approval rule's `run_as` role.
+    Role,
 }
 
 impl Pending {
@@ -456,6 +459,7 @@ impl Pending {
                         | Own::End
                         | Own::Rows { simple: true, .. }
                         | Own::Abort { simple: true }
+                        | Own::Role
                 )
         )
     }

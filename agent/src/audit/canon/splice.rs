@@ -82,6 +82,8 @@ pub struct StatementFields<'a> {
     /// `detail.result` of a `query.done`: what the workload saw, from
     /// [`super::result::result_json`] (scrubbed there).
     pub result: Option<&'a [u8]>,
+    /// `detail.run_as`: the role an approved statement runs as (its rule's `run_as`).
+    pub run_as: Option<&'a str>,
 }
 
 impl<'a> StatementFields<'a> {
@@ -102,6 +104,7 @@ impl<'a> StatementFields<'a> {
             duration_us: None,
             masked: &[],
             result: None,
+            run_as: None,
         }
     }
 }
@@ -136,6 +139,11 @@ pub fn statement_record(s: &SessionFields, f: &StatementFields<'_>) -> Prepared 
     if let Some(r) = f.result {
         push_key(&mut b, "result");
         b.extend_from_slice(r);
+        b.push(b',');
+    }
+    if let Some(r) = f.run_as {
+        push_key(&mut b, "run_as");
+        push_str(&mut b, r);
         b.push(b',');
     }
     b.extend_from_slice(b"\"statement_no\":");

@@ -85,6 +85,7 @@ fn approvals_write_what_approvals_write() {
         timeout: Duration::from_secs(300),
         max_grant: Some(Duration::from_millis(1500)),
         reason: Some("bulk reads need a yes".into()),
+        run_as: None,
     };
     let request = approval::Request {
         id: 7,

@@ -29,6 +29,8 @@ pub(super) enum Step {
     /// A simple Query that writes under a row limit: sent once the server answered
     /// everything before it (so the transaction it runs in is known).
     Guard(Guarded),
+    /// A simple Query passing under an open grant of a rule with `run_as`: run as that role.
+    Elevate(Held, String),
 }
 
 /// A simple Query that writes under a row limit, decided and described.
@@ -42,7 +44,7 @@ pub(super) struct Guarded {
 }
 
 /// Sends what is ready: the batch's records committed, then the batch.
-async fn send(
+pub(super) async fn send(
     ctx: &Ctx<'_>,
     w: &tokio::sync::Mutex<WriteHalf>,
     out: &mut Vec<Bytes>,
@@ -91,14 +93,21 @@ pub(super) async fn run(
                         let _ = w.lock().await.shutdown().await;
                         return Ok(());
                     };
-                    if held.guard.is_some()
-                        && matches!(resolution, crate::approval::Resolution::Approved { .. })
-                    {
-                        // A write under a row limit goes once the server is quiet (its
-                        // transaction must be known).
-                        ctx.until(|c| c.state().quiet()).await;
+                    let refusal = hold::refusal(&held, &resolution);
+                    let run_as = held.rule.run_as.clone().filter(|_| refusal.is_none());
+                    if let (Some(role), HeldKind::Query) = (run_as, &held.kind) {
+                        super::elevate::run(ctx, w, held, &role, &mut out, &mut audits).await?;
+                    } else {
+                        if held.guard.is_some() && refusal.is_none() {
+                            // A write under a row limit goes once the server is quiet (its
+                            // transaction must be known).
+                            ctx.until(|c| c.state().quiet()).await;
+                        }
+                        hold::release(ctx, held, refusal, &mut out, &mut audits);
                     }
-                    hold::release(ctx, held, &resolution, &mut out, &mut audits);
+                }
+                Ok(Step::Elevate(held, role)) => {
+                    super::elevate::run(ctx, w, held, &role, &mut out, &mut audits).await?;
                 }
                 Ok(Step::Guard(g)) => {
                     send(ctx, w, &mut out, &mut audits).await?;
@@ -328,6 +337,21 @@ fn statement(
             sqlstate: "42501",
         });
     }
+    if let Some(rule) = &decision.run_as
+        && let Some(role) = &rule.run_as
+        && !matches!(decision.verdict, Verdict::Deny(_))
+        && (kind != StatementKind::Query || ctx.state().batch_open())
+    {
+        // pgwarden sets the role around one simple Query, and nothing of its own may enter
+        // an unfinished batch.
+        decision.verdict = Verdict::Deny(crate::policy::Denied {
+            rule: rule.id.clone(),
+            reason: format!(
+                "this rule runs statements as `{role}`, which pgwarden does for a simple Query outside an extended-protocol batch only (send it as a simple Query)"
+            ),
+            sqlstate: "0A000",
+        });
+    }
     let desc = describe(ctx, sql, oid, text.as_ref(), &decision);
     ctx.env
         .metrics
@@ -344,6 +368,24 @@ fn statement(
             guard: decision.guard.clone(),
             reads: decision.reads.clone(),
         }));
+    }
+    if let (Verdict::Allow, Some(rule), Some(_)) =
+        (&decision.verdict, &decision.run_as, decision.grant)
+        && let Some(role) = rule.run_as.clone()
+    {
+        // Passing under a grant of a rule with `run_as`: released as that rule's approval.
+        return Ok(Step::Elevate(
+            Held {
+                kind: HeldKind::Query,
+                rule: Arc::clone(rule),
+                sql: sql.to_owned(),
+                desc,
+                frame,
+                guard: decision.guard.clone(),
+                reads: decision.reads.clone(),
+            },
+            role,
+        ));
     }
     if let (Verdict::Allow, Some(limit), StatementKind::Query) =
         (&decision.verdict, &decision.guard, kind)

@@ -83,16 +83,13 @@ pub(super) async fn wait(
     }
 }
 
-/// Sends a held message on, or pgwarden's refusal in its place, with its audit record.
-pub(super) fn release(
-    ctx: &Ctx<'_>,
-    held: Held,
-    resolution: &crate::approval::Resolution,
-    out: &mut Vec<Bytes>,
-    audits: &mut Vec<AuditItem>,
-) {
+/// Why a held message is refused: SQLSTATE, the record's rule, the client's message.
+pub(super) type Refusal = (&'static str, &'static str, String);
+
+/// The refusal a resolution means (`None`: approved).
+pub(super) fn refusal(held: &Held, resolution: &crate::approval::Resolution) -> Option<Refusal> {
     use crate::approval::Resolution;
-    let refusal = match resolution {
+    match resolution {
         Resolution::Approved { .. } => None,
         Resolution::Denied { by, comment } => Some((
             "42501",
@@ -122,10 +119,27 @@ pub(super) fn release(
                 "canceling statement due to user request (pgwarden: approval request withdrawn: {reason})"
             ),
         )),
-    };
+    }
+}
+
+/// Sends a held message on (`refusal` none: approved, or passing under a grant), or
+/// pgwarden's refusal in its place, with its audit record.
+pub(super) fn release(
+    ctx: &Ctx<'_>,
+    held: Held,
+    refusal: Option<Refusal>,
+    out: &mut Vec<Bytes>,
+    audits: &mut Vec<AuditItem>,
+) {
     let n = ctx.state().next_statement();
     let record = match &refusal {
-        None => ctx.recorder.allowed(&held.desc, n, Some(&held.rule.id)),
+        // A held Query of a rule with `run_as` is released only while pgwarden set the role.
+        None => ctx.recorder.allowed_as(
+            &held.desc,
+            n,
+            Some(&held.rule.id),
+            held.rule.run_as.as_deref(),
+        ),
         Some((code, rule, message)) => ctx.recorder.denied(&held.desc, rule, code, message, n),
     };
     // Approved, it runs under the same limits by effect as any statement.

@@ -9,6 +9,7 @@
 //! Backpressure: a direction reads only after its last batch was written, and buffers hold
 //! at most one message over the last read.
 mod backend;
+mod elevate;
 mod frontend;
 mod guard;
 mod handshake;
@@ -76,6 +77,8 @@ struct Ctx<'a> {
     /// the backend direction look for them (set with the messages, under the state lock;
     /// cleared by the backend once neither holds), so other replies pay one atomic load.
     guarding: std::sync::atomic::AtomicBool,
+    /// The server's refusal of pgwarden's own `SET ROLE` / `RESET ROLE` (see [`elevate`]).
+    role_error: Mutex<Option<String>>,
     /// Numbers pgwarden's own prepared statements.
     own_seq: std::sync::atomic::AtomicU64,
     /// Woken when the server's replies moved on (a verdict, a quiet connection), or the
@@ -223,6 +226,7 @@ pub async fn run(
         lexer_unsafe: Mutex::new(None),
         guard: Mutex::new(None),
         guarding: std::sync::atomic::AtomicBool::new(false),
+        role_error: Mutex::new(None),
         own_seq: std::sync::atomic::AtomicU64::new(1),
         progress: tokio::sync::Notify::new(),
         backend_key: Mutex::new(None),
