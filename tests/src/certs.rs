@@ -27,6 +27,23 @@ pub struct CertPair {
 /// When `openssl` is missing or fails.
 #[track_caller]
 pub fn self_signed_cert(dir: &Path, name: &str, cn: &str) -> CertPair {
+    self_signed_cert_on(dir, name, cn, "prime256v1", "sha256")
+}
+
+/// As [`self_signed_cert`], on the EC `curve` (e.g. `secp384r1`), signed with `digest`
+/// (e.g. `sha384`).
+///
+/// # Panics
+///
+/// When `openssl` is missing or fails.
+#[track_caller]
+pub fn self_signed_cert_on(
+    dir: &Path,
+    name: &str,
+    cn: &str,
+    curve: &str,
+    digest: &str,
+) -> CertPair {
     let pair = CertPair {
         cert: dir.join(format!("{name}.crt")),
         key: dir.join(format!("{name}.key")),
@@ -37,18 +54,10 @@ pub fn self_signed_cert(dir: &Path, name: &str, cn: &str) -> CertPair {
     );
     run_ok(
         Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-            ])
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .arg(format!("ec_paramgen_curve:{curve}"))
+            .arg(format!("-{digest}"))
+            .args(["-nodes", "-days", "2", "-subj"])
             .arg(format!("/CN={cn}"))
             .arg("-addext")
             .arg(format!("subjectAltName=DNS:{cn},IP:127.0.0.1,IP:::1"))

@@ -38,7 +38,7 @@ mod wait;
 mod world;
 
 pub use agent::Agent;
-pub use certs::{CertPair, self_signed_cert};
+pub use certs::{CertPair, self_signed_cert, self_signed_cert_on};
 pub use cgroup::{TestCgroup, cgroup2_root, in_cgroup, unique_name};
 pub use clients::mcp_server;
 pub use clients::{client_dir, node_client, python_client, python_venv, workspace_root};

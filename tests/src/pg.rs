@@ -342,8 +342,25 @@ impl PgServer {
     /// When psql fails.
     #[track_caller]
     pub fn psql_socket(&self, sql: &str) -> String {
+        self.psql_socket_env(sql, &[])
+    }
+
+    /// [`PgServer::psql_socket`] in a session whose statements are not logged (the
+    /// `log_statement = none` startup option): for statements that carry a password.
+    ///
+    /// # Panics
+    ///
+    /// When psql fails.
+    #[track_caller]
+    pub fn psql_socket_unlogged(&self, sql: &str) -> String {
+        self.psql_socket_env(sql, &[("PGOPTIONS", "-c log_statement=none")])
+    }
+
+    #[track_caller]
+    fn psql_socket_env(&self, sql: &str, env: &[(&str, &str)]) -> String {
         run_ok(
             Command::new(pg_bin("psql"))
+                .envs(env.iter().copied())
                 .args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
                 .arg(self.dir.path())
                 .arg("-p")

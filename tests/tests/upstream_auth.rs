@@ -37,9 +37,7 @@ const HBA: &str = "local all postgres trust\n\
 fn role_server(extra_conf: &str) -> (PgServer, tempfile::TempDir, std::path::PathBuf) {
     require_root();
     let pg = PgServer::start_configured(extra_conf, Some(HBA));
-    pg.psql_socket(&format!(
-        "set log_statement = 'none'; create role {ROLE} login password '{FIRST}'"
-    ));
+    pg.psql_socket_unlogged(&format!("create role {ROLE} login password '{FIRST}'"));
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("pw");
     std::fs::write(&secret, format!("{FIRST}\n")).unwrap();
@@ -172,7 +170,10 @@ fn starts(agent: &Agent) -> Vec<Value> {
 #[allow(clippy::too_many_lines, reason = "one scenario, told in order")]
 #[test]
 fn a_tagged_workload_without_a_password_logs_in_as_its_role() {
-    let (pg, dir, secret) = role_server("password_encryption = 'scram-sha-256'\n");
+    // Every statement logged: the secret must not be in PostgreSQL's log either (the
+    // harness's own CREATE/ALTER ROLE turn logging off for themselves).
+    let (pg, dir, secret) =
+        role_server("password_encryption = 'scram-sha-256'\nlog_statement = 'all'\n");
     pg.psql_socket(&demo_seed_sql());
     pg.psql_socket(&format!("grant select on payments to {ROLE}"));
     let sock_dir = pg.socket_dir().to_string_lossy().into_owned();
@@ -328,9 +329,7 @@ fn a_tagged_workload_without_a_password_logs_in_as_its_role() {
 
     // Rotation: the role's password changes; until the file follows, logins fail with
     // PostgreSQL's reason; then the next session uses the new secret, with no reload.
-    pg.psql_socket(&format!(
-        "set log_statement = 'none'; alter role {ROLE} password '{SECOND}'"
-    ));
+    pg.psql_socket_unlogged(&format!("alter role {ROLE} password '{SECOND}'"));
     let err = failed(
         &psql(&pg, Some(&cg), "127.0.0.1", "postgres", None, "select 1"),
         "login with the old secret",
@@ -458,14 +457,20 @@ fn a_tagged_workload_without_a_password_logs_in_as_its_role() {
             .unwrap();
         assert!(n >= at_least, "{line}{n}");
     }
+    assert!(
+        pg.log().contains("LOG:  statement: "),
+        "PostgreSQL logs statements"
+    );
     for s in [FIRST, SECOND] {
         for (what, haystack) in [
             ("journal", &journal),
             ("agent log", &agent.log()),
             ("status", &status),
             ("metrics", &body),
+            ("PostgreSQL log", &pg.log()),
         ] {
-            assert!(!haystack.contains(s), "the secret is in the {what}");
+            let found: Vec<&str> = haystack.lines().filter(|l| l.contains(s)).collect();
+            assert!(found.is_empty(), "the secret is in the {what}: {found:?}");
         }
     }
 }
@@ -999,4 +1004,147 @@ fn an_approval_rule_runs_its_statement_as_a_second_role() {
     );
     assert_eq!(refund_state(&pg, 5), "new");
     drop(agent);
+}
+
+/// SCRAM over pgwarden's TLS hop is bound to the server's certificate (SCRAM-SHA-256-PLUS,
+/// `tls-server-end-point`; here a P-384 certificate signed with SHA-384, so the hash is not
+/// the default one). PostgreSQL checks the binding itself: a login through a relay that
+/// terminates TLS with a certificate of its own (a second pgwarden in listen-only mode, which
+/// also strips the PLUS offer, as any such relay must) is refused by PostgreSQL, while the same
+/// relay passes a login that does not bind.
+#[test]
+fn scram_over_tls_is_bound_to_the_servers_certificate() {
+    require_root();
+    let certs = tempfile::tempdir().unwrap();
+    let server = pgwarden_e2e::self_signed_cert_on(
+        certs.path(),
+        "server",
+        PG_SERVER_NAME,
+        "secp384r1",
+        "sha384",
+    );
+    let relay_cert = self_signed_cert(certs.path(), "relay", PG_SERVER_NAME);
+    let pg_user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    for f in [certs.path(), &server.cert, &server.key] {
+        std::os::unix::fs::chown(f, Some(pg_user.uid.as_raw()), Some(pg_user.gid.as_raw()))
+            .unwrap();
+    }
+    let pg = PgServer::start_configured(
+        &format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\npassword_encryption = 'scram-sha-256'\n",
+            server.cert.display(),
+            server.key.display(),
+        ),
+        Some(
+            "local all postgres trust\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\n",
+        ),
+    );
+    pg.psql_socket_unlogged(&format!("create role {ROLE} login password '{FIRST}'"));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, format!("{FIRST}\n")).unwrap();
+    let cg = TestCgroup::create(&unique_name("pgw-e2e-login-bind"));
+    let login = |binding: &str| {
+        format!(
+            "user: {ROLE}\npassword_file: {}\nchannel_binding: {binding}\n",
+            secret.display()
+        )
+    };
+    let query = "select current_user || ' ' || ssl from pg_stat_ssl where pid = pg_backend_pid()";
+
+    // Straight to PostgreSQL: bound, and PostgreSQL accepted the binding.
+    let control = dir.path().join("c1.sock");
+    let agent = agent_with_login(
+        &pg,
+        &cg,
+        &control,
+        "mcp-bound",
+        &login("require"),
+        "upstream:\n  sslmode: require\n",
+    );
+    let seen = ok(
+        &psql(&pg, Some(&cg), "127.0.0.1", ROLE, None, query),
+        "a bound login",
+    );
+    assert_eq!(seen, format!("{ROLE} true"));
+    let start = starts(&agent)
+        .into_iter()
+        .find(|r| r["workload"] == "mcp-bound" && r["outcome"].is_null())
+        .expect("a session.start of the bound login");
+    assert_eq!(
+        start["detail"]["login"]["method"], "scram-sha-256-plus",
+        "{start}"
+    );
+    drop(agent);
+
+    // A relay that terminates pgwarden's TLS with its own certificate.
+    let relay_port = free_port();
+    let relay_control = dir.path().join("relay.sock");
+    let relay = Agent::start_with_args(
+        &format!(
+            "listen:\n  ipv4: 127.0.0.1:{relay_port}\n  ipv6: null\ncontrol:\n  socket: {}\n\
+             listen_only:\n  upstream: 127.0.0.1:{}\n\
+             tls:\n  cert: {}\n  key: {}\nupstream:\n  sslmode: require\n\
+             workloads:\n  - name: listen-only\n    policy: {}\n    profile: allow-all\n",
+            relay_control.display(),
+            pg.port,
+            relay_cert.cert.display(),
+            relay_cert.key.display(),
+            policy_path("allow-all.yaml").display(),
+        ),
+        &relay_control,
+        &["--no-redirect"],
+    );
+    let through_relay = |binding: &str, n: u32| {
+        let control = dir.path().join(format!("c-relay-{n}.sock"));
+        let mut workload = allow_all_workload("mcp-relayed", &cg);
+        workload.push_str("    upstream_auth:\n");
+        for line in login(binding).lines() {
+            workload.push_str(&format!("      {line}\n"));
+        }
+        workload.push_str(&format!("      servers: [\"127.0.0.1:{relay_port}\"]\n"));
+        let agent = Agent::start(
+            &agent_config(
+                relay_port,
+                &control,
+                &workload,
+                "upstream:\n  sslmode: require\n",
+            ),
+            &control,
+        );
+        let out = run_output(
+            in_cgroup(&cg.path, pg_bin("psql").to_str().unwrap())
+                .env_remove("PGPASSWORD")
+                .env("PGPASSFILE", "/dev/null")
+                .args(["-X", "-At", "-w", "-h", "127.0.0.1", "-U", ROLE, "-p"])
+                .arg(relay_port.to_string())
+                .args(["-d", "postgres", "-c", query]),
+        );
+        (out, agent)
+    };
+    // Not bound: the relay passes the login (it is a working relay).
+    let (out, agent) = through_relay("disable", 1);
+    assert_eq!(
+        ok(&out, "an unbound login through the relay"),
+        format!("{ROLE} true")
+    );
+    drop(agent);
+    // Bound (the default): PostgreSQL refuses it.
+    let (out, agent) = through_relay("prefer", 2);
+    let err = failed(&out, "a bound login through a TLS-terminating relay");
+    assert!(err.contains("channel binding"), "{err}");
+    assert!(
+        pg.log().contains("channel binding"),
+        "PostgreSQL itself refused the binding:\n{}",
+        pg.log()
+    );
+    drop(agent);
+    // require: pgwarden refuses before sending anything (the offer was stripped).
+    let (out, agent) = through_relay("require", 3);
+    let err = failed(&out, "a login requiring binding through the relay");
+    assert!(err.contains("did not offer SCRAM-SHA-256-PLUS"), "{err}");
+    drop(agent);
+    drop(relay);
 }

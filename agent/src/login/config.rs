@@ -44,6 +44,24 @@ pub struct UpstreamAuthConfig {
     /// `upstream.sslmode: verify-full`.
     #[serde(default = "default_methods")]
     pub methods: Vec<Method>,
+    /// SCRAM channel binding on pgwarden's TLS hop (SCRAM-SHA-256-PLUS, `tls-server-end-point`):
+    /// `prefer` (the default) binds whenever the hop is TLS and the server offers it, `require`
+    /// refuses a login that cannot bind, `disable` never binds.
+    #[serde(default)]
+    pub channel_binding: ChannelBindingMode,
+}
+
+/// `upstream_auth.channel_binding`, as libpq names its modes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelBindingMode {
+    /// Bind when the hop is TLS and the server offers SCRAM-SHA-256-PLUS.
+    #[default]
+    Prefer,
+    /// Only a bound SCRAM login (which needs a TLS hop); anything else is refused.
+    Require,
+    /// Never bind.
+    Disable,
 }
 
 /// The user of a workload's sessions.
@@ -60,7 +78,7 @@ pub enum UserPolicy {
 /// An authentication method pgwarden answers for a workload.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
 pub enum Method {
-    /// SCRAM-SHA-256 (RFC 7677), without channel binding.
+    /// SCRAM-SHA-256 (RFC 7677), bound to the TLS hop when it can be (see `channel_binding`).
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
     /// MD5 challenge: a server that relays its challenge gets a reusable login.
@@ -158,6 +176,16 @@ impl UpstreamAuthConfig {
                      server's certificate proves who it is",
                     weak.as_str()
                 ),
+            ));
+        }
+        if self.channel_binding == ChannelBindingMode::Require
+            && (sslmode == SslMode::Disable || !self.methods.contains(&Method::ScramSha256))
+        {
+            return Err((
+                "channel_binding",
+                "upstream_auth.channel_binding: require needs SCRAM over TLS (upstream.sslmode \
+                 prefer, require or verify-full, and scram-sha-256 in methods)"
+                    .to_owned(),
             ));
         }
         if self.servers.is_empty() {
@@ -267,6 +295,19 @@ mod tests {
         let cert = section(&format!("user: app\ncert: /c.pem\nkey: /k.pem\n{servers}"));
         assert_eq!(cert.check(SslMode::Prefer).unwrap_err().0, "cert");
         assert!(cert.check(SslMode::Require).is_ok());
+        assert_eq!(
+            section(&format!("{base}{servers}")).channel_binding,
+            ChannelBindingMode::Prefer
+        );
+        let bound = section(&format!(
+            "{base}{servers}channel_binding: require
+"
+        ));
+        assert_eq!(
+            bound.check(SslMode::Disable).unwrap_err().0,
+            "channel_binding"
+        );
+        assert!(bound.check(SslMode::Require).is_ok());
         assert!(
             serde_yaml_ng::from_str::<UpstreamAuthConfig>(&format!(
                 "{base}servers: [\"1.2.3.4:5432\"]\nmethods: [trust]\n"

@@ -8,6 +8,7 @@
 //! `postgres-protocol` (rust-postgres' client side). The secret is read from its file at each
 //! login, so a rotated file applies to the next session with no reload and no cached copy;
 //! it lives in memory only for the exchange and is wiped after it.
+pub mod binding;
 pub mod config;
 
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ use postgres_protocol::message::frontend;
 use serde::Serialize;
 use zeroize::{Zeroize as _, Zeroizing};
 
-pub use config::{Method, Servers, UpstreamAuthConfig, UserPolicy};
+pub use config::{ChannelBindingMode, Method, Servers, UpstreamAuthConfig, UserPolicy};
 
 use crate::names::SockAddr;
 
@@ -46,6 +47,8 @@ pub struct Account {
     pub servers: Servers,
     /// How it may be sent.
     pub methods: Vec<Method>,
+    /// Whether SCRAM binds itself to pgwarden's TLS connection.
+    pub channel_binding: ChannelBindingMode,
 }
 
 impl fmt::Debug for Account {
@@ -200,6 +203,7 @@ impl Logins {
                     user_policy: auth.user_policy,
                     servers,
                     methods: auth.methods.clone(),
+                    channel_binding: auth.channel_binding,
                 }),
             );
         }
@@ -405,6 +409,19 @@ pub struct Login {
     method: Option<Method>,
     /// The connector presenting the role's certificate, for the connection to the server.
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// The TLS hop to the server: its certificate's `tls-server-end-point` hash when it has
+    /// one ([`binding::server_end_point`]).
+    hop: Hop,
+    /// SCRAM was bound to the TLS connection (SCRAM-SHA-256-PLUS).
+    bound: bool,
+}
+
+/// What pgwarden knows of its connection to the server, for channel binding.
+enum Hop {
+    /// Plain TCP or a Unix socket.
+    Plain,
+    /// TLS; the certificate's end-point hash, if its algorithm has one.
+    Tls(Option<Vec<u8>>),
 }
 
 /// An answer to send to the server; wiped when dropped (it may hold the password).
@@ -423,13 +440,21 @@ impl Login {
             phase: Phase::Start,
             method: None,
             tls,
+            hop: Hop::Plain,
+            bound: false,
         }
+    }
+
+    /// The connection to the server is TLS, with this server certificate (DER).
+    pub fn over_tls(&mut self, server_cert: Option<&[u8]>) {
+        self.hop = Hop::Tls(server_cert.and_then(binding::server_end_point));
     }
 
     /// How the server authenticated the role: the method it asked for, else `cert` when the
     /// role's certificate was presented, else `trust`.
     pub fn method_name(&self) -> &'static str {
         match self.method {
+            Some(Method::ScramSha256) if self.bound => "scram-sha-256-plus",
             Some(m) => m.as_str(),
             None if self.tls.is_some() => "cert",
             None => "trust",
@@ -493,15 +518,10 @@ impl Login {
                     return Err(self.refused(&offered.join(" or ")));
                 }
                 self.allow(Method::ScramSha256, sasl::SCRAM_SHA_256)?;
-                // "n": pgwarden does not do channel binding (it would need the server
-                // certificate's hash; the servers list and verify-full do that job).
-                let scram = ScramSha256::new(
-                    self.password(sasl::SCRAM_SHA_256)?,
-                    ChannelBinding::unsupported(),
-                );
+                let (mechanism, binding) = self.binding(&offered)?;
+                let scram = ScramSha256::new(self.password(sasl::SCRAM_SHA_256)?, binding);
                 let mut buf = BytesMut::with_capacity(128);
-                let _ =
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), &mut buf);
+                let _ = frontend::sasl_initial_response(mechanism, scram.message(), &mut buf);
                 self.phase = Phase::Scram(Box::new(scram));
                 Ok(Some(wiped(buf)))
             }
@@ -536,6 +556,45 @@ impl Login {
             7 | 8 => Err(self.refused("GSSAPI")),
             9 => Err(self.refused("SSPI")),
             other => Err(self.refused(&format!("an unknown ({other})"))),
+        }
+    }
+
+    /// The SCRAM mechanism and channel binding for the server's offer: bound to the TLS hop
+    /// when the server offers SCRAM-SHA-256-PLUS; over TLS without the offer, "y" (pgwarden
+    /// could bind: a server that can too rejects it, so a stripped offer is caught); "n"
+    /// otherwise.
+    fn binding(&mut self, offered: &[&str]) -> Result<(&'static str, ChannelBinding), LoginError> {
+        let mode = self.account.channel_binding;
+        let plus = offered.contains(&sasl::SCRAM_SHA_256_PLUS);
+        let chosen = match (&self.hop, mode) {
+            (_, ChannelBindingMode::Disable) => None,
+            (Hop::Tls(Some(hash)), _) if plus => {
+                Some(ChannelBinding::tls_server_end_point(hash.clone()))
+            }
+            (Hop::Tls(Some(_)), _) => Some(ChannelBinding::unrequested()),
+            _ => None,
+        };
+        match chosen {
+            Some(b) if plus => {
+                self.bound = true;
+                Ok((sasl::SCRAM_SHA_256_PLUS, b))
+            }
+            _ if mode == ChannelBindingMode::Require => Err(LoginError::Exchange {
+                step: "AuthenticationSASL",
+                reason: match (&self.hop, plus) {
+                    (Hop::Plain, _) => "channel_binding is require, and the connection to the \
+                                        server is not TLS"
+                        .to_owned(),
+                    (Hop::Tls(None), _) => "channel_binding is require, and the server's \
+                                            certificate has no single hash to bind to"
+                        .to_owned(),
+                    (Hop::Tls(Some(_)), _) => "channel_binding is require, and the server did \
+                                               not offer SCRAM-SHA-256-PLUS"
+                        .to_owned(),
+                },
+            }),
+            Some(b) => Ok((sasl::SCRAM_SHA_256, b)),
+            None => Ok((sasl::SCRAM_SHA_256, ChannelBinding::unsupported())),
         }
     }
 

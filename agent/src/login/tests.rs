@@ -1,6 +1,15 @@
 use super::*;
 
 fn account(methods: &[Method], policy: UserPolicy, file: PathBuf) -> Arc<Account> {
+    account_binding(methods, policy, file, super::ChannelBindingMode::Prefer)
+}
+
+fn account_binding(
+    methods: &[Method],
+    policy: UserPolicy,
+    file: PathBuf,
+    channel_binding: super::ChannelBindingMode,
+) -> Arc<Account> {
     Arc::new(Account {
         workload: "mcp".into(),
         user: "mcp_role".into(),
@@ -13,6 +22,7 @@ fn account(methods: &[Method], policy: UserPolicy, file: PathBuf) -> Arc<Account
             unix: vec!["/run/postgresql/.s.PGSQL.5432".into()],
         },
         methods: methods.to_vec(),
+        channel_binding,
     })
 }
 
@@ -214,5 +224,96 @@ fn the_token_matches_only_itself() {
     assert!(Account::token_matches(&t, b"tok-1"));
     for wrong in [&b"tok-2\0"[..], b"tok-1x\0", b"\0", b""] {
         assert!(!Account::token_matches(&t, wrong));
+    }
+}
+
+/// The mechanism and GS2 header of the SASLInitialResponse `first`.
+fn initial(first: &[u8]) -> (String, String) {
+    let body = &first[5..];
+    let mech_end = body.iter().position(|b| *b == 0).unwrap();
+    let mech = String::from_utf8(body[..mech_end].to_vec()).unwrap();
+    let client_first = std::str::from_utf8(&body[mech_end + 5..]).unwrap();
+    let header = client_first.split_once(",n=").unwrap().0.to_owned();
+    (mech, header)
+}
+
+#[test]
+fn scram_binds_to_the_tls_hop_when_it_can() {
+    // A DER certificate skeleton signed with ecdsa-with-SHA256.
+    let cert: &[u8] = &[
+        0x30, 0x13, 0x30, 0x03, 0x02, 0x01, 0x01, 0x30, 0x0A, 0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE,
+        0x3D, 0x04, 0x03, 0x02, 0x03, 0x02, 0x00, 0xFF,
+    ];
+    assert!(super::binding::server_end_point(cert).is_some());
+    let both = sasl_offer(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
+    let plain_only = sasl_offer(&["SCRAM-SHA-256"]);
+    let with = |mode: super::ChannelBindingMode, tls: Option<Option<&[u8]>>| {
+        let a = account_binding(
+            &[Method::ScramSha256],
+            UserPolicy::Force,
+            PathBuf::new(),
+            mode,
+        );
+        let mut l = Login::new(a, Some(Secret(Zeroizing::new(b"pa55word".to_vec()))), None);
+        if let Some(c) = tls {
+            l.over_tls(c);
+        }
+        l
+    };
+    use super::ChannelBindingMode::{Disable, Prefer, Require};
+    for (mode, tls, offer, want) in [
+        (
+            Prefer,
+            Some(Some(cert)),
+            &both,
+            Some(("SCRAM-SHA-256-PLUS", "p=tls-server-end-point,")),
+        ),
+        (
+            Require,
+            Some(Some(cert)),
+            &both,
+            Some(("SCRAM-SHA-256-PLUS", "p=tls-server-end-point,")),
+        ),
+        // Over TLS with the offer stripped: "y", which a server that can bind rejects.
+        (
+            Prefer,
+            Some(Some(cert)),
+            &plain_only,
+            Some(("SCRAM-SHA-256", "y,")),
+        ),
+        (Prefer, None, &both, Some(("SCRAM-SHA-256", "n,"))),
+        // A certificate without a single hash: nothing to bind to.
+        (Prefer, Some(None), &both, Some(("SCRAM-SHA-256", "n,"))),
+        (
+            Disable,
+            Some(Some(cert)),
+            &both,
+            Some(("SCRAM-SHA-256", "n,")),
+        ),
+        (Require, None, &both, None),
+        (Require, Some(Some(cert)), &plain_only, None),
+        (Require, Some(None), &both, None),
+    ] {
+        let mut l = with(mode, tls);
+        match (l.answer(10, offer), want) {
+            (Ok(Some(first)), Some((mech, header))) => {
+                assert_eq!(
+                    initial(&first),
+                    (mech.to_owned(), header.to_owned()),
+                    "{mode:?}"
+                );
+                let name = if mech.ends_with("PLUS") {
+                    "scram-sha-256-plus"
+                } else {
+                    "scram-sha-256"
+                };
+                assert_eq!(l.method_name(), name);
+            }
+            (Err(e), None) => assert!(e.to_string().contains("channel_binding is require"), "{e}"),
+            (got, want) => panic!(
+                "{mode:?} {tls:?}: got {:?}, want {want:?}",
+                got.map(|a| a.map(|a| a.to_vec()))
+            ),
+        }
     }
 }

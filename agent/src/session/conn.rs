@@ -29,6 +29,19 @@ impl Conn {
         !matches!(self, Self::Plain(_) | Self::Unix(_))
     }
 
+    /// The certificate (DER) the server presented on TLS pgwarden started toward it.
+    pub fn server_certificate(&self) -> Option<&[u8]> {
+        match self {
+            Self::ClientTls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()?
+                .first()
+                .map(AsRef::as_ref),
+            _ => None,
+        }
+    }
+
     /// Splits into independently usable halves.
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {

@@ -585,6 +585,11 @@ async fn run(
             return;
         }
     };
+    if let Some(l) = login.as_mut()
+        && upstream.is_tls()
+    {
+        l.over_tls(upstream.server_certificate());
+    }
     let upstream_local = match &upstream {
         Conn::Plain(s) => s.local_addr().ok(),
         Conn::ClientTls(s) => s.get_ref().0.local_addr().ok(),
