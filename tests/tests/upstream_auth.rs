@@ -16,9 +16,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use pgwarden_e2e::{
-    Agent, McpServer, PG_SERVER_NAME, PgServer, TestCgroup, agent_config, allow_all_workload,
-    demo_seed_sql, free_port, in_cgroup, mcp_server, pg_bin, policy_path, require_root, run_output,
-    self_signed_cert, unique_name,
+    Agent, McpServer, PG_SERVER_NAME, PgServer, TestCgroup, TestNetns, agent_config,
+    allow_all_workload, demo_seed_sql, free_port, in_cgroup, mcp_server, pg_bin, policy_path,
+    require_root, run_output, self_signed_cert, unique_name,
 };
 use serde_json::Value;
 
@@ -1147,4 +1147,95 @@ fn scram_over_tls_is_bound_to_the_servers_certificate() {
     assert!(err.contains("did not offer SCRAM-SHA-256-PLUS"), "{err}");
     drop(agent);
     drop(relay);
+}
+
+/// Waits until PostgreSQL runs `sql` (active in pg_stat_activity).
+fn wait_active(pg: &PgServer, sql: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let probe = format!(
+        "select count(*) from pg_stat_activity where state = 'active' and query = '{}'",
+        sql.replace('\'', "''")
+    );
+    while pg.psql_direct(&probe) != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "`{sql}` never ran:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Interrupts psql (SIGINT: it sends a CancelRequest) and returns its stderr and how long
+/// it took to end.
+fn interrupt(child: std::process::Child) -> (String, Duration) {
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        t.elapsed(),
+    )
+}
+
+/// A client's CancelRequest reaches the server pgwarden logged in at, by the route of that
+/// login: from the host, and from a container (its own network namespace) whose client named
+/// `127.0.0.1`, which inside the container is the container's own loopback, where no
+/// PostgreSQL listens (pgwarden's login, and so the cancel, goes from pgwarden's namespace).
+#[test]
+fn a_cancel_follows_the_logins_route() {
+    let (pg, dir, secret) = role_server("");
+    let ns = TestNetns::create();
+    let control = dir.path().join("c.sock");
+    let cg = TestCgroup::create(&unique_name("pgw-e2e-login-cancel"));
+    let _agent = agent_with_login(
+        &pg,
+        &cg,
+        &control,
+        "mcp-cancel",
+        &format!("user: {ROLE}\npassword_file: {}\n", secret.display()),
+        "",
+    );
+    let sleep_sql = "select pg_sleep(60)";
+    let psql_args = |cmd: &mut Command| {
+        cmd.env_remove("PGPASSWORD")
+            .env("PGPASSFILE", "/dev/null")
+            .args(["-X", "-At", "-w", "-h", "127.0.0.1", "-U", ROLE, "-p"])
+            .arg(pg.port.to_string())
+            .args(["-d", "postgres"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+    };
+    let bin = pg_bin("psql");
+    let bin = bin.to_str().unwrap();
+    for place in ["host", "container"] {
+        let mut cmd = match place {
+            "host" => in_cgroup(&cg.path, bin),
+            _ => ns.command_served(&cg, bin),
+        };
+        psql_args(&mut cmd);
+        let out = run_output(cmd.args(["-c", "select current_user"]));
+        assert_eq!(ok(&out, place), ROLE, "{place}");
+        let mut cmd = match place {
+            "host" => in_cgroup(&cg.path, bin),
+            _ => ns.command_served(&cg, bin),
+        };
+        psql_args(&mut cmd);
+        let child = cmd.args(["-c", sleep_sql]).spawn().unwrap();
+        wait_active(&pg, sleep_sql);
+        let (err, took) = interrupt(child);
+        assert!(
+            err.contains("canceling statement due to user request"),
+            "{place}: {err}\n{}",
+            pg.log()
+        );
+        assert!(
+            took < Duration::from_secs(20),
+            "{place}: the cancel took {took:?}"
+        );
+    }
 }
