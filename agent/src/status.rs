@@ -305,6 +305,9 @@ pub struct ApprovalRule {
     /// The rule's reason.
     #[serde(default)]
     pub reason: Option<String>,
+    /// The role an approved statement runs as (the rule's `run_as`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
 }
 
 /// An open grant.

@@ -819,6 +819,13 @@ fn an_approval_rule_runs_its_statement_as_a_second_role() {
         ],
     );
     let ids = pending(&agent, 1);
+    // The approver sees the role the statement would run as.
+    let list = agent.cli(&["approvals", "list"]);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("rule=refunds-admin run_as=payments_admin"),
+        "{}",
+        text(&list)
+    );
     approve(&ids[0], &[]);
     // The third statement matches the rule too: it waits; denied, it changes nothing.
     let ids = pending(&agent, 1);

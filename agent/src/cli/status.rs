@@ -112,9 +112,13 @@ pub(super) fn render_pending(a: &Approvals, now: u64) -> String {
     for p in &a.pending {
         let _ = writeln!(
             out,
-            "#{} rule={} workload={} session={} pid={} exe={} expires in {}s\n    {}",
+            "#{} rule={}{} workload={} session={} pid={} exe={} expires in {}s\n    {}",
             p.id,
             p.rule.id,
+            p.rule
+                .run_as
+                .as_ref()
+                .map_or(String::new(), |r| format!(" run_as={r}")),
             p.workload,
             p.session,
             or_unknown(p.pid),

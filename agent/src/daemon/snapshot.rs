@@ -213,6 +213,7 @@ fn pending(r: &approval::Request) -> status::Pending {
             timeout: r.rule.timeout,
             max_grant: r.rule.max_grant,
             reason: r.rule.reason.clone(),
+            run_as: r.rule.run_as.clone(),
         },
         workload: r.workload.clone(),
         session: r.session.to_string(),

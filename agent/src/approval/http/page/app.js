@@ -69,7 +69,8 @@ function renderRequest(r) {
   card.dataset.expires = r.expires;
   card.querySelector(".workload").textContent = r.workload;
   card.querySelector(".rid").textContent = "request " + r.id;
-  card.querySelector(".rule").textContent = r.rule.id;
+  card.querySelector(".rule").textContent =
+    r.rule.id + (r.rule.run_as ? " (runs as " + r.rule.run_as + ")" : "");
   card.querySelector(".reason").textContent = r.reason || "—";
   const p = r.identity;
   card.querySelector(".process").textContent = [
