@@ -64,6 +64,15 @@ fn agent_with_login(
     Agent::start(&agent_config(pg.port, control, &workload, extra), control)
 }
 
+/// Makes `paths` PostgreSQL's (its server key and the directory holding it).
+fn give_to_postgres(paths: &[&std::path::Path]) {
+    let pg_user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    for f in paths {
+        std::os::unix::fs::chown(f, Some(pg_user.uid.as_raw()), Some(pg_user.gid.as_raw()))
+            .unwrap();
+    }
+}
+
 /// psql in `cg` (untagged when `None`) as `user` at `host` (an address or the socket
 /// directory), never prompting, with `password` in PGPASSWORD when given.
 fn psql(
@@ -498,11 +507,7 @@ fn a_certificate_login_presents_the_roles_certificate() {
     let certs = tempfile::tempdir().unwrap();
     let server = self_signed_cert(certs.path(), "server", PG_SERVER_NAME);
     let client = self_signed_cert(certs.path(), "client", CERT_ROLE);
-    let pg_user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-    for f in [certs.path(), &server.cert, &server.key] {
-        std::os::unix::fs::chown(f, Some(pg_user.uid.as_raw()), Some(pg_user.gid.as_raw()))
-            .unwrap();
-    }
+    give_to_postgres(&[certs.path(), &server.cert, &server.key]);
     // The client certificate is self-signed, so it is its own CA for PostgreSQL.
     let pg = PgServer::start_configured(
         &format!(
@@ -1031,11 +1036,7 @@ fn scram_over_tls_is_bound_to_the_servers_certificate() {
         "sha384",
     );
     let relay_cert = self_signed_cert(certs.path(), "relay", PG_SERVER_NAME);
-    let pg_user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-    for f in [certs.path(), &server.cert, &server.key] {
-        std::os::unix::fs::chown(f, Some(pg_user.uid.as_raw()), Some(pg_user.gid.as_raw()))
-            .unwrap();
-    }
+    give_to_postgres(&[certs.path(), &server.cert, &server.key]);
     let pg = PgServer::start_configured(
         &format!(
             "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\npassword_encryption = 'scram-sha-256'\n",

@@ -359,15 +359,13 @@ fn statement(
     if let Verdict::Hold(rule) = &decision.verdict
         && kind == StatementKind::Query
     {
-        return Ok(Step::Hold(Held {
-            kind: HeldKind::Query,
-            rule: Arc::clone(rule),
-            sql: sql.to_owned(),
+        return Ok(Step::Hold(held_query(
+            rule,
+            sql.to_owned(),
             desc,
             frame,
-            guard: decision.guard.clone(),
-            reads: decision.reads.clone(),
-        }));
+            &decision,
+        )));
     }
     if let (Verdict::Allow, Some(rule), Some(_)) =
         (&decision.verdict, &decision.run_as, decision.grant)
@@ -375,15 +373,7 @@ fn statement(
     {
         // Passing under a grant of a rule with `run_as`: released as that rule's approval.
         return Ok(Step::Elevate(
-            Held {
-                kind: HeldKind::Query,
-                rule: Arc::clone(rule),
-                sql: sql.to_owned(),
-                desc,
-                frame,
-                guard: decision.guard.clone(),
-                reads: decision.reads.clone(),
-            },
+            held_query(rule, sql.to_owned(), desc, frame, &decision),
             role,
         ));
     }
@@ -479,6 +469,25 @@ fn statement(
         }
     }
     Ok(Step::Continue)
+}
+
+/// A simple Query of `rule`'s, to be held or run as its role, with its limits by effect.
+fn held_query(
+    rule: &Arc<crate::approval::Rule>,
+    sql: String,
+    desc: Arc<Described>,
+    frame: Frame,
+    decision: &Decision,
+) -> Held {
+    Held {
+        kind: HeldKind::Query,
+        rule: Arc::clone(rule),
+        sql,
+        desc,
+        frame,
+        guard: decision.guard.clone(),
+        reads: decision.reads.clone(),
+    }
 }
 
 /// The policy's decision on a statement, under the batch's policy version.
