@@ -566,34 +566,30 @@ impl Login {
     fn binding(&mut self, offered: &[&str]) -> Result<(&'static str, ChannelBinding), LoginError> {
         let mode = self.account.channel_binding;
         let plus = offered.contains(&sasl::SCRAM_SHA_256_PLUS);
-        let chosen = match (&self.hop, mode) {
-            (_, ChannelBindingMode::Disable) => None,
-            (Hop::Tls(Some(hash)), _) if plus => {
-                Some(ChannelBinding::tls_server_end_point(hash.clone()))
-            }
-            (Hop::Tls(Some(_)), _) => Some(ChannelBinding::unrequested()),
+        let hash = match &self.hop {
+            Hop::Tls(Some(hash)) if mode != ChannelBindingMode::Disable => Some(hash),
             _ => None,
         };
-        match chosen {
-            Some(b) if plus => {
+        match hash {
+            Some(hash) if plus => {
                 self.bound = true;
-                Ok((sasl::SCRAM_SHA_256_PLUS, b))
+                Ok((
+                    sasl::SCRAM_SHA_256_PLUS,
+                    ChannelBinding::tls_server_end_point(hash.clone()),
+                ))
             }
             _ if mode == ChannelBindingMode::Require => Err(LoginError::Exchange {
                 step: "AuthenticationSASL",
-                reason: match (&self.hop, plus) {
-                    (Hop::Plain, _) => "channel_binding is require, and the connection to the \
-                                        server is not TLS"
-                        .to_owned(),
-                    (Hop::Tls(None), _) => "channel_binding is require, and the server's \
-                                            certificate has no single hash to bind to"
-                        .to_owned(),
-                    (Hop::Tls(Some(_)), _) => "channel_binding is require, and the server did \
-                                               not offer SCRAM-SHA-256-PLUS"
-                        .to_owned(),
-                },
+                reason: format!(
+                    "channel_binding is require, and {}",
+                    match self.hop {
+                        Hop::Plain => "the connection to the server is not TLS",
+                        Hop::Tls(None) => "the server's certificate has no single hash to bind to",
+                        Hop::Tls(Some(_)) => "the server did not offer SCRAM-SHA-256-PLUS",
+                    }
+                ),
             }),
-            Some(b) => Ok((sasl::SCRAM_SHA_256, b)),
+            Some(_) => Ok((sasl::SCRAM_SHA_256, ChannelBinding::unrequested())),
             None => Ok((sasl::SCRAM_SHA_256, ChannelBinding::unsupported())),
         }
     }

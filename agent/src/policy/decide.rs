@@ -435,14 +435,11 @@ fn elevatable(f: &Facts) -> Result<(), &'static str> {
     if f.commands.len() != 1 || f.classes.is_empty() || !only {
         return Err("only a single read or write statement can run so (send it alone)");
     }
-    if f.commands.iter().any(|c| {
-        matches!(
-            c.as_str(),
-            "DECLARE" | "FETCH/CLOSE" | "PREPARE" | "EXECUTE"
-        )
-    }) || !f.prepares.is_empty()
-        || !f.executes.is_empty()
-    {
+    let cursor = f
+        .commands
+        .iter()
+        .any(|c| matches!(c.as_str(), "DECLARE" | "FETCH/CLOSE"));
+    if cursor || !f.prepares.is_empty() || !f.executes.is_empty() {
         return Err("a cursor or prepared statement cannot run so");
     }
     if f.functions.iter().any(|func| !read_only_builtin(func)) {

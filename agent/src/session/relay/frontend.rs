@@ -30,7 +30,7 @@ pub(super) enum Step {
     /// everything before it (so the transaction it runs in is known).
     Guard(Guarded),
     /// A simple Query passing under an open grant of a rule with `run_as`: run as that role.
-    Elevate(Held, String),
+    Elevate(Held),
 }
 
 /// A simple Query that writes under a row limit, decided and described.
@@ -94,20 +94,10 @@ pub(super) async fn run(
                         return Ok(());
                     };
                     let refusal = hold::refusal(&held, &resolution);
-                    let run_as = held.rule.run_as.clone().filter(|_| refusal.is_none());
-                    if let (Some(role), HeldKind::Query) = (run_as, &held.kind) {
-                        super::elevate::run(ctx, w, held, &role, &mut out, &mut audits).await?;
-                    } else {
-                        if held.guard.is_some() && refusal.is_none() {
-                            // A write under a row limit goes once the server is quiet (its
-                            // transaction must be known).
-                            ctx.until(|c| c.state().quiet()).await;
-                        }
-                        hold::release(ctx, held, refusal, &mut out, &mut audits);
-                    }
+                    release(ctx, w, held, refusal, &mut out, &mut audits).await?;
                 }
-                Ok(Step::Elevate(held, role)) => {
-                    super::elevate::run(ctx, w, held, &role, &mut out, &mut audits).await?;
+                Ok(Step::Elevate(held)) => {
+                    release(ctx, w, held, None, &mut out, &mut audits).await?;
                 }
                 Ok(Step::Guard(g)) => {
                     send(ctx, w, &mut out, &mut audits).await?;
@@ -124,6 +114,29 @@ pub(super) async fn run(
             return Ok(());
         }
     }
+}
+
+/// Sends a held (or granted) message on, or its refusal: an approved Query of a rule with
+/// `run_as` runs as that role; an approved write under a row limit goes once the server is
+/// quiet (its transaction must be known).
+async fn release(
+    ctx: &Ctx<'_>,
+    w: &tokio::sync::Mutex<WriteHalf>,
+    held: Held,
+    refusal: Option<hold::Refusal>,
+    out: &mut Vec<Bytes>,
+    audits: &mut Vec<AuditItem>,
+) -> Result<(), SessionError> {
+    if refusal.is_none() {
+        if let (Some(role), HeldKind::Query) = (held.rule.run_as.clone(), &held.kind) {
+            return super::elevate::run(ctx, w, held, &role, out, audits).await;
+        }
+        if held.guard.is_some() {
+            ctx.until(|c| c.state().quiet()).await;
+        }
+    }
+    hold::release(ctx, held, refusal, out, audits);
+    Ok(())
 }
 
 /// Sends a guarded simple Query, now that the server is quiet: in pgwarden's transaction
@@ -367,15 +380,15 @@ fn statement(
             &decision,
         )));
     }
-    if let (Verdict::Allow, Some(rule), Some(_)) =
-        (&decision.verdict, &decision.run_as, decision.grant)
-        && let Some(role) = rule.run_as.clone()
-    {
+    if let (Verdict::Allow, Some(rule)) = (&decision.verdict, &decision.run_as) {
         // Passing under a grant of a rule with `run_as`: released as that rule's approval.
-        return Ok(Step::Elevate(
-            held_query(rule, sql.to_owned(), desc, frame, &decision),
-            role,
-        ));
+        return Ok(Step::Elevate(held_query(
+            rule,
+            sql.to_owned(),
+            desc,
+            frame,
+            &decision,
+        )));
     }
     if let (Verdict::Allow, Some(limit), StatementKind::Query) =
         (&decision.verdict, &decision.guard, kind)
