@@ -15,6 +15,7 @@ use tracing::{error, info};
 
 use super::archive::Signal;
 use super::error::AuditError;
+use super::gate::Gate;
 use super::head::Head;
 use super::queue::{Item, Shared, Waiter, answered, lock};
 use super::space::Space;
@@ -198,6 +199,8 @@ pub(super) struct Writer {
     pub(super) space: Space,
     /// Wakes the archiver after a rotation.
     pub(super) archiver: Option<Arc<Signal>>,
+    /// Whether the live file needs a full look (inotify).
+    pub(super) gate: Gate,
 }
 
 impl Writer {

@@ -121,6 +121,9 @@ impl Writer {
         self.ident = meta.is_file().then(|| (meta.dev(), meta.ino()));
         self.mode = meta.mode() & 0o7777;
         self.file = Some(file);
+        if self.ident.is_some() {
+            self.gate.arm(&self.path);
+        }
         if self.size == 0 {
             self.file_first = None;
         }

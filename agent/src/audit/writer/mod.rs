@@ -20,13 +20,15 @@
 //! This file is the public side ([`Journal`], [`AuditStatus`]); the parts, one role each:
 //! `error` ([`AuditError`]), `queue` (what appenders hand over), `commit` (group commit: chain,
 //! write, fsync, answer), `thread` (the writer thread), `files` (lock, open, rotation),
-//! `watch` (the live file checked around each write), `space` (the free-space floor), `head`
-//! (the chain's head in the state directory), `recover` (where the chain resumes on open) and
-//! `archive` (compression and retention, on their own thread).
+//! `watch` (the live file checked around each write), `gate` (inotify: whether it needs a
+//! full look), `space` (the free-space floor), `head` (the chain's head in the state
+//! directory), `recover` (where the chain resumes on open) and `archive` (compression and
+//! retention, on their own thread).
 mod archive;
 mod commit;
 mod error;
 mod files;
+mod gate;
 mod head;
 mod queue;
 mod recover;
@@ -190,6 +192,7 @@ impl Journal {
             head: Some(head),
             space: Space::new(cfg.min_free_bytes),
             archiver: Some(Arc::clone(&signal)),
+            gate: gate::Gate::new(),
         };
         writer.open_live().map_err(open_err)?;
         writer.file_first = recovered.file_first;
@@ -360,6 +363,7 @@ impl Journal {
                         head: None,
                         space: Space::new(0),
                         archiver: None,
+                        gate: gate::Gate::new(),
                     }),
                     inline: false,
                 }),

@@ -1,5 +1,6 @@
-//! What was done to the live file behind the writer's back, noticed before every batch (one
-//! `stat` of the path) and after every write (one `fstat` of the descriptor):
+//! What was done to the live file behind the writer's back, noticed before every batch (a
+//! `stat` of the path when inotify saw something or 100 ms have passed, its size otherwise:
+//! `gate`) and after every write (an `fstat` of the descriptor when inotify saw something):
 //!
 //! | found | what the writer does | record |
 //! |---|---|---|
@@ -14,7 +15,7 @@
 //! which the next record's `prev_hash` links to): `pgwarden audit verify` accepts that gap in
 //! the chain, and reports it. Every one is logged as an error and counted (`reopens` in
 //! status and metrics). No record is acknowledged while it is only in a file with no name.
-use std::io;
+use std::io::{self, Seek as _, SeekFrom};
 use std::os::unix::fs::MetadataExt as _;
 use std::sync::atomic::Ordering;
 
@@ -23,6 +24,8 @@ use tracing::error;
 
 use super::commit::Writer;
 use super::files::{displaced_name, lock_journal};
+#[cfg(doc)]
+use super::gate::Gate;
 use super::queue::{Shared, lock};
 use super::recover::scan_tail;
 use crate::audit::canon::Prepared;
@@ -36,8 +39,22 @@ pub(super) fn missing(first: u64, last: u64, last_hash: &str) -> Option<Value> {
 
 impl Writer {
     /// Looks at the live file before a batch; the record to write first, when something was
-    /// done to it.
+    /// done to it. In full (a `stat` of the path) only when the [`Gate`] says so; else its
+    /// size, which shows a truncation or someone else's append.
     pub(super) fn watch(&mut self, s: &Shared) -> io::Result<Option<Prepared>> {
+        let (Some(_), Some(file)) = (self.ident, &self.file) else {
+            return Ok(None);
+        };
+        if !self.gate.due() && (&*file).seek(SeekFrom::End(0))? == self.size {
+            return Ok(None);
+        }
+        let found = self.look(s)?;
+        self.gate.looked();
+        Ok(found)
+    }
+
+    /// The full look: the path `stat`-ed and compared with the open descriptor.
+    fn look(&mut self, s: &Shared) -> io::Result<Option<Prepared>> {
         let (Some((dev, ino)), Some(file)) = (self.ident, &self.file) else {
             return Ok(None);
         };
@@ -75,8 +92,12 @@ impl Writer {
         }
     }
 
-    /// After a write: whether the file it went to still has a name.
-    pub(super) fn orphaned(&self) -> io::Result<bool> {
+    /// After a write: whether the file it went to still has a name (asked of the file only
+    /// when inotify noticed something).
+    pub(super) fn orphaned(&mut self) -> io::Result<bool> {
+        if !self.gate.noticed() {
+            return Ok(false);
+        }
         match (&self.file, self.ident) {
             (Some(f), Some(_)) => Ok(f.metadata()?.nlink() == 0),
             _ => Ok(false),
