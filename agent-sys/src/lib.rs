@@ -1,7 +1,7 @@
 //! The agent's few raw system calls, each behind a safe function: the bpf(2) commands that
 //! aya 0.14 does not expose (loading a program with a caller-built instruction stream and an
 //! attach type aya does not know, creating and pinning its link), `getsockopt(SO_COOKIE)` and
-//! the `SIOCOUTQ` ioctl.
+//! the `SIOCOUTQ` ioctl, and `sched_setscheduler(SCHED_IDLE)` for the journal's compressor.
 //! It is its own crate because the rest of the workspace forbids `unsafe`.
 use std::ffi::CString;
 use std::io;
@@ -237,6 +237,18 @@ fn u64_option(sock: BorrowedFd<'_>, option: libc::c_int) -> io::Result<u64> {
     Ok(cookie)
 }
 
+/// Puts the calling thread under `SCHED_IDLE`: it runs only when no other thread of the
+/// host wants the CPU (for work that can wait, like compressing rotated journal files).
+/// Lowering one's own policy needs no privilege.
+pub fn idle_thread() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is this thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +261,19 @@ mod tests {
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, prog_name), 48);
         assert_eq!(std::mem::offset_of!(LinkCreateAttr, attach_type), 8);
         assert_eq!(std::mem::offset_of!(ObjAttr, bpf_fd), 8);
+    }
+
+    #[test]
+    fn a_thread_goes_idle_and_others_do_not() {
+        std::thread::spawn(|| {
+            idle_thread().unwrap();
+            // SAFETY: no argument; pid 0 is this thread.
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_IDLE);
+        })
+        .join()
+        .unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
     }
 
     #[test]
