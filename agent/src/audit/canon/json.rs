@@ -27,7 +27,6 @@
 //! either. The stored line keeps its own key order; verification recomputes the canonical form
 //! from the parsed line, so key order on disk does not matter.
 use serde_json::{Map, Value};
-use sha2::{Digest as _, Sha256};
 
 /// Writes `s` as a JSON string with `serde_json`'s escaping (the canonical form's).
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -117,7 +116,7 @@ pub fn hash_value(record: &Value) -> String {
         Value::Object(map) => push_object(&mut out, map, Some("hash")),
         other => push_value(&mut out, other),
     }
-    hex::encode(Sha256::digest(&out))
+    super::sha256_hex(&out)
 }
 
 /// The canonical form of `v` (see the module doc).
