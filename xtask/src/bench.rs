@@ -1,12 +1,14 @@
 //! `cargo xtask bench`: one run on one machine against one PostgreSQL, interleaved so drift hits
 //! every side alike: pgbench direct, through PgBouncer and through pgwarden (eBPF redirect),
-//! masking throughput, agent memory, and the cost pgwarden adds to untagged connects.
+//! where each proxy's CPU goes (`perf`), masking throughput, agent memory, and the cost
+//! pgwarden adds to untagged connects.
 //!
 //! The bench drives the built binary (`target/release/pgwarden`) and external tools (pgbench,
 //! psql, pgbouncer, python3); it never links the agent. Each measurement is a [`Section`]: a
 //! function that takes the [`Rig`] and returns something that renders as Markdown and JSON, so
 //! adding one is one function and one line in [`SECTIONS`].
 
+mod budget;
 mod conns;
 mod costs;
 mod journal;
@@ -52,8 +54,8 @@ pub struct Args {
     /// (journal bytes per statement, before and after).
     #[arg(long, value_name = "BIN")]
     pub before: Option<PathBuf>,
-    /// Only these sections (comma-separated: connect, pgbench, journal, masking, memory,
-    /// policy, audit); the report
+    /// Only these sections (comma-separated: connect, pgbench, budget, journal, masking,
+    /// memory, policy, audit); the report
     /// then says the run was partial. For iterating on one measurement; a full run refreshes
     /// BENCHMARKS.md.
     #[arg(long, value_delimiter = ',')]
@@ -205,6 +207,7 @@ const SECTIONS: &[(&str, &str, Measure)] = &[
     ("policy", "policy decisions", costs::policy),
     ("audit", "audit journal", costs::audit),
     ("pgbench", "pgbench -S", pgbench::matrix),
+    ("budget", "where the proxy's CPU goes", budget::budget),
     (
         "journal",
         "journal bytes per statement",

@@ -44,6 +44,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The audit forwarder's tests: a real syslog collector, over TCP and TLS (RFC 5425).
     "rsyslog",
     "rsyslog-openssl",
+    // `perf`, for the bench's budget of where each proxy's CPU goes.
+    "linux-perf",
 ];
 
 /// Debian packages for the node `pg` client, wanted only when the program is not on PATH: a

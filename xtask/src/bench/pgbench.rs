@@ -97,7 +97,7 @@ impl Side {
         }
     }
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Side::Direct => "direct",
             Side::PgBouncer => "PgBouncer (session)",
@@ -112,13 +112,13 @@ impl Side {
 
 /// One pgbench run.
 #[derive(Clone, Debug)]
-struct Run {
-    tps: f64,
-    transactions: u64,
+pub struct Run {
+    pub tps: f64,
+    pub transactions: u64,
     p50_us: f64,
     p99_us: f64,
     /// CPU the proxy process (PgBouncer, pgwarden) used per transaction, microseconds.
-    proxy_cpu_us: Option<f64>,
+    pub proxy_cpu_us: Option<f64>,
     /// CPU the journald the bench started used per transaction (the audit mirror's cost).
     journald_cpu_us: Option<f64>,
 }
@@ -288,6 +288,26 @@ pub fn matrix(rig: &mut Rig) -> Result<Box<dyn Section>> {
 }
 
 fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32) -> Result<Run> {
+    // For profiling by hand: `PGWARDEN_BENCH_PERF=DIR` records each proxy with `perf`.
+    let perf = std::env::var_os("PGWARDEN_BENCH_PERF").map(|dir| {
+        Path::new(&dir).join(format!(
+            "{}-{clients}-{}-{round}.data",
+            mode.arg(),
+            side.key()
+        ))
+    });
+    run_pgbench(rig, mode, clients, side, round, perf.as_deref())
+}
+
+/// One pgbench run of `side`; with `perf`, the proxy's samples (`perf record -g`) go there.
+pub fn run_pgbench(
+    rig: &mut Rig,
+    mode: QueryMode,
+    clients: u32,
+    side: Side,
+    round: u32,
+    perf: Option<&Path>,
+) -> Result<Run> {
     let logs = rig.work.join(format!(
         "pgbench-{}-{clients}-{}-{round}",
         mode.arg(),
@@ -362,16 +382,11 @@ fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32)
     };
     let cpu_before = proxy.map(cpu_seconds).transpose()?;
     let journald_before = journald.map(cpu_seconds).transpose()?;
-    // For profiling by hand: `PGWARDEN_BENCH_PERF=DIR` records each proxy with `perf`.
-    let perf = match (std::env::var_os("PGWARDEN_BENCH_PERF"), proxy) {
-        (Some(dir), Some(pid)) => Some(
+    let perf = match (perf, proxy) {
+        (Some(out), Some(pid)) => Some(
             Command::new("perf")
                 .args(["record", "-F", "2000", "-g", "-p", &pid.to_string(), "-o"])
-                .arg(std::path::Path::new(&dir).join(format!(
-                    "{}-{clients}-{}-{round}.data",
-                    mode.arg(),
-                    side.key()
-                )))
+                .arg(out)
                 // The bench blocks SIGINT and SIGTERM (children inherit that): perf stops
                 // when its `sleep` does, a little before pgbench.
                 .args([

@@ -1,0 +1,493 @@
+//! Where each proxy's CPU goes per transaction: PgBouncer, pgwarden's relay alone and pgwarden
+//! as installed each run one pgbench cell under `perf record -g`; every sample is put in one
+//! part (sockets, the journal's writes, policy, masking, the runtime, ...) by its stack, and
+//! each part's share of the samples times the process's measured CPU per transaction is its
+//! cost in microseconds.
+//!
+//! Kernel samples are placed by the system call they sit under (the kernel's frame pointers
+//! give whole stacks); user samples by their own function only (the release build keeps no
+//! frame pointers, so their callers are not known), which is why "malloc and copies" is a
+//! part of its own rather than charged to whoever called.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::Section;
+use super::pgbench::{QueryMode, Side, run_pgbench};
+use super::rig::Rig;
+use crate::cmd;
+
+/// The parts, in the order the table shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Part {
+    Sockets,
+    Wait,
+    JournalWrite,
+    JournalWatch,
+    KernelOther,
+    Wire,
+    Policy,
+    Audit,
+    Masking,
+    Relay,
+    Runtime,
+    Alloc,
+    Compression,
+    UserOther,
+}
+
+impl Part {
+    const ALL: [Part; 14] = [
+        Part::Sockets,
+        Part::Wait,
+        Part::JournalWrite,
+        Part::JournalWatch,
+        Part::KernelOther,
+        Part::Wire,
+        Part::Policy,
+        Part::Audit,
+        Part::Masking,
+        Part::Relay,
+        Part::Runtime,
+        Part::Alloc,
+        Part::Compression,
+        Part::UserOther,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Part::Sockets => "kernel: sockets (send/recv, loopback TCP, wake-ups of the peer)",
+            Part::Wait => "kernel: event loop (epoll_wait, being scheduled)",
+            Part::JournalWrite => "kernel: journal file writes and fsyncs",
+            Part::JournalWatch => "kernel: journal watch (inotify read, lseek, stat)",
+            Part::KernelOther => "kernel: other (futex, faults, timers)",
+            Part::Wire => "user: wire frames and statement text",
+            Part::Policy => "user: policy (parse, decide, caches)",
+            Part::Audit => "user: audit records (JSON, SHA-256 chain, time)",
+            Part::Masking => "user: masking and result scans",
+            Part::Relay => "user: session relay (state machine, buffers)",
+            Part::Runtime => "user: async runtime (tokio, mio, syscall stubs)",
+            Part::Alloc => "user: malloc, free, memcpy",
+            Part::Compression => "user: zstd (rotated journal files)",
+            Part::UserOther => "user: other (PgBouncer's own code, libevent, std)",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Part::Sockets => "sockets",
+            Part::Wait => "event_loop",
+            Part::JournalWrite => "journal_write",
+            Part::JournalWatch => "journal_watch",
+            Part::KernelOther => "kernel_other",
+            Part::Wire => "wire",
+            Part::Policy => "policy",
+            Part::Audit => "audit",
+            Part::Masking => "masking",
+            Part::Relay => "relay",
+            Part::Runtime => "runtime",
+            Part::Alloc => "alloc",
+            Part::Compression => "compression",
+            Part::UserOther => "user_other",
+        }
+    }
+}
+
+/// One frame of a sample's stack: its symbol and whether it is the kernel's.
+#[derive(Debug)]
+struct Frame<'a> {
+    sym: &'a str,
+    kernel: bool,
+}
+
+/// The part a sample belongs to; `stack[0]` is where it was taken.
+fn classify(stack: &[Frame<'_>]) -> Part {
+    let Some(leaf) = stack.first() else {
+        return Part::UserOther;
+    };
+    if leaf.kernel {
+        for f in stack.iter().filter(|f| f.kernel) {
+            if let Some(p) = syscall_part(f.sym) {
+                return p;
+            }
+        }
+        // Not under a system call: network receive processing in an interrupt, or the rest.
+        if stack
+            .iter()
+            .any(|f| f.sym == "handle_softirqs" || f.sym == "net_rx_action")
+        {
+            return Part::Sockets;
+        }
+        return Part::KernelOther;
+    }
+    user_part(leaf.sym)
+}
+
+fn syscall_part(sym: &str) -> Option<Part> {
+    let name = sym.strip_prefix("__x64_sys_")?;
+    Some(match name {
+        "sendto" | "recvfrom" | "writev" | "readv" | "sendmsg" | "recvmsg" | "sendmmsg"
+        | "shutdown" | "accept4" | "connect" => Part::Sockets,
+        "epoll_wait" | "epoll_pwait" | "epoll_pwait2" | "epoll_ctl" => Part::Wait,
+        "write" | "pwrite64" | "fdatasync" | "fsync" | "ftruncate" => Part::JournalWrite,
+        "read" | "lseek" | "statx" | "newfstatat" | "newfstat" | "statfs" => Part::JournalWatch,
+        _ => Part::KernelOther,
+    })
+}
+
+fn user_part(sym: &str) -> Part {
+    const PARTS: &[(&[&str], Part)] = &[
+        (
+            &[
+                "pgwarden::audit::",
+                "pgwarden::session::recorder",
+                "sha2::",
+                "hex::",
+                "itoa::",
+                "jiff::",
+                "ryu::",
+                "serde_json::",
+            ],
+            Part::Audit,
+        ),
+        (
+            &[
+                "pgwarden::mask::",
+                "pgwarden::session::masking",
+                "pgwarden::session::results",
+            ],
+            Part::Masking,
+        ),
+        (&["pgwarden::policy::", "sqlparser::"], Part::Policy),
+        (&["pgwarden::sqltext::", "pgwarden::wire::"], Part::Wire),
+        (&["pgwarden::", "bytes::"], Part::Relay),
+        (
+            &[
+                "tokio::",
+                "mio::",
+                "epoll_wait",
+                "__send",
+                "__libc_recv",
+                "__GI___writev",
+                "__GI___libc_write",
+                "__libc_write",
+                "read",
+                "syscall",
+                "__GI___pthread",
+                "__vdso_clock_gettime",
+                "clock_gettime",
+            ],
+            Part::Runtime,
+        ),
+        (
+            &[
+                "malloc",
+                "_int_malloc",
+                "_int_free",
+                "cfree",
+                "free",
+                "realloc",
+                "_int_realloc",
+                "__libc_malloc",
+                "__libc_free",
+                "malloc_consolidate",
+                "__memmove",
+                "__memcpy",
+                "__memset",
+                "memcpy",
+                "memmove",
+            ],
+            Part::Alloc,
+        ),
+        (&["ZSTD_", "HUF_", "FSE_"], Part::Compression),
+    ];
+    let sym = sym.trim_start_matches('<');
+    for (prefixes, part) in PARTS {
+        if prefixes.iter().any(|p| sym.starts_with(p)) {
+            return *part;
+        }
+    }
+    Part::UserOther
+}
+
+/// Samples per part from `perf script` output (`-F comm,ip,sym,dso`, with callchains).
+fn tally(script: &str) -> BTreeMap<Part, u64> {
+    let mut counts = BTreeMap::new();
+    let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut in_sample = false;
+    let flush = |stack: &mut Vec<Frame<'_>>, counts: &mut BTreeMap<Part, u64>| {
+        if !stack.is_empty() {
+            *counts.entry(classify(stack)).or_insert(0) += 1;
+            stack.clear();
+        }
+    };
+    for line in script.lines() {
+        if line.trim().is_empty() {
+            flush(&mut stack, &mut counts);
+            in_sample = false;
+            continue;
+        }
+        if !line.starts_with(char::is_whitespace) {
+            // A sample's header (the command); its frames follow.
+            flush(&mut stack, &mut counts);
+            in_sample = true;
+            continue;
+        }
+        if !in_sample {
+            continue;
+        }
+        // "\t<ip> <symbol> (<dso>)"
+        let frame = line.trim();
+        let Some((_ip, rest)) = frame.split_once(' ') else {
+            continue;
+        };
+        let (sym, dso) = match rest.rfind(" (") {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let sym = sym.split("+0x").next().unwrap_or(sym);
+        stack.push(Frame {
+            sym,
+            kernel: dso.contains("kernel.kallsyms") || dso.contains("[kernel"),
+        });
+    }
+    flush(&mut stack, &mut counts);
+    counts
+}
+
+/// One side's budget in one cell.
+struct Column {
+    side: Side,
+    cpu_us: f64,
+    samples: u64,
+    /// Microseconds per transaction by part.
+    parts: BTreeMap<Part, f64>,
+}
+
+struct Cell {
+    mode: QueryMode,
+    clients: u32,
+    columns: Vec<Column>,
+}
+
+struct Budget {
+    seconds: u32,
+    cells: Vec<Cell>,
+}
+
+/// The sides whose CPU is broken down.
+const SIDES: [Side; 3] = [Side::PgBouncer, Side::PgwardenRelay, Side::PgwardenPci];
+
+/// Runs the cells under `perf` and breaks each proxy's CPU down.
+pub fn budget(rig: &mut Rig) -> Result<Box<dyn Section>> {
+    cmd::find_tool("perf").context(
+        "perf not found: `cargo xtask setup` installs Debian's linux-perf, which the budget needs",
+    )?;
+    let plan = rig.plan.clone();
+    let cells: Vec<(QueryMode, u32)> = if plan.smoke {
+        vec![(QueryMode::Simple, 1)]
+    } else {
+        vec![
+            (QueryMode::Simple, plan.max_clients()),
+            (QueryMode::Extended, 1),
+        ]
+    };
+    let dir = rig.work.join("perf");
+    std::fs::create_dir_all(&dir)?;
+    let mut out = Vec::new();
+    for (mode, clients) in cells {
+        let mut columns = Vec::new();
+        for side in SIDES {
+            rig.check_interrupt()?;
+            let data = dir.join(format!("{}-{clients}-{}.data", mode.arg(), side.key()));
+            let run = run_pgbench(rig, mode, clients, side, 1, Some(&data))?;
+            let Some(cpu_us) = run.proxy_cpu_us else {
+                bail!("no CPU time for {}", side.label());
+            };
+            let script = cmd::stdout_of(
+                Command::new("perf")
+                    .args(["script", "-F", "comm,ip,sym,dso", "-i"])
+                    .arg(&data),
+            )
+            .with_context(|| format!("perf script -i {}", data.display()))?;
+            let counts = tally(&script);
+            let samples: u64 = counts.values().sum();
+            if samples == 0 {
+                bail!("perf recorded no sample of {}", side.label());
+            }
+            #[allow(clippy::cast_precision_loss, reason = "sample counts")]
+            let parts = counts
+                .iter()
+                .map(|(p, n)| (*p, cpu_us * *n as f64 / samples as f64))
+                .collect();
+            println!(
+                "  budget   {:<8} c={clients:<3} {:<38} {cpu_us:.1} µs/txn, {samples} samples",
+                mode.arg(),
+                side.label()
+            );
+            let _ = std::fs::remove_file(&data);
+            columns.push(Column {
+                side,
+                cpu_us,
+                samples,
+                parts,
+            });
+        }
+        out.push(Cell {
+            mode,
+            clients,
+            columns,
+        });
+    }
+    Ok(Box::new(Budget {
+        seconds: plan.seconds,
+        cells: out,
+    }))
+}
+
+impl Section for Budget {
+    fn key(&self) -> &'static str {
+        "budget"
+    }
+
+    fn markdown(&self) -> String {
+        let mut md = format!(
+            "## Where the proxy's CPU goes\n\n\
+             One more `pgbench -S` run of {} s per side in the cells below, each proxy process \
+             sampled by `perf record -g` (2,000 Hz). Every sample is put in one part: kernel \
+             samples by the system call they sit under, user samples by their own function \
+             (the release build has no frame pointers, so their callers are unknown and \
+             `malloc`/`memcpy` stand on their own). A part's µs per transaction is its share of \
+             the samples times the process's CPU per transaction in that run. Sampling costs the \
+             run a little; compare the parts, not the totals, with the table above.\n",
+            self.seconds
+        );
+        for cell in &self.cells {
+            let _ = write!(
+                md,
+                "\n### -M {} -c {}\n\n| part |",
+                cell.mode.arg(),
+                cell.clients
+            );
+            for c in &cell.columns {
+                let _ = write!(md, " {} µs/txn |", c.side.label());
+            }
+            md.push_str("\n|---|");
+            for _ in &cell.columns {
+                md.push_str("---:|");
+            }
+            md.push('\n');
+            for part in Part::ALL {
+                if cell
+                    .columns
+                    .iter()
+                    .all(|c| c.parts.get(&part).is_none_or(|v| *v < 0.05))
+                {
+                    continue;
+                }
+                let _ = write!(md, "| {} |", part.label());
+                for c in &cell.columns {
+                    let _ = write!(md, " {:.1} |", c.parts.get(&part).copied().unwrap_or(0.0));
+                }
+                md.push('\n');
+            }
+            md.push_str("| **total** (samples) |");
+            for c in &cell.columns {
+                let _ = write!(md, " **{:.1}** ({}) |", c.cpu_us, c.samples);
+            }
+            md.push('\n');
+        }
+        md
+    }
+
+    fn json(&self) -> Value {
+        json!(
+            self.cells
+                .iter()
+                .map(|cell| json!({
+                    "mode": cell.mode.arg(),
+                    "clients": cell.clients,
+                    "sides": cell.columns.iter().map(|c| json!({
+                        "side": c.side.key(),
+                        "cpu_us_per_txn": c.cpu_us,
+                        "samples": c.samples,
+                        "parts_us_per_txn": c.parts.iter()
+                            .map(|(p, v)| (p.key().to_owned(), json!(v)))
+                            .collect::<serde_json::Map<_, _>>(),
+                    })).collect::<Vec<_>>(),
+                }))
+                .collect::<Vec<_>>()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCRIPT: &str = "pgwarden 
+\tffffffff8206e560 tcp_sendmsg_locked+0x10 ([kernel.kallsyms])
+\tffffffff81e7e64d sock_write_iter ([kernel.kallsyms])
+\tffffffff816d7ec5 do_writev ([kernel.kallsyms])
+\tffffffff816d7ec6 __x64_sys_writev ([kernel.kallsyms])
+\tffffffff8224d141 do_syscall_64 ([kernel.kallsyms])
+\t          10f36 __GI___writev (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+pgwarden 
+\tffffffff815a2e7e generic_perform_write ([kernel.kallsyms])
+\tffffffff816d96af ksys_write ([kernel.kallsyms])
+\tffffffff816d96b0 __x64_sys_write ([kernel.kallsyms])
+\t           f838f __GI___libc_write (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+pgwarden 
+\t          5a1b2 pgwarden::audit::canon::Prepared::seal (/work/target/release/pgwarden)
+
+pgwarden 
+\t          5a1b2 <pgwarden::mask::MaskSession as core::ops::Drop>::drop (/x/pgwarden)
+
+pgwarden 
+\t          1234 malloc (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+pgwarden 
+\tffffffff82089244 tcp_v4_rcv ([kernel.kallsyms])
+\tffffffff82089245 net_rx_action ([kernel.kallsyms])
+\tffffffff82089246 handle_softirqs ([kernel.kallsyms])
+
+pgwarden 
+\tffffffff82089244 finish_task_switch.isra.0 ([kernel.kallsyms])
+\tffffffff82089245 __x64_sys_epoll_wait ([kernel.kallsyms])
+";
+
+    #[test]
+    fn samples_go_to_their_parts() {
+        let t = tally(SCRIPT);
+        let want: BTreeMap<Part, u64> = [
+            (Part::Sockets, 2),
+            (Part::JournalWrite, 1),
+            (Part::Audit, 1),
+            (Part::Masking, 1),
+            (Part::Alloc, 1),
+            (Part::Wait, 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(t, want);
+    }
+
+    #[test]
+    fn unknown_code_is_other_not_dropped() {
+        let t = tally("pgbouncer \n\t 1 sbuf_process_pending (/usr/sbin/pgbouncer)\n");
+        assert_eq!(t.get(&Part::UserOther), Some(&1));
+        assert_eq!(
+            classify(&[Frame {
+                sym: "__x64_sys_futex",
+                kernel: true
+            }]),
+            Part::KernelOther
+        );
+    }
+}
