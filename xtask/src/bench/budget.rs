@@ -169,14 +169,6 @@ fn user_part(sym: &str) -> Part {
             &[
                 "tokio::",
                 "mio::",
-                "epoll_wait",
-                "__send",
-                "__libc_recv",
-                "__GI___writev",
-                "__GI___libc_write",
-                "__libc_write",
-                "read",
-                "syscall",
                 "__GI___pthread",
                 "__vdso_clock_gettime",
                 "clock_gettime",
@@ -185,26 +177,45 @@ fn user_part(sym: &str) -> Part {
         ),
         (
             &[
-                "malloc",
-                "_int_malloc",
-                "_int_free",
-                "cfree",
-                "free",
-                "realloc",
-                "_int_realloc",
-                "__libc_malloc",
-                "__libc_free",
-                "malloc_consolidate",
                 "__memmove",
                 "__memcpy",
                 "__memset",
-                "memcpy",
-                "memmove",
+                "_int_malloc",
+                "_int_free",
             ],
             Part::Alloc,
         ),
         (&["ZSTD_", "HUF_", "FSE_"], Part::Compression),
     ];
+    // libc's entry points, by exact name (`free` must not take `freeaddrinfo`).
+    const RUNTIME: &[&str] = &[
+        "epoll_wait",
+        "__send",
+        "__libc_recv",
+        "__GI___writev",
+        "__GI___libc_write",
+        "__libc_write",
+        "read",
+        "syscall",
+    ];
+    const ALLOC: &[&str] = &[
+        "malloc",
+        "cfree",
+        "free",
+        "realloc",
+        "_int_realloc",
+        "__libc_malloc",
+        "__libc_free",
+        "malloc_consolidate",
+        "memcpy",
+        "memmove",
+    ];
+    if RUNTIME.contains(&sym) {
+        return Part::Runtime;
+    }
+    if ALLOC.contains(&sym) {
+        return Part::Alloc;
+    }
     let sym = sym.trim_start_matches('<');
     for (prefixes, part) in PARTS {
         if prefixes.iter().any(|p| sym.starts_with(p)) {
@@ -482,6 +493,9 @@ pgwarden
     fn unknown_code_is_other_not_dropped() {
         let t = tally("pgbouncer \n\t 1 sbuf_process_pending (/usr/sbin/pgbouncer)\n");
         assert_eq!(t.get(&Part::UserOther), Some(&1));
+        assert_eq!(user_part("freeaddrinfo"), Part::UserOther);
+        assert_eq!(user_part("free"), Part::Alloc);
+        assert_eq!(user_part("readdir"), Part::UserOther);
         assert_eq!(
             classify(&[Frame {
                 sym: "__x64_sys_futex",
