@@ -8,17 +8,24 @@
 //! give whole stacks); user samples by their own function only (the release build keeps no
 //! frame pointers, so their callers are not known), which is why "malloc and copies" is a
 //! part of its own rather than charged to whoever called.
+//!
+//! Heap allocations are counted, not sampled: uprobes on glibc's allocation entry points (which
+//! Rust's `System` allocator and PgBouncer both call) counted by `perf stat` over one more run
+//! per side, divided by its transactions. A uprobe makes each call slow, so that run's
+//! throughput means nothing; its count per transaction is exact.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::Section;
-use super::pgbench::{QueryMode, Side, run_pgbench};
+use super::pgbench::{Observe, QueryMode, Side, run_pgbench};
 use super::rig::Rig;
+use super::rig::Which;
 use crate::cmd;
 
 /// The parts, in the order the table shows them.
@@ -270,11 +277,83 @@ fn tally(script: &str) -> BTreeMap<Part, u64> {
     counts
 }
 
+/// glibc's allocation entry points; `free` is not counted (it follows one of these).
+const ALLOC_FNS: [&str; 4] = ["malloc", "calloc", "realloc", "posix_memalign"];
+/// The perf probe group the bench's uprobes live in.
+const PROBE_GROUP: &str = "pgwarden_bench";
+
+/// uprobes on `libc`'s allocation entry points, removed again on drop.
+struct AllocProbes {
+    events: Vec<String>,
+}
+
+impl AllocProbes {
+    fn add(libc: &Path) -> Result<Self> {
+        // Leftovers of an interrupted run would make `perf probe -a` refuse.
+        Self::remove();
+        let mut probe = Command::new("perf");
+        probe.args(["probe", "-q", "-x"]).arg(libc);
+        for f in ALLOC_FNS {
+            probe.arg("-a").arg(format!("{PROBE_GROUP}:{f}={f}"));
+        }
+        cmd::run(&mut probe).context(
+            "cannot put uprobes on libc's malloc (the budget counts heap allocations with them; \
+             perf refuses a second probe where one is already: `perf probe -l` lists them)",
+        )?;
+        Ok(Self {
+            events: ALLOC_FNS
+                .iter()
+                .map(|f| format!("{PROBE_GROUP}:{f}"))
+                .collect(),
+        })
+    }
+
+    fn remove() {
+        let _ = Command::new("perf")
+            .args(["probe", "-q", "-d", &format!("{PROBE_GROUP}:*")])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for AllocProbes {
+    fn drop(&mut self) {
+        Self::remove();
+    }
+}
+
+/// The libc process `pid` has mapped.
+fn libc_of(pid: u32) -> Result<PathBuf> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
+        })
+        .map(PathBuf::from)
+        .with_context(|| format!("process {pid} maps no libc.so"))
+}
+
+/// The process of `side`.
+fn side_pid(rig: &mut Rig, side: Side) -> Result<u32> {
+    Ok(match side {
+        Side::PgBouncer => rig.bouncer.pid(),
+        Side::PgwardenPci => rig.agent(Which::Policy)?.pid(),
+        Side::PgwardenTuned => rig.agent(Which::Tuned)?.pid(),
+        Side::PgwardenRelay | Side::PgwardenRelayUnix => rig.agent(Which::Relay)?.pid(),
+        Side::Direct | Side::DirectUnix => bail!("{} has no proxy process", side.label()),
+    })
+}
+
 /// One side's budget in one cell.
 struct Column {
     side: Side,
     cpu_us: f64,
     samples: u64,
+    /// Heap allocations per transaction (counted in a run of its own).
+    allocs: f64,
     /// Microseconds per transaction by part.
     parts: BTreeMap<Part, f64>,
 }
@@ -309,13 +388,26 @@ pub fn budget(rig: &mut Rig) -> Result<Box<dyn Section>> {
     };
     let dir = rig.work.join("perf");
     std::fs::create_dir_all(&dir)?;
+    let libc = libc_of(side_pid(rig, Side::PgwardenPci)?)?;
+    for side in SIDES {
+        let theirs = libc_of(side_pid(rig, side)?)?;
+        if theirs != libc {
+            bail!(
+                "{} maps {} and pgwarden {}: one set of uprobes cannot count both",
+                side.label(),
+                theirs.display(),
+                libc.display()
+            );
+        }
+    }
+    let probes = AllocProbes::add(&libc)?;
     let mut out = Vec::new();
     for (mode, clients) in cells {
         let mut columns = Vec::new();
         for side in SIDES {
             rig.check_interrupt()?;
             let data = dir.join(format!("{}-{clients}-{}.data", mode.arg(), side.key()));
-            let run = run_pgbench(rig, mode, clients, side, 1, Some(&data))?;
+            let run = run_pgbench(rig, mode, clients, side, 1, Observe::Record(&data))?;
             let Some(cpu_us) = run.proxy_cpu_us else {
                 bail!("no CPU time for {}", side.label());
             };
@@ -335,16 +427,27 @@ pub fn budget(rig: &mut Rig) -> Result<Box<dyn Section>> {
                 .iter()
                 .map(|(p, n)| (*p, cpu_us * *n as f64 / samples as f64))
                 .collect();
+            let _ = std::fs::remove_file(&data);
+            rig.check_interrupt()?;
+            let counted = run_pgbench(rig, mode, clients, side, 2, Observe::Count(&probes.events))?;
+            if counted.transactions == 0 {
+                bail!(
+                    "the allocation-counting run of {} ran no transaction",
+                    side.label()
+                );
+            }
+            #[allow(clippy::cast_precision_loss, reason = "event counts")]
+            let allocs = counted.counts.values().sum::<u64>() as f64 / counted.transactions as f64;
             println!(
-                "  budget   {:<8} c={clients:<3} {:<38} {cpu_us:.1} µs/txn, {samples} samples",
+                "  budget   {:<8} c={clients:<3} {:<38} {cpu_us:.1} µs/txn, {samples} samples, {allocs:.1} allocations/txn",
                 mode.arg(),
                 side.label()
             );
-            let _ = std::fs::remove_file(&data);
             columns.push(Column {
                 side,
                 cpu_us,
                 samples,
+                allocs,
                 parts,
             });
         }
@@ -374,7 +477,11 @@ impl Section for Budget {
              (the release build has no frame pointers, so their callers are unknown and \
              `malloc`/`memcpy` stand on their own). A part's µs per transaction is its share of \
              the samples times the process's CPU per transaction in that run. Sampling costs the \
-             run a little; compare the parts, not the totals, with the table above.\n",
+             run a little; compare the parts, not the totals, with the table above.\n\n\
+             Heap allocations are counted, not sampled: uprobes on glibc's `malloc`, `calloc`, \
+             `realloc` and `posix_memalign` (Rust's `System` allocator and PgBouncer both call \
+             them), counted by `perf stat` over one more run per side and divided by its \
+             transactions (the uprobes slow that run; its count per transaction is exact).\n",
             self.seconds
         );
         for cell in &self.cells {
@@ -410,6 +517,10 @@ impl Section for Budget {
             for c in &cell.columns {
                 let _ = write!(md, " **{:.1}** ({}) |", c.cpu_us, c.samples);
             }
+            md.push_str("\n| heap allocations per transaction (counted) |");
+            for c in &cell.columns {
+                let _ = write!(md, " {:.1} |", c.allocs);
+            }
             md.push('\n');
         }
         md
@@ -426,6 +537,7 @@ impl Section for Budget {
                         "side": c.side.key(),
                         "cpu_us_per_txn": c.cpu_us,
                         "samples": c.samples,
+                        "heap_allocations_per_txn": c.allocs,
                         "parts_us_per_txn": c.parts.iter()
                             .map(|(p, v)| (p.key().to_owned(), json!(v)))
                             .collect::<serde_json::Map<_, _>>(),

@@ -3,6 +3,7 @@
 //! back per group and repeated `--rounds` times; TPS from pgbench, latency percentiles from its
 //! per-transaction log.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
@@ -121,6 +122,8 @@ pub struct Run {
     pub proxy_cpu_us: Option<f64>,
     /// CPU the journald the bench started used per transaction (the audit mirror's cost).
     journald_cpu_us: Option<f64>,
+    /// With [`Observe::Count`]: each event's count over the run.
+    pub counts: BTreeMap<String, u64>,
 }
 
 /// Every round of one (mode, clients, side).
@@ -296,17 +299,54 @@ fn run_one(rig: &mut Rig, mode: QueryMode, clients: u32, side: Side, round: u32)
             side.key()
         ))
     });
-    run_pgbench(rig, mode, clients, side, round, perf.as_deref())
+    let observe = perf.as_deref().map_or(Observe::Nothing, Observe::Record);
+    run_pgbench(rig, mode, clients, side, round, observe)
 }
 
-/// One pgbench run of `side`; with `perf`, the proxy's samples (`perf record -g`) go there.
+/// What watches the proxy process during a run.
+#[derive(Clone, Copy, Debug)]
+pub enum Observe<'a> {
+    Nothing,
+    /// Its samples (`perf record -g`, 2,000 Hz) go to this file.
+    Record(&'a Path),
+    /// These perf events are counted (`perf stat`) over a window that covers the whole run;
+    /// the counts land in [`Run::counts`].
+    Count(&'a [String]),
+}
+
+/// The counts of `events` in `perf stat -x ,` output (`value,unit,event,...` lines); an event
+/// perf could not count is an error, not a zero.
+fn perf_stat_counts(csv: &str, events: &[String]) -> Result<BTreeMap<String, u64>> {
+    let mut counts = BTreeMap::new();
+    for line in csv
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (Some(value), Some(event)) = (fields.first(), fields.get(2)) else {
+            continue;
+        };
+        if let Some(name) = events.iter().find(|e| e.as_str() == *event) {
+            let n = value
+                .parse::<u64>()
+                .with_context(|| format!("{event} was not counted: `{line}`"))?;
+            counts.insert(name.clone(), n);
+        }
+    }
+    if let Some(missing) = events.iter().find(|e| !counts.contains_key(*e)) {
+        bail!("no count of {missing} in:\n{csv}");
+    }
+    Ok(counts)
+}
+
+/// One pgbench run of `side`, watched as `observe` says.
 pub fn run_pgbench(
     rig: &mut Rig,
     mode: QueryMode,
     clients: u32,
     side: Side,
     round: u32,
-    perf: Option<&Path>,
+    observe: Observe<'_>,
 ) -> Result<Run> {
     let logs = rig.work.join(format!(
         "pgbench-{}-{clients}-{}-{round}",
@@ -382,8 +422,14 @@ pub fn run_pgbench(
     };
     let cpu_before = proxy.map(cpu_seconds).transpose()?;
     let journald_before = journald.map(cpu_seconds).transpose()?;
-    let perf = match (perf, proxy) {
-        (Some(out), Some(pid)) => Some(
+    // Beside the logs dir, whose files are all pgbench's.
+    let counted = rig.work.join(format!(
+        "perf-stat-{}-{clients}-{}-{round}.csv",
+        mode.arg(),
+        side.key()
+    ));
+    let perf = match (observe, proxy) {
+        (Observe::Record(out), Some(pid)) => Some(
             Command::new("perf")
                 .args(["record", "-F", "2000", "-g", "-p", &pid.to_string(), "-o"])
                 .arg(out)
@@ -398,11 +444,43 @@ pub fn run_pgbench(
                 .stderr(std::process::Stdio::null())
                 .spawn()?,
         ),
+        (Observe::Count(events), Some(pid)) => {
+            let p = Command::new("perf")
+                .args([
+                    "stat",
+                    "-x",
+                    ",",
+                    "-e",
+                    &events.join(","),
+                    "-p",
+                    &pid.to_string(),
+                ])
+                .arg("-o")
+                .arg(&counted)
+                // Outlasts pgbench, so every transaction falls inside the window.
+                .args(["--", "sleep", &(rig.plan.seconds + 2).to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
+            // perf attaches before the first transaction.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            Some(p)
+        }
         _ => None,
     };
     let out = cmd::output(&mut command)?;
+    let mut counts = BTreeMap::new();
     if let Some(mut p) = perf {
-        let _ = p.wait();
+        let status = p.wait()?;
+        if let Observe::Count(events) = observe {
+            if !status.success() {
+                bail!("perf stat of {} failed: {status}", side.label());
+            }
+            let csv = fs::read_to_string(&counted)?;
+            let _ = fs::remove_file(&counted);
+            counts = perf_stat_counts(&csv, events)
+                .with_context(|| format!("perf stat of {}", side.label()))?;
+        }
     }
     let cpu_after = proxy.map(cpu_seconds).transpose()?;
     let journald_after = journald.map(cpu_seconds).transpose()?;
@@ -468,6 +546,7 @@ pub fn run_pgbench(
         p99_us: percentile(&latencies, 99.0),
         proxy_cpu_us,
         journald_cpu_us,
+        counts,
     })
 }
 
@@ -597,6 +676,20 @@ pub fn finite(x: f64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn perf_stat_counts_every_event_or_fails() {
+        let events = vec!["g:malloc".to_owned(), "g:realloc".to_owned()];
+        let csv = "# started on Thu Dec  3 12:00:00 2026\n\n\
+                   228,,g:malloc,1832315,100.00,,\n5,,g:realloc,1832315,100.00,,\n";
+        let counts = perf_stat_counts(csv, &events).unwrap();
+        assert_eq!(counts["g:malloc"], 228);
+        assert_eq!(counts["g:realloc"], 5);
+        // An event perf could not count is not a zero.
+        let uncounted = "<not counted>,,g:malloc,0,0.00,,\n5,,g:realloc,1,100.00,,\n";
+        assert!(perf_stat_counts(uncounted, &events).is_err());
+        assert!(perf_stat_counts("228,,g:malloc,1,100.00,,\n", &events).is_err());
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
