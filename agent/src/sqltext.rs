@@ -142,8 +142,9 @@ fn number_end(b: &[u8], i: usize) -> usize {
     j
 }
 
-fn lex(sql: &str) -> Vec<Tok> {
-    let mut toks = Vec::with_capacity(sql.len() / 3 + 4);
+/// The tokens of `sql`, into `toks` (emptied first).
+fn lex_into(sql: &str, toks: &mut Vec<Tok>) {
+    toks.clear();
     let b = sql.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -225,11 +226,10 @@ fn lex(sql: &str) -> Vec<Tok> {
         });
         i = end.max(i + 1);
     }
-    toks
 }
 
 /// A statement's text, read once.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Text {
     /// Literals as `$n` placeholders, comments dropped, whitespace collapsed.
     pub normalized: String,
@@ -240,7 +240,28 @@ pub struct Text {
 impl Text {
     /// Reads `sql`.
     pub fn of(sql: &str) -> Text {
-        let toks = lex(sql);
+        let mut reader = Reader::default();
+        reader.read(sql);
+        reader.text
+    }
+}
+
+/// Reads statements one after another into the same buffers: once they have grown to a
+/// session's statements, reading one allocates nothing. A session keeps one.
+#[derive(Debug, Default)]
+pub struct Reader {
+    toks: Vec<Tok>,
+    text: Text,
+    /// The shape's buffer while the last statement had none.
+    spare: String,
+}
+
+impl Reader {
+    /// Reads `sql`; what it read stays until the next call.
+    pub fn read(&mut self, sql: &str) -> &Text {
+        let Reader { toks, text, spare } = self;
+        lex_into(sql, toks);
+        let toks = &*toks;
         let mut next = toks
             .iter()
             .filter_map(|t| match t.kind {
@@ -249,8 +270,13 @@ impl Text {
             })
             .max()
             .unwrap_or(0);
-        let mut out = String::with_capacity(sql.len() + 8);
-        let mut shape = Some(String::with_capacity(sql.len()));
+        let out = &mut text.normalized;
+        out.clear();
+        out.reserve(sql.len() + 8);
+        let mut buf = text.shape.take().unwrap_or_else(|| std::mem::take(spare));
+        buf.clear();
+        buf.reserve(sql.len());
+        let mut shape = Some(buf);
         let mut prev_sig: Option<Tok> = None;
         let mut pending_space = false;
         let mut i = 0;
@@ -301,14 +327,14 @@ impl Text {
                         // reads an alias; no shape for either.)
                         s.push(SHAPE_NUMBER);
                     } else {
-                        shape = None;
+                        *spare = shape.take().unwrap_or_default();
                     }
                 }
             } else {
                 out.push_str(text);
                 if let Some(s) = &mut shape {
                     if tok.kind == Kind::Op && text.bytes().any(|c| c < 0x20 || c == 0x7f) {
-                        shape = None;
+                        *spare = shape.take().unwrap_or_default();
                     } else {
                         s.push_str(text);
                     }
@@ -317,10 +343,8 @@ impl Text {
             prev_sig = Some(tok);
             i += 1;
         }
-        Text {
-            normalized: out,
-            shape,
-        }
+        text.shape = shape;
+        &*text
     }
 }
 
@@ -403,6 +427,24 @@ mod tests {
         Text::of(sql)
             .shape
             .map(|s| s.replace(SHAPE_STRING, "'?'").replace(SHAPE_NUMBER, "0?"))
+    }
+
+    #[test]
+    fn a_reader_reads_each_statement_as_if_it_were_the_first() {
+        // Shaped, unshaped (the shape's buffer is kept aside), shaped again, longer, shorter.
+        let statements = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12345",
+            "SELECT E'\\x' , $$dollar$$ FROM t",
+            "SELECT 1",
+            "select * from t where a = 'x''y' and b = 1.5e3 -- trailing comment",
+            "",
+            "SELECT 0x1F",
+            "UPDATE t SET a = -5 WHERE b = 'q'",
+        ];
+        let mut reader = Reader::default();
+        for sql in statements.iter().chain(statements.iter().rev()) {
+            assert_eq!(reader.read(sql), &Text::of(sql), "{sql}");
+        }
     }
 
     #[test]
