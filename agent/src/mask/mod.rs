@@ -190,6 +190,8 @@ pub struct MaskSession {
     key: Arc<Vec<u8>>,
     plan: Vec<Option<Planned>>,
     formats: Vec<(bool, u32)>,
+    /// A DataRow's value ranges (kept for the next row).
+    ranges: Vec<Option<std::ops::Range<usize>>>,
     /// Values masked per column rule (by index) since the last [`MaskSession::take_counts`].
     rule_counts: Vec<u64>,
     /// PANs the content detector masked since then.
@@ -216,6 +218,7 @@ impl MaskSession {
             key,
             plan: Vec::new(),
             formats: Vec::new(),
+            ranges: Vec::new(),
             rule_counts: Vec::new(),
             detected: 0,
         }
@@ -223,20 +226,21 @@ impl MaskSession {
 
     /// A result is about to stream with these columns (formats as sent).
     pub fn result_columns(&mut self, cols: &[Column]) {
-        self.plan = cols
-            .iter()
-            .map(|c| {
-                (c.table_oid != 0 && c.attnum > 0)
-                    .then(|| self.resolved.by_attr.get(&(c.table_oid, c.attnum)))
-                    .flatten()
-                    .map(|&rule| Planned {
-                        rule,
-                        binary: c.format == 1,
-                        type_oid: c.type_oid,
-                    })
-            })
-            .collect();
-        self.formats = cols.iter().map(|c| (c.format == 1, c.type_oid)).collect();
+        // Into the buffers of the last result: no allocation once they fit.
+        self.plan.clear();
+        self.plan.extend(cols.iter().map(|c| {
+            (c.table_oid != 0 && c.attnum > 0)
+                .then(|| self.resolved.by_attr.get(&(c.table_oid, c.attnum)))
+                .flatten()
+                .map(|&rule| Planned {
+                    rule,
+                    binary: c.format == 1,
+                    type_oid: c.type_oid,
+                })
+        }));
+        self.formats.clear();
+        self.formats
+            .extend(cols.iter().map(|c| (c.format == 1, c.type_oid)));
     }
 
     /// Takes the counts since the last call (one statement's worth).
@@ -280,8 +284,22 @@ impl MaskSession {
         if self.plan.iter().all(Option::is_none) && !self.rules.detect_pans {
             return None;
         }
-        let ranges = backend::data_row(frame).ok()?;
-        if let Some(done) = self.data_row_in_place(frame, &ranges) {
+        // The value ranges go into the session's buffer: no allocation per row.
+        let mut ranges = std::mem::take(&mut self.ranges);
+        let masked = backend::data_row_into(frame, &mut ranges)
+            .ok()
+            .and_then(|()| self.masked_row(frame, &ranges));
+        self.ranges = ranges;
+        masked
+    }
+
+    /// [`MaskSession::data_row`] of a row whose value ranges are read.
+    fn masked_row(
+        &mut self,
+        frame: &Frame,
+        ranges: &[Option<std::ops::Range<usize>>],
+    ) -> Option<Bytes> {
+        if let Some(done) = self.data_row_in_place(frame, ranges) {
             return done;
         }
         let body = frame.body();

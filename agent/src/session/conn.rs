@@ -120,8 +120,9 @@ impl AsyncWrite for Conn {
 const JOIN_OVER: usize = 8;
 /// Frames at least this large on average are written where they are (zero-copy).
 const SMALL_FRAME: usize = 2048;
-/// Slices per vectored write (Linux's IOV_MAX).
-const IOV_MAX: usize = 1024;
+/// Slices per vectored write: on the stack (no allocation per batch), and at least
+/// [`SMALL_FRAME`] bytes each on average, so a write of a full set moves 128 KiB or more.
+const IOV_SLICES: usize = 64;
 
 /// Writes every buffer of `batch`, in order, with as few syscalls as the writer allows, then
 /// flushes (TLS needs it) and clears the batch. Large frames go out as they were read (no
@@ -148,13 +149,13 @@ pub async fn write_batch<W: AsyncWrite + Unpin + ?Sized>(
         let mut index = 0;
         let mut offset = 0;
         while index < batch.len() {
-            let slices: Vec<io::IoSlice<'_>> = batch[index..]
-                .iter()
-                .take(IOV_MAX)
-                .enumerate()
-                .map(|(i, b)| io::IoSlice::new(if i == 0 { &b[offset..] } else { &b[..] }))
-                .collect();
-            let mut n = w.write_vectored(&slices).await?;
+            let mut slices = [io::IoSlice::new(&[]); IOV_SLICES];
+            let mut count = 0;
+            for (slot, (i, b)) in slices.iter_mut().zip(batch[index..].iter().enumerate()) {
+                *slot = io::IoSlice::new(if i == 0 { &b[offset..] } else { &b[..] });
+                count += 1;
+            }
+            let mut n = w.write_vectored(&slices[..count]).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }

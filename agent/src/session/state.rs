@@ -671,6 +671,10 @@ mod pending_tests {
     }
 }
 
+/// The statements one reply finished: rarely more than one, so kept inline (no allocation
+/// per reply).
+pub type Finished = smallvec::SmallVec<[InFlight; 2]>;
+
 /// A Query or Execute on its way: what its `query.done` record will say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InFlight {
@@ -755,8 +759,8 @@ impl ProtoState {
     }
 
     /// A reply that may finish in-flight statements; returns the finished ones.
-    pub fn finish(&mut self, tag: u8, detail: Option<(&str, &str)>, rows: u64) -> Vec<InFlight> {
-        let mut done = Vec::new();
+    pub fn finish(&mut self, tag: u8, detail: Option<(&str, &str)>, rows: u64) -> Finished {
+        let mut done = Finished::new();
         let front_query = self.inflight.front().is_some_and(|f| f.query);
         match tag {
             b'C' | b'I' | b's' => {

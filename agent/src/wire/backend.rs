@@ -43,10 +43,21 @@ pub fn row_description(frame: &Frame) -> Result<Vec<Column>, WireError> {
 
 /// The byte ranges of a DataRow's ('D') values within `frame.body()`; `None` is SQL NULL.
 pub fn data_row(frame: &Frame) -> Result<Vec<Option<std::ops::Range<usize>>>, WireError> {
+    let mut out = Vec::new();
+    data_row_into(frame, &mut out)?;
+    Ok(out)
+}
+
+/// [`data_row`] into `out` (emptied first), whose capacity is kept from row to row.
+pub fn data_row_into(
+    frame: &Frame,
+    out: &mut Vec<Option<std::ops::Range<usize>>>,
+) -> Result<(), WireError> {
+    out.clear();
     let body = frame.body();
     let mut r = Reader::new(body);
     let n = r.count16()?;
-    let mut out = Vec::with_capacity(n.min(1600));
+    out.reserve(n.min(1600));
     for _ in 0..n {
         let len = r.i32()?;
         if len == -1 {
@@ -59,7 +70,7 @@ pub fn data_row(frame: &Frame) -> Result<Vec<Option<std::ops::Range<usize>>>, Wi
         out.push(Some(start..start + len));
     }
     r.finish()?;
-    Ok(out)
+    Ok(())
 }
 
 /// The values of a DataRow's body (`frame.body()`), in order, without allocating; `None` is

@@ -12,7 +12,7 @@ use super::handshake::{error_message, text_row};
 use super::{Ctx, READ_CHUNK, ReadHalf, WriteHalf, guard, lock, reads};
 use crate::session::SessionError;
 use crate::session::conn::write_batch;
-use crate::session::state::{InFlight, ResultStart, tag_rows};
+use crate::session::state::{Finished, InFlight, ResultStart, tag_rows};
 use crate::wire::backend::{self, Column};
 use crate::wire::{Frame, Side, WireError, next_frame};
 
@@ -24,6 +24,7 @@ pub(super) async fn run(
 ) -> Result<(), SessionError> {
     let mut out: Vec<Bytes> = Vec::with_capacity(64);
     let mut cut: Option<Cut> = None;
+    let mut columns = LastColumns::default();
     loop {
         loop {
             let frame = match next_frame(&mut buf, &ctx.limits, Side::Backend) {
@@ -40,7 +41,7 @@ pub(super) async fn run(
                 // replaced by pgwarden's error.
                 if !matches!(tag, b'D' | b'd') {
                     let mut scratch = Vec::new();
-                    match on_frame(ctx, frame, &mut scratch) {
+                    match on_frame(ctx, frame, &mut scratch, &mut columns) {
                         Ok(()) | Err(Stop::Wait(..)) => {}
                         Err(Stop::Wire(e)) => return Err(super::server_error(ctx, e).await),
                         Err(Stop::Masks(e)) => return Err(SessionError::Masks(e)),
@@ -73,7 +74,7 @@ pub(super) async fn run(
                 continue;
             }
             let mark = out.len();
-            match on_frame(ctx, frame, &mut out) {
+            match on_frame(ctx, frame, &mut out, &mut columns) {
                 Ok(()) if guarding => guard::client_output(ctx, &mut out, mark, tag),
                 Ok(()) => {}
                 Err(Stop::Wait(i, row)) => {
@@ -156,7 +157,35 @@ impl From<WireError> for Stop {
     }
 }
 
-fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Stop> {
+/// The last RowDescription (a copy: holding the frame would pin the read buffer) and its
+/// columns. A session that runs the same query again gets the same columns, decoded once.
+#[derive(Default)]
+struct LastColumns {
+    bytes: Vec<u8>,
+    columns: Option<Arc<[Column]>>,
+}
+
+impl LastColumns {
+    fn of(&mut self, frame: &Frame) -> Result<Arc<[Column]>, WireError> {
+        if let Some(c) = &self.columns
+            && self.bytes[..] == frame.bytes[..]
+        {
+            return Ok(Arc::clone(c));
+        }
+        let columns: Arc<[Column]> = backend::row_description(frame)?.into();
+        self.bytes.clear();
+        self.bytes.extend_from_slice(&frame.bytes);
+        self.columns = Some(Arc::clone(&columns));
+        Ok(columns)
+    }
+}
+
+fn on_frame(
+    ctx: &Ctx<'_>,
+    frame: Frame,
+    out: &mut Vec<Bytes>,
+    last: &mut LastColumns,
+) -> Result<(), Stop> {
     if matches!(frame.tag, b'T' | b'D' | b'C' | b'I' | b'E' | b'Z') && ctx.state().resolving() {
         return own_reply(ctx, &frame);
     }
@@ -196,7 +225,7 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
             out.push(data);
         }
         b'T' => {
-            let cols: Arc<[Column]> = backend::row_description(&frame)?.into();
+            let cols = last.of(&frame)?;
             if let ResultStart::Columns(cols) = ctx.state().row_description(cols) {
                 ctx.masking().result_columns(&cols);
             }
@@ -241,7 +270,7 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
                 // A denial's record was written when it was decided; the server's own errors
                 // finish the statements they belong to.
                 let done = if ours.is_some() {
-                    Vec::new()
+                    Finished::new()
                 } else {
                     st.finish(b'E', Some((code, message)), 0)
                 };
@@ -282,7 +311,7 @@ fn on_frame(ctx: &Ctx<'_>, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), Sto
                 let done = if matches!(frame.tag, b'I' | b's') {
                     st.finish(frame.tag, None, 0)
                 } else {
-                    Vec::new()
+                    Finished::new()
                 };
                 st.reply(frame.tag);
                 done
@@ -342,13 +371,13 @@ fn own_reply(ctx: &Ctx<'_>, frame: &Frame) -> Result<(), Stop> {
 
 /// `query.done` records for statements the server finished (kept back while a guarded
 /// write's verdict is open: it decides how they ended).
-fn finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
+fn finished(ctx: &Ctx<'_>, done: Finished) {
     for f in &done {
         if let Some(w) = &f.reads {
             reads::settle(ctx, w);
         }
     }
-    let done: Vec<InFlight> = done
+    let done: Finished = done
         .into_iter()
         .filter_map(|f| guard::keep_finished(ctx, f))
         .collect();
@@ -357,7 +386,7 @@ fn finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
 
 /// `query.done` records: rows, outcome, duration, what was masked, and what the workload saw
 /// (under `record_results`). Written without holding up the result stream.
-pub(super) fn record_finished(ctx: &Ctx<'_>, done: Vec<InFlight>) {
+pub(super) fn record_finished(ctx: &Ctx<'_>, done: impl IntoIterator<Item = InFlight>) {
     for f in done {
         let elapsed = f.started.elapsed();
         ctx.env.metrics.latency(elapsed);
