@@ -246,6 +246,10 @@ impl Text {
     }
 }
 
+/// A [`Reader`] drops its buffers rather than keep more tokens than this (a statement of
+/// tens of kilobytes) for the next statement.
+const KEEP_TOKENS: usize = 16 << 10;
+
 /// Reads statements one after another into the same buffers: once they have grown to a
 /// session's statements, reading one allocates nothing. A session keeps one.
 #[derive(Debug, Default)]
@@ -259,6 +263,10 @@ pub struct Reader {
 impl Reader {
     /// Reads `sql`; what it read stays until the next call.
     pub fn read(&mut self, sql: &str) -> &Text {
+        if self.toks.capacity() > KEEP_TOKENS {
+            // The last statement was huge: its buffers are not kept for the session's life.
+            *self = Reader::default();
+        }
         let Reader { toks, text, spare } = self;
         lex_into(sql, toks);
         let toks = &*toks;

@@ -14,7 +14,7 @@ pub struct Portal {
     /// The statement it was bound from.
     pub statement: String,
     /// Result format codes from Bind.
-    pub result_formats: Vec<i16>,
+    pub result_formats: crate::wire::frontend::Formats,
 }
 
 /// A denial waiting for its place in the server's replies. The statement was replaced by a
@@ -243,7 +243,11 @@ impl ProtoState {
         self.guarded.remove(name);
         self.read_limits.remove(name);
         self.statement_cols.remove(name);
-        self.statements.insert(name.to_owned(), Arc::from(sql));
+        // The unnamed statement parsed again with the same text (as drivers do for every
+        // statement) keeps the text it has: no allocation.
+        if self.statements.get(name).is_none_or(|s| **s != *sql) {
+            self.statements.insert(name.to_owned(), Arc::from(sql));
+        }
     }
 
     /// The text of a prepared statement.
@@ -252,7 +256,12 @@ impl ProtoState {
     }
 
     /// A Bind was sent.
-    pub fn bound(&mut self, portal: &str, statement: &str, result_formats: Vec<i16>) {
+    pub fn bound(
+        &mut self,
+        portal: &str,
+        statement: &str,
+        result_formats: crate::wire::frontend::Formats,
+    ) {
         self.portal_cols.remove(portal);
         self.portals.insert(
             portal.to_owned(),
@@ -371,10 +380,10 @@ mod tests {
     fn tracks_statements_and_portals() {
         let mut s = ProtoState::new("x");
         s.parsed("a", "select 1");
-        s.bound("", "a", vec![1]);
-        s.bound("p", "a", vec![0]);
+        s.bound("", "a", smallvec::smallvec![1]);
+        s.bound("p", "a", smallvec::smallvec![0]);
         assert_eq!(&**s.statement("a").unwrap(), "select 1");
-        assert_eq!(s.portal("").unwrap().result_formats, vec![1]);
+        assert_eq!(s.portal("").unwrap().result_formats.as_slice(), [1]);
         s.ready(b'T');
         assert!(s.portal("p").is_some());
         s.ready(b'I');
@@ -630,7 +639,7 @@ mod pending_tests {
         assert_eq!(s.row_description(cols(0)), ResultStart::None);
         s.reply(b'Z');
         // Later: Bind with binary results, Execute, Sync; no Describe.
-        s.bound("", "s1", vec![1]);
+        s.bound("", "s1", smallvec::smallvec![1]);
         s.expect(Pending::Bind);
         s.expect(Pending::Execute(String::new()));
         s.expect(Pending::Sync);

@@ -1,6 +1,10 @@
 //! Typed views of the client's messages, for the layers that decide on statements.
 use super::{Frame, Reader, WireError};
 
+/// A Bind's result format codes: one or a few in practice, kept inline (no allocation per
+/// Bind).
+pub type Formats = smallvec::SmallVec<[i16; 4]>;
+
 /// A client message, decoded as far as later layers need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FrontendMsg<'a> {
@@ -20,7 +24,7 @@ pub enum FrontendMsg<'a> {
         /// Statement name.
         statement: &'a str,
         /// Result column format codes (0 text, 1 binary; one code applies to all).
-        result_formats: Vec<i16>,
+        result_formats: Formats,
     },
     /// Describe a statement (`b'S'`) or portal (`b'P'`).
     Describe {
@@ -79,7 +83,7 @@ pub fn decode(frame: &Frame) -> Result<FrontendMsg<'_>, WireError> {
                 }
             }
             let n = r.count16()?;
-            let mut result_formats = Vec::with_capacity(n.min(64));
+            let mut result_formats = Formats::new();
             for _ in 0..n {
                 result_formats.push(r.i16()?);
             }
@@ -151,7 +155,7 @@ mod tests {
             FrontendMsg::Bind {
                 portal: "p",
                 statement: "s1",
-                result_formats: vec![1]
+                result_formats: smallvec::smallvec![1]
             }
         );
         let f = encode::frame(b'E', |b| {

@@ -142,6 +142,22 @@ pub(super) struct Chain {
 }
 
 impl Chain {
+    /// `self` becomes a copy of `other`, in the buffer it has (a derived `clone_from` would
+    /// allocate a new hash string).
+    fn copy_from(&mut self, other: &Chain) {
+        // Destructured: a new field cannot be forgotten here.
+        let Chain {
+            next_seq,
+            prev_hash,
+            cp_first,
+            cp_count,
+        } = other;
+        self.next_seq = *next_seq;
+        self.prev_hash.clone_from(prev_hash);
+        self.cp_first = *cp_first;
+        self.cp_count = *cp_count;
+    }
+
     /// The chain resuming at `next_seq` after `prev_hash`.
     pub(super) fn new(next_seq: u64, prev_hash: String) -> Chain {
         Chain {
@@ -164,6 +180,9 @@ pub(super) enum Round {
 }
 
 /// The file and the chain: whoever holds it (under [`Shared::writer`]) writes.
+/// The largest batch buffer kept for the next batch.
+const KEEP_LINES: usize = 1 << 20;
+
 pub(super) struct Writer {
     /// Held while the journal is open: one writer per chain.
     pub(super) _lock: Option<nix::fcntl::Flock<File>>,
@@ -201,6 +220,8 @@ pub(super) struct Writer {
     pub(super) archiver: Option<Arc<Signal>>,
     /// Whether the live file needs a full look (inotify).
     pub(super) gate: Gate,
+    /// The bytes of a batch being written (its buffer kept for the next batch).
+    pub(super) lines: Vec<u8>,
 }
 
 impl Writer {
@@ -302,8 +323,12 @@ impl Writer {
         }
         let mut committed: Vec<Committed> = Vec::with_capacity(items.len());
         let mut chunk: Vec<(Committed, Prepared, Kind)> = Vec::new();
-        let mut buf: Vec<u8> = Vec::with_capacity(items.len() * 768);
+        let mut buf = std::mem::take(&mut self.lines);
+        buf.clear();
+        buf.reserve(items.len() * 768);
         let mut chunk_chain = self.chain.clone();
+        // The chain before the current item (its buffer reused from item to item).
+        let mut before = self.chain.clone();
         // Items not written, in order, waiters attached again.
         let unwritten = |chunk: Vec<(Committed, Prepared, Kind)>, items: VecDeque<Item>| {
             chunk
@@ -313,7 +338,7 @@ impl Writer {
                 .collect::<Vec<Item>>()
         };
         while let Some(item) = items.pop_front() {
-            let before = self.chain.clone();
+            before.copy_from(&self.chain);
             let (prepared, waiter, kind) = self.finalize(item);
             let sealed = prepared.seal(self.chain.next_seq, &self.chain.prev_hash);
             self.chain.prev_hash.clone_from(&sealed.hash);
@@ -341,7 +366,7 @@ impl Writer {
                         self.path.display()
                     );
                 }
-                chunk_chain = before;
+                chunk_chain.copy_from(&before);
             }
             buf.extend_from_slice(&c.sealed.line);
             chunk.push((c, prepared, kind));
@@ -351,6 +376,10 @@ impl Writer {
             return Err((committed, unwritten(chunk, VecDeque::new()), e));
         }
         committed.extend(chunk.into_iter().map(|(c, _, _)| c));
+        // Kept unless a burst grew it past what an ordinary batch needs.
+        if buf.capacity() <= KEEP_LINES {
+            self.lines = buf;
+        }
         Ok(committed)
     }
 

@@ -193,6 +193,7 @@ impl Journal {
             space: Space::new(cfg.min_free_bytes),
             archiver: Some(Arc::clone(&signal)),
             gate: gate::Gate::new(),
+            lines: Vec::new(),
         };
         writer.open_live().map_err(open_err)?;
         writer.file_first = recovered.file_first;
@@ -364,6 +365,7 @@ impl Journal {
                         space: Space::new(0),
                         archiver: None,
                         gate: gate::Gate::new(),
+                        lines: Vec::new(),
                     }),
                     inline: false,
                 }),

@@ -157,6 +157,9 @@ impl From<WireError> for Stop {
     }
 }
 
+/// The longest RowDescription kept (about a hundred columns).
+const KEEP_DESCRIPTION: usize = 8 << 10;
+
 /// The last RowDescription (a copy: holding the frame would pin the read buffer) and its
 /// columns. A session that runs the same query again gets the same columns, decoded once.
 #[derive(Default)]
@@ -173,9 +176,13 @@ impl LastColumns {
             return Ok(Arc::clone(c));
         }
         let columns: Arc<[Column]> = backend::row_description(frame)?.into();
-        self.bytes.clear();
-        self.bytes.extend_from_slice(&frame.bytes);
-        self.columns = Some(Arc::clone(&columns));
+        if frame.bytes.len() <= KEEP_DESCRIPTION {
+            self.bytes.clear();
+            self.bytes.extend_from_slice(&frame.bytes);
+            self.columns = Some(Arc::clone(&columns));
+        } else {
+            *self = LastColumns::default();
+        }
         Ok(columns)
     }
 }

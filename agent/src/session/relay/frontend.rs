@@ -619,7 +619,7 @@ fn portal_description(ctx: &Ctx<'_>, portal: &str) -> Arc<Described> {
             return ctx.recorder.describe_unknown("");
         };
         let name = p.statement.clone();
-        let sql = st.statement(&name).map(|s| s.to_string());
+        let sql = st.statement(&name).cloned();
         (name, sql)
     };
     let found = lock(&ctx.prepared).get(&name).cloned();

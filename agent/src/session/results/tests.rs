@@ -305,7 +305,7 @@ fn the_state_hands_rows_over_only_under_record_results() {
     s.record_results(Some(limits(5, 8192)));
     s.expect(Pending::DescribeStatement("s".into()));
     s.row_description(cols(&[col("n", 23, 0)]));
-    s.bound("", "s", vec![1]);
+    s.bound("", "s", smallvec::smallvec![1]);
     s.expect(Pending::Execute(String::new()));
     s.in_flight(2, false);
     s.data_row();
