@@ -117,10 +117,10 @@ fn classify(stack: &[Frame<'_>]) -> Part {
         return Part::UserOther;
     };
     if leaf.kernel {
-        for f in stack.iter().filter(|f| f.kernel) {
-            if let Some(p) = syscall_part(f.sym) {
-                return p;
-            }
+        let kernel = || stack.iter().filter(|f| f.kernel);
+        if let Some(call) = kernel().find_map(|f| syscall_of(f.sym)) {
+            let has = |prefix: &str| kernel().any(|f| f.sym.starts_with(prefix));
+            return syscall_part(call, &has);
         }
         // Not under a system call: network receive processing in an interrupt, or the rest.
         if stack
@@ -134,16 +134,46 @@ fn classify(stack: &[Frame<'_>]) -> Part {
     user_part(leaf.sym)
 }
 
-fn syscall_part(sym: &str) -> Option<Part> {
-    let name = sym.strip_prefix("__x64_sys_")?;
-    Some(match name {
+/// The system call a kernel frame is the entry of. Frame-pointer stacks often lack the
+/// `__x64_sys_*` wrapper (it tail-calls its body), leaving `do_writev`, `ksys_write`, ...
+fn syscall_of(sym: &str) -> Option<&str> {
+    if let Some(name) = sym
+        .strip_prefix("__x64_sys_")
+        .or_else(|| sym.strip_prefix("__do_sys_"))
+    {
+        return Some(name);
+    }
+    Some(match sym {
+        "do_writev" => "writev",
+        "do_readv" => "readv",
+        "ksys_write" => "write",
+        "ksys_read" => "read",
+        "ksys_pwrite64" => "pwrite64",
+        "ksys_lseek" => "lseek",
+        "do_epoll_wait" => "epoll_wait",
+        "do_futex" => "futex",
+        "do_fsync" => "fsync",
+        "__sys_sendto" => "sendto",
+        "__sys_recvfrom" => "recvfrom",
+        "__sys_sendmsg" => "sendmsg",
+        "__sys_recvmsg" => "recvmsg",
+        _ => return None,
+    })
+}
+
+/// The part of system call `name`; `has(prefix)`: whether a kernel frame of the sample starts
+/// so (`read`/`write` go to a socket, the journal file or inotify).
+fn syscall_part(name: &str, has: &dyn Fn(&str) -> bool) -> Part {
+    match name {
+        "read" | "write" | "readv" | "writev" if has("sock_") => Part::Sockets,
+        "read" if has("inotify_") => Part::JournalWatch,
         "sendto" | "recvfrom" | "writev" | "readv" | "sendmsg" | "recvmsg" | "sendmmsg"
         | "shutdown" | "accept4" | "connect" => Part::Sockets,
         "epoll_wait" | "epoll_pwait" | "epoll_pwait2" | "epoll_ctl" => Part::Wait,
         "write" | "pwrite64" | "fdatasync" | "fsync" | "ftruncate" => Part::JournalWrite,
-        "read" | "lseek" | "statx" | "newfstatat" | "newfstat" | "statfs" => Part::JournalWatch,
+        "lseek" | "statx" | "newfstatat" | "newfstat" | "statfs" => Part::JournalWatch,
         _ => Part::KernelOther,
-    })
+    }
 }
 
 fn user_part(sym: &str) -> Part {
@@ -599,6 +629,49 @@ pgwarden
         .into_iter()
         .collect();
         assert_eq!(t, want);
+    }
+
+    #[test]
+    fn system_calls_are_found_without_their_wrapper() {
+        // As frame-pointer stacks show them: the `__x64_sys_*` frame tail-called away.
+        let script = "pgwarden \n\
+\tffffffff8206e560 tcp_sendmsg ([kernel.kallsyms])\n\
+\tffffffff81e7e64d sock_write_iter ([kernel.kallsyms])\n\
+\tffffffff816d7ec5 do_writev ([kernel.kallsyms])\n\
+\tffffffff8224d141 do_syscall_64 ([kernel.kallsyms])\n\
+\n\
+pgwarden \n\
+\tffffffff815a2e7e __pi_memset ([kernel.kallsyms])\n\
+\tffffffff815a2e7f ext4_da_write_begin ([kernel.kallsyms])\n\
+\tffffffff816d96af ksys_write ([kernel.kallsyms])\n\
+\tffffffff8224d141 do_syscall_64 ([kernel.kallsyms])\n\
+\n\
+pgwarden \n\
+\tffffffff815a2e70 inotify_read ([kernel.kallsyms])\n\
+\tffffffff816d96a0 ksys_read ([kernel.kallsyms])\n\
+\n\
+pgwarden \n\
+\tffffffff815a2e71 tcp_recvmsg ([kernel.kallsyms])\n\
+\tffffffff815a2e72 sock_read_iter ([kernel.kallsyms])\n\
+\tffffffff816d96a1 ksys_read ([kernel.kallsyms])\n\
+\n\
+pgwarden \n\
+\tffffffff815a2e73 schedule_hrtimeout_range ([kernel.kallsyms])\n\
+\tffffffff816d96a2 do_epoll_wait ([kernel.kallsyms])\n\
+\n\
+pgwarden \n\
+\tffffffff815a2e74 futex_wait ([kernel.kallsyms])\n\
+\tffffffff816d96a3 do_futex ([kernel.kallsyms])\n";
+        let want: BTreeMap<Part, u64> = [
+            (Part::Sockets, 2),
+            (Part::JournalWrite, 1),
+            (Part::JournalWatch, 1),
+            (Part::Wait, 1),
+            (Part::KernelOther, 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(tally(script), want);
     }
 
     #[test]
