@@ -249,6 +249,18 @@ pub fn idle_thread() -> io::Result<()> {
     Ok(())
 }
 
+/// Gives `SIGPIPE` its default action back (Rust's runtime ignores it), so that a command
+/// whose output goes to a closed pipe (`pgwarden policy explain ... | head`) ends quietly as
+/// Unix tools do, instead of panicking in `println!`. For the CLI's one-shot commands only:
+/// the daemon keeps it ignored and sees `EPIPE` on its sockets.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler and touches no
+    // memory; it is called before the runtime starts any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +273,32 @@ mod tests {
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, prog_name), 48);
         assert_eq!(std::mem::offset_of!(LinkCreateAttr, attach_type), 8);
         assert_eq!(std::mem::offset_of!(ObjAttr, bpf_fd), 8);
+    }
+
+    #[test]
+    fn a_closed_pipe_ends_the_process_by_sigpipe() {
+        use std::io::Write as _;
+        use std::os::unix::process::ExitStatusExt as _;
+        // In a child, so the test process keeps Rust's default.
+        if std::env::var_os("AGENT_SYS_SIGPIPE_CHILD").is_some() {
+            default_sigpipe();
+            let (reader, mut writer) = std::io::pipe().unwrap();
+            drop(reader);
+            // Ignored SIGPIPE: the write fails instead of ending the process.
+            let _ = writer.write_all(b"x");
+            std::process::exit(3);
+        }
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::a_closed_pipe_ends_the_process_by_sigpipe",
+            ])
+            .env("AGENT_SYS_SIGPIPE_CHILD", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}");
     }
 
     #[test]

@@ -266,6 +266,11 @@ enum PolicyCommand {
 /// Entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // `pgwarden policy explain ... | head`: a closed pipe ends the command, as with any
+        // Unix tool (the daemon keeps SIGPIPE ignored).
+        agent_sys::default_sigpipe();
+    }
     init_logging();
     // The agent runs sessions on `runtime.workers` threads (its config is read again, with
     // errors reported, once it runs); the CLI's own commands need no more than one.
