@@ -25,7 +25,6 @@ use serde_json::{Value, json};
 use super::Section;
 use super::pgbench::{Observe, QueryMode, Side, run_pgbench};
 use super::rig::Rig;
-use super::rig::Which;
 use crate::cmd;
 
 /// The parts, in the order the table shows them.
@@ -368,13 +367,11 @@ fn libc_of(pid: u32) -> Result<PathBuf> {
 
 /// The process of `side`.
 fn side_pid(rig: &mut Rig, side: Side) -> Result<u32> {
-    Ok(match side {
-        Side::PgBouncer => rig.bouncer.pid(),
-        Side::PgwardenPci => rig.agent(Which::Policy)?.pid(),
-        Side::PgwardenTuned => rig.agent(Which::Tuned)?.pid(),
-        Side::PgwardenRelay | Side::PgwardenRelayUnix => rig.agent(Which::Relay)?.pid(),
-        Side::Direct | Side::DirectUnix => bail!("{} has no proxy process", side.label()),
-    })
+    match (side, side.agent()) {
+        (Side::PgBouncer, _) => Ok(rig.bouncer.pid()),
+        (_, Some(which)) => Ok(rig.agent(which)?.pid()),
+        (_, None) => bail!("{} has no proxy process", side.label()),
+    }
 }
 
 /// One side's budget in one cell.

@@ -63,6 +63,16 @@ pub enum Side {
 }
 
 impl Side {
+    /// The pgwarden agent this side goes through, if any.
+    pub fn agent(self) -> Option<Which> {
+        match self {
+            Side::PgwardenPci => Some(Which::Policy),
+            Side::PgwardenTuned => Some(Which::Tuned),
+            Side::PgwardenRelay | Side::PgwardenRelayUnix => Some(Which::Relay),
+            Side::Direct | Side::PgBouncer | Side::DirectUnix => None,
+        }
+    }
+
     pub const ALL: [Side; 7] = [
         Side::Direct,
         Side::PgBouncer,
@@ -401,12 +411,7 @@ pub fn run_pgbench(
             "postgres",
             "postgres",
         ]);
-    let agent = match side {
-        Side::PgwardenPci => Some(Which::Policy),
-        Side::PgwardenTuned => Some(Which::Tuned),
-        Side::PgwardenRelay | Side::PgwardenRelayUnix => Some(Which::Relay),
-        Side::Direct | Side::PgBouncer | Side::DirectUnix => None,
-    };
+    let agent = side.agent();
     let counter = if side.unix() {
         "unix_redirected"
     } else {
