@@ -306,6 +306,64 @@ fn tally(script: &str) -> BTreeMap<Part, u64> {
     counts
 }
 
+/// The system calls counted one by one (all of them are counted together as well): the
+/// socket, file, polling and locking calls a proxy makes per transaction.
+const SYSCALLS: [&str; 16] = [
+    "read",
+    "recvfrom",
+    "recvmsg",
+    "readv",
+    "write",
+    "writev",
+    "sendto",
+    "sendmsg",
+    "pwrite64",
+    "fdatasync",
+    "lseek",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "futex",
+    "io_uring_enter",
+];
+/// Every system call entered.
+const ALL_SYSCALLS: &str = "raw_syscalls:sys_enter";
+
+/// The perf events of the counting run: the allocation uprobes, every system call, and
+/// [`SYSCALLS`] one by one.
+fn counted_events(allocs: &[String]) -> Vec<String> {
+    allocs
+        .iter()
+        .cloned()
+        .chain(std::iter::once(ALL_SYSCALLS.to_owned()))
+        .chain(SYSCALLS.iter().map(|c| format!("syscalls:sys_enter_{c}")))
+        .collect()
+}
+
+/// Per transaction, from one counting run's `counts`: heap allocations, all system calls,
+/// and each of [`SYSCALLS`].
+fn per_txn(counts: &BTreeMap<String, u64>, allocs: &[String], txns: u64) -> Counted {
+    #[allow(clippy::cast_precision_loss, reason = "event counts")]
+    let per = |n: u64| n as f64 / txns as f64;
+    let of = |event: &str| counts.get(event).copied().unwrap_or(0);
+    Counted {
+        allocs: per(allocs.iter().map(|e| of(e)).sum()),
+        syscalls: per(of(ALL_SYSCALLS)),
+        by_call: SYSCALLS
+            .iter()
+            .map(|c| (*c, per(of(&format!("syscalls:sys_enter_{c}")))))
+            .collect(),
+    }
+}
+
+/// What the counting run of one side found, per transaction.
+#[derive(Debug, Default)]
+struct Counted {
+    allocs: f64,
+    syscalls: f64,
+    by_call: BTreeMap<&'static str, f64>,
+}
+
 /// glibc's allocation entry points; `free` is not counted (it follows one of these).
 const ALLOC_FNS: [&str; 4] = ["malloc", "calloc", "realloc", "posix_memalign"];
 /// The perf probe group the bench's uprobes live in.
@@ -379,8 +437,8 @@ struct Column {
     side: Side,
     cpu_us: f64,
     samples: u64,
-    /// Heap allocations per transaction (counted in a run of its own).
-    allocs: f64,
+    /// Heap allocations and system calls per transaction (counted in a run of its own).
+    counted: Counted,
     /// Microseconds per transaction by part.
     parts: BTreeMap<Part, f64>,
 }
@@ -428,6 +486,7 @@ pub fn budget(rig: &mut Rig) -> Result<Box<dyn Section>> {
         }
     }
     let probes = AllocProbes::add(&libc)?;
+    let events = counted_events(&probes.events);
     let mut out = Vec::new();
     for (mode, clients) in cells {
         let mut columns = Vec::new();
@@ -456,25 +515,24 @@ pub fn budget(rig: &mut Rig) -> Result<Box<dyn Section>> {
                 .collect();
             let _ = std::fs::remove_file(&data);
             rig.check_interrupt()?;
-            let counted = run_pgbench(rig, mode, clients, side, 2, Observe::Count(&probes.events))?;
-            if counted.transactions == 0 {
-                bail!(
-                    "the allocation-counting run of {} ran no transaction",
-                    side.label()
-                );
+            let run = run_pgbench(rig, mode, clients, side, 2, Observe::Count(&events))?;
+            if run.transactions == 0 {
+                bail!("the counting run of {} ran no transaction", side.label());
             }
-            #[allow(clippy::cast_precision_loss, reason = "event counts")]
-            let allocs = counted.counts.values().sum::<u64>() as f64 / counted.transactions as f64;
+            let counted = per_txn(&run.counts, &probes.events, run.transactions);
             println!(
-                "  budget   {:<8} c={clients:<3} {:<38} {cpu_us:.1} µs/txn, {samples} samples, {allocs:.1} allocations/txn",
+                "  budget   {:<8} c={clients:<3} {:<38} {cpu_us:.1} µs/txn, {samples} samples, \
+                 {:.1} allocations/txn, {:.2} system calls/txn",
                 mode.arg(),
-                side.label()
+                side.label(),
+                counted.allocs,
+                counted.syscalls,
             );
             columns.push(Column {
                 side,
                 cpu_us,
                 samples,
-                allocs,
+                counted,
                 parts,
             });
         }
@@ -508,7 +566,9 @@ impl Section for Budget {
              Heap allocations are counted, not sampled: uprobes on glibc's `malloc`, `calloc`, \
              `realloc` and `posix_memalign` (Rust's `System` allocator and PgBouncer both call \
              them), counted by `perf stat` over one more run per side and divided by its \
-             transactions (the uprobes slow that run; its count per transaction is exact).\n",
+             transactions (the uprobes slow that run; its count per transaction is exact). \
+             System calls are counted in the same run, with the kernel's `raw_syscalls` and \
+             `syscalls` tracepoints, for every thread of the process.\n",
             self.seconds
         );
         for cell in &self.cells {
@@ -546,9 +606,24 @@ impl Section for Budget {
             }
             md.push_str("\n| heap allocations per transaction (counted) |");
             for c in &cell.columns {
-                let _ = write!(md, " {:.1} |", c.allocs);
+                let _ = write!(md, " {:.1} |", c.counted.allocs);
+            }
+            md.push_str("\n| **system calls per transaction** (counted) |");
+            for c in &cell.columns {
+                let _ = write!(md, " **{:.2}** |", c.counted.syscalls);
             }
             md.push('\n');
+            for call in SYSCALLS {
+                let of = |c: &Column| c.counted.by_call.get(call).copied().unwrap_or(0.0);
+                if cell.columns.iter().all(|c| of(c) < 0.005) {
+                    continue;
+                }
+                let _ = write!(md, "| `{call}` |");
+                for c in &cell.columns {
+                    let _ = write!(md, " {:.2} |", of(c));
+                }
+                md.push('\n');
+            }
         }
         md
     }
@@ -564,7 +639,9 @@ impl Section for Budget {
                         "side": c.side.key(),
                         "cpu_us_per_txn": c.cpu_us,
                         "samples": c.samples,
-                        "heap_allocations_per_txn": c.allocs,
+                        "heap_allocations_per_txn": c.counted.allocs,
+                        "syscalls_per_txn": c.counted.syscalls,
+                        "syscalls_by_call_per_txn": c.counted.by_call,
                         "parts_us_per_txn": c.parts.iter()
                             .map(|(p, v)| (p.key().to_owned(), json!(v)))
                             .collect::<serde_json::Map<_, _>>(),
@@ -611,6 +688,30 @@ pgwarden
 \tffffffff82089244 finish_task_switch.isra.0 ([kernel.kallsyms])
 \tffffffff82089245 __x64_sys_epoll_wait ([kernel.kallsyms])
 ";
+
+    #[test]
+    fn counts_become_per_transaction_figures() {
+        let allocs = vec!["g:malloc".to_owned(), "g:calloc".to_owned()];
+        let events = counted_events(&allocs);
+        assert!(events.contains(&"raw_syscalls:sys_enter".to_owned()));
+        assert!(events.contains(&"syscalls:sys_enter_writev".to_owned()));
+        let counts: BTreeMap<String, u64> = [
+            ("g:malloc", 300),
+            ("g:calloc", 100),
+            ("raw_syscalls:sys_enter", 450),
+            ("syscalls:sys_enter_writev", 100),
+            ("syscalls:sys_enter_recvfrom", 200),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let c = per_txn(&counts, &allocs, 100);
+        assert!((c.allocs - 4.0).abs() < 1e-9, "{c:?}");
+        assert!((c.syscalls - 4.5).abs() < 1e-9, "{c:?}");
+        assert!((c.by_call["writev"] - 1.0).abs() < 1e-9, "{c:?}");
+        assert!((c.by_call["recvfrom"] - 2.0).abs() < 1e-9, "{c:?}");
+        assert!(c.by_call["futex"].abs() < 1e-9, "{c:?}");
+    }
 
     #[test]
     fn samples_go_to_their_parts() {
