@@ -1,7 +1,8 @@
 //! The agent's few raw system calls, each behind a safe function: the bpf(2) commands that
 //! aya 0.14 does not expose (loading a program with a caller-built instruction stream and an
 //! attach type aya does not know, creating and pinning its link), `getsockopt(SO_COOKIE)` and
-//! the `SIOCOUTQ` ioctl, and `sched_setscheduler(SCHED_IDLE)` for the journal's compressor.
+//! the `SIOCOUTQ` ioctl, and `sched_setscheduler(SCHED_IDLE)` for the journal's compressor;
+//! and [`CountingAlloc`], the global allocator of tests that hold a path to no allocation.
 //! It is its own crate because the rest of the workspace forbids `unsafe`.
 use std::ffi::CString;
 use std::io;
@@ -258,6 +259,66 @@ pub fn default_sigpipe() {
     // memory; it is called before the runtime starts any thread.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// A global allocator that counts the allocations (`alloc`, `alloc_zeroed`, `realloc`) a
+/// thread makes inside [`CountingAlloc::count`], and passes every call on to
+/// [`std::alloc::System`]. For test binaries: `#[global_allocator] static A: CountingAlloc =
+/// CountingAlloc;`. Per thread, so other threads (the test harness, a writer thread) do not
+/// count.
+pub struct CountingAlloc;
+
+thread_local! {
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+impl CountingAlloc {
+    /// Runs `f` and returns what it returned and the allocations this thread made meanwhile
+    /// (0 unless `CountingAlloc` is the global allocator).
+    pub fn count<R>(f: impl FnOnce() -> R) -> (R, u64) {
+        let before = ALLOCATIONS.with(std::cell::Cell::get);
+        COUNTING.with(|c| c.set(true));
+        let r = f();
+        COUNTING.with(|c| c.set(false));
+        (r, ALLOCATIONS.with(std::cell::Cell::get) - before)
+    }
+
+    fn note() {
+        // `try_with`: the thread-locals may be gone while a thread exits.
+        if COUNTING.try_with(std::cell::Cell::get).unwrap_or(false) {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        }
+    }
+}
+
+// SAFETY: every call is passed on to `System` with the caller's arguments unchanged; the
+// counters are thread-local `Cell`s with const initializers, which neither allocate nor call
+// back into the allocator.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        Self::note();
+        // SAFETY: the caller upholds `alloc`'s contract; passed on unchanged.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        Self::note();
+        // SAFETY: as for `alloc`.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        Self::note();
+        // SAFETY: the caller upholds `realloc`'s contract (`ptr` came from this allocator,
+        // which is `System`'s); passed on unchanged.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `System` (see above); passed on unchanged.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
 }
 

@@ -263,3 +263,15 @@ fn strings_escape_as_serde_json_does() {
         );
     }
 }
+
+#[test]
+fn sealing_into_a_buffer_appends_the_same_line() {
+    let p = Prepared::from_record(&Record::new(Event::AuditCheckpoint).detail("records", 1));
+    let sealed = p.seal(7, GENESIS_HASH);
+    let mut buf = b"earlier line\n".to_vec();
+    let hash = p.seal_into(7, GENESIS_HASH, &mut buf);
+    assert_eq!(&buf[..13], b"earlier line\n");
+    assert_eq!(&buf[13..], &sealed.line[..]);
+    assert_eq!(hash.as_str(), sealed.hash);
+    assert_ne!(hash, p.seal_into(8, GENESIS_HASH, &mut Vec::new()));
+}

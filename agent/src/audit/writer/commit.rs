@@ -10,19 +10,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
 use tracing::{error, info};
 
 use super::archive::Signal;
 use super::error::AuditError;
 use super::gate::Gate;
 use super::head::Head;
-use super::queue::{Item, Shared, Waiter, answered, lock};
+use super::queue::{Item, Shared, Slot, SlotWaiter, Waiter, keep_slot, lock, take_slot};
 use super::space::Space;
-use crate::audit::canon::{Prepared, Sealed};
+use crate::audit::canon::{Hash, Prepared};
 use crate::audit::config::AuditMode;
 use crate::audit::journald::{self, Journald};
 use crate::audit::record::{Event, Record};
+use smallvec::SmallVec;
 
 /// Most records written (and fsynced) as one batch.
 const MAX_BATCH: usize = 4096;
@@ -36,17 +36,18 @@ impl Shared {
     /// and inline appenders do. On failure, strict appenders hear it and the rest goes back to
     /// the front of the queue, in order.
     pub(super) fn commit_round(&self, w: &mut Writer, closing: bool, thread: bool) -> Round {
-        let batch: Vec<Item> = {
+        let mut batch = std::mem::take(&mut w.batch);
+        {
             let mut q = lock(&self.queue);
             self.queue_due_checkpoint(&mut q);
             let n = q.items.len().min(MAX_BATCH);
-            let batch = q.items.drain(..n).collect();
+            batch.extend(q.items.drain(..n));
             if q.items.is_empty() {
                 q.oldest = None;
             }
-            batch
-        };
+        }
         if batch.is_empty() {
+            w.batch = batch;
             return Round::Empty;
         }
         w.last_batch = Instant::now();
@@ -76,7 +77,7 @@ impl Shared {
                         for item in rest {
                             match item {
                                 Item::Record(_, Some(w)) => {
-                                    let _ = w.send(Err(err.clone()));
+                                    w.send(Err(err.clone()));
                                 }
                                 Item::Record(r, None) => own.push(Item::Record(r, None)),
                                 Item::Lost(n) => own.push(Item::Lost(n)),
@@ -104,27 +105,31 @@ impl Shared {
 
     /// Appends committed by the appender itself (strict, `fsync: false`): queued behind
     /// what waits, then everything queued is written, in order. The first failure, if any.
-    pub(super) fn append_inline(&self, recs: Vec<Prepared>) -> Result<u64, AuditError> {
-        let mut waits = Vec::with_capacity(recs.len());
+    pub(super) fn append_inline(
+        &self,
+        recs: impl IntoIterator<Item = Prepared>,
+    ) -> Result<u64, AuditError> {
+        let mut waits: SmallVec<[Arc<Slot>; 2]> = SmallVec::new();
         for rec in recs {
-            let (tx, rx) = oneshot::channel();
-            self.enqueue_as(rec, Some(tx), false)?;
-            waits.push(rx);
+            let slot = take_slot();
+            self.enqueue_as(rec, Some(Waiter::Slot(SlotWaiter::new(&slot))), false)?;
+            waits.push(slot);
         }
         let mut last = 0;
-        for mut rx in waits {
+        for slot in waits {
             let answer = loop {
-                if let Some(r) = answered(&mut rx) {
+                if let Some(r) = slot.take() {
                     break r;
                 }
                 // Not yet written: commit what is queued. The writer thread may be at it: then
                 // holding the writer means it is done, and the answer is there.
                 let mut w = lock(&self.writer);
-                if let Some(r) = answered(&mut rx) {
+                if let Some(r) = slot.take() {
                     break r;
                 }
                 self.commit_round(&mut w, false, false);
             };
+            keep_slot(slot);
             last = answer?;
         }
         Ok(last)
@@ -132,7 +137,7 @@ impl Shared {
 }
 
 /// Where the chain stands.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(super) struct Chain {
     pub(super) next_seq: u64,
     pub(super) prev_hash: String,
@@ -182,6 +187,8 @@ pub(super) enum Round {
 /// The file and the chain: whoever holds it (under [`Shared::writer`]) writes.
 /// The largest batch buffer kept for the next batch.
 const KEEP_LINES: usize = 1 << 20;
+/// The most records a round's kept buffers hold room for (a batch is at most [`MAX_BATCH`]).
+const KEEP_RECORDS: usize = MAX_BATCH;
 
 pub(super) struct Writer {
     /// Held while the journal is open: one writer per chain.
@@ -222,13 +229,22 @@ pub(super) struct Writer {
     pub(super) gate: Gate,
     /// The bytes of a batch being written (its buffer kept for the next batch).
     pub(super) lines: Vec<u8>,
+    /// The buffers of a commit round, kept for the next: the items taken off the queue, the
+    /// records written and the records of the chunk being written (all empty between
+    /// rounds).
+    pub(super) batch: Vec<Item>,
+    pub(super) committed: Vec<Committed>,
+    pub(super) chunk: Vec<(Committed, Prepared, Kind)>,
+    /// Two chain positions' buffers for a round's bookkeeping.
+    pub(super) spare_chains: [Chain; 2],
 }
 
 impl Writer {
     /// Publishes the committed records' results: waiters answered, status updated, lines
     /// mirrored to journald.
-    pub(super) fn after_commit(&mut self, s: &Shared, committed: Vec<Committed>) {
+    pub(super) fn after_commit(&mut self, s: &Shared, mut committed: Vec<Committed>) {
         if committed.is_empty() {
+            self.keep_committed(committed);
             return;
         }
         if let Some(t) = self.failing_since.take() {
@@ -245,30 +261,46 @@ impl Writer {
             q.last_checkpoint = Instant::now();
             q.checkpoint_queued = false;
         }
-        let last = &committed[committed.len() - 1].sealed;
+        let (last_seq, last_hash) = {
+            let last = &committed[committed.len() - 1];
+            (last.seq, last.hash)
+        };
         if let Some(h) = &mut self.head
-            && let Err(e) = h.note(last.seq, &last.hash)
+            && let Err(e) = h.note(last_seq, last_hash.as_str())
         {
             error!("audit journal: cannot store the chain's head: {e}");
         }
-        s.last_seq.store(last.seq, Ordering::Relaxed);
-        lock(&s.last_hash).clone_from(&last.hash);
+        s.last_seq.store(last_seq, Ordering::Relaxed);
+        {
+            let mut h = lock(&s.last_hash);
+            h.clear();
+            h.push_str(last_hash.as_str());
+        }
         s.records_written
             .fetch_add(committed.len() as u64, Ordering::Relaxed);
-        let mut sent = Vec::with_capacity(committed.len());
-        for c in committed {
-            if let Some(w) = c.waiter {
-                let _ = w.send(Ok(c.sealed.seq));
-            }
-            if s.journald.mirrors(c.event) {
-                sent.push((c.sealed, journald::priority(c.event, c.denial)));
+        // Appenders first: journald is not on their path.
+        for c in &mut committed {
+            if let Some(w) = c.waiter.take() {
+                w.send(Ok(c.seq));
             }
         }
         if let Some(j) = &mut self.journald {
-            for (sealed, priority) in &sent {
-                j.send(&sealed.line, sealed.seq, *priority);
+            for c in &committed {
+                if let Some(line) = &c.mirror {
+                    j.send(line, c.seq, journald::priority(c.event, c.denial));
+                }
             }
             s.journald_errors.store(j.errors(), Ordering::Relaxed);
+        }
+        self.keep_committed(committed);
+    }
+
+    /// Keeps the buffer of a round's committed records for the next round, emptied (unless a
+    /// burst grew it past an ordinary batch).
+    fn keep_committed(&mut self, mut committed: Vec<Committed>) {
+        committed.clear();
+        if committed.capacity() <= KEEP_RECORDS {
+            self.committed = committed;
         }
     }
 
@@ -310,7 +342,7 @@ impl Writer {
             // Strict mode: first, before what is written into the new file.
             Ok(Some(note)) if s.mode == AuditMode::Strict => {
                 lock(&s.queue).next_seq += 1;
-                items.push_front(Item::Record(Box::new(note), None));
+                items.push_front(Item::Record(note, None));
             }
             Ok(Some(note)) => s.queue_note(note),
             Ok(None) => {}
@@ -321,14 +353,18 @@ impl Writer {
         {
             return Err((Vec::new(), items.into(), e));
         }
-        let mut committed: Vec<Committed> = Vec::with_capacity(items.len());
-        let mut chunk: Vec<(Committed, Prepared, Kind)> = Vec::new();
+        let mut committed = std::mem::take(&mut self.committed);
+        committed.clear();
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.clear();
         let mut buf = std::mem::take(&mut self.lines);
         buf.clear();
         buf.reserve(items.len() * 768);
-        let mut chunk_chain = self.chain.clone();
-        // The chain before the current item (its buffer reused from item to item).
-        let mut before = self.chain.clone();
+        // The chain where the chunk being written starts, and before the current item (their
+        // hash buffers kept from round to round).
+        let mut chunk_chain = std::mem::take(&mut self.spare_chains[0]);
+        chunk_chain.copy_from(&self.chain);
+        let mut before = std::mem::take(&mut self.spare_chains[1]);
         // Items not written, in order, waiters attached again.
         let unwritten = |chunk: Vec<(Committed, Prepared, Kind)>, items: VecDeque<Item>| {
             chunk
@@ -340,26 +376,34 @@ impl Writer {
         while let Some(item) = items.pop_front() {
             before.copy_from(&self.chain);
             let (prepared, waiter, kind) = self.finalize(item);
-            let sealed = prepared.seal(self.chain.next_seq, &self.chain.prev_hash);
-            self.chain.prev_hash.clone_from(&sealed.hash);
+            // Sealed straight into the batch: the line is the tail of `buf` from `start`.
+            let start = buf.len();
+            let seq = self.chain.next_seq;
+            let hash = prepared.seal_into(seq, &self.chain.prev_hash, &mut buf);
+            self.chain.prev_hash.clear();
+            self.chain.prev_hash.push_str(hash.as_str());
             self.chain.next_seq += 1;
-            let line_len = sealed.line.len() as u64;
-            let pending = self.size + buf.len() as u64;
+            let line_len = (buf.len() - start) as u64;
+            let pending = self.size + start as u64;
             let c = Committed {
                 event: prepared.event,
                 denial: prepared.denial,
-                sealed,
+                seq,
+                hash,
+                mirror: (self.journald.is_some() && s.journald.mirrors(prepared.event))
+                    .then(|| buf[start..].to_vec()),
                 waiter,
             };
             if pending > 0 && pending + line_len > self.max_bytes {
                 // The file is complete and on disk before it is renamed.
-                if let Err(e) = self.flush(s, &buf, true, &chunk_chain) {
+                if let Err(e) = self.flush(s, &buf[..start], true, &chunk_chain) {
                     self.chain = chunk_chain;
                     chunk.push((c, prepared, kind));
                     return Err((committed, unwritten(chunk, items), e));
                 }
                 committed.extend(chunk.drain(..).map(|(c, _, _)| c));
-                buf.clear();
+                // The new line goes to the next file: it becomes the start of the buffer.
+                buf.drain(..start);
                 if let Err(e) = self.rotate(s, before.next_seq - 1) {
                     error!(
                         "audit journal {}: rotation failed: {e}; still appending to it",
@@ -368,17 +412,24 @@ impl Writer {
                 }
                 chunk_chain.copy_from(&before);
             }
-            buf.extend_from_slice(&c.sealed.line);
             chunk.push((c, prepared, kind));
         }
         if let Err(e) = self.flush(s, &buf, sync, &chunk_chain) {
             self.chain = chunk_chain;
             return Err((committed, unwritten(chunk, VecDeque::new()), e));
         }
-        committed.extend(chunk.into_iter().map(|(c, _, _)| c));
-        // Kept unless a burst grew it past what an ordinary batch needs.
+        committed.extend(chunk.drain(..).map(|(c, _, _)| c));
+        // Kept unless a burst grew them past what an ordinary batch needs.
         if buf.capacity() <= KEEP_LINES {
             self.lines = buf;
+        }
+        if chunk.capacity() <= KEEP_RECORDS {
+            self.chunk = chunk;
+        }
+        self.spare_chains = [chunk_chain, before];
+        let items = Vec::from(items);
+        if items.capacity() <= KEEP_RECORDS {
+            self.batch = items;
         }
         Ok(committed)
     }
@@ -389,7 +440,7 @@ impl Writer {
     fn finalize(&mut self, item: Item) -> (Prepared, Option<Waiter>, Kind) {
         let seq = self.chain.next_seq;
         let (rec, waiter, kind) = match item {
-            Item::Record(rec, waiter) => (*rec, waiter, Kind::Record),
+            Item::Record(rec, waiter) => (rec, waiter, Kind::Record),
             Item::Checkpoint => {
                 let mut r =
                     Record::new(Event::AuditCheckpoint).detail("records", self.chain.cp_count);
@@ -532,10 +583,7 @@ impl Writer {
                 .detail("after_seq", self.chain.next_seq.checked_sub(1))
                 .detail("reason", "failed write could not be cut back");
             let mut q = lock(&s.queue);
-            s.push(
-                &mut q,
-                Item::Record(Box::new(Prepared::from_record(&gap)), None),
-            );
+            s.push(&mut q, Item::Record(Prepared::from_record(&gap), None));
         }
         self.suspect = false;
         Ok(())
@@ -554,7 +602,10 @@ pub(super) enum Kind {
 pub(super) struct Committed {
     pub(super) event: Event,
     pub(super) denial: bool,
-    pub(super) sealed: Sealed,
+    pub(super) seq: u64,
+    pub(super) hash: Hash,
+    /// Its line, for the journald mirror (only when it is mirrored).
+    pub(super) mirror: Option<Vec<u8>>,
     pub(super) waiter: Option<Waiter>,
 }
 
@@ -562,7 +613,7 @@ impl Kind {
     /// The queue item again, for a retry or to fail its waiter.
     fn item(self, rec: Prepared, waiter: Option<Waiter>) -> Item {
         match self {
-            Kind::Record => Item::Record(Box::new(rec), waiter),
+            Kind::Record => Item::Record(rec, waiter),
             Kind::Checkpoint => Item::Checkpoint,
             Kind::Lost(n) => Item::Lost(n),
         }

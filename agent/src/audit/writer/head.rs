@@ -36,7 +36,9 @@ pub(super) struct Head {
     dirty: bool,
     synced: std::time::Instant,
     /// A head not written yet (a commit within [`STORE_EVERY`] of the last write).
-    pending: Option<(u64, String)>,
+    /// The seq noted and not yet stored; its hash is in `pending_hash` (a buffer kept).
+    pending: Option<u64>,
+    pending_hash: String,
     stored: std::time::Instant,
 }
 
@@ -68,6 +70,7 @@ impl Head {
             dirty: false,
             synced: std::time::Instant::now(),
             pending: None,
+            pending_hash: String::new(),
             stored: std::time::Instant::now(),
         })
     }
@@ -99,14 +102,9 @@ impl Head {
     /// is younger than [`STORE_EVERY`] (see the module doc).
     pub(super) fn note(&mut self, seq: u64, hash: &str) -> io::Result<()> {
         if self.stored.elapsed() < STORE_EVERY {
-            match &mut self.pending {
-                Some(p) => {
-                    p.0 = seq;
-                    p.1.clear();
-                    p.1.push_str(hash);
-                }
-                None => self.pending = Some((seq, hash.to_owned())),
-            }
+            self.pending = Some(seq);
+            self.pending_hash.clear();
+            self.pending_hash.push_str(hash);
             return Ok(());
         }
         self.pending = None;
@@ -116,7 +114,12 @@ impl Head {
     /// Writes what [`Head::note`] left pending.
     pub(super) fn flush(&mut self) -> io::Result<()> {
         match self.pending.take() {
-            Some((seq, hash)) => self.store(seq, &hash),
+            Some(seq) => {
+                let hash = std::mem::take(&mut self.pending_hash);
+                let stored = self.store(seq, &hash);
+                self.pending_hash = hash;
+                stored
+            }
             None => Ok(()),
         }
     }

@@ -194,6 +194,10 @@ impl Journal {
             archiver: Some(Arc::clone(&signal)),
             gate: gate::Gate::new(),
             lines: Vec::new(),
+            batch: Vec::new(),
+            committed: Vec::new(),
+            chunk: Vec::new(),
+            spare_chains: Default::default(),
         };
         writer.open_live().map_err(open_err)?;
         writer.file_first = recovered.file_first;
@@ -277,7 +281,7 @@ impl Journal {
         if !notes.is_empty() {
             let entries = notes
                 .iter()
-                .map(|r| Item::Record(Box::new(Prepared::from_record(r)), None))
+                .map(|r| Item::Record(Prepared::from_record(r), None))
                 .collect();
             let mut w = lock(&shared.writer);
             let n = w
@@ -366,6 +370,10 @@ impl Journal {
                         archiver: None,
                         gate: gate::Gate::new(),
                         lines: Vec::new(),
+                        batch: Vec::new(),
+                        committed: Vec::new(),
+                        chunk: Vec::new(),
+                        spare_chains: Default::default(),
                     }),
                     inline: false,
                 }),
@@ -395,10 +403,10 @@ impl Journal {
             return shared.enqueue(rec, None);
         }
         if shared.inline {
-            return shared.append_inline(vec![rec]);
+            return shared.append_inline(std::iter::once(rec));
         }
         let (tx, rx) = oneshot::channel();
-        shared.enqueue(rec, Some(tx))?;
+        shared.enqueue(rec, Some(tx.into()))?;
         rx.await.unwrap_or(Err(AuditError::Closed))
     }
 
@@ -411,10 +419,10 @@ impl Journal {
             return shared.enqueue(rec, None);
         }
         if shared.inline {
-            return shared.append_inline(vec![rec]);
+            return shared.append_inline(std::iter::once(rec));
         }
         let (tx, rx) = oneshot::channel();
-        shared.enqueue(rec, Some(tx))?;
+        shared.enqueue(rec, Some(tx.into()))?;
         rx.blocking_recv().unwrap_or(Err(AuditError::Closed))
     }
 
@@ -447,7 +455,10 @@ impl Journal {
 
     /// Appends several records and waits for all of them (they share a group commit in
     /// strict mode); the first failure, if any.
-    pub async fn append_all(&self, recs: Vec<Prepared>) -> Result<(), AuditError> {
+    pub async fn append_all(
+        &self,
+        recs: impl IntoIterator<Item = Prepared>,
+    ) -> Result<(), AuditError> {
         let shared = &self.inner.shared;
         if shared.mode != AuditMode::Strict {
             for r in recs {
@@ -458,11 +469,11 @@ impl Journal {
         if shared.inline {
             return shared.append_inline(recs).map(|_| ());
         }
-        let mut waits = Vec::with_capacity(recs.len());
+        let mut waits = Vec::new();
         let mut first_err = None;
         for r in recs {
             let (tx, rx) = oneshot::channel();
-            match shared.enqueue(r, Some(tx)) {
+            match shared.enqueue(r, Some(tx.into())) {
                 Ok(_) => waits.push(rx),
                 Err(e) => {
                     first_err.get_or_insert(e);

@@ -1,9 +1,10 @@
 //! The queue between appenders and whoever writes: records (with their appender's waiter,
 //! when one waits), checkpoints and counts of dropped records, each holding the `seq` it gets.
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,21 +17,92 @@ use crate::audit::canon::Prepared;
 use crate::audit::config::{AuditMode, JournaldMirror};
 use crate::audit::record::Event;
 
-pub(super) type Waiter = oneshot::Sender<Result<u64, AuditError>>;
+/// Who waits for a record to be written: an appender awaiting its answer (a channel), or one
+/// committing inline on its own thread (a slot it reuses: no allocation per record).
+pub(super) enum Waiter {
+    Channel(oneshot::Sender<Result<u64, AuditError>>),
+    Slot(SlotWaiter),
+}
 
-/// The answer a waiter got, if it got one (taking it).
-pub(super) fn answered(
-    rx: &mut oneshot::Receiver<Result<u64, AuditError>>,
-) -> Option<Result<u64, AuditError>> {
-    match rx.try_recv() {
-        Ok(r) => Some(r),
-        Err(oneshot::error::TryRecvError::Closed) => Some(Err(AuditError::Closed)),
-        Err(oneshot::error::TryRecvError::Empty) => None,
+impl Waiter {
+    /// Answers the appender (one that stopped waiting does not mind).
+    pub(super) fn send(self, answer: Result<u64, AuditError>) {
+        match self {
+            Waiter::Channel(tx) => {
+                let _ = tx.send(answer);
+            }
+            Waiter::Slot(mut s) => s.answer(answer),
+        }
+    }
+}
+
+impl From<oneshot::Sender<Result<u64, AuditError>>> for Waiter {
+    fn from(tx: oneshot::Sender<Result<u64, AuditError>>) -> Waiter {
+        Waiter::Channel(tx)
+    }
+}
+
+/// Where an inline appender's answer lands.
+#[derive(Default)]
+pub(super) struct Slot(Mutex<Option<Result<u64, AuditError>>>);
+
+impl Slot {
+    /// The answer, if there is one (taking it).
+    pub(super) fn take(&self) -> Option<Result<u64, AuditError>> {
+        lock(&self.0).take()
+    }
+}
+
+/// The writing side of a [`Slot`]: dropped unanswered (its record discarded), it answers
+/// [`AuditError::Closed`], as a dropped channel would.
+pub(super) struct SlotWaiter(Option<Arc<Slot>>);
+
+impl SlotWaiter {
+    pub(super) fn new(slot: &Arc<Slot>) -> SlotWaiter {
+        SlotWaiter(Some(Arc::clone(slot)))
+    }
+
+    fn answer(&mut self, answer: Result<u64, AuditError>) {
+        if let Some(s) = self.0.take() {
+            *lock(&s.0) = Some(answer);
+        }
+    }
+}
+
+impl Drop for SlotWaiter {
+    fn drop(&mut self) {
+        self.answer(Err(AuditError::Closed));
+    }
+}
+
+thread_local! {
+    /// Slots of this thread's finished inline appends, for its next ones.
+    static SLOTS: RefCell<Vec<Arc<Slot>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Most slots a thread keeps.
+const KEEP_SLOTS: usize = 8;
+
+/// A slot for an inline append on this thread (a kept one when there is one).
+pub(super) fn take_slot() -> Arc<Slot> {
+    SLOTS.with_borrow_mut(Vec::pop).unwrap_or_default()
+}
+
+/// Keeps `slot` for this thread's next inline append, if nothing else holds it any more (a
+/// record still queued keeps its slot until it is answered).
+pub(super) fn keep_slot(slot: Arc<Slot>) {
+    if Arc::strong_count(&slot) == 1 {
+        *lock(&slot.0) = None;
+        SLOTS.with_borrow_mut(|kept| {
+            if kept.len() < KEEP_SLOTS {
+                kept.push(slot);
+            }
+        });
     }
 }
 
 pub(super) enum Item {
-    Record(Box<Prepared>, Option<Waiter>),
+    Record(Prepared, Option<Waiter>),
     Checkpoint,
     Lost(u64),
 }
@@ -186,7 +258,7 @@ impl Shared {
             self.push(&mut q, Item::Lost(lost));
         }
         let wake = wake || q.idle;
-        let seq = self.push(&mut q, Item::Record(Box::new(rec), waiter));
+        let seq = self.push(&mut q, Item::Record(rec, waiter));
         drop(q);
         if wake {
             self.wake.notify_one();
@@ -214,7 +286,7 @@ impl Shared {
     /// handed out stay exact.
     pub(super) fn queue_note(&self, note: Prepared) {
         let mut q = lock(&self.queue);
-        let item = Item::Record(Box::new(note), None);
+        let item = Item::Record(note, None);
         if self.mode == AuditMode::Strict {
             q.next_seq += 1;
             q.items.push_front(item);
@@ -234,10 +306,10 @@ impl Shared {
             return Err(AuditError::Closed);
         }
         if self.inline {
-            return self.append_inline(vec![rec]);
+            return self.append_inline(std::iter::once(rec));
         }
         let (tx, rx) = oneshot::channel();
-        self.enqueue(rec, Some(tx))?;
+        self.enqueue(rec, Some(tx.into()))?;
         rx.blocking_recv().unwrap_or(Err(AuditError::Closed))
     }
 

@@ -10,7 +10,6 @@ use tracing::warn;
 
 use super::hold::{self, Held, HeldKind};
 use super::{AuditItem, Ctx, READ_CHUNK, ReadHalf, RefuseAs, Resolving, WriteHalf, guard, lock};
-use crate::audit::canon::Prepared;
 use crate::policy::{Context, Decision, Statement, StatementKind, Verdict};
 use crate::session::SessionError;
 use crate::session::conn::write_batch;
@@ -190,8 +189,8 @@ async fn commit(ctx: &Ctx<'_>, out: &mut [Bytes], items: &mut Vec<AuditItem>) {
     // batch); the records go to the journal.
     let frames: smallvec::SmallVec<[Option<(usize, RefuseAs)>; 8]> =
         items.iter().map(|i| i.frame).collect();
-    let records: Vec<Prepared> = items.drain(..).map(|i| i.record).collect();
-    if let Err(e) = journal.append_all(records).await {
+    // Handed over as they are drained: no Vec of them on the way.
+    if let Err(e) = journal.append_all(items.drain(..).map(|i| i.record)).await {
         warn!(session = %ctx.meta.id, workload = %ctx.meta.workload, "refusing statements: the audit journal cannot be written: {e}");
         let message =
             format!("pgwarden: the audit journal cannot be written ({e}); statement refused");

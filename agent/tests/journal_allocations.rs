@@ -1,0 +1,70 @@
+//! The audit journal's commit path allocates nothing per record, as installed (strict mode,
+//! `fsync: false`: the appender seals and writes its record itself before its statement is
+//! forwarded). A global allocator here counts the allocations of the test's own thread; the
+//! records are built before counting starts (building one is one allocation: its bytes), so
+//! what is counted is queueing, chaining, sealing, writing, watching the file and answering.
+//! A test that would count nothing (another allocator) fails on its control count first.
+//! The bench counts the same for the whole agent with uprobes on glibc's `malloc`.
+use std::future::Future as _;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use agent_sys::CountingAlloc;
+use pgwarden::audit::canon::Prepared;
+use pgwarden::audit::sample::record;
+use pgwarden::audit::{AuditConfig, AuditMode, Journal, JournaldMirror};
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+/// Appends `rec` and returns its seq; the installed mode never waits, so one poll finishes it.
+fn append(j: &Journal, rec: Prepared) -> u64 {
+    let mut fut = pin!(j.append_prepared(rec));
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r.expect("the append is written"),
+        Poll::Pending => panic!("an inline append waited"),
+    }
+}
+
+#[test]
+fn committing_a_record_allocates_nothing() {
+    // The counter counts: one Vec is one allocation.
+    let (v, control) = CountingAlloc::count(|| Vec::<u8>::with_capacity(16));
+    assert_eq!((v.capacity() >= 16, control), (true, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = AuditConfig {
+        path: dir.path().join("audit.jsonl"),
+        state_dir: dir.path().join("state"),
+        journald: JournaldMirror::Off,
+        checkpoint_every: 0,
+        checkpoint_seconds: 0,
+        ..AuditConfig::default()
+    };
+    assert_eq!(cfg.mode, AuditMode::Strict);
+    assert!(!cfg.fsync, "the installed default commits inline");
+    let j = Journal::open(&cfg).unwrap();
+    let records: Vec<Prepared> = (0..3000)
+        .map(|i| Prepared::from_record(&record(i, "w", false)))
+        .collect();
+    let mut records = records.into_iter();
+    // The first records grow the buffers that are kept (batch, lines, slots, queue).
+    for rec in records.by_ref().take(1000) {
+        append(&j, rec);
+    }
+    let (last, allocations) = CountingAlloc::count(|| {
+        let mut last = 0;
+        for rec in records.by_ref() {
+            last = append(&j, rec);
+        }
+        last
+    });
+    assert_eq!(last, 3000, "every record was written, in order");
+    assert_eq!(j.status().records_written, 3000);
+    j.close();
+    let text = std::fs::read_to_string(&cfg.path).unwrap();
+    assert_eq!(text.lines().count(), 3000);
+    assert_eq!(
+        allocations, 0,
+        "2000 inline commits made {allocations} heap allocations"
+    );
+}
