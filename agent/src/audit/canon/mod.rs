@@ -23,6 +23,8 @@ pub mod splice;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
+
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
@@ -137,10 +139,43 @@ impl Prepared {
         hash
     }
 
+    /// Gives the record's buffer to this thread's spares, once it is sealed: the next record
+    /// this thread builds ([`statement_record`]) is built in it. With the installed inline
+    /// commit the thread that builds a session's records also seals them, so a session's
+    /// records need no allocation.
+    pub fn recycle(self) {
+        let b = self.bytes;
+        if b.capacity() <= KEEP_BUFFER_BYTES {
+            SPARE.with_borrow_mut(|spare| {
+                if spare.len() < KEEP_BUFFERS {
+                    spare.push(b);
+                }
+            });
+        }
+    }
+
     /// The canonical bytes without the chain fields (tests, sizes).
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+}
+
+thread_local! {
+    /// Buffers of records this thread sealed, for the records it builds next.
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Most spare buffers a thread keeps, and the largest one kept (a record with a big statement
+/// or result sample is not kept around).
+const KEEP_BUFFERS: usize = 16;
+const KEEP_BUFFER_BYTES: usize = 8192;
+
+/// An empty buffer with room for `len` bytes: a spare one of this thread when there is one.
+fn buffer(len: usize) -> Vec<u8> {
+    let mut b = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
+    b.clear();
+    b.reserve(len);
+    b
 }
 
 /// A SHA-256 as 64 lowercase hex digits, kept inline (sealing a record allocates nothing for

@@ -121,7 +121,7 @@ fn lower(o: Outcome) -> &'static str {
 /// (`prev_hash`), `rows`, `rule`, (`seq`), `session_id`, `sqlstate`, `statement`, `time`,
 /// `v`, `workload`.
 pub fn statement_record(s: &SessionFields, f: &StatementFields<'_>) -> Prepared {
-    let mut b = Vec::with_capacity(
+    let mut b = super::buffer(
         s.mid.len()
             + s.tail.len()
             + f.statement.map_or(0, <[u8]>::len)

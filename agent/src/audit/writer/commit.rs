@@ -35,7 +35,7 @@ impl Shared {
     /// Commits what is queued (up to a batch) with the writer held: the writer thread does,
     /// and inline appenders do. On failure, strict appenders hear it and the rest goes back to
     /// the front of the queue, in order.
-    pub(super) fn commit_round(&self, w: &mut Writer, closing: bool, thread: bool) -> Round {
+    pub(super) fn commit_round(&self, w: &mut Writer, closing: bool) -> Round {
         let mut batch = std::mem::take(&mut w.batch);
         {
             let mut q = lock(&self.queue);
@@ -51,12 +51,12 @@ impl Shared {
             return Round::Empty;
         }
         w.last_batch = Instant::now();
-        // Someone waits (strict mode), or an fsync is due: this batch is fsynced, and with it
-        // everything written before. Only the writer thread does the due ones: an inline
-        // appender must not stall its sessions on the disk.
-        let sync = closing
-            || (thread && w.sync_due_in().is_some_and(|d| d.is_zero()))
-            || (w.fsync && batch.iter().any(|i| matches!(i, Item::Record(_, Some(_)))));
+        // Someone waits for the disk (`fsync: true`), or the journal closes: this batch is
+        // fsynced, and with it everything written before. A due group fsync is not done here:
+        // the writer thread does it after the round, without holding the writer, so that
+        // inline appenders do not stall on the disk.
+        let sync =
+            closing || (w.fsync && batch.iter().any(|i| matches!(i, Item::Record(_, Some(_)))));
         match w.commit_items(self, batch, sync) {
             Ok(n) => {
                 w.after_commit(self, n);
@@ -127,7 +127,7 @@ impl Shared {
                 if let Some(r) = slot.take() {
                     break r;
                 }
-                self.commit_round(&mut w, false, false);
+                self.commit_round(&mut w, false);
             };
             keep_slot(slot);
             last = answer?;
@@ -401,7 +401,10 @@ impl Writer {
                     chunk.push((c, prepared, kind));
                     return Err((committed, unwritten(chunk, items), e));
                 }
-                committed.extend(chunk.drain(..).map(|(c, _, _)| c));
+                committed.extend(chunk.drain(..).map(|(c, p, _)| {
+                    p.recycle();
+                    c
+                }));
                 // The new line goes to the next file: it becomes the start of the buffer.
                 buf.drain(..start);
                 if let Err(e) = self.rotate(s, before.next_seq - 1) {
@@ -418,7 +421,10 @@ impl Writer {
             self.chain = chunk_chain;
             return Err((committed, unwritten(chunk, VecDeque::new()), e));
         }
-        committed.extend(chunk.drain(..).map(|(c, _, _)| c));
+        committed.extend(chunk.drain(..).map(|(c, p, _)| {
+            p.recycle();
+            c
+        }));
         // Kept unless a burst grew them past what an ordinary batch needs.
         if buf.capacity() <= KEEP_LINES {
             self.lines = buf;

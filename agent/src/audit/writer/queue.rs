@@ -88,17 +88,16 @@ pub(super) fn take_slot() -> Arc<Slot> {
     SLOTS.with_borrow_mut(Vec::pop).unwrap_or_default()
 }
 
-/// Keeps `slot` for this thread's next inline append, if nothing else holds it any more (a
-/// record still queued keeps its slot until it is answered).
+/// Keeps `slot`, whose answer was taken, for this thread's next inline append. Its waiter
+/// has answered (a waiter answers once), so nothing writes to it again even if the writer
+/// has not dropped its handle yet.
 pub(super) fn keep_slot(slot: Arc<Slot>) {
-    if Arc::strong_count(&slot) == 1 {
-        *lock(&slot.0) = None;
-        SLOTS.with_borrow_mut(|kept| {
-            if kept.len() < KEEP_SLOTS {
-                kept.push(slot);
-            }
-        });
-    }
+    *lock(&slot.0) = None;
+    SLOTS.with_borrow_mut(|kept| {
+        if kept.len() < KEEP_SLOTS {
+            kept.push(slot);
+        }
+    });
 }
 
 pub(super) enum Item {

@@ -78,27 +78,13 @@ pub(super) fn run(s: &Shared) {
         {
             error!("audit journal: cannot fsync the chain's head: {e}");
         }
-        match s.commit_round(&mut w, closing, true) {
-            Round::Done => backoff = Duration::from_millis(50),
+        match s.commit_round(&mut w, closing) {
+            Round::Done => {
+                backoff = Duration::from_millis(50);
+                sync_due(s, w, closing);
+            }
             Round::Empty => {
-                // Woken for an fsync that is due (or closing): written records go to disk,
-                // without holding the writer (inline appenders keep writing meanwhile).
-                if w.unsynced.is_some() && (closing || w.sync_due_in().is_some_and(|d| d.is_zero()))
-                {
-                    let file = w.file.as_ref().and_then(|f| f.try_clone().ok());
-                    let size = w.size;
-                    drop(w);
-                    if let Some(f) = file {
-                        let synced = f.sync_data();
-                        let mut w = lock(&s.writer);
-                        match synced {
-                            // What was written since waits for the next round.
-                            Ok(()) if w.size == size => w.unsynced = None,
-                            Ok(()) => w.unsynced = Some(Instant::now()),
-                            Err(e) => w.failed(s, &e),
-                        }
-                    }
-                }
+                sync_due(s, w, closing);
                 if closing && lock(&s.queue).items.is_empty() {
                     return;
                 }
@@ -129,6 +115,26 @@ pub(super) fn run(s: &Shared) {
         if q.lost > 0 && q.items.len() < s.capacity {
             let lost = std::mem::take(&mut q.lost);
             s.push(&mut q, Item::Lost(lost));
+        }
+    }
+}
+
+/// An fsync that is due (or closing): written records go to disk without holding the writer
+/// (inline appenders keep writing meanwhile; what they write waits for the next one).
+fn sync_due(s: &Shared, w: std::sync::MutexGuard<'_, super::commit::Writer>, closing: bool) {
+    if w.unsynced.is_none() || !(closing || w.sync_due_in().is_some_and(|d| d.is_zero())) {
+        return;
+    }
+    let file = w.file.as_ref().and_then(|f| f.try_clone().ok());
+    let size = w.size;
+    drop(w);
+    if let Some(f) = file {
+        let synced = f.sync_data();
+        let mut w = lock(&s.writer);
+        match synced {
+            Ok(()) if w.size == size => w.unsynced = None,
+            Ok(()) => w.unsynced = Some(Instant::now()),
+            Err(e) => w.failed(s, &e),
         }
     }
 }
