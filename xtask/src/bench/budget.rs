@@ -33,6 +33,7 @@ enum Part {
     Sockets,
     Wait,
     JournalWrite,
+    JournalPages,
     JournalWatch,
     KernelOther,
     Wire,
@@ -47,10 +48,11 @@ enum Part {
 }
 
 impl Part {
-    const ALL: [Part; 14] = [
+    const ALL: [Part; 15] = [
         Part::Sockets,
         Part::Wait,
         Part::JournalWrite,
+        Part::JournalPages,
         Part::JournalWatch,
         Part::KernelOther,
         Part::Wire,
@@ -69,6 +71,9 @@ impl Part {
             Part::Sockets => "kernel: sockets (send/recv, loopback TCP, wake-ups of the peer)",
             Part::Wait => "kernel: event loop (epoll_wait, being scheduled)",
             Part::JournalWrite => "kernel: journal file writes and fsyncs",
+            Part::JournalPages => {
+                "kernel: journal file writes: zeroing each new page-cache page (its first touch)"
+            }
             Part::JournalWatch => "kernel: journal watch (inotify read, lseek, stat)",
             Part::KernelOther => "kernel: other (futex, faults, timers)",
             Part::Wire => "user: wire frames and statement text",
@@ -88,6 +93,7 @@ impl Part {
             Part::Sockets => "sockets",
             Part::Wait => "event_loop",
             Part::JournalWrite => "journal_write",
+            Part::JournalPages => "journal_pages",
             Part::JournalWatch => "journal_watch",
             Part::KernelOther => "kernel_other",
             Part::Wire => "wire",
@@ -166,6 +172,12 @@ fn syscall_part(name: &str, has: &dyn Fn(&str) -> bool) -> Part {
     match name {
         "read" | "write" | "readv" | "writev" if has("sock_") => Part::Sockets,
         "read" if has("inotify_") => Part::JournalWatch,
+        // An append that starts a page: the kernel zeroes the new page-cache page. In a VM
+        // whose host takes freed guest memory back (virtio-balloon free page reporting), that
+        // is the first touch of host memory, and it costs a host fault: shown on its own.
+        "write" | "pwrite64" if has("zero_user_segments") || has("folio_zero") => {
+            Part::JournalPages
+        }
         "sendto" | "recvfrom" | "writev" | "readv" | "sendmsg" | "recvmsg" | "sendmmsg"
         | "shutdown" | "accept4" | "connect" => Part::Sockets,
         "epoll_wait" | "epoll_pwait" | "epoll_pwait2" | "epoll_ctl" => Part::Wait,
@@ -452,6 +464,26 @@ struct Cell {
 struct Budget {
     seconds: u32,
     cells: Vec<Cell>,
+    /// Whether this machine's virtio balloon reports free pages to its host (`None`: no
+    /// balloon, or its features unreadable).
+    free_page_reporting: Option<bool>,
+}
+
+/// Whether a virtio balloon of this machine has negotiated free page reporting
+/// (`VIRTIO_BALLOON_F_REPORTING`, feature bit 5): its host then takes back guest memory that
+/// stays free for a while, and the guest's next first touch of such a page is a host fault.
+fn free_page_reporting() -> Option<bool> {
+    const BALLOON: &str = "0x0005";
+    const REPORTING_BIT: usize = 5;
+    let devices = std::fs::read_dir("/sys/bus/virtio/devices").ok()?;
+    devices.flatten().find_map(|d| {
+        let id = std::fs::read_to_string(d.path().join("device")).ok()?;
+        if id.trim() != BALLOON {
+            return None;
+        }
+        let features = std::fs::read_to_string(d.path().join("features")).ok()?;
+        Some(features.as_bytes().get(REPORTING_BIT) == Some(&b'1'))
+    })
 }
 
 /// The sides whose CPU is broken down.
@@ -545,6 +577,7 @@ pub fn budget(rig: &mut Rig) -> Result<Box<dyn Section>> {
     Ok(Box::new(Budget {
         seconds: plan.seconds,
         cells: out,
+        free_page_reporting: free_page_reporting(),
     }))
 }
 
@@ -571,6 +604,22 @@ impl Section for Budget {
              `syscalls` tracepoints, for every thread of the process.\n",
             self.seconds
         );
+        md.push_str(match self.free_page_reporting {
+            Some(true) => {
+                "\nThis machine is a VM whose virtio balloon reports free pages to its host: \
+                 memory the guest leaves free for about 2 s goes back to the host, and the \
+                 guest's next touch of such a page is a host fault. The journal's appends put \
+                 new pages into the page cache all the time, and the kernel's zeroing of each \
+                 one (`zero_user_segments` under the file write) is where that fault is paid: \
+                 it has a row of its own. On a host that keeps its memory, the row is small; \
+                 PgBouncer writes no file and pays none of it.\n"
+            }
+            Some(false) => {
+                "\nThis machine's virtio balloon does not report free pages: new page-cache \
+                 pages cost what zeroing them costs.\n"
+            }
+            None => "",
+        });
         for cell in &self.cells {
             let _ = write!(
                 md,
@@ -630,7 +679,8 @@ impl Section for Budget {
 
     fn json(&self) -> Value {
         json!(
-            self.cells
+            {"free_page_reporting": self.free_page_reporting,
+             "cells": self.cells
                 .iter()
                 .map(|cell| json!({
                     "mode": cell.mode.arg(),
@@ -647,7 +697,7 @@ impl Section for Budget {
                             .collect::<serde_json::Map<_, _>>(),
                     })).collect::<Vec<_>>(),
                 }))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>()}
         )
     }
 }
@@ -745,6 +795,13 @@ pgwarden \n\
 \tffffffff8224d141 do_syscall_64 ([kernel.kallsyms])\n\
 \n\
 pgwarden \n\
+\tffffffff8224280b __pi_memset ([kernel.kallsyms])\n\
+\tffffffff817e3984 zero_user_segments ([kernel.kallsyms])\n\
+\tffffffff817e9bca ext4_block_write_begin ([kernel.kallsyms])\n\
+\tffffffff815a2e7f ext4_da_write_begin ([kernel.kallsyms])\n\
+\tffffffff816d96af ksys_write ([kernel.kallsyms])\n\
+\n\
+pgwarden \n\
 \tffffffff815a2e70 inotify_read ([kernel.kallsyms])\n\
 \tffffffff816d96a0 ksys_read ([kernel.kallsyms])\n\
 \n\
@@ -763,6 +820,7 @@ pgwarden \n\
         let want: BTreeMap<Part, u64> = [
             (Part::Sockets, 2),
             (Part::JournalWrite, 1),
+            (Part::JournalPages, 1),
             (Part::JournalWatch, 1),
             (Part::Wait, 1),
             (Part::KernelOther, 1),
