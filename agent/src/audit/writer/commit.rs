@@ -480,8 +480,8 @@ impl Writer {
 
     /// Writes and fsyncs `buf` (records chained from `start`) at the end of the live file; on
     /// failure, cuts the file back. Below the free-space floor nothing is written. If the file
-    /// lost its name meanwhile, the live file is created again and `buf` written there too,
-    /// after an `audit.reopen` queued first.
+    /// lost its name (noticed right after the write), the live file is created again and
+    /// `buf` written there too, an `audit.reopen` queued after it.
     fn flush(&mut self, s: &Shared, buf: &[u8], sync: bool, start: &Chain) -> io::Result<()> {
         if buf.is_empty() {
             if sync
@@ -501,11 +501,11 @@ impl Writer {
                 .check(&self.path, buf.len(), &s.files.free_bytes)?;
         }
         self.write_synced(buf, sync)?;
-        if self.orphaned()? {
+        if let Some((reason, stranger)) = self.orphaned()? {
             let note = self.reopen(
                 s,
-                "unlinked during a write",
-                false,
+                reason,
+                stranger,
                 Some((start.next_seq, &start.prev_hash)),
             )?;
             self.write_synced(buf, sync)?;

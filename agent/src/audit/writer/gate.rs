@@ -1,17 +1,23 @@
-//! The cheap question in front of [`super::watch`]: may anything have been done to the live
-//! file since the writer last looked? inotify on the file (renamed, unlinked, linked over,
-//! its mode changed) and on its directory (moved or removed) answers with one non-blocking
-//! read that finds nothing; truncation and foreign appends show in the file's size (one
-//! `lseek`, in `watch`). Only when something happened, or every [`FULL_EVERY`] (an ancestor
-//! directory renamed is seen no other way), does the writer `stat` the path.
+//! The cheap question around [`super::watch`]: may anything have been done to the live file
+//! since the writer last looked? inotify on the file (renamed, unlinked, linked over, its
+//! mode changed) and on its directory (moved or removed) answers with one non-blocking read
+//! that finds nothing, made once per batch, right after its write: inotify queues what it saw
+//! until it is read, so that one read covers the time since the last batch and the write
+//! itself. A file that lost its name gets the batch written again into a new one (no record
+//! is acknowledged while only in a file with no name); anything else noticed makes the next
+//! batch look in full first (a renamed file, which still has a name, keeps the batch that
+//! followed the rename). Truncation and foreign appends show in the file's size (one `lseek`
+//! before each batch, in `watch`). Only when something was noticed, or every [`FULL_EVERY`]
+//! (an ancestor directory renamed is seen no other way), does the writer `stat` the path.
 //!
 //! Why not `stat` before every batch, as it did: besides the call itself, a `stat` that reads a
 //! file's times makes ext4 (multigrain timestamps, Linux 6.13) give the next write a fresh
 //! fine-grained mtime, dirtying the inode on every write; measured here, a 800-byte append went
 //! from 2.0 µs to 5.6 µs with a `stat` before each, and the journal's write is on the path of
-//! every statement. inotify is the kernel's own notice, queued by the very system call that
-//! renames or unlinks, so a change made before a batch is seen before that batch is written.
-//! Without inotify (its limits reached) the writer looks with `stat` every time.
+//! every statement. Why not read inotify before the write too, as it did: it is a system call
+//! per statement that the read after the write makes redundant (the bench counts them).
+//! inotify is the kernel's own notice, queued by the very system call that renames or
+//! unlinks. Without inotify (its limits reached) the writer looks with `stat` every time.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -78,9 +84,11 @@ impl Gate {
         self.pending
     }
 
-    /// Whether the writer must look at the path in full now.
-    pub(super) fn due(&mut self) -> bool {
-        self.noticed() || self.looked.is_none_or(|t| t.elapsed() >= FULL_EVERY)
+    /// Whether the writer must look at the path in full now: something was noticed after an
+    /// earlier write and not yet looked at, or [`FULL_EVERY`] passed. Reads nothing from
+    /// inotify (that is [`Gate::noticed`], after each write).
+    pub(super) fn due(&self) -> bool {
+        self.pending || self.looked.is_none_or(|t| t.elapsed() >= FULL_EVERY)
     }
 
     /// The writer looked in full and found the file as it left it (or dealt with it).
@@ -139,6 +147,7 @@ mod tests {
             std::fs::create_dir(&dir).unwrap();
             let (mut g, path) = armed(&dir);
             act(&path, &dir);
+            assert!(!g.due(), "{what}: not read before a write");
             assert!(g.noticed(), "{what}: inotify noticed it");
             assert!(g.due(), "{what}: and it stays due until looked at");
             g.looked();
@@ -157,7 +166,10 @@ mod tests {
         for _ in 0..100 {
             std::io::Write::write_all(&mut f, b"{}\n").unwrap();
         }
-        assert!(!g.due(), "the writer's own appends are not news");
+        assert!(
+            !g.noticed() && !g.due(),
+            "the writer's own appends are not news"
+        );
         std::thread::sleep(FULL_EVERY);
         assert!(
             g.due(),

@@ -1,11 +1,12 @@
-//! What was done to the live file behind the writer's back, noticed before every batch (a
-//! `stat` of the path when inotify saw something or 100 ms have passed, its size otherwise:
-//! `gate`) and after every write (an `fstat` of the descriptor when inotify saw something):
+//! What was done to the live file behind the writer's back, noticed after every write (one
+//! inotify read; when it saw something, an `fstat` of the descriptor: `gate`) and before every
+//! batch (a `stat` of the path when inotify saw something or 100 ms have passed, its size
+//! otherwise):
 //!
 //! | found | what the writer does | record |
 //! |---|---|---|
-//! | the path is gone, or names another file | creates the live file again at the path (a non-empty stranger is moved to `PATH.displaced-<seconds>s<µs>` first) | `audit.reopen` |
-//! | the descriptor's file has no name left after a write | the same, and writes the batch again into the new file | `audit.reopen` |
+//! | the descriptor's file has no name left after a write | creates the live file again at the path (a non-empty stranger is moved to `PATH.displaced-<seconds>s<µs>` first) and writes the batch again into it | `audit.reopen` |
+//! | the path is gone, or names another file (the file renamed: the batch after the rename is in it) | creates the live file again at the path, as above | `audit.reopen` |
 //! | the file is shorter than what was written | goes on after its last complete record | `audit.gap` |
 //! | the file is longer than what was written | puts the next record on a fresh line | `audit.gap` (as a torn write) |
 //! | its mode changed | reopens it at its path (keeps the descriptor if that fails) | `audit.reopen` |
@@ -92,15 +93,23 @@ impl Writer {
         }
     }
 
-    /// After a write: whether the file it went to still has a name (asked of the file only
-    /// when inotify noticed something).
-    pub(super) fn orphaned(&mut self) -> io::Result<bool> {
+    /// After a write: when the file it went to has no name left, why (`unlinked`, or
+    /// `unlinked and replaced`) and whether a non-empty stranger now holds the path. Asked of
+    /// the file only when inotify noticed something; what else it noticed is looked at in
+    /// full before the next batch.
+    pub(super) fn orphaned(&mut self) -> io::Result<Option<(&'static str, bool)>> {
         if !self.gate.noticed() {
-            return Ok(false);
+            return Ok(None);
         }
         match (&self.file, self.ident) {
-            (Some(f), Some(_)) => Ok(f.metadata()?.nlink() == 0),
-            _ => Ok(false),
+            (Some(f), Some(_)) if f.metadata()?.nlink() == 0 => {
+                Ok(Some(match std::fs::metadata(&self.path) {
+                    Ok(m) => ("unlinked and replaced", m.len() > 0),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => ("unlinked", false),
+                    Err(e) => return Err(e),
+                }))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -146,6 +155,9 @@ impl Writer {
         }
         if let Some(d) = &displaced {
             rec = rec.detail("displaced_to", d.display().to_string());
+        }
+        if let Some((from, _)) = rewrite {
+            rec = rec.detail("written_again_from_seq", from);
         }
         let say = format!(
             "AUDIT JOURNAL {} WAS {}: created it again; {}{}",
