@@ -140,18 +140,18 @@ impl Prepared {
     }
 
     /// Gives the record's buffer to this thread's spares, once it is sealed: the next record
-    /// this thread builds ([`statement_record`]) is built in it. With the installed inline
-    /// commit the thread that builds a session's records also seals them, so a session's
-    /// records need no allocation.
+    /// this thread builds ([`statement_record`]) is built in it. The journal does this for records
+    /// nobody waits for; an inline appender's record comes back to the appender's thread with
+    /// its answer, whoever sealed it ([`Prepared::into_spare`]), so a session's records need
+    /// no allocation.
     pub fn recycle(self) {
-        let b = self.bytes;
-        if b.capacity() <= KEEP_BUFFER_BYTES {
-            SPARE.with_borrow_mut(|spare| {
-                if spare.len() < KEEP_BUFFERS {
-                    spare.push(b);
-                }
-            });
-        }
+        keep_spare(self.bytes);
+    }
+
+    /// The record's buffer, once it is sealed, for the thread that built it to keep
+    /// ([`keep_spare`]): a record another thread sealed goes back to its builder this way.
+    pub fn into_spare(self) -> Vec<u8> {
+        self.bytes
     }
 
     /// The canonical bytes without the chain fields (tests, sizes).
@@ -169,6 +169,18 @@ thread_local! {
 /// or result sample is not kept around).
 const KEEP_BUFFERS: usize = 16;
 const KEEP_BUFFER_BYTES: usize = 8192;
+
+/// Keeps `b` (a sealed record's buffer) among this thread's spares, for the records it builds
+/// next.
+pub fn keep_spare(b: Vec<u8>) {
+    if b.capacity() <= KEEP_BUFFER_BYTES {
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < KEEP_BUFFERS {
+                spare.push(b);
+            }
+        });
+    }
+}
 
 /// An empty buffer with room for `len` bytes: a spare one of this thread when there is one.
 fn buffer(len: usize) -> Vec<u8> {

@@ -16,7 +16,7 @@ use super::archive::Signal;
 use super::error::AuditError;
 use super::gate::Gate;
 use super::head::Head;
-use super::queue::{Item, Shared, Slot, SlotWaiter, Waiter, keep_slot, lock, take_slot};
+use super::queue::{Item, Shared, Slot, SlotWaiter, Waiter, give_back, keep_slot, lock, take_slot};
 use super::space::Space;
 use crate::audit::canon::{Hash, Prepared};
 use crate::audit::config::AuditMode;
@@ -401,8 +401,8 @@ impl Writer {
                     chunk.push((c, prepared, kind));
                     return Err((committed, unwritten(chunk, items), e));
                 }
-                committed.extend(chunk.drain(..).map(|(c, p, _)| {
-                    p.recycle();
+                committed.extend(chunk.drain(..).map(|(mut c, p, _)| {
+                    give_back(c.waiter.as_mut(), p);
                     c
                 }));
                 // The new line goes to the next file: it becomes the start of the buffer.
@@ -421,8 +421,8 @@ impl Writer {
             self.chain = chunk_chain;
             return Err((committed, unwritten(chunk, VecDeque::new()), e));
         }
-        committed.extend(chunk.drain(..).map(|(c, p, _)| {
-            p.recycle();
+        committed.extend(chunk.drain(..).map(|(mut c, p, _)| {
+            give_back(c.waiter.as_mut(), p);
             c
         }));
         // Kept unless a burst grew them past what an ordinary batch needs.

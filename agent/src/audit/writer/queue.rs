@@ -36,35 +36,68 @@ impl Waiter {
     }
 }
 
+/// Where a sealed record's buffer goes: back to the inline appender that built it, with its
+/// answer (whichever thread sealed it, the builder's next record is built in it), else to
+/// the spares of the sealing thread.
+pub(super) fn give_back(waiter: Option<&mut Waiter>, rec: Prepared) {
+    match waiter {
+        Some(Waiter::Slot(s)) => s.spare = Some(rec.into_spare()),
+        _ => rec.recycle(),
+    }
+}
+
 impl From<oneshot::Sender<Result<u64, AuditError>>> for Waiter {
     fn from(tx: oneshot::Sender<Result<u64, AuditError>>) -> Waiter {
         Waiter::Channel(tx)
     }
 }
 
-/// Where an inline appender's answer lands.
+/// Where an inline appender's answer lands, with its record's buffer.
 #[derive(Default)]
-pub(super) struct Slot(Mutex<Option<Result<u64, AuditError>>>);
+pub(super) struct Slot(Mutex<Answer>);
+
+#[derive(Default)]
+struct Answer {
+    result: Option<Result<u64, AuditError>>,
+    spare: Option<Vec<u8>>,
+}
 
 impl Slot {
-    /// The answer, if there is one (taking it).
+    /// The answer, if there is one (taking it). Called by the appender, on its own thread:
+    /// the record's buffer becomes one of this thread's spares.
     pub(super) fn take(&self) -> Option<Result<u64, AuditError>> {
-        lock(&self.0).take()
+        let (result, spare) = {
+            let mut a = lock(&self.0);
+            (a.result.take()?, a.spare.take())
+        };
+        if let Some(b) = spare {
+            crate::audit::canon::keep_spare(b);
+        }
+        Some(result)
     }
 }
 
 /// The writing side of a [`Slot`]: dropped unanswered (its record discarded), it answers
 /// [`AuditError::Closed`], as a dropped channel would.
-pub(super) struct SlotWaiter(Option<Arc<Slot>>);
+pub(super) struct SlotWaiter {
+    slot: Option<Arc<Slot>>,
+    /// The record's buffer once it is sealed, handed over with the answer.
+    spare: Option<Vec<u8>>,
+}
 
 impl SlotWaiter {
     pub(super) fn new(slot: &Arc<Slot>) -> SlotWaiter {
-        SlotWaiter(Some(Arc::clone(slot)))
+        SlotWaiter {
+            slot: Some(Arc::clone(slot)),
+            spare: None,
+        }
     }
 
     fn answer(&mut self, answer: Result<u64, AuditError>) {
-        if let Some(s) = self.0.take() {
-            *lock(&s.0) = Some(answer);
+        if let Some(s) = self.slot.take() {
+            let mut a = lock(&s.0);
+            a.result = Some(answer);
+            a.spare = self.spare.take();
         }
     }
 }
@@ -92,7 +125,7 @@ pub(super) fn take_slot() -> Arc<Slot> {
 /// has answered (a waiter answers once), so nothing writes to it again even if the writer
 /// has not dropped its handle yet.
 pub(super) fn keep_slot(slot: Arc<Slot>) {
-    *lock(&slot.0) = None;
+    *lock(&slot.0) = Answer::default();
     SLOTS.with_borrow_mut(|kept| {
         if kept.len() < KEEP_SLOTS {
             kept.push(slot);
